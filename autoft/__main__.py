@@ -1,0 +1,5 @@
+"""`python -m autoft` runs the same command line as `autoft`."""
+
+from autoft.cli import main
+
+raise SystemExit(main())
