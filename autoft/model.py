@@ -1,0 +1,304 @@
+"""Loading a model and its tokenizer, and freezing all but its head and top blocks.
+
+Finds any architecture's stack of blocks by structure and splits its parameters by run order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.utils import logging as hf_logging
+
+from autoft.errors import UsageError
+
+__all__ = [
+    "ParameterGroups",
+    "count_parameters",
+    "find_blocks",
+    "freeze",
+    "load_model",
+    "model_depth",
+    "split_parameters",
+]
+
+_DUMMY_LENGTH = 4
+
+
+def load_model(
+    source: str, label_names: list[str], trust_remote_code: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load `source` (a hub name or a saved folder) with a fresh head for `label_names`.
+
+    A head of another size in the checkpoint is replaced (`ignore_mismatched_sizes`), weights come
+    from safetensors where the checkpoint has them, and a tokenizer without a pad token (GPT-2)
+    pads with its end-of-sequence token so that batches of several texts work.
+    """
+    _check_labels(label_names)
+    _check_model_folder(source)
+    try:
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                source,
+                num_labels=len(label_names),
+                id2label=dict(enumerate(label_names)),
+                label2id={name: i for i, name in enumerate(label_names)},
+                ignore_mismatched_sizes=True,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=None,  # None: safetensors when present, else torch weights_only
+            )
+    except (OSError, ValueError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
+        raise UsageError(
+            f"Could not load model {source!r} ({reason}): check the --model name, the network, "
+            "or trust_remote_code."
+        ) from error
+    _ensure_pad_token(model, tokenizer)
+    return model, tokenizer
+
+
+def _check_labels(label_names: list[str]) -> None:
+    """A head needs at least two distinct labels; duplicates would collapse label2id silently."""
+    if len(label_names) < 2 or len(set(label_names)) != len(label_names):
+        raise UsageError(
+            f"Labels {list(label_names)!r} must be at least two distinct names: "
+            "check the label column of the data."
+        )
+
+
+def _check_model_folder(source: str) -> None:
+    """Catch a wrong folder here: transformers would report it as a bad or unreachable hub name."""
+    looks_like_path = os.path.isabs(source) or source.startswith((".", "~"))
+    if looks_like_path and not os.path.isdir(os.path.expanduser(source)):
+        raise UsageError(
+            f"Model folder {source} does not exist: point --model at a folder saved with "
+            "save_pretrained or at a hub name."
+        )
+    if os.path.isdir(source) and not os.path.isfile(os.path.join(source, "config.json")):
+        raise UsageError(
+            f"Model folder {source} holds no config.json: point --model at a folder saved with "
+            "save_pretrained or at a hub name."
+        )
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide the expected "newly initialized head" report and the per-trial loading bar."""
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Sequence classifiers find each text's last token through pad_token_id; GPT-2 has none."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise UsageError(
+                f"The tokenizer of {model.name_or_path!r} has neither a pad nor an end-of-sequence "
+                "token: choose a model whose tokenizer defines one."
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.config.pad_token_id != tokenizer.pad_token_id:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def find_blocks(model: nn.Module) -> nn.ModuleList:
+    """Return the stack of identical blocks inside `model.base_model`, bottom block first.
+
+    Found by structure, so new architectures need no table: among the ModuleLists whose children
+    all share one class and own parameters, the one holding the most parameters (the outermost on
+    a tie). Parameters, not child count, decide, so that a mixture-of-experts list with more experts
+    than the model has layers is not mistaken for the stack.
+
+    ALBERT shares one block across all its layers: its stack holds one layer group, so its depth is
+    1 and `trainable_layers` is 0 (head only) or 1 (everything).
+    """
+    base = getattr(model, "base_model", model)
+    best, best_size = None, 0
+    for module in base.modules():
+        if isinstance(module, nn.ModuleList) and _is_stack(module):
+            size = count_parameters(module)
+            if size > best_size:
+                best, best_size = module, size
+    if best is None:
+        raise UsageError(
+            f"Found no stack of identical blocks in {type(model).__name__}: autoft can only "
+            "fine-tune models built from repeated layers (BERT-, GPT- or Llama-like)."
+        )
+    return best
+
+
+def _is_stack(modules: nn.ModuleList) -> bool:
+    """A stack of blocks: non-empty, one class throughout, and every block has weights."""
+    kinds = {type(child) for child in modules}
+    return len(kinds) == 1 and all(count_parameters(child) > 0 for child in modules)
+
+
+def model_depth(model: nn.Module) -> int:
+    """How many blocks `freeze` can unfreeze: the largest valid `trainable_layers`."""
+    return len(find_blocks(model))
+
+
+@dataclass(frozen=True)
+class ParameterGroups:
+    """A model's parameter names by where they run, each name in exactly one group.
+
+    prefix: embeddings and anything else that runs before the top of the stack (or never runs).
+    blocks: one tuple per block, bottom block first.
+    head: everything that runs after the last block, such as a pooler, final norm, classifier.
+    """
+
+    prefix: tuple[str, ...]
+    blocks: tuple[tuple[str, ...], ...]
+    head: tuple[str, ...]
+
+    def trainable(self, trainable_layers: int) -> frozenset[str]:
+        """Names that train with the top `trainable_layers` blocks unfrozen (all: everything)."""
+        depth = len(self.blocks)
+        if not 0 <= trainable_layers <= depth:
+            raise ValueError(f"trainable_layers must be in 0..{depth}, got {trainable_layers}")
+        if trainable_layers == depth:
+            return frozenset(self.prefix).union(self.head, *self.blocks)
+        return frozenset(self.head).union(*self.blocks[depth - trainable_layers :])
+
+
+_GROUPS_CACHE: weakref.WeakKeyDictionary[nn.Module, ParameterGroups] = weakref.WeakKeyDictionary()
+
+
+def split_parameters(model: PreTrainedModel) -> ParameterGroups:
+    """Split the model's parameters into prefix, blocks and head; cached per model instance.
+
+    Prefix and head are told apart by one forward pass on a dummy input rather than by names: a
+    parameter whose module first starts after the last block has finished is head, anything else
+    outside the blocks (it ran before or between blocks, or never ran) is prefix, so it stays frozen
+    until everything trains. Parameters outside `model.base_model` are always head.
+    """
+    if model not in _GROUPS_CACHE:
+        _GROUPS_CACHE[model] = _split_parameters(model)
+    return _GROUPS_CACHE[model]
+
+
+def _split_parameters(model: PreTrainedModel) -> ParameterGroups:
+    """Do the work of `split_parameters`: block membership first, then run order."""
+    blocks = find_blocks(model)
+    names = {id(param): name for name, param in model.named_parameters()}  # tied weights once
+    block_of = _block_of_each_parameter(blocks)
+    starts, stack_end = _first_starts(model, blocks)
+    in_base = {id(param) for param in getattr(model, "base_model", model).parameters()}
+    prefix, head = [], []
+    per_block: list[list[str]] = [[] for _ in blocks]
+    for key, name in names.items():
+        if key in block_of:
+            per_block[block_of[key]].append(name)
+        elif key not in in_base or starts.get(key, -1) > stack_end:
+            head.append(name)
+        else:
+            prefix.append(name)
+    return ParameterGroups(tuple(prefix), tuple(tuple(b) for b in per_block), tuple(head))
+
+
+def _block_of_each_parameter(blocks: nn.ModuleList) -> dict[int, int]:
+    """Map each block parameter (by identity) to its block; a shared one goes to the lowest."""
+    block_of: dict[int, int] = {}
+    for index, block in enumerate(blocks):
+        for param in block.parameters():
+            block_of.setdefault(id(param), index)
+    return block_of
+
+
+def _first_starts(model: PreTrainedModel, blocks: nn.ModuleList) -> tuple[dict[int, int], int]:
+    """Run a dummy forward pass; return when each parameter's module first started, by parameter
+    identity, and when the last block last finished, on one clock.
+
+    Start time, not finish time, counts: a module owning weights that wraps the whole stack uses
+    them before the blocks too, so it must not count as head.
+    """
+    clock = itertools.count()
+    starts: dict[int, int] = {}
+    stack_end = -1
+
+    def on_start(module: nn.Module, _args: object) -> None:
+        tick = next(clock)
+        for param in module.parameters(recurse=False):
+            starts.setdefault(id(param), tick)
+
+    def on_stack_end(_module: nn.Module, _args: object, _output: object) -> None:
+        nonlocal stack_end
+        stack_end = next(clock)
+
+    owners = [m for m in model.modules() if next(m.parameters(recurse=False), None) is not None]
+    handles = [m.register_forward_pre_hook(on_start) for m in owners]
+    handles.append(blocks[-1].register_forward_hook(on_stack_end))
+    try:
+        _run_dummy_forward(model)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if stack_end < 0:
+        raise UsageError(
+            f"The blocks of {type(model).__name__} did not run on a dummy input, so autoft cannot "
+            "tell its embeddings from its head: this architecture is not supported."
+        )
+    return starts, stack_end
+
+
+def _run_dummy_forward(model: PreTrainedModel) -> None:
+    """One eval-mode, no-grad pass on a tiny input; each module's training flag is restored."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(**_dummy_input(model))
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _dummy_input(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """A one-example input the model accepts: token ids for text, a blank image for vision."""
+    param = next(model.parameters())
+    if model.main_input_name == "pixel_values":
+        size = model.config.image_size
+        height, width = (size, size) if isinstance(size, int) else size
+        shape = (1, model.config.num_channels, height, width)
+        return {"pixel_values": torch.zeros(shape, dtype=param.dtype, device=param.device)}
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = torch.arange(1, _DUMMY_LENGTH + 1, device=param.device) % vocab
+    return {model.main_input_name: ids.unsqueeze(0)}
+
+
+def freeze(model: PreTrainedModel, trainable_layers: int) -> int:
+    """Let only the head and the top `trainable_layers` blocks train; return trainable elements.
+
+    0 trains the head alone; the model's depth trains everything, embeddings included. Raises
+    ValueError outside 0..depth.
+    """
+    trainable = split_parameters(model).trainable(trainable_layers)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in trainable)
+    return count_parameters(model, trainable_only=True)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameter elements, each tied weight counted once."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
