@@ -120,6 +120,7 @@ def looks_like_path(value: str) -> bool:
 
 
 _PATH_FIELDS = ("model", "train", "validation")
+_FLAG_FOR = {"name": "--study", "base_min_retention": "--min-retention"}
 _STUDY_FIELDS = {f.name: f for f in fields(StudyConfig) if f.name not in ("origins", "base")}
 _BASE_FIELDS = {f.name: f for f in fields(BaseTaskConfig)}
 
@@ -142,8 +143,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return content
 
 
-def build_config(file_settings: dict[str, Any], file_path: str | Path | None,
-                 flag_settings: dict[str, Any]) -> StudyConfig:
+def build_config(
+    file_settings: dict[str, Any], file_path: str | Path | None, flag_settings: dict[str, Any]
+) -> StudyConfig:
     """Merge a study file's settings with CLI flags (flags win), resolve paths, check values."""
     origins: dict[str, str] = {}
     values: dict[str, Any] = {}
@@ -165,7 +167,7 @@ def build_config(file_settings: dict[str, Any], file_path: str | Path | None,
     for key, value in flag_settings.items():
         if value is None:
             continue
-        flag = "--" + key.replace("_", "-")
+        flag = _FLAG_FOR.get(key, "--" + key.replace("_", "-"))
         if key.startswith("base_"):
             base_values[key[5:]] = value
             base_origins[key[5:]] = flag
@@ -184,10 +186,13 @@ def build_config(file_settings: dict[str, Any], file_path: str | Path | None,
             raise UsageError(f"No {key} given; pass {flag} or set '{key}:' in the study file.")
     values["timeout"] = parse_duration(values.get("timeout"), origins.get("timeout", "timeout"))
     base = _build_base(base_values, base_origins) if base_values else None
-    typed = {key: _coerce(value, _STUDY_FIELDS[key], origins.get(key, key))
-             for key, value in values.items()}
-    config = StudyConfig(**typed, base=base, origins={**origins,
-                         **{f"base.{k}": v for k, v in base_origins.items()}})
+    typed = {
+        key: _coerce(value, _STUDY_FIELDS[key], origins.get(key, key))
+        for key, value in values.items()
+    }
+    config = StudyConfig(
+        **typed, base=base, origins={**origins, **{f"base.{k}": v for k, v in base_origins.items()}}
+    )
     validate(config)
     return config
 
@@ -229,8 +234,10 @@ def _build_base(values: dict[str, Any], origins: dict[str, str]) -> BaseTaskConf
                 f"The base task needs '{required}'; pass {flag} or set base.{required} in the "
                 f"study file."
             )
-    typed = {key: _coerce(value, _BASE_FIELDS[key], origins.get(key, key))
-             for key, value in values.items()}
+    typed = {
+        key: _coerce(value, _BASE_FIELDS[key], origins.get(key, key))
+        for key, value in values.items()
+    }
     return BaseTaskConfig(**typed)
 
 
@@ -246,8 +253,14 @@ def validate(config: StudyConfig) -> None:
             f"{config.where('val_fraction')}: {config.val_fraction} must lie between 0 and 1 "
             f"(0.2 keeps a fifth of the data for validation)."
         )
-    positives = ("n_trials", "max_length", "max_train_samples", "max_val_samples",
-                 "eval_every_samples", "trials_per_gpu")
+    positives = (
+        "n_trials",
+        "max_length",
+        "max_train_samples",
+        "max_val_samples",
+        "eval_every_samples",
+        "trials_per_gpu",
+    )
     for name in positives:
         value = getattr(config, name)
         if value is not None and value < 1:
@@ -284,8 +297,10 @@ def _validate_base(config: StudyConfig) -> None:
         )
     _check_data_exists(base.data, config.where("base.data"))
     if base.ratings and not Path(base.ratings).is_file():
-        raise UsageError(f"{config.where('base.ratings')}: ratings file {base.ratings} does not "
-                         f"exist; check the path.")
+        raise UsageError(
+            f"{config.where('base.ratings')}: ratings file {base.ratings} does not "
+            f"exist; check the path."
+        )
     if not 0.0 <= base.min_retention <= 1.5:
         raise UsageError(
             f"{config.where('base.min_retention')}: {base.min_retention} is not a sensible "

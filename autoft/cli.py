@@ -1,0 +1,193 @@
+"""The `autoft` command: demo, search, worker, status, report, export.
+
+Bad input ends with one sentence and exit code 2, before any trial starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import optuna
+
+from autoft.config import StudyConfig, build_config, load_yaml
+from autoft.errors import UsageError
+
+DEMO_FILE = Path(__file__).with_name("demo.yaml")
+
+
+def add_study_flags(parser: argparse.ArgumentParser) -> None:
+    """The settings of a study definition, as flags (they override the study file)."""
+    add = parser.add_argument
+    add("study_file", nargs="?", help="a study YAML file (see studies/); flags override it")
+    add("--model", help="a local model folder or a hub name")
+    add(
+        "--train",
+        help="training data: .csv, .tsv, .jsonl, .json, .parquet, a saved datasets "
+        "folder, or a hub name",
+    )
+    add("--validation", help="validation data (default: a stratified split of --train)")
+    add("--val-fraction", type=float, help="share of train kept for validation (default 0.2)")
+    add("--text-column", help="column with the text (default: text)")
+    add("--text-pair-column", help="a second text column, for sentence pairs")
+    add("--label-column", help="column with the label (default: label)")
+    add("--metric", help="accuracy or macro_f1 (default: auto, macro_f1 for unbalanced classes)")
+    add("--max-length", type=int, help="tokens per text (default: from the data's lengths)")
+    add("--max-train-samples", type=int, help="use at most this many training rows")
+    add("--max-val-samples", type=int, help="use at most this many validation rows")
+    add("--eval-every-samples", type=int, help="evaluate every N samples (default: each epoch)")
+    add("--space", help="search space: default, quick, thorough or a YAML file")
+    add("--n-trials", type=int, help="total trials of the study, across restarts (default 20)")
+    add("--timeout", help="stop starting trials after this long, like 8h or 30m")
+    add("--seed", type=int, help="random seed (default 0)")
+    add("--study", dest="name", help="study name: its folder is <studies-dir>/<name>")
+    add("--studies-dir", help="where study folders live (default: studies)")
+    add("--storage", help="an Optuna storage URL (default: SQLite in the study folder)")
+    add(
+        "--trust-remote-code",
+        action="store_const",
+        const=True,
+        help="allow the model's own Python code to run (off by default)",
+    )
+    add("--base-kind", help="base-task check: similarity, classification, masked_lm or drift")
+    add("--base-data", help="base-task data file")
+    add("--base-ratings", help="for the Lee layout: the matrix of similarity ratings")
+    add(
+        "--min-retention",
+        dest="base_min_retention",
+        type=float,
+        help="share of base-task skill a config must keep (default 0.95)",
+    )
+
+
+STUDY_FLAG_FIELDS = (
+    "model",
+    "train",
+    "validation",
+    "val_fraction",
+    "text_column",
+    "text_pair_column",
+    "label_column",
+    "metric",
+    "max_length",
+    "max_train_samples",
+    "max_val_samples",
+    "eval_every_samples",
+    "space",
+    "n_trials",
+    "timeout",
+    "seed",
+    "name",
+    "studies_dir",
+    "storage",
+    "trust_remote_code",
+    "base_kind",
+    "base_data",
+    "base_ratings",
+    "base_min_retention",
+)
+
+
+def config_from_args(args: argparse.Namespace, default_file: Path | None = None) -> StudyConfig:
+    """Study file (if any) plus flags into one checked StudyConfig."""
+    path = args.study_file or default_file
+    file_settings = load_yaml(path) if path else {}
+    flags = {name: getattr(args, name, None) for name in STUDY_FLAG_FIELDS}
+    return build_config(file_settings, path, flags)
+
+
+def run_search(config: StudyConfig) -> dict:
+    """Prepare, run the trials, then summarise and export the best model."""
+    from autoft.export import export_trial
+    from autoft.prepare import prepare_study
+    from autoft.report import summary_text, write_summary
+    from autoft.study import open_study, record_study_facts, run_study
+
+    prepared = prepare_study(config)
+    study = open_study(config)
+    record_study_facts(study, prepared)
+    started = time.time()
+    run_study(study, prepared)
+    summary = write_summary(study, config.study_dir)
+    if summary["best"] is not None:
+        study.set_user_attr("best_trial", summary["best"]["number"])
+        export_trial(study, summary["best"]["number"], config.study_dir / "best_model")
+    print()
+    print(summary_text(summary))
+    print(f"This run took {time.time() - started:.0f} s.")
+    print(f"Summary: {config.study_dir / 'summary.json'}")
+    if summary["best"] is not None:
+        print(f"Best model: {config.study_dir / 'best_model'}")
+    return summary
+
+
+def command_search(args: argparse.Namespace) -> int:
+    run_search(config_from_args(args))
+    return 0
+
+
+def command_demo(args: argparse.Namespace) -> int:
+    print("autoft demo: all-MiniLM-L6-v2 on real tweet sentiment, a small study on this machine.")
+    run_search(config_from_args(args, default_file=DEMO_FILE))
+    return 0
+
+
+def command_export(args: argparse.Namespace) -> int:
+    from autoft.export import export_trial
+    from autoft.study import load_study
+
+    study = load_study(args.study, args.studies_dir, args.storage)
+    out = export_trial(study, args.trial, Path(args.out))
+    print(f"Saved trial {args.trial if args.trial is not None else 'best'} to {out}")
+    return 0
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from autoft.report import summary_text, write_summary
+    from autoft.study import load_study
+
+    study = load_study(args.study, args.studies_dir, args.storage)
+    summary = write_summary(study, Path(args.studies_dir) / args.study)
+    print(summary_text(summary))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autoft", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="run the demo study (real model, real tweets)")
+    add_study_flags(demo)
+    demo.set_defaults(handler=command_demo)
+    search = commands.add_parser("search", help="run or resume a study")
+    add_study_flags(search)
+    search.set_defaults(handler=command_search)
+    for name, handler, text in (
+        ("report", command_report, "write the study's summary"),
+        ("export", command_export, "save a trial's model"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--study", required=True, help="study name")
+        sub.add_argument("--studies-dir", default="studies", help="where study folders live")
+        sub.add_argument("--storage", help="the study's storage URL (default: its SQLite file)")
+        if name == "export":
+            sub.add_argument("--trial", type=int, help="trial number (default: the best)")
+            sub.add_argument("out", help="folder to save the model in")
+        sub.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return args.handler(args)
+    except UsageError as error:
+        print(f"autoft: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("autoft: interrupted; run the same command again to resume.", file=sys.stderr)
+        return 130

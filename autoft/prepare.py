@@ -1,0 +1,89 @@
+"""Preparing a study once: read and tokenize the data, load the model to learn its depth, resolve
+the search space, and keep it all in the study folder so workers and resumes reuse it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from autoft.config import StudyConfig
+from autoft.data import load_target, tokenize_target
+from autoft.errors import UsageError
+from autoft.model import load_model, model_depth
+from autoft.space import load_space
+from autoft.study import Prepared, load_prepared_data, save_prepared
+
+DATA_FIELDS = (
+    "model",
+    "train",
+    "validation",
+    "val_fraction",
+    "text_column",
+    "text_pair_column",
+    "label_column",
+    "metric",
+    "max_length",
+    "max_train_samples",
+    "max_val_samples",
+    "seed",
+)
+
+
+def _file_identity(value: str | None) -> object:
+    """A path's size and modification time, so an edited data file is noticed."""
+    if value is None or not Path(value).exists():
+        return value
+    stat = Path(value).stat()
+    return [str(Path(value).resolve()), stat.st_size, int(stat.st_mtime)]
+
+
+def data_fingerprint(config: StudyConfig) -> str:
+    """Identifies the prepared data: the settings that shape it and the files it came from."""
+    identity = {name: getattr(config, name) for name in DATA_FIELDS}
+    for name in ("model", "train", "validation"):
+        identity[name] = _file_identity(getattr(config, name))
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepared_folder(config: StudyConfig) -> Path:
+    return config.study_dir / "prepared"
+
+
+def prepare_study(config: StudyConfig, echo=print) -> Prepared:
+    """Check everything and prepare the data, or reuse what an earlier run of this study prepared.
+
+    Every input problem surfaces here, as a UsageError, before any trial runs.
+    """
+    space = load_space(config.space)
+    folder = prepared_folder(config)
+    fingerprint = data_fingerprint(config)
+    saved = load_prepared_data(folder)
+    stored_fingerprint = (folder / "fingerprint").read_text() if saved else None
+    if saved and stored_fingerprint != fingerprint:
+        raise UsageError(
+            f"Study '{config.name}' in {config.study_dir} was prepared from other data or model "
+            f"settings; choose a new --study name, or delete that folder to start over."
+        )
+    if saved:
+        data, depth, pad_id = saved
+        echo(f"Reusing the data prepared earlier in {folder}.")
+    else:
+        echo(f"Reading {config.train} ...")
+        table = load_target(config)
+        label_names = sorted(set(table[1]))
+        echo(f"Loading model {config.model} ...")
+        model, tokenizer = load_model(config.model, label_names, config.trust_remote_code)
+        depth = model_depth(model)
+        data = tokenize_target(config, table, tokenizer, model.config)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    resolved = space.resolve(depth)
+    prepared = Prepared(config=config, data=data, space=resolved, depth=depth, pad_id=pad_id)
+    if not saved:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "fingerprint").write_text(fingerprint)
+        save_prepared(prepared, folder)
+    for note in data.notes:
+        echo(f"  chose {note}")
+    return prepared

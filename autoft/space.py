@@ -1,0 +1,239 @@
+"""Search spaces: a YAML file in search_spaces/ into a `SearchSpace` that samples a trial's params.
+
+Each parameter is fixed (`value`), a range (`low`/`high`, optionally `log`), or a list of
+`choices`; `default` gives trial 0, and `starts` lists further known-good configs tried first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from autoft.errors import UsageError
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+PARAMETERS = (
+    "learning_rate",
+    "head_lr_multiplier",
+    "batch_size",
+    "trainable_layers",
+    "epochs",
+    "weight_decay",
+    "warmup_ratio",
+)
+INTEGER_PARAMETERS = ("batch_size", "trainable_layers", "epochs")
+DEPTH = "max"
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One searched or fixed parameter; `high` may be 'max' (the model's depth) for layers."""
+
+    name: str
+    value: Any = None
+    low: Any = None
+    high: Any = None
+    log: bool = False
+    choices: tuple | None = None
+    default: Any = None
+
+    def resolve(self, depth: int) -> Parameter:
+        """Replace 'max' by the model's depth."""
+        swap = {
+            key: depth for key in ("value", "low", "high", "default") if getattr(self, key) == DEPTH
+        }
+        return Parameter(**{**self.__dict__, **swap}) if swap else self
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        """Ask the trial for a value, or return the fixed one."""
+        if self.value is not None:
+            return self.value
+        if self.choices is not None:
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.name in INTEGER_PARAMETERS:
+            return trial.suggest_int(self.name, self.low, self.high, log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+
+    def contains(self, value: Any) -> bool:
+        """Whether a start config's value lies inside this parameter's space."""
+        if self.value is not None:
+            return value == self.value
+        if self.choices is not None:
+            return value in self.choices
+        return self.low <= value <= self.high
+
+    def fallback(self) -> Any:
+        """The default when the file gives none: the fixed value, the first choice, the middle."""
+        if self.default is not None:
+            return self.default
+        if self.value is not None:
+            return self.value
+        if self.choices is not None:
+            return self.choices[0]
+        if self.log:
+            middle = (self.low * self.high) ** 0.5
+        else:
+            middle = (self.low + self.high) / 2
+        return round(middle) if self.name in INTEGER_PARAMETERS else middle
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The searched parameters of one study, resolved for a model of a given depth."""
+
+    source: str
+    parameters: tuple[Parameter, ...]
+    starts: tuple[dict[str, Any], ...] = ()
+
+    def sample(self, trial: optuna.Trial) -> dict[str, Any]:
+        """Define-by-run sampling: every parameter's value for this trial."""
+        return {parameter.name: parameter.suggest(trial) for parameter in self.parameters}
+
+    def default_params(self) -> dict[str, Any]:
+        """Trial 0: the config a careful person would try first."""
+        return {parameter.name: parameter.fallback() for parameter in self.parameters}
+
+    def start_params(self) -> list[dict[str, Any]]:
+        """The default, then each listed start that fits the space; searched values only."""
+        searched = [p for p in self.parameters if p.value is None]
+        configs = []
+        for start in (self.default_params(), *self.starts):
+            full = {**self.default_params(), **start}
+            if all(p.contains(full[p.name]) for p in searched):
+                config = {p.name: full[p.name] for p in searched}
+                if config not in configs:
+                    configs.append(config)
+        return configs
+
+    def resolve(self, depth: int) -> SearchSpace:
+        """Fix 'max' to the model's depth and check every range against it."""
+        resolved = tuple(parameter.resolve(depth) for parameter in self.parameters)
+        layers = next(p for p in resolved if p.name == "trainable_layers")
+        values = (
+            [layers.value]
+            if layers.value is not None
+            else (list(layers.choices) if layers.choices else [layers.low, layers.high])
+        )
+        too_deep = [value for value in values if value > depth]
+        if too_deep:
+            raise UsageError(
+                f"{self.source}: trainable_layers goes up to {max(too_deep)} but the model has "
+                f"only {depth} layers; lower it to at most {depth} (or write 'max')."
+            )
+        space = SearchSpace(
+            self.source,
+            resolved,
+            tuple(
+                {key: depth if value == DEPTH else value for key, value in start.items()}
+                for start in self.starts
+            ),
+        )
+        return space
+
+
+def find_space_file(name_or_path: str) -> Path:
+    """A space given as a path, or by name from search_spaces/ (default, quick, thorough)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    named = SPACES_DIR / f"{name_or_path}.yaml"
+    if named.is_file():
+        return named
+    known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
+    raise UsageError(
+        f"Search space '{name_or_path}' is neither a file nor a name in search_spaces/; "
+        f"use one of {known} or a path to a YAML file."
+    )
+
+
+def load_space(name_or_path: str) -> SearchSpace:
+    """Read and check a space file; every problem names the file, the parameter and the fix."""
+    path = find_space_file(name_or_path)
+    try:
+        content = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        raise UsageError(f"{path}: not valid YAML; fix the syntax.") from None
+    if not isinstance(content, dict):
+        raise UsageError(f"{path}: expected a mapping of parameters at the top.")
+    starts = content.pop("starts", []) or []
+    unknown = sorted(set(content) - set(PARAMETERS))
+    if unknown:
+        raise UsageError(
+            f"{path}: unknown parameter '{unknown[0]}'; use one of {', '.join(PARAMETERS)}."
+        )
+    missing = [name for name in PARAMETERS if name not in content]
+    if missing:
+        raise UsageError(f"{path}: parameter '{missing[0]}' is missing; give it a value or range.")
+    parameters = tuple(_parse_parameter(path, name, content[name]) for name in PARAMETERS)
+    if not isinstance(starts, list) or not all(isinstance(s, dict) for s in starts):
+        raise UsageError(f"{path}: 'starts' must be a list of mappings (parameter: value).")
+    for start in starts:
+        for key in start:
+            if key not in PARAMETERS:
+                raise UsageError(f"{path}: start config names unknown parameter '{key}'.")
+    return SearchSpace(
+        str(path),
+        parameters,
+        tuple({key: _number(path, key, value) for key, value in start.items()} for start in starts),
+    )
+
+
+def _number(path: Path, name: str, value: Any) -> Any:
+    """YAML reads 1e-5 as a string; accept it as the number it means."""
+    if value == DEPTH and name == "trainable_layers":
+        return value
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise UsageError(f"{path}: {name} value '{value}' is not a number; fix it.") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"{path}: {name} value '{value}' is not a number; fix it.")
+    if name in INTEGER_PARAMETERS:
+        if float(value) != int(value):
+            raise UsageError(f"{path}: {name} must be a whole number, not {value}.")
+        return int(value)
+    return float(value)
+
+
+def _parse_parameter(path: Path, name: str, spec: Any) -> Parameter:
+    if not isinstance(spec, dict):
+        return Parameter(name, value=_number(path, name, spec))
+    unknown = sorted(set(spec) - {"value", "low", "high", "log", "choices", "default"})
+    if unknown:
+        raise UsageError(
+            f"{path}: {name} has unknown key '{unknown[0]}'; use value, low/high (+log), choices "
+            f"or default."
+        )
+    default = _number(path, name, spec["default"]) if "default" in spec else None
+    if "value" in spec:
+        return Parameter(name, value=_number(path, name, spec["value"]), default=default)
+    if "choices" in spec:
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise UsageError(f"{path}: {name}.choices must be a non-empty list.")
+        return Parameter(
+            name, choices=tuple(_number(path, name, c) for c in choices), default=default
+        )
+    if "low" not in spec or "high" not in spec:
+        raise UsageError(f"{path}: {name} needs value, choices, or both low and high.")
+    low, high = _number(path, name, spec["low"]), _number(path, name, spec["high"])
+    log = bool(spec.get("log", False))
+    comparable = DEPTH not in (low, high)
+    if comparable and low > high:
+        raise UsageError(
+            f"{path}: {name} has low {low} above high {high}; swap them (low is the smaller)."
+        )
+    if log and comparable and low <= 0:
+        raise UsageError(f"{path}: {name} is on a log scale, so low must be above 0, not {low}.")
+    if (
+        name in ("learning_rate", "head_lr_multiplier", "batch_size", "epochs")
+        and comparable
+        and low <= 0
+    ):
+        raise UsageError(f"{path}: {name} must be positive; raise low above 0.")
+    return Parameter(name, low=low, high=high, log=log, default=default)

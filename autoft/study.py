@@ -1,0 +1,330 @@
+"""The Optuna study: storage, sampler, pruner, the objective that runs one trial, the total-trial
+budget, and resuming. Everything a trial learns goes into the storage as user attributes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import socket
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import optuna
+import torch
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+from safetensors.torch import save_file
+
+from autoft.config import StudyConfig
+from autoft.data import Split, TargetData
+from autoft.errors import UsageError
+from autoft.model import count_parameters, freeze, load_model
+from autoft.space import SearchSpace
+from autoft.train import Evaluation, TrialFailed, TrialParams, train_trial
+
+log = logging.getLogger("autoft")
+
+HEARTBEAT_SECONDS = 30
+GRACE_SECONDS = 120
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+COUNTS_TOWARD_BUDGET = "counts_toward_budget"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What every worker needs to run trials, computed once per study and kept on disk."""
+
+    config: StudyConfig
+    data: TargetData
+    space: SearchSpace
+    depth: int
+    pad_id: int
+
+
+def redact(url: str) -> str:
+    """A storage URL safe to print: any password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def storage_url(config: StudyConfig) -> str:
+    """The user's storage, or a SQLite file in the study folder."""
+    if config.storage:
+        return config.storage
+    return f"sqlite:///{(config.study_dir / 'study.db').resolve()}"
+
+
+def open_storage(url: str) -> RDBStorage:
+    """An RDB storage with heartbeats, so trials of a killed worker are found and retried."""
+    engine_kwargs = (
+        {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+            )
+    except Exception as error:  # SQLAlchemy raises many kinds; the user needs one sentence
+        reason = str(error).splitlines()[0]
+        raise UsageError(
+            f"Cannot open storage {redact(url)} ({reason}); check the URL and that "
+            f"the database server is running."
+        ) from None
+
+
+def make_sampler(config: StudyConfig) -> optuna.samplers.TPESampler:
+    """Seeded TPE whose random start-up fits the budget, aware of params that act together."""
+    startup = max(2, min(10, config.n_trials // 4))
+    return optuna.samplers.TPESampler(
+        seed=config.seed,
+        n_startup_trials=startup,
+        multivariate=True,
+        constraints_func=feasibility if config.base else None,
+    )
+
+
+def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    """Median pruning after a few complete trials, so early trials are not all cut."""
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=max(3, config.n_trials // 8), n_warmup_steps=0
+    )
+
+
+def feasibility(trial: optuna.trial.FrozenTrial) -> list[float]:
+    """Optuna's constraint: ≤ 0 when the trial kept enough base-task skill."""
+    return trial.user_attrs.get("constraint", [0.0])
+
+
+def open_study(config: StudyConfig) -> optuna.Study:
+    """Create the study or load it to resume; same name and storage means the same study."""
+    return optuna.create_study(
+        storage=open_storage(storage_url(config)),
+        study_name=config.name,
+        direction="maximize",
+        sampler=make_sampler(config),
+        pruner=make_pruner(config),
+        load_if_exists=True,
+    )
+
+
+def enqueue_starts(study: optuna.Study, space: SearchSpace) -> None:
+    """Trial 0 is the default config, then the space's known-good starts; only on a new study."""
+    if study.get_trials(deepcopy=False):
+        return
+    for params in space.start_params():
+        study.enqueue_trial(params, skip_if_exists=True)
+
+
+def budget_used(study: optuna.Study) -> int:
+    """Finished trials that count toward n_trials (interrupted or stale ones do not)."""
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False)
+        if t.state in FINISHED
+        or (t.state == TrialState.FAIL and t.user_attrs.get(COUNTS_TOWARD_BUDGET))
+    )
+
+
+def budget_left(study: optuna.Study, n_trials: int) -> int:
+    """Trials still to start: the budget minus finished and running ones."""
+    running = sum(1 for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING)
+    return n_trials - budget_used(study) - running
+
+
+def trial_dir(config: StudyConfig, number: int) -> Path:
+    return config.study_dir / "trials" / f"{number:04d}"
+
+
+def save_trial_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """Only the trained parameters: the rest equal the base model's and are not copied."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({name: tensor.contiguous() for name, tensor in state.items()}, str(tmp))
+    tmp.replace(path)
+
+
+class Objective:
+    """Runs one trial: sample, load, freeze, train with reporting and pruning, record, save."""
+
+    def __init__(self, prepared: Prepared, device: torch.device, base_check=None):
+        self.prepared = prepared
+        self.device = device
+        self.base_check = base_check
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        config, data = self.prepared.config, self.prepared.data
+        sampled = self.prepared.space.sample(trial)
+        params = TrialParams(**sampled)
+        trial.set_user_attr("params", sampled)
+        trial.set_user_attr("device", str(self.device))
+        trial.set_user_attr("host", socket.gethostname())
+        model, _ = load_model(config.model, data.label_names, config.trust_remote_code)
+        freeze(model, params.trainable_layers)
+        trial.set_user_attr("trainable_parameters", count_parameters(model, trainable_only=True))
+        evaluations: list[dict] = []
+
+        def on_evaluation(evaluation: Evaluation) -> None:
+            evaluations.append(dataclasses.asdict(evaluation))
+            trial.set_user_attr("evaluations", evaluations)
+            trial.report(evaluation.value, evaluation.step)
+            if self.base_check is not None:
+                self.base_check.on_evaluation(trial, model, self.device)
+            if trial.should_prune():
+                trial.set_user_attr("prune_reason", "below the median of earlier trials")
+                raise optuna.TrialPruned(
+                    f"{config.metric} {evaluation.value:.4f} at step "
+                    f"{evaluation.step} is below the median"
+                )
+
+        try:
+            result = train_trial(
+                model,
+                data,
+                params,
+                self.device,
+                self.prepared.pad_id,
+                seed=config.seed + trial.number,
+                on_evaluation=on_evaluation,
+                eval_every_samples=config.eval_every_samples,
+            )
+        except optuna.TrialPruned as pruned:
+            self._record(trial, pruned.result)
+            raise
+        except TrialFailed as failed:
+            self._fail(trial, str(failed))
+        except torch.OutOfMemoryError:
+            self._fail(trial, "out of memory")
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted")
+            raise
+        best = self._record(trial, result)
+        if self.base_check is not None:
+            self.base_check.on_finish(trial, model, result.best_state, self.device)
+        return best
+
+    def _fail(self, trial: optuna.Trial, reason: str) -> None:
+        trial.set_user_attr("fail_reason", reason)
+        trial.set_user_attr(COUNTS_TOWARD_BUDGET, True)
+        raise TrialFailed(reason)
+
+    def _record(self, trial: optuna.Trial, result) -> float:
+        """Store what the trial produced; its weights are saved before it counts as finished."""
+        best = result.best
+        if best is None:
+            return float("nan")
+        path = trial_dir(self.prepared.config, trial.number) / "trainable.safetensors"
+        save_trial_weights(path, result.best_state)
+        trial.set_user_attr("checkpoint", str(path.resolve()))
+        trial.set_user_attr("best_value", best.value)
+        trial.set_user_attr("best_step", best.step)
+        trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
+        trial.set_user_attr("samples_per_second", round(result.samples_per_second, 1))
+        return best.value
+
+
+def record_study_facts(study: optuna.Study, prepared: Prepared) -> None:
+    """What the report, the export and remote workers need, kept in the storage itself."""
+    config, data = prepared.config, prepared.data
+    facts = {
+        "model": config.model,
+        "label_names": data.label_names,
+        "depth": prepared.depth,
+        "metric": data.metric,
+        "notes": data.notes,
+        "trust_remote_code": config.trust_remote_code,
+        "default_params": prepared.space.default_params(),
+        "data_description": (
+            f"{Path(config.train).name} ({len(data.train)} training and "
+            f"{len(data.validation)} validation examples, labels "
+            f"{', '.join(data.label_names)})"
+        ),
+    }
+    for key, value in facts.items():
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
+    enqueue_starts(study, prepared.space)
+
+
+def load_study(name: str, studies_dir: str, storage: str | None) -> optuna.Study:
+    """An existing study, for status, report and export; a clear error when there is none."""
+    url = storage or f"sqlite:///{(Path(studies_dir) / name / 'study.db').resolve()}"
+    if url.startswith("sqlite") and not (Path(studies_dir) / name / "study.db").is_file():
+        raise UsageError(
+            f"No study '{name}' in {studies_dir}/ (no {name}/study.db); check "
+            f"--study and --studies-dir."
+        )
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(url))
+    except KeyError:
+        raise UsageError(f"Storage {redact(url)} holds no study '{name}'; check --study.") from None
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+
+
+def run_study(study: optuna.Study, prepared: Prepared) -> None:
+    """Run the study's remaining trials in this process."""
+    config = prepared.config
+    deadline = time.time() + config.timeout if config.timeout else None
+    run_trials(study, Objective(prepared, pick_device()), config.n_trials, deadline)
+
+
+def run_trials(
+    study: optuna.Study, objective: Objective, n_trials: int, deadline: float | None = None
+) -> None:
+    """Run trials one at a time until the study's total budget or the deadline is reached."""
+    while budget_left(study, n_trials) > 0:
+        if deadline is not None and time.time() >= deadline:
+            log.info("timeout reached: no new trials are started")
+            return
+        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+
+
+def save_prepared(prepared: Prepared, folder: Path) -> None:
+    """Keep the tokenized data and resolved space beside the storage, for workers and resumes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = prepared.data
+    content = {
+        "train": dataclasses.asdict(data.train),
+        "validation": dataclasses.asdict(data.validation),
+        "label_names": data.label_names,
+        "metric": data.metric,
+        "max_length": data.max_length,
+        "notes": data.notes,
+        "depth": prepared.depth,
+        "pad_id": prepared.pad_id,
+    }
+    tmp = folder / "target.json.tmp"
+    tmp.write_text(json.dumps(content))
+    tmp.replace(folder / "target.json")
+
+
+def load_prepared_data(folder: Path) -> tuple[TargetData, int, int] | None:
+    """The tokenized data saved by `save_prepared`, or None when there is none yet."""
+    path = folder / "target.json"
+    if not path.is_file():
+        return None
+    content = json.loads(path.read_text())
+    data = TargetData(
+        train=Split(**content["train"]),
+        validation=Split(**content["validation"]),
+        label_names=content["label_names"],
+        metric=content["metric"],
+        max_length=content["max_length"],
+        notes=content["notes"],
+    )
+    return data, content["depth"], content["pad_id"]

@@ -1,0 +1,266 @@
+"""One trial's fine-tuning loop in plain PyTorch: AdamW with warmup and linear decay, length-bucketed
+dynamic padding, an evaluation every epoch (or every N samples) handed to a callback that may prune.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+
+from autoft.data import Split, TargetData
+from autoft.model import split_parameters
+
+BUCKET_BATCHES = 50
+EVAL_BATCH_SIZE = 128
+
+
+class TrialFailed(Exception):
+    """The trial cannot go on (NaN loss, out of memory); its message is the recorded reason."""
+
+
+@dataclass(frozen=True)
+class TrialParams:
+    """The hyperparameters one trial trains with."""
+
+    learning_rate: float
+    head_lr_multiplier: float
+    batch_size: int
+    trainable_layers: int
+    epochs: int
+    weight_decay: float
+    warmup_ratio: float
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation; `step` is the unit every trial shares (epoch, or evaluation index)."""
+
+    step: int
+    samples_seen: int
+    value: float
+    train_loss: float
+    seconds: float
+
+
+@dataclass
+class TrialResult:
+    """What a trial produced: its best evaluation and the trainable weights at that moment."""
+
+    evaluations: list[Evaluation] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    samples_seen: int = 0
+
+    @property
+    def best(self) -> Evaluation | None:
+        return max(self.evaluations, key=lambda e: e.value, default=None)
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples_seen / self.train_seconds if self.train_seconds else 0.0
+
+
+def score(metric: str, labels: list[int], predictions: list[int]) -> float:
+    """The target metric: accuracy or macro-averaged F1."""
+    if metric == "macro_f1":
+        return float(f1_score(labels, predictions, average="macro", zero_division=0))
+    return float(accuracy_score(labels, predictions))
+
+
+def bucketed_batches(
+    lengths: list[int], batch_size: int, generator: torch.Generator
+) -> list[list[int]]:
+    """Shuffled batches of similar-length examples, so dynamic padding pads little."""
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    chunk = batch_size * BUCKET_BATCHES
+    batches = []
+    for start in range(0, len(order), chunk):
+        bucket = sorted(order[start : start + chunk], key=lambda i: lengths[i])
+        batches += [bucket[i : i + batch_size] for i in range(0, len(bucket), batch_size)]
+    shuffled = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffled]
+
+
+def collate(split: Split, indices: list[int], pad_id: int, device: torch.device) -> dict:
+    """Pad one batch to its longest example; the mask marks the real tokens."""
+    width = max(len(split.input_ids[i]) for i in indices)
+    ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(indices), width), dtype=torch.long)
+    for row, i in enumerate(indices):
+        tokens = split.input_ids[i]
+        ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        mask[row, : len(tokens)] = 1
+    labels = torch.tensor([split.labels[i] for i in indices], dtype=torch.long)
+    return {
+        "input_ids": ids.to(device, non_blocking=True),
+        "attention_mask": mask.to(device, non_blocking=True),
+        "labels": labels.to(device, non_blocking=True),
+    }
+
+
+def autocast(device: torch.device):
+    """bf16 autocast where the GPU supports it; plain float32 elsewhere."""
+    enabled = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def build_optimizer(model, params: TrialParams) -> torch.optim.Optimizer:
+    """AdamW with the head at its own (larger) learning rate; no decay on biases and norms."""
+    head_names = set(split_parameters(model).head)
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            decays = parameter.ndim > 1
+            groups.setdefault((name in head_names, decays), []).append(parameter)
+    return torch.optim.AdamW(
+        [
+            {
+                "params": members,
+                "lr": params.learning_rate * (params.head_lr_multiplier if is_head else 1.0),
+                "weight_decay": params.weight_decay if decays else 0.0,
+            }
+            for (is_head, decays), members in groups.items()
+        ]
+    )
+
+
+def linear_schedule(optimizer, total_steps: int, warmup_ratio: float):
+    """Linear warmup from zero, then linear decay to zero at the last step."""
+    warmup = max(1, int(total_steps * warmup_ratio)) if warmup_ratio > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@torch.no_grad()
+def evaluate(model, split: Split, metric: str, pad_id: int, device: torch.device) -> float:
+    """The metric on a split, in eval mode; restores the training mode after."""
+    was_training = model.training
+    model.eval()
+    lengths = [len(ids) for ids in split.input_ids]
+    order = sorted(range(len(split)), key=lambda i: lengths[i])
+    predictions = [0] * len(split)
+    for start in range(0, len(order), EVAL_BATCH_SIZE):
+        indices = order[start : start + EVAL_BATCH_SIZE]
+        batch = collate(split, indices, pad_id, device)
+        batch.pop("labels")
+        with autocast(device):
+            logits = model(**batch).logits
+        for i, prediction in zip(indices, logits.argmax(-1).tolist(), strict=True):
+            predictions[i] = prediction
+    model.train(was_training)
+    return score(metric, split.labels, predictions)
+
+
+def evaluation_points(
+    n_train: int, batch_size: int, epochs: int, every_samples: int | None
+) -> Iterator[tuple[int, int]]:
+    """(epoch, batch index) after which to evaluate, with the step number each reports."""
+    batches_per_epoch = math.ceil(n_train / batch_size)
+    if every_samples is None:
+        for epoch in range(epochs):
+            yield epoch, batches_per_epoch - 1
+        return
+    total = n_train * epochs
+    for k in range(1, total // every_samples + 1):
+        seen = k * every_samples
+        epoch, within = divmod(seen, n_train)
+        if within == 0:
+            epoch, within = epoch - 1, n_train
+        yield epoch, math.ceil(within / batch_size) - 1
+
+
+def train_trial(
+    model,
+    data: TargetData,
+    params: TrialParams,
+    device: torch.device,
+    pad_id: int,
+    seed: int,
+    on_evaluation: Callable[[Evaluation], None],
+    eval_every_samples: int | None = None,
+) -> TrialResult:
+    """Train a frozen-as-configured model; call `on_evaluation` after every evaluation.
+
+    The callback may raise (optuna.TrialPruned, say): the result so far stays in the exception's
+    `result` attribute, so a pruned trial's best weights are not lost.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model.to(device).train()
+    lengths = [len(ids) for ids in data.train.input_ids]
+    steps_per_epoch = math.ceil(len(lengths) / params.batch_size)
+    optimizer = build_optimizer(model, params)
+    scheduler = linear_schedule(optimizer, steps_per_epoch * params.epochs, params.warmup_ratio)
+    points = set(
+        evaluation_points(len(lengths), params.batch_size, params.epochs, eval_every_samples)
+    )
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    result = TrialResult()
+    loss_sum = torch.zeros((), device=device)
+    loss_count = 0
+    started = time.perf_counter()
+    for epoch in range(params.epochs):
+        for index, batch_indices in enumerate(
+            bucketed_batches(lengths, params.batch_size, generator)
+        ):
+            batch = collate(data.train, batch_indices, pad_id, device)
+            with autocast(device):
+                loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach()
+            loss_count += 1
+            result.samples_seen += len(batch_indices)
+            if (epoch, index) in points:
+                result.train_seconds += time.perf_counter() - started
+                _evaluate_and_report(
+                    model,
+                    data,
+                    device,
+                    pad_id,
+                    result,
+                    trainable,
+                    loss_sum.item() / loss_count,
+                    on_evaluation,
+                )
+                loss_sum.zero_()
+                loss_count = 0
+                started = time.perf_counter()
+    return result
+
+
+def _evaluate_and_report(
+    model, data, device, pad_id, result, trainable, train_loss, on_evaluation
+) -> None:
+    if not math.isfinite(train_loss):
+        raise TrialFailed(f"training loss became {train_loss} (not finite)")
+    began = time.perf_counter()
+    value = evaluate(model, data.validation, data.metric, pad_id, device)
+    evaluation = Evaluation(
+        step=len(result.evaluations) + 1,
+        samples_seen=result.samples_seen,
+        value=value,
+        train_loss=train_loss,
+        seconds=time.perf_counter() - began,
+    )
+    best = result.best
+    result.evaluations.append(evaluation)
+    if best is None or value > best.value:
+        result.best_state = {name: p.detach().to("cpu", copy=True) for name, p in trainable}
+    try:
+        on_evaluation(evaluation)
+    except Exception as error:
+        error.result = result
+        raise
