@@ -91,7 +91,7 @@ def parse_duration(value: Any, where: str) -> float | None:
 
 
 def resolve_path(value: str, relative_to: Path | None) -> str:
-    """Expand `pkg:package/sub/path` (a folder inside an installed package), `~`, and relative paths.
+    """Expand `pkg:package/sub/path` (a folder in an installed package), `~` and relative paths.
 
     A value that names nothing on disk and has no data-file suffix is kept as is: a hub name.
     """
