@@ -1,6 +1,5 @@
-"""One trial's fine-tuning loop in plain PyTorch: AdamW with warmup and linear decay,
-length-bucketed
-dynamic padding, an evaluation every epoch (or every N samples) handed to a callback that may prune.
+"""One trial's fine-tuning loop in plain PyTorch: AdamW with warmup and linear decay, length-
+bucketed dynamic padding, an evaluation every epoch (or N samples) passed to a pruning callback.
 """
 
 from __future__ import annotations
