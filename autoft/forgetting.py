@@ -58,9 +58,10 @@ class BaseTask(ABC):
 def retention(base: float, tuned: float, higher_is_better: bool) -> float:
     """The share of the base skill the tuned model kept; 1.0 means nothing was forgotten.
 
-    Higher-is-better scores (accuracy, Spearman, CKA): tuned / base; a base at or below zero had no
-    skill to lose, so its retention is 1.0. Loss-type scores: base / tuned, so a tuned loss twice
-    the base loss gives 0.5. A non-finite tuned score (a broken model) retains nothing: 0.0.
+    Higher-is-better scores (accuracy, Spearman, CKA): tuned / base; a base at or near zero
+    (≤ 1e-6) had no skill to lose, so its retention is 1.0. Loss-type scores: base / tuned, so a
+    tuned loss twice the base loss gives 0.5. A non-finite tuned score (a broken model) retains
+    nothing: 0.0.
     """
     if not math.isfinite(tuned):
         return 0.0
