@@ -51,6 +51,23 @@ def prepared_folder(config: StudyConfig) -> Path:
     return config.study_dir / "prepared"
 
 
+def measure_base_skill(config: StudyConfig, model, tokenizer, echo) -> dict:
+    """The untouched model's base-task score, measured once and kept with the study."""
+    import torch
+
+    from autoft.data import model_length_limit
+    from autoft.guard import BASE_MAX_LENGTH, build_task, measure_base
+
+    source = Path(config.base.data).name
+    echo(f"Measuring the base model's {config.base.kind} skill on {source} ...")
+    limit = min(BASE_MAX_LENGTH, model_length_limit(tokenizer, model.config))
+    task = build_task(config, tokenizer, limit)
+    device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    base = measure_base(task, model.to(device), config, device) | {"max_length": limit}
+    echo(f"  base {task.name}: {base['score']:.4f} ({task.measures})")
+    return base
+
+
 def prepare_study(config: StudyConfig, echo=print) -> Prepared:
     """Check everything and prepare the data, or reuse what an earlier run of this study prepared.
 
@@ -67,7 +84,7 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
             f"settings; choose a new --study name, or delete that folder to start over."
         )
     if saved:
-        data, depth, pad_id = saved
+        data, depth, pad_id, base = saved
         echo(f"Reusing the data prepared earlier in {folder}.")
     else:
         echo(f"Reading {config.train} ...")
@@ -78,8 +95,10 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
         depth = model_depth(model)
         data = tokenize_target(config, table, tokenizer, model.config)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        base = measure_base_skill(config, model, tokenizer, echo) if config.base else None
     resolved = space.resolve(depth)
-    prepared = Prepared(config=config, data=data, space=resolved, depth=depth, pad_id=pad_id)
+    prepared = Prepared(config=config, data=data, space=resolved, depth=depth, pad_id=pad_id,
+                        base=base)
     if not saved:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "fingerprint").write_text(fingerprint)

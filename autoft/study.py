@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import socket
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,17 +20,21 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from safetensors.torch import save_file
 
-from autoft.config import StudyConfig
+from autoft.cache import PrefixCache
+from autoft.config import BaseTaskConfig, StudyConfig
 from autoft.data import Split, TargetData
 from autoft.errors import UsageError
 from autoft.model import count_parameters, freeze, load_model
+from autoft.presets import search_settings
 from autoft.space import SearchSpace
 from autoft.train import Evaluation, TrialFailed, TrialParams, train_trial
 
 log = logging.getLogger("autoft")
 
-HEARTBEAT_SECONDS = 30
-GRACE_SECONDS = 120
+# A worker's running trial writes a heartbeat this often; one silent for GRACE_SECONDS is stale
+# and retried. AUTOFT_HEARTBEAT_SECONDS shortens both, so tests of killed workers take seconds.
+HEARTBEAT_SECONDS = int(os.environ.get("AUTOFT_HEARTBEAT_SECONDS", "30"))
+GRACE_SECONDS = 4 * HEARTBEAT_SECONDS
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 COUNTS_TOWARD_BUDGET = "counts_toward_budget"
 
@@ -44,6 +48,7 @@ class Prepared:
     space: SearchSpace
     depth: int
     pad_id: int
+    base: dict | None = None
 
 
 def redact(url: str) -> str:
@@ -89,23 +94,14 @@ def make_sampler(config: StudyConfig) -> optuna.samplers.TPESampler:
     """Seeded TPE whose random start-up fits the budget, aware of params that act together."""
     startup = max(2, min(10, config.n_trials // 4))
     return optuna.samplers.TPESampler(
-        seed=config.seed,
-        n_startup_trials=startup,
-        multivariate=True,
-        constraints_func=feasibility if config.base else None,
-    )
+        seed=config.seed, n_startup_trials=startup, multivariate=True)
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     """Median pruning after a few complete trials, so early trials are not all cut."""
     return optuna.pruners.MedianPruner(
-        n_startup_trials=max(3, config.n_trials // 8), n_warmup_steps=0
+        n_startup_trials=config.pruner_startup, n_warmup_steps=config.pruner_warmup_steps
     )
-
-
-def feasibility(trial: optuna.trial.FrozenTrial) -> list[float]:
-    """Optuna's constraint: ≤ 0 when the trial kept enough base-task skill."""
-    return trial.user_attrs.get("constraint", [0.0])
 
 
 def open_study(config: StudyConfig) -> optuna.Study:
@@ -156,13 +152,26 @@ def save_trial_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
     tmp.replace(path)
 
 
+def make_guard(prepared: Prepared):
+    """This worker's forgetting guard, built from the base facts measured once for the study."""
+    from transformers import AutoTokenizer
+
+    from autoft.guard import ForgettingGuard, build_task
+
+    config = prepared.config
+    tokenizer = AutoTokenizer.from_pretrained(config.model,
+                                              trust_remote_code=config.trust_remote_code)
+    return ForgettingGuard(build_task(config, tokenizer, prepared.base["max_length"]),
+                           prepared.base)
+
+
 class Objective:
     """Runs one trial: sample, load, freeze, train with reporting and pruning, record, save."""
 
-    def __init__(self, prepared: Prepared, device: torch.device, base_check=None):
+    def __init__(self, prepared: Prepared, device: torch.device):
         self.prepared = prepared
         self.device = device
-        self.base_check = base_check
+        self.base_check = make_guard(prepared) if prepared.base else None
 
     def __call__(self, trial: optuna.Trial) -> float:
         config, data = self.prepared.config, self.prepared.data
@@ -199,9 +208,12 @@ class Objective:
                 seed=config.seed + trial.number,
                 on_evaluation=on_evaluation,
                 eval_every_samples=config.eval_every_samples,
+                cache=PrefixCache(config.study_dir / "cache") if config.cache else None,
             )
         except optuna.TrialPruned as pruned:
             self._record(trial, pruned.result)
+            if self.base_check is not None:
+                self.base_check.on_prune(trial)
             raise
         except TrialFailed as failed:
             self._fail(trial, str(failed))
@@ -232,6 +244,9 @@ class Objective:
         trial.set_user_attr("best_step", best.step)
         trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
         trial.set_user_attr("samples_per_second", round(result.samples_per_second, 1))
+        trial.set_user_attr("cache_used", result.cache_used)
+        trial.set_user_attr("cache_note", result.cache_note)
+        trial.set_user_attr("cache_seconds", round(result.cache_seconds, 3))
         return best.value
 
 
@@ -246,6 +261,10 @@ def record_study_facts(study: optuna.Study, prepared: Prepared) -> None:
         "notes": data.notes,
         "trust_remote_code": config.trust_remote_code,
         "default_params": prepared.space.default_params(),
+        "settings": search_settings(config),
+        "base": prepared.base,
+        "config": recordable_config(config),
+        "train_examples": len(data.train),
         "data_description": (
             f"{Path(config.train).name} ({len(data.train)} training and "
             f"{len(data.validation)} validation examples, labels "
@@ -256,6 +275,28 @@ def record_study_facts(study: optuna.Study, prepared: Prepared) -> None:
         if study.user_attrs.get(key) != value:
             study.set_user_attr(key, value)
     enqueue_starts(study, prepared.space)
+
+
+def recordable_config(config: StudyConfig) -> dict:
+    """The study config as plain values for the storage, its storage password hidden."""
+    values = dataclasses.asdict(config)
+    values.pop("origins")
+    if values["storage"]:
+        values["storage"] = redact(values["storage"])
+    return values
+
+
+def recorded_config(study: optuna.Study, studies_dir: str, storage: str) -> StudyConfig:
+    """The config `autoft search` recorded in the study, for a worker joining it from anywhere."""
+    values = dict(study.user_attrs.get("config") or {})
+    if not values:
+        raise UsageError(
+            f"Study '{study.study_name}' records no config (made by an older autoft?); start it "
+            f"with autoft search."
+        )
+    base = values.pop("base")
+    values.update(studies_dir=studies_dir, storage=storage)
+    return StudyConfig(**values, base=BaseTaskConfig(**base) if base else None)
 
 
 def load_study(name: str, studies_dir: str, storage: str | None) -> optuna.Study:
@@ -272,28 +313,6 @@ def load_study(name: str, studies_dir: str, storage: str | None) -> optuna.Study
         raise UsageError(f"Storage {redact(url)} holds no study '{name}'; check --study.") from None
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-
-
-def run_study(study: optuna.Study, prepared: Prepared) -> None:
-    """Run the study's remaining trials in this process."""
-    config = prepared.config
-    deadline = time.time() + config.timeout if config.timeout else None
-    run_trials(study, Objective(prepared, pick_device()), config.n_trials, deadline)
-
-
-def run_trials(
-    study: optuna.Study, objective: Objective, n_trials: int, deadline: float | None = None
-) -> None:
-    """Run trials one at a time until the study's total budget or the deadline is reached."""
-    while budget_left(study, n_trials) > 0:
-        if deadline is not None and time.time() >= deadline:
-            log.info("timeout reached: no new trials are started")
-            return
-        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
-
-
 def save_prepared(prepared: Prepared, folder: Path) -> None:
     """Keep the tokenized data and resolved space beside the storage, for workers and resumes."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -307,13 +326,14 @@ def save_prepared(prepared: Prepared, folder: Path) -> None:
         "notes": data.notes,
         "depth": prepared.depth,
         "pad_id": prepared.pad_id,
+        "base": prepared.base,
     }
     tmp = folder / "target.json.tmp"
     tmp.write_text(json.dumps(content))
     tmp.replace(folder / "target.json")
 
 
-def load_prepared_data(folder: Path) -> tuple[TargetData, int, int] | None:
+def load_prepared_data(folder: Path) -> tuple[TargetData, int, int, dict | None] | None:
     """The tokenized data saved by `save_prepared`, or None when there is none yet."""
     path = folder / "target.json"
     if not path.is_file():
@@ -327,4 +347,4 @@ def load_prepared_data(folder: Path) -> tuple[TargetData, int, int] | None:
         max_length=content["max_length"],
         notes=content["notes"],
     )
-    return data, content["depth"], content["pad_id"]
+    return data, content["depth"], content["pad_id"], content.get("base")

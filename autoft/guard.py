@@ -1,0 +1,88 @@
+"""The forgetting guard: measures the base model once per study, checks a cheap slice at every
+evaluation (pruning trials already far below the bar) and the full base data at a trial's end.
+"""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+import torch
+
+from autoft.config import StudyConfig
+from autoft.forgetting import BaseTask, build_base_task, retention
+
+PRUNE_MARGIN = 0.10
+BASE_MAX_LENGTH = 256
+
+
+def build_task(config: StudyConfig, tokenizer, max_length: int) -> BaseTask:
+    """The study's base task; it keeps its own max length (base texts are often longer)."""
+    return build_base_task(config.base, config.model, tokenizer, max_length,
+                           config.trust_remote_code)
+
+
+def measure_base(task: BaseTask, model, config: StudyConfig, device: torch.device) -> dict:
+    """The untouched model's base-task skill, full and on the quick slice; stored in the study."""
+    full = task.score(model, str(device))
+    quick = task.score(model, str(device), quick=True)
+    return {"kind": config.base.kind, "name": task.name, "measures": task.measures,
+            "higher_is_better": task.higher_is_better, "score": full.value,
+            "details": full.details, "quick_score": quick.value,
+            "min_retention": config.base.min_retention}
+
+
+class ForgettingGuard:
+    """Per-trial base-task checks, recorded as user attributes and as Optuna's constraint."""
+
+    def __init__(self, task: BaseTask, base: dict):
+        self.task = task
+        self.base = base
+
+    def _retention(self, value: float, key: str) -> float:
+        return retention(self.base[key], value, self.base["higher_is_better"])
+
+    def on_evaluation(self, trial: optuna.Trial, model, device: torch.device) -> None:
+        """Cheap check on a fixed slice; prune when already well below the bar."""
+        began = time.perf_counter()
+        kept = self._retention(self.task.score(model, str(device), quick=True).value,
+                               "quick_score")
+        self._add_seconds(trial, time.perf_counter() - began)
+        history = trial.user_attrs.get("quick_retention", []) + [round(kept, 4)]
+        trial.set_user_attr("quick_retention", history)
+        self._constrain(trial, kept, final=False)
+        bar = self.base["min_retention"] - PRUNE_MARGIN
+        if kept < bar:
+            reason = (f"forgetting: kept {kept:.2f} of the base skill on the quick check, "
+                      f"below {bar:.2f}")
+            trial.set_user_attr("prune_reason", reason)
+            raise optuna.TrialPruned(reason)
+
+    def on_prune(self, trial: optuna.Trial) -> None:
+        """A pruned trial's constraint is its last quick retention, so the sampler learns too."""
+        kept = trial.user_attrs.get("quick_retention", [1.0])[-1]
+        self._constrain(trial, kept, final=True)
+
+    def _constrain(self, trial: optuna.Trial, kept: float, final: bool) -> None:
+        """Feasible when ≤ 0; Optuna accepts a trial's constraint once, so only at its end."""
+        violation = self.base["min_retention"] - kept
+        trial.set_user_attr("constraint", [violation])
+        if final:
+            trial.set_constraint("retention", violation)
+
+    def on_finish(self, trial: optuna.Trial, model, best_state: dict, device: torch.device):
+        """Full check of the weights the trial keeps (its best evaluation's)."""
+        began = time.perf_counter()
+        model.load_state_dict(best_state, strict=False)
+        tuned = self.task.score(model, str(device))
+        kept = self._retention(tuned.value, "score")
+        self._add_seconds(trial, time.perf_counter() - began)
+        trial.set_user_attr("base_score", tuned.value)
+        trial.set_user_attr("base_details", tuned.details)
+        trial.set_user_attr("retention", kept)
+        self._constrain(trial, kept, final=True)
+
+    @staticmethod
+    def _add_seconds(trial: optuna.Trial, seconds: float) -> None:
+        total = trial.user_attrs.get("base_check_seconds", 0.0) + seconds
+        trial.set_user_attr("base_check_seconds", round(total, 3))

@@ -1,0 +1,97 @@
+"""Shared test fixtures: a tiny real BERT with its tokenizer saved to disk, and a small CSV task
+that such a model can learn in seconds (the label is which sentiment word a text contains).
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+POSITIVE = ["good", "great", "fine", "lovely"]
+NEGATIVE = ["bad", "awful", "poor", "nasty"]
+FILLER = ["the", "a", "film", "day", "was", "is", "very", "quite", "food", "show", "it", "so"]
+WORDS = POSITIVE + NEGATIVE + FILLER
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over the fixture vocabulary, wrapped like any HF tokenizer."""
+    vocab = {token: i for i, token in enumerate(SPECIAL + WORDS)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]", model_max_length=32)
+
+
+def save_tiny_bert(folder: Path, layers: int = 2, seed: int = 0) -> Path:
+    """A random 2-layer BERT (hidden 32) saved with its tokenizer, as a user's model folder."""
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=layers,
+                        num_attention_heads=2, intermediate_size=48, max_position_embeddings=32,
+                        pad_token_id=tokenizer.pad_token_id)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def sentiment_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """Texts of filler words with one sentiment word; the label says which kind it was."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 == 0 else "neg"
+        words = rng.sample(FILLER, 4) + [rng.choice(POSITIVE if label == "pos" else NEGATIVE)]
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_csv(tmp_path_factory) -> Path:
+    return write_csv(tmp_path_factory.mktemp("data") / "train.csv", sentiment_rows(160))
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory, tiny_model_dir, tiny_csv):
+    """A real finished study on the tiny BERT: 3 trials run in this process, then a 4th that a
+    pruner stops at its first evaluation; returns (study, study folder)."""
+    import optuna
+
+    from autoft.config import build_config
+    from autoft.prepare import prepare_study
+    from autoft.study import Objective, load_study, open_study, record_study_facts
+
+    studies = tmp_path_factory.mktemp("studies")
+    flags = {"model": str(tiny_model_dir), "train": str(tiny_csv), "name": "tiny",
+             "studies_dir": str(studies), "preset": "quick", "n_trials": 4}
+    config = build_config({}, None, flags)
+    prepared = prepare_study(config, echo=lambda line: None)
+    study = open_study(config)
+    record_study_facts(study, prepared)
+    objective = Objective(prepared, torch.device("cpu"))
+    study.optimize(objective, n_trials=3)
+    always = optuna.load_study(study_name="tiny", storage=study._storage,
+                               pruner=optuna.pruners.ThresholdPruner(upper=-1.0))
+    always.optimize(objective, n_trials=1, catch=(Exception,))
+    return load_study("tiny", str(studies), None), studies / "tiny"

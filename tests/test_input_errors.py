@@ -1,0 +1,135 @@
+"""Bad input ends with one sentence naming the thing and the fix, exit code 2, no traceback, and
+no trial started: one test per kind of mistake a user makes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import sentiment_rows, write_csv
+
+from autoft.cli import main
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str]:
+    code = main(args)
+    return code, capsys.readouterr().err
+
+
+def search_args(model: Path, train: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return ["search", "--model", str(model), "--train", str(train), "--studies-dir",
+            str(tmp_path / "studies"), "--study", "bad", "--n-trials", "1", *extra]
+
+
+def assert_refused(code: int, err: str, *words: str, tmp_path: Path) -> None:
+    assert code == 2
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    for word in words:
+        assert word in err, err
+    assert not (tmp_path / "studies" / "bad" / "study.db").exists(), "a trial must not start"
+
+
+def test_missing_train_file(tiny_model_dir, tmp_path, capsys):
+    missing = tmp_path / "nope.csv"
+    code, err = run_cli(search_args(tiny_model_dir, missing, tmp_path), capsys)
+    assert_refused(code, err, "--train", "nope.csv", "does not exist", tmp_path=tmp_path)
+
+
+def test_unknown_text_column(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    args = search_args(tiny_model_dir, tiny_csv, tmp_path, "--text-column", "review")
+    code, err = run_cli(args, capsys)
+    assert_refused(code, err, "--text-column", "'review'", "text, label", tmp_path=tmp_path)
+
+
+def test_label_column_with_one_class(tiny_model_dir, tmp_path, capsys):
+    rows = [{"text": "good film", "label": "pos"} for _ in range(10)]
+    train = write_csv(tmp_path / "one.csv", rows)
+    code, err = run_cli(search_args(tiny_model_dir, train, tmp_path), capsys)
+    assert_refused(code, err, "only one class", "'pos'", tmp_path=tmp_path)
+
+
+def test_empty_data(tiny_model_dir, tmp_path, capsys):
+    train = tmp_path / "empty.csv"
+    train.write_text("text,label\n")
+    code, err = run_cli(search_args(tiny_model_dir, train, tmp_path), capsys)
+    assert_refused(code, err, "empty.csv", "no rows", tmp_path=tmp_path)
+
+
+def test_folder_without_model(tiny_csv, tmp_path, capsys):
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    code, err = run_cli(search_args(empty, tiny_csv, tmp_path), capsys)
+    assert_refused(code, err, "not-a-model", "config.json", tmp_path=tmp_path)
+
+
+def write_space(tmp_path: Path, **overrides: str) -> Path:
+    lines = {
+        "learning_rate": "{low: 1.0e-5, high: 1.0e-3, log: true}",
+        "head_lr_multiplier": "10",
+        "batch_size": "{choices: [16]}",
+        "trainable_layers": "{low: 0, high: max}",
+        "epochs": "1",
+        "weight_decay": "0.0",
+        "warmup_ratio": "0.0",
+    } | overrides
+    path = tmp_path / "space.yaml"
+    path.write_text("".join(f"{key}: {value}\n" for key, value in lines.items()))
+    return path
+
+
+def test_reversed_learning_rate_bounds(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    space = write_space(tmp_path, learning_rate="{low: 1.0e-3, high: 1.0e-5, log: true}")
+    args = search_args(tiny_model_dir, tiny_csv, tmp_path, "--space", str(space))
+    code, err = run_cli(args, capsys)
+    assert_refused(code, err, "space.yaml", "learning_rate", "swap", tmp_path=tmp_path)
+
+
+def test_trainable_layers_deeper_than_model(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    space = write_space(tmp_path, trainable_layers="{low: 0, high: 12}")
+    args = search_args(tiny_model_dir, tiny_csv, tmp_path, "--space", str(space))
+    code, err = run_cli(args, capsys)
+    assert_refused(code, err, "trainable_layers", "12", "only 2 layers", tmp_path=tmp_path)
+
+
+def test_unknown_metric(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    args = search_args(tiny_model_dir, tiny_csv, tmp_path, "--metric", "auc")
+    code, err = run_cli(args, capsys)
+    assert_refused(code, err, "--metric", "'auc'", "macro_f1", tmp_path=tmp_path)
+
+
+def test_unknown_setting_in_study_file(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text(f"model: {tiny_model_dir}\ntrain: {tiny_csv}\nlearning_rat: 0.1\n")
+    code, err = run_cli(["search", str(study_file), "--studies-dir", str(tmp_path / "studies"),
+                         "--study", "bad"], capsys)
+    assert_refused(code, err, "study.yaml", "learning_rat", "unknown", tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize("value", ["soon", "-3h"])
+def test_bad_timeout(tiny_model_dir, tiny_csv, tmp_path, capsys, value):
+    args = search_args(tiny_model_dir, tiny_csv, tmp_path, f"--timeout={value}")
+    code, err = run_cli(args, capsys)
+    assert_refused(code, err, "--timeout", tmp_path=tmp_path)
+
+
+def test_cli_process_exits_2_without_traceback(tiny_model_dir, tmp_path):
+    """The installed entry point, as a user runs it: exit status 2 and one line on stderr."""
+    args = search_args(tiny_model_dir, tmp_path / "x.csv", tmp_path)
+    done = subprocess.run([sys.executable, "-m", "autoft", *args], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith("autoft: --train: data file")
+    assert "Traceback" not in done.stderr
+
+
+def test_validation_label_unseen_in_train(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    rows = sentiment_rows(20)
+    rows[0]["label"] = "meh"
+    validation = write_csv(tmp_path / "val.csv", rows)
+    args = search_args(tiny_model_dir, tiny_csv, tmp_path, "--validation", str(validation))
+    code, err = run_cli(args, capsys)
+    assert_refused(code, err, "--validation", "'meh'", tmp_path=tmp_path)
