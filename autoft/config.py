@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from autoft.errors import UsageError
+from autoft.presets import apply_preset
 
 METRICS = ("accuracy", "macro_f1")
 BASE_KINDS = ("similarity", "classification", "masked_lm", "drift")
@@ -67,8 +68,18 @@ class StudyConfig:
     devices: str = "auto"
     trials_per_gpu: int = 1
     cache: bool = True
+    preset: str | None = None
+    pruner_startup_trials: int | None = None
+    pruner_warmup_steps: int = 0
     base: BaseTaskConfig | None = None
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def pruner_startup(self) -> int:
+        """Complete trials before pruning starts: as set, or an eighth of the budget, at least 3."""
+        if self.pruner_startup_trials is not None:
+            return self.pruner_startup_trials
+        return max(3, self.n_trials // 8)
 
     @property
     def study_dir(self) -> Path:
@@ -174,6 +185,7 @@ def build_config(
         else:
             values[key] = value
             origins[key] = flag
+    values, origins = apply_preset(values, origins)
     for key in _PATH_FIELDS:
         if values.get(key):
             values[key] = resolve_path(str(values[key]), relative_to)
@@ -265,6 +277,10 @@ def validate(config: StudyConfig) -> None:
         value = getattr(config, name)
         if value is not None and value < 1:
             raise UsageError(f"{config.where(name)}: {value} must be a positive whole number.")
+    for name in ("pruner_startup_trials", "pruner_warmup_steps"):
+        value = getattr(config, name)
+        if value is not None and value < 0:
+            raise UsageError(f"{config.where(name)}: {value} must be 0 or more.")
     if config.timeout is not None and config.timeout <= 0:
         raise UsageError(f"{config.where('timeout')}: the timeout must be positive, like 8h.")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", config.name):

@@ -174,14 +174,16 @@ def load_target(config: StudyConfig) -> tuple[list, list[str], list, list[str], 
             stratify=train_labels,
             random_state=config.seed,
         )
-        notes.append(
-            f"validation: a stratified {config.val_fraction:.0%} of {Path(config.train).name} "
-            f"({len(val_labels)} rows), since no --validation was given"
-        )
     train_texts, train_labels = _subsample(
         train_texts, train_labels, config.max_train_samples, config.seed
     )
     val_texts, val_labels = _subsample(val_texts, val_labels, config.max_val_samples, config.seed)
+    if not config.validation:
+        capped = f", at most {config.max_val_samples}" if config.max_val_samples else ""
+        notes.append(
+            f"validation: {len(val_labels)} rows held out of {Path(config.train).name}, stratified "
+            f"({config.val_fraction:.0%}{capped}), since no --validation was given"
+        )
     return train_texts, train_labels, val_texts, val_labels, notes
 
 

@@ -37,3 +37,32 @@ def describe_seconds(seconds: float) -> str:
     if minutes:
         return f"{minutes}m{secs:02d}s"
     return f"{secs}s"
+
+
+def short_params(params: dict, depth: int) -> str:
+    """'top 4/6 layers, lr 3.0e-05 (head ×10), batch 32, 3 epochs', for tables and log lines."""
+    if not params:
+        return "config not sampled yet"
+    parts = [f"top {int(params['trainable_layers'])}/{depth} layers"]
+    rate = f"lr {params['learning_rate']:.1e}"
+    if "head_lr_multiplier" in params:
+        rate += f" (head ×{params['head_lr_multiplier']:.0f})"
+    parts.append(rate)
+    if "batch_size" in params:
+        parts.append(f"batch {params['batch_size']}")
+    if "epochs" in params:
+        parts.append(f"{int(params['epochs'])} epochs")
+    return ", ".join(parts)
+
+
+def describe_settings(settings: dict) -> str:
+    """'search space 'quick', a budget of 8 trials, pruning once 2 trials are complete (...)'."""
+    text = (
+        f"search space '{settings['space']}', a budget of {settings['n_trials']} trials, pruning "
+        f"once {settings['pruner_startup_trials']} trials are complete"
+    )
+    if settings.get("pruner_warmup_steps"):
+        text += f" and never at the first {settings['pruner_warmup_steps']} evaluation(s)"
+    if settings.get("preset"):
+        text += f" (preset '{settings['preset']}'; the study file and flags win over it)"
+    return text

@@ -4,14 +4,30 @@ model card, rebuilt from the base model plus the parameters that trial trained.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
+from optuna.trial import TrialState
 from safetensors.torch import load_file
+from transformers.utils import logging as hf_logging
 
 from autoft.describe import describe_params
 from autoft.errors import UsageError
 from autoft.model import load_model
+from autoft.report import best_feasible, full_params
+
+
+@contextmanager
+def quiet_progress_bars():
+    """No 'Writing model shards' bar in the middle of the study's own output."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def load_trial_model(
@@ -39,28 +55,56 @@ def load_trial_model(
     return model, tokenizer
 
 
-def model_card(
-    study_name: str, trial: optuna.trial.FrozenTrial, depth: int, metric: str, data_description: str
-) -> str:
-    """A README.md that says where the model came from and how good it is."""
+def score_line(trial: optuna.trial.FrozenTrial, metric: str) -> str:
+    """How good the saved weights are, and whether the trial ran to its end."""
+    evaluations = trial.user_attrs.get("evaluations") or []
+    best = trial.user_attrs.get("best_value")
+    at = f" (after evaluation {trial.user_attrs.get('best_step')})" if best is not None else ""
+    if trial.state == TrialState.COMPLETE and trial.value is not None:
+        return f"Validation {metric}: {trial.value:.4f}{at}"
+    if best is None:
+        return f"Validation {metric}: none; the trial stopped before its first evaluation"
+    stopped = "pruned" if trial.state == TrialState.PRUNED else trial.state.name.lower()
+    count = len(evaluations)
+    return (
+        f"Validation {metric}: {best:.4f}{at}; the trial was {stopped} after {count} "
+        f"evaluation{'s' if count != 1 else ''}, so these are the weights it had reached"
+    )
+
+
+def retention_line(trial: optuna.trial.FrozenTrial, base: dict | None) -> str:
     retention = trial.user_attrs.get("retention")
+    if retention is None:
+        return "Retention: not measured (the study had no base task, or the check did not run)"
+    if not base:
+        return f"Retention of base-task skill: {retention:.1%}"
+    return (
+        f"Retention of the base model's {base.get('kind')} skill: {retention:.1%} "
+        f"({base.get('name')} {trial.user_attrs.get('base_score', float('nan')):.4f} against "
+        f"{base.get('score', float('nan')):.4f} before tuning; the study's bar was "
+        f"{base.get('min_retention', 0):.0%})"
+    )
+
+
+def model_card(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
+    """A README.md that says where the model came from, how it was trained and how good it is."""
+    attrs = study.user_attrs
+    params = full_params(trial)
     lines = [
-        f"# autoft study '{study_name}', trial {trial.number}",
+        f"# autoft study '{study.study_name}', trial {trial.number}",
         "",
-        f"Fine-tuned by autoft on {data_description}.",
+        f"Fine-tuned by autoft from {attrs.get('model')} on {attrs.get('data_description')}.",
         "",
-        f"- Config: {describe_params(trial.params or trial.user_attrs.get('params', {}), depth)}",
-        f"- Validation {metric}: {trial.value:.4f}"
-        if trial.value is not None
-        else f"- Validation {metric}: not finished",
+        f"- Config: {describe_params(params, attrs['depth'])}",
+        f"- {score_line(trial, attrs['metric'])}",
+        f"- {retention_line(trial, attrs.get('base'))}",
+        "",
+        "## Parameters",
+        "",
+        "| parameter | value |",
+        "|---|---|",
     ]
-    if retention is not None:
-        lines.append(
-            f"- Base-task retention: {retention:.3f} "
-            f"({trial.user_attrs.get('base_kind', 'base task')})"
-        )
-    lines += ["", "## Parameters", "", "| parameter | value |", "|---|---|"]
-    lines += [f"| {name} | {value} |" for name, value in sorted(trial.params.items())]
+    lines += [f"| {name} | {value} |" for name, value in sorted(params.items())]
     lines += [
         "",
         "Load it with `AutoModelForSequenceClassification.from_pretrained(this_folder)`.",
@@ -74,12 +118,13 @@ def export_trial(study: optuna.Study, trial_number: int | None, out_dir: Path) -
     attrs = study.user_attrs
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if trial_number is None:
-        trial_number = attrs.get("best_trial")
-        if trial_number is None:
+        best = best_feasible(study)
+        if best is None:
             raise UsageError(
                 f"Study '{study.study_name}' has no best trial yet; "
                 f"pass --trial N or let the study finish a trial first."
             )
+        trial_number = best.number
     if trial_number not in trials:
         raise UsageError(
             f"Study '{study.study_name}' has no trial {trial_number}; "
@@ -90,11 +135,8 @@ def export_trial(study: optuna.Study, trial_number: int | None, out_dir: Path) -
         attrs["model"], attrs["label_names"], trial, attrs.get("trust_remote_code", False)
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
+    with quiet_progress_bars():
+        model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    (out_dir / "README.md").write_text(
-        model_card(
-            study.study_name, trial, attrs["depth"], attrs["metric"], attrs["data_description"]
-        )
-    )
+    (out_dir / "README.md").write_text(model_card(study, trial))
     return out_dir

@@ -1,4 +1,5 @@
-"""The study's result, read from the storage alone: summary.json and the summary on screen.
+"""The study's result, read from the storage alone: summary.json, report.md, report.html (one
+self-contained file, plots inlined as PNG) and the summary on screen.
 
 The best trial is the best *feasible* complete trial (retention at or above the bar when a base
 task is set); the default config's score stands beside it.
@@ -6,13 +7,15 @@ task is set); the default config's score stands beside it.
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
-from autoft.describe import describe_params, describe_seconds
+from autoft.describe import describe_params, describe_seconds, describe_settings, short_params
 
 
 def full_params(trial: optuna.trial.FrozenTrial) -> dict:
@@ -167,3 +170,178 @@ def summary_text(summary: dict) -> str:
             f"({base['name']} {best['base_score']:.4f} vs {base['score']:.4f})"
         )
     return "\n".join(lines)
+
+
+def trial_seconds(trial: optuna.trial.FrozenTrial) -> float | None:
+    if trial.datetime_start and trial.datetime_complete:
+        return (trial.datetime_complete - trial.datetime_start).total_seconds()
+    return None
+
+
+def answer_lines(summary: dict) -> list[str]:
+    """The best config, its score against the default's and its retention, in sentences."""
+    metric, best, default = summary["metric"], summary["best"], summary["default"]
+    base = summary.get("base")
+    if best is None:
+        return summary_text(summary).splitlines()[1:]
+    lines = [
+        f"Best config (trial {best['number']}): "
+        f"{describe_params(best['params'], summary['depth'])}."
+    ]
+    score = f"It reached a validation {metric} of {best['value']:.4f}"
+    if default is None:
+        score += "; the default config has no finished score to compare with."
+    elif default["number"] == best["number"]:
+        score += ", and it is the default config: no other config found did better."
+    else:
+        gain = best["value"] - default["value"]
+        score += (
+            f"; the default config (trial {default['number']}) reached {default['value']:.4f}, "
+            f"so tuning gained {gain:+.4f}."
+        )
+    lines.append(score)
+    if best.get("retention") is not None and base:
+        lines.append(
+            f"It keeps {best['retention']:.1%} of the base model's {base.get('kind', 'base')} "
+            f"skill ({base.get('name', 'score')} {best['base_score']:.4f} against "
+            f"{base.get('score', float('nan')):.4f} before tuning; the bar was "
+            f"{base.get('min_retention', 0):.0%})."
+        )
+    elif base:
+        lines.append("Its base-task retention was not recorded.")
+    else:
+        lines.append(
+            "Forgetting was not measured: this study has no base task (set --base-kind and "
+            "--base-data to check that tuning keeps what the model already knew)."
+        )
+    return lines
+
+
+def setting_lines(study: optuna.Study, summary: dict) -> list[str]:
+    """What autoft chose on the user's behalf, and why."""
+    lines = [f"chose {note}" for note in summary.get("notes") or []]
+    settings = study.user_attrs.get("settings")
+    if settings:
+        lines.append(f"used {describe_settings(settings)}")
+    return lines or ["Every setting came from the study file or the flags."]
+
+
+def trial_rows(study: optuna.Study) -> list[list[str]]:
+    """One row per trial: number, state, value, config, retention, reason, seconds."""
+    depth = study.user_attrs.get("depth") or 0
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        attrs = t.user_attrs
+        retention = attrs.get("retention")
+        seconds = trial_seconds(t)
+        rows.append(
+            [
+                str(t.number),
+                t.state.name.lower(),
+                f"{t.value:.4f}" if t.value is not None else "",
+                short_params(full_params(t), depth),
+                f"{retention:.3f}" if retention is not None else "",
+                attrs.get("fail_reason") or attrs.get("prune_reason") or "",
+                f"{seconds:.0f}" if seconds is not None else "",
+            ]
+        )
+    return rows
+
+
+TRIAL_COLUMNS = ["trial", "state", "value", "config", "retention", "reason", "seconds"]
+
+
+def report_blocks(study: optuna.Study, summary: dict, plots: list) -> list[tuple]:
+    """The report as a list of blocks that both the Markdown and the HTML writer render."""
+    attrs = study.user_attrs
+    c = summary["counts"]
+    blocks: list[tuple] = [
+        ("h1", f"autoft report: study '{summary['study']}'"),
+        ("p", f"Model: {attrs.get('model', 'unknown')}. "
+              f"Data: {attrs.get('data_description', 'unknown')}."),
+        ("h2", "The answer"),
+        *[("p", line) for line in answer_lines(summary)],
+        ("h2", "How the search went"),
+        ("p", f"{c['complete']} trials completed, {c['pruned']} were stopped early (pruned) and "
+              f"{c['failed']} failed, in {describe_seconds(summary['seconds'])}."),
+        ("h2", "What autoft chose for you"),
+        ("ul", setting_lines(study, summary)),
+        ("h2", "Plots"),
+    ]
+    blocks += [("plot", plot) for plot in plots]
+    blocks += [("h2", "Every trial"), ("table", TRIAL_COLUMNS, trial_rows(study))]
+    return blocks
+
+
+def render_markdown(blocks: list[tuple]) -> str:
+    out = []
+    for kind, *content in blocks:
+        if kind in ("h1", "h2"):
+            out.append(f"{'#' * int(kind[1])} {content[0]}\n")
+        elif kind == "p":
+            out.append(f"{content[0]}\n")
+        elif kind == "ul":
+            out.append("\n".join(f"- {item}" for item in content[0]) + "\n")
+        elif kind == "plot":
+            plot = content[0]
+            where = "(the plot is in report.html)" if plot.png else ""
+            out.append(f"### {plot.title}\n\n{plot.text} {where}".rstrip() + "\n")
+        elif kind == "table":
+            header, rows = content
+            lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(v.replace("|", "\\|") for v in row) + " |" for row in rows]
+            out.append("\n".join(lines) + "\n")
+    return "\n".join(out)
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;
+color:#222}h1{font-size:1.6rem}h2{border-bottom:1px solid #ddd;margin-top:2rem}
+figure{margin:1rem 0}img{max-width:100%;height:auto}figcaption{color:#555;font-size:.9rem}
+table{border-collapse:collapse;font-size:.85rem}td,th{border:1px solid #ddd;padding:.25rem .5rem;
+text-align:left}tr:nth-child(even){background:#f6f6f6}"""
+
+
+def render_html(blocks: list[tuple]) -> str:
+    esc = html.escape
+    title = next(content[0] for kind, *content in blocks if kind == "h1")
+    out = [
+        "<!DOCTYPE html>",
+        f'<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>',
+        f"<style>{STYLE}</style></head><body>",
+    ]
+    for kind, *content in blocks:
+        if kind in ("h1", "h2", "p"):
+            out.append(f"<{kind}>{esc(content[0])}</{kind}>")
+        elif kind == "ul":
+            out.append("<ul>" + "".join(f"<li>{esc(i)}</li>" for i in content[0]) + "</ul>")
+        elif kind == "plot":
+            plot = content[0]
+            out.append(f"<h3>{esc(plot.title)}</h3><figure>")
+            if plot.png:
+                data = base64.b64encode(plot.png).decode("ascii")
+                out.append(f'<img alt="{esc(plot.title)}" src="data:image/png;base64,{data}">')
+            out.append(f"<figcaption>{esc(plot.text)}</figcaption></figure>")
+        elif kind == "table":
+            header, rows = content
+            out.append("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>")
+            out += ["<tr>" + "".join(f"<td>{esc(v)}</td>" for v in row) + "</tr>" for row in rows]
+            out.append("</table>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_report(study: optuna.Study, study_dir: Path) -> dict:
+    """summary.json, report.md and report.html in the study folder; returns the summary."""
+    from autoft.plots import study_plots
+
+    summary = write_summary(study, study_dir)
+    blocks = report_blocks(study, summary, study_plots(study))
+    _write(study_dir / "report.md", render_markdown(blocks))
+    _write(study_dir / "report.html", render_html(blocks))
+    return summary

@@ -1,0 +1,217 @@
+"""The report's plots, drawn with matplotlib into PNG bytes from a study's trials; a plot that the
+study cannot support yet (too few trials, no retention measured) becomes a sentence instead.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import optuna  # noqa: E402
+from optuna.trial import FrozenTrial, TrialState  # noqa: E402
+
+from autoft.describe import short_params  # noqa: E402
+from autoft.report import full_params as _params  # noqa: E402
+from autoft.report import is_feasible  # noqa: E402
+
+TOP_CURVES = 5
+WIDTH, HEIGHT, DPI = 6.4, 3.6, 100
+FEASIBLE, INFEASIBLE, PRUNED, BEST = "#1f77b4", "#d62728", "#7f7f7f", "#2ca02c"
+
+
+@dataclass(frozen=True)
+class Plot:
+    """One figure of the report: PNG bytes, or None with `text` saying why there is no plot."""
+
+    title: str
+    text: str
+    png: bytes | None = None
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _figure():
+    fig, ax = plt.subplots(figsize=(WIDTH, HEIGHT))
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def last_value(trial: FrozenTrial) -> float | None:
+    """A pruned trial's score where it stopped."""
+    if not trial.intermediate_values:
+        return None
+    return trial.intermediate_values[max(trial.intermediate_values)]
+
+
+def complete_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    return [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+
+
+def history_plot(trials: list[FrozenTrial], metric: str) -> Plot:
+    title = "Optimization history"
+    complete = complete_trials(trials)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED and last_value(t) is not None]
+    if not complete and not pruned:
+        return Plot(title, "No trial has a score yet, so there is no history to draw.")
+    fig, ax = _figure()
+    feasible = [t for t in complete if is_feasible(t)]
+    forgetful = [t for t in complete if not is_feasible(t)]
+    ax.scatter([t.number for t in feasible], [t.value for t in feasible], color=FEASIBLE,
+               label="complete", zorder=3)
+    if forgetful:
+        ax.scatter([t.number for t in forgetful], [t.value for t in forgetful], color=INFEASIBLE,
+                   marker="s", label="complete, forgot too much", zorder=3)
+    if pruned:
+        ax.scatter([t.number for t in pruned], [last_value(t) for t in pruned], color=PRUNED,
+                   marker="x", label="pruned (score when stopped)", zorder=3)
+    best, xs, ys = None, [], []
+    for t in sorted(feasible, key=lambda t: t.number):
+        best = t.value if best is None else max(best, t.value)
+        xs.append(t.number)
+        ys.append(best)
+    if xs:
+        ax.step(xs, ys, where="post", color=BEST, label="best so far")
+    ax.set_xlabel("trial number")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize="small")
+    return Plot(
+        title,
+        f"Each dot is a trial's best validation {metric}; the green line is the best feasible "
+        "score found so far. Crosses are trials stopped early because they trailed the others.",
+        _png(fig),
+    )
+
+
+def importance_plot(study: optuna.Study) -> Plot:
+    title = "Which settings mattered"
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return Plot(title, f"Parameter importances need at least 2 complete trials; this study "
+                           f"has {len(complete)}.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            importances = optuna.importance.get_param_importances(study)
+    except (ValueError, RuntimeError) as error:
+        return Plot(title, f"Optuna could not rank the settings yet ({error}).")
+    if not importances:
+        return Plot(title, "The complete trials share one config, so no setting can be ranked.")
+    fig, ax = _figure()
+    names = list(importances)[::-1]
+    ax.barh(names, [importances[n] for n in names], color=FEASIBLE)
+    ax.set_xlabel("share of the score's variation explained")
+    return Plot(
+        title,
+        f"Optuna's parameter importances over {len(complete)} complete trials: how much each "
+        "setting explains the differences in score. With few trials this is only a hint.",
+        _png(fig),
+    )
+
+
+def layers_plot(trials: list[FrozenTrial], metric: str, depth: int | None) -> Plot:
+    title = f"{metric} against the number of trained layers"
+    complete = [t for t in complete_trials(trials) if "trainable_layers" in _params(t)]
+    if not complete:
+        return Plot(title, "No complete trial yet.")
+    fig, ax = _figure()
+    for group, color, label in (
+        ([t for t in complete if is_feasible(t)], FEASIBLE, "complete"),
+        ([t for t in complete if not is_feasible(t)], INFEASIBLE, "forgot too much"),
+    ):
+        if group:
+            ax.scatter([_params(t)["trainable_layers"] for t in group], [t.value for t in group],
+                       color=color, label=label, zorder=3)
+    everything = f", {depth} = all" if depth else ""
+    ax.set_xlabel(f"trainable layers (0 = only the new head{everything})")
+    ax.set_ylabel(metric)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize="small")
+    return Plot(
+        title,
+        "Training more of the top layers usually fits the new task better but costs time and "
+        "forgets more; this shows where this task's sweet spot lies.",
+        _png(fig),
+    )
+
+
+def retention_plot(trials: list[FrozenTrial], metric: str, min_retention: float | None) -> Plot:
+    title = f"{metric} against retention of the base skill"
+    rated = [t for t in complete_trials(trials) if t.user_attrs.get("retention") is not None]
+    if not rated:
+        return Plot(title, "No trial measured base-task retention (no base task was set for "
+                           "this study, or no trial finished the check).")
+    fig, ax = _figure()
+    xs = [t.user_attrs["retention"] for t in rated]
+    if min_retention is not None:
+        right = max(max(xs), min_retention) + 0.05
+        ax.axvspan(min_retention, right, color=BEST, alpha=0.12,
+                   label=f"feasible: retention ≥ {min_retention:g}")
+        ax.axvline(min_retention, color=BEST, linestyle="--")
+        ax.set_xlim(min(min(xs), min_retention) - 0.05, right)
+    colors = [FEASIBLE if is_feasible(t) else INFEASIBLE for t in rated]
+    ax.scatter(xs, [t.value for t in rated], c=colors, zorder=3)
+    for t, x in zip(rated, xs, strict=True):
+        ax.annotate(str(t.number), (x, t.value), fontsize="x-small", xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xlabel("retention (share of the base model's skill kept)")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize="small", loc="lower left")
+    return Plot(
+        title,
+        "Each dot is a trial, labelled with its number. Trials in the green region kept enough of "
+        "what the model knew before; the best config is chosen among them.",
+        _png(fig),
+    )
+
+
+def curves_plot(trials: list[FrozenTrial], metric: str, depth: int | None) -> Plot:
+    title = f"Learning curves of the top {TOP_CURVES} trials"
+    scored = [t for t in trials if t.user_attrs.get("evaluations")]
+    if not scored:
+        return Plot(title, "No trial has recorded an evaluation yet.")
+    top = sorted(scored, key=lambda t: -max(e["value"] for e in t.user_attrs["evaluations"]))
+    fig, ax = _figure()
+    for t in top[:TOP_CURVES]:
+        evaluations = t.user_attrs["evaluations"]
+        label = f"trial {t.number}: {short_params(_params(t), depth or 0)}"
+        if t.state == TrialState.PRUNED:
+            label += " (pruned)"
+        ax.plot([e["samples_seen"] for e in evaluations], [e["value"] for e in evaluations],
+                marker="o", label=label)
+    ax.set_xlabel("training examples seen")
+    ax.set_ylabel(f"validation {metric}")
+    ax.legend(fontsize="x-small")
+    return Plot(
+        title,
+        "The validation score after each evaluation, for the trials that reached the highest "
+        "scores. A curve that still climbs at its end would gain from more epochs.",
+        _png(fig),
+    )
+
+
+def study_plots(study: optuna.Study) -> list[Plot]:
+    """Every plot of the report, in reading order."""
+    attrs = study.user_attrs
+    trials = study.get_trials(deepcopy=False)
+    metric = attrs.get("metric") or "score"
+    depth = attrs.get("depth")
+    base = attrs.get("base") or {}
+    return [
+        history_plot(trials, metric),
+        importance_plot(study),
+        layers_plot(trials, metric, depth),
+        retention_plot(trials, metric, base.get("min_retention")),
+        curves_plot(trials, metric, depth),
+    ]

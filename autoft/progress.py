@@ -1,0 +1,289 @@
+"""The live display of a running study: a thread that polls the storage, so trials run by worker
+processes show too; a rich panel on a terminal, plain lines in logs and CI.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autoft.describe import describe_seconds, short_params
+from autoft.study import COUNTS_TOWARD_BUDGET
+
+POLL_SECONDS = 2.0
+STATUS_EVERY_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class RunningTrial:
+    """A trial in flight: its config and how far it got (epochs may be fractional)."""
+
+    number: int
+    params: dict
+    epoch: float | None
+    epochs: int | None
+    last_value: float | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The study at one moment, as the display shows it."""
+
+    complete: int
+    pruned: int
+    failed: int
+    budget: int
+    running: list[RunningTrial]
+    elapsed: float
+    remaining: float | None
+    best_value: float | None
+    best_number: int | None
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned + self.failed
+
+
+def counts_toward_budget(trial: FrozenTrial) -> bool:
+    """As the study counts: complete and pruned trials, and failures that were the trial's fault."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and bool(trial.user_attrs.get(COUNTS_TOWARD_BUDGET))
+
+
+def running_trial(trial: FrozenTrial, train_size: int | None) -> RunningTrial:
+    """Progress from the user attrs the objective sets after sampling and after each evaluation."""
+    params = trial.user_attrs.get("params") or dict(trial.params)
+    evaluations = trial.user_attrs.get("evaluations") or []
+    epoch = None
+    if evaluations:
+        last = evaluations[-1]
+        epoch = last["samples_seen"] / train_size if train_size else float(last["step"])
+    epochs = params.get("epochs")
+    return RunningTrial(
+        number=trial.number,
+        params=params,
+        epoch=epoch if epoch is not None else (0.0 if params else None),
+        epochs=int(epochs) if epochs is not None else None,
+        last_value=evaluations[-1]["value"] if evaluations else None,
+    )
+
+
+def take_snapshot(
+    trials: list[FrozenTrial],
+    budget: int,
+    elapsed: float,
+    finished_before: int,
+    train_size: int | None = None,
+) -> Snapshot:
+    """Counts, running trials, the best feasible-or-not value and a rate-based time estimate.
+
+    The estimate divides the time this run has taken by the trials it finished, so several
+    workers finishing in parallel shorten it as they should; before the first finish it is None.
+    """
+    by_state = {state: [t for t in trials if t.state == state] for state in TrialState}
+    complete = [t for t in by_state[TrialState.COMPLETE] if t.value is not None]
+    best = max(complete, key=lambda t: t.value, default=None)
+    used = sum(1 for t in trials if counts_toward_budget(t))
+    done_now = used - finished_before
+    remaining = None
+    if done_now > 0:
+        remaining = elapsed / done_now * max(0, budget - used)
+    return Snapshot(
+        complete=len(by_state[TrialState.COMPLETE]),
+        pruned=len(by_state[TrialState.PRUNED]),
+        failed=len(by_state[TrialState.FAIL]),
+        budget=budget,
+        running=[running_trial(t, train_size) for t in by_state[TrialState.RUNNING]],
+        elapsed=elapsed,
+        remaining=remaining,
+        best_value=best.value if best else None,
+        best_number=best.number if best else None,
+    )
+
+
+def status_line(snap: Snapshot, metric: str) -> str:
+    """'3 complete, 1 pruned, 0 failed of 8 · 2 running · 4m10s elapsed, about 5m00s left · ...'."""
+    left = f"about {describe_seconds(snap.remaining)} left" if snap.remaining is not None else (
+        "time left unknown until a trial finishes"
+    )
+    best = (
+        f"best {metric} {snap.best_value:.4f} (trial {snap.best_number})"
+        if snap.best_value is not None
+        else "no complete trial yet"
+    )
+    return (
+        f"{snap.complete} complete, {snap.pruned} pruned, {snap.failed} failed of {snap.budget}"
+        f" · {len(snap.running)} running · {describe_seconds(snap.elapsed)} elapsed, {left}"
+        f" · {best}"
+    )
+
+
+def epoch_text(trial: RunningTrial) -> str:
+    if trial.epoch is None:
+        return "starting"
+    total = f"/{trial.epochs}" if trial.epochs else ""
+    return f"epoch {trial.epoch:.3g}{total}"
+
+
+def finished_line(trial: FrozenTrial, metric: str, depth: int) -> str:
+    """One line per finished trial, for logs."""
+    params = short_params(trial.user_attrs.get("params") or dict(trial.params), depth)
+    seconds = (
+        f" in {describe_seconds((trial.datetime_complete - trial.datetime_start).total_seconds())}"
+        if trial.datetime_start and trial.datetime_complete
+        else ""
+    )
+    if trial.state == TrialState.COMPLETE:
+        outcome = f"complete, {metric} {trial.value:.4f}" if trial.value is not None else "complete"
+    elif trial.state == TrialState.PRUNED:
+        steps = len(trial.user_attrs.get("evaluations") or [])
+        outcome = f"pruned after {steps} evaluation{'s' if steps != 1 else ''}"
+        if trial.user_attrs.get("prune_reason"):
+            outcome += f" ({trial.user_attrs['prune_reason']})"
+    else:
+        outcome = f"failed ({trial.user_attrs.get('fail_reason', 'see the log')})"
+    return f"trial {trial.number} {outcome}{seconds}: {params}"
+
+
+class LiveDisplay:
+    """Shows a study's progress until stopped; use as a context manager around the trials.
+
+    Polls the study's storage from a daemon thread every `interval` seconds. On a terminal it
+    draws a rich panel; otherwise it prints a line per finished trial and a status line every
+    `status_every` seconds. A failing poll is shown once and never stops the study.
+    """
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        budget: int,
+        metric: str,
+        depth: int,
+        train_size: int | None = None,
+        stream=None,
+        interval: float = POLL_SECONDS,
+        status_every: float = STATUS_EVERY_SECONDS,
+    ):
+        self.study = study
+        self.budget = budget
+        self.metric = metric
+        self.depth = depth
+        self.train_size = train_size
+        self.stream = stream if stream is not None else sys.stdout
+        self.interval = interval
+        self.status_every = status_every
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._live = None
+        self._poll_error: str | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def __enter__(self) -> LiveDisplay:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        trials = self.study.get_trials(deepcopy=False)
+        self._started = time.time()
+        self._finished_before = sum(1 for t in trials if counts_toward_budget(t))
+        self._reported = {t.number for t in trials if t.state.is_finished()}
+        self._last_status = self._started
+        if self.is_terminal:
+            from rich.console import Console
+            from rich.live import Live
+
+            console = Console(file=self.stream)
+            self._live = Live(
+                self.render(self.snapshot()), console=console, refresh_per_second=2
+            )
+            self._live.start()
+        self._thread = threading.Thread(target=self._run, name="autoft-progress", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """One last poll, so the final state shows, then end the thread and the panel."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.poll(final=True)
+        if self._live is not None:
+            self._live.stop()
+
+    def snapshot(self) -> Snapshot:
+        return take_snapshot(
+            self.study.get_trials(deepcopy=False),
+            self.budget,
+            time.time() - self._started,
+            self._finished_before,
+            self.train_size,
+        )
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def poll(self, final: bool = False) -> None:
+        try:
+            trials = self.study.get_trials(deepcopy=False)
+            snap = take_snapshot(
+                trials,
+                self.budget,
+                time.time() - self._started,
+                self._finished_before,
+                self.train_size,
+            )
+        except Exception as error:  # a busy or lost storage must not stop the study
+            if self._poll_error is None:
+                self._poll_error = str(error).splitlines()[0]
+                self._say(f"progress: cannot read the storage ({self._poll_error})")
+            return
+        for trial in trials:
+            if trial.state.is_finished() and trial.number not in self._reported:
+                self._reported.add(trial.number)
+                self._say(finished_line(trial, self.metric, self.depth))
+        if self._live is not None:
+            self._live.update(self.render(snap), refresh=True)
+            return
+        now = time.time()
+        if final or now - self._last_status >= self.status_every:
+            self._last_status = now
+            self._say(f"status: {status_line(snap, self.metric)}")
+        self.stream.flush()
+
+    def _say(self, line: str) -> None:
+        """A line above the panel on a terminal, a plain line elsewhere."""
+        if self._live is not None:
+            self._live.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, file=self.stream)
+
+    def render(self, snap: Snapshot):
+        """The rich panel: the status line and a table of the running trials."""
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(title=None, expand=False, show_edge=False)
+        for column in ("trial", "config", "progress", f"last {self.metric}"):
+            table.add_column(column)
+        for trial in snap.running:
+            table.add_row(
+                str(trial.number),
+                short_params(trial.params, self.depth),
+                epoch_text(trial),
+                f"{trial.last_value:.4f}" if trial.last_value is not None else "-",
+            )
+        header = Text(status_line(snap, self.metric), style="bold")
+        return Group(header, table) if snap.running else header

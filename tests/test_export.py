@@ -1,0 +1,63 @@
+"""Tests for autoft.export: any trial (the best, or a pruned one) saved as a Hugging Face folder
+that loads on its own and predicts exactly as the trial's weights do, with a model card."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from optuna.trial import TrialState
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from autoft.cli import main
+from autoft.errors import UsageError
+from autoft.export import export_trial, load_trial_model
+from autoft.report import best_feasible
+
+TEXTS = ["the film was good", "awful food", "very nasty show", "a lovely day"]
+
+
+def logits(model, tokenizer) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(**tokenizer(TEXTS, padding=True, return_tensors="pt")).logits
+
+
+def test_exported_best_trial_predicts_like_its_weights(tiny_study, tmp_path: Path) -> None:
+    study, folder = tiny_study
+    best = best_feasible(study)
+    assert main(["export", "--study", "tiny", "--studies-dir", str(folder.parent),
+                 "--trial", str(best.number), str(tmp_path / "best")]) == 0
+    exported = AutoModelForSequenceClassification.from_pretrained(tmp_path / "best")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "best")
+    attrs = study.user_attrs
+    expected, expected_tokenizer = load_trial_model(attrs["model"], attrs["label_names"], best)
+    torch.testing.assert_close(logits(exported, tokenizer), logits(expected, expected_tokenizer))
+    assert exported.config.id2label == dict(enumerate(attrs["label_names"]))
+    card = (tmp_path / "best" / "README.md").read_text()
+    assert f"trial {best.number}" in card
+    assert f"{best.value:.4f}" in card
+    assert re.search(r"on train.csv \(\d+ training and \d+ validation examples", card)
+    assert "learning rate" in card and "Retention: not measured" in card
+
+
+def test_export_of_a_pruned_trial_says_where_it_stopped(tiny_study, tmp_path: Path) -> None:
+    study, _ = tiny_study
+    pruned = next(t for t in study.get_trials() if t.state == TrialState.PRUNED)
+    out = export_trial(study, pruned.number, tmp_path / "pruned")
+    exported = AutoModelForSequenceClassification.from_pretrained(out)
+    base, tokenizer = load_trial_model(
+        study.user_attrs["model"], study.user_attrs["label_names"], pruned
+    )
+    torch.testing.assert_close(logits(exported, tokenizer), logits(base, tokenizer))
+    card = (out / "README.md").read_text()
+    assert "pruned after 1 evaluation" in card
+    assert f"{pruned.user_attrs['best_value']:.4f}" in card
+
+
+def test_export_without_a_best_trial_or_with_an_unknown_trial_is_a_usage_error(
+    tiny_study, tmp_path: Path
+) -> None:
+    study, _ = tiny_study
+    with pytest.raises(UsageError, match="has no trial 99"):
+        export_trial(study, 99, tmp_path / "x")
