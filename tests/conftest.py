@@ -69,7 +69,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_csv(tmp_path_factory) -> Path:
-    return write_csv(tmp_path_factory.mktemp("data") / "train.csv", sentiment_rows(160))
+    return write_csv(tmp_path_factory.mktemp("data") / "train.csv", sentiment_rows(400))
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +84,8 @@ def tiny_study(tmp_path_factory, tiny_model_dir, tiny_csv):
 
     studies = tmp_path_factory.mktemp("studies")
     flags = {"model": str(tiny_model_dir), "train": str(tiny_csv), "name": "tiny",
-             "studies_dir": str(studies), "preset": "quick", "n_trials": 4}
+             "studies_dir": str(studies), "space": "quick", "n_trials": 4,
+             "pruner_startup_trials": 10}
     config = build_config({}, None, flags)
     prepared = prepare_study(config, echo=lambda line: None)
     study = open_study(config)

@@ -1,0 +1,98 @@
+"""End-to-end searches on a tiny real BERT and a real CSV: the budget is a total across restarts,
+trial 0 is the default config, summary.json and the best model are written and load back.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification
+
+from autoft.cli import main
+from autoft.report import build_summary
+
+LEARNABLE_SPACE = """\
+learning_rate: {low: 1.0e-3, high: 5.0e-3, log: true, default: 2.0e-3}
+head_lr_multiplier: {value: 5}
+batch_size: {choices: [16, 32], default: 16}
+trainable_layers: {low: 0, high: max, default: max}
+epochs: {value: 4}
+weight_decay: {value: 0.0}
+warmup_ratio: {value: 0.0}
+"""
+
+
+def search(tiny_model_dir, tiny_csv, tmp_path, n_trials: int, *extra: str) -> int:
+    space = tmp_path / "space.yaml"
+    space.write_text(LEARNABLE_SPACE)
+    return main(["search", "--model", str(tiny_model_dir), "--train", str(tiny_csv),
+                 "--space", str(space), "--n-trials", str(n_trials), "--study", "tiny",
+                 "--studies-dir", str(tmp_path / "studies"), *extra])
+
+
+def load(tmp_path: Path) -> optuna.Study:
+    storage = f"sqlite:///{tmp_path / 'studies' / 'tiny' / 'study.db'}"
+    return optuna.load_study(study_name="tiny", storage=storage)
+
+
+def test_search_writes_summary_and_a_loadable_best_model(tiny_model_dir, tiny_csv, tmp_path):
+    assert search(tiny_model_dir, tiny_csv, tmp_path, 3) == 0
+    folder = tmp_path / "studies" / "tiny"
+    summary = json.loads((folder / "summary.json").read_text())
+    study = load(tmp_path)
+    first = study.trials[0]
+    assert first.params == {"learning_rate": 2.0e-3, "batch_size": 16, "trainable_layers": 2}
+    assert summary["default"]["value"] == first.value
+    assert summary["best"]["value"] == max(t.value for t in study.trials if t.value is not None)
+    assert summary["best"]["value"] >= summary["default"]["value"]
+    assert summary["best"]["value"] > 0.8, "the tiny task is learnable: the search must find it"
+    assert "trainable_layers" in summary["best"]["params"]
+    counts = summary["counts"]
+    assert counts["complete"] + counts["pruned"] + counts["failed"] == 3
+    attrs = study.trials[0].user_attrs
+    for key in ("evaluations", "best_value", "train_seconds", "samples_per_second",
+                "trainable_parameters", "device", "checkpoint"):
+        assert key in attrs, key
+    assert [e["step"] for e in attrs["evaluations"]] == [1, 2, 3, 4]
+    assert attrs["best_value"] == max(e["value"] for e in attrs["evaluations"])
+
+    model = AutoModelForSequenceClassification.from_pretrained(folder / "best_model")
+    assert model.config.id2label == {0: "neg", 1: "pos"}
+    assert (folder / "best_model" / "README.md").is_file()
+    trained = load_file(summary["best"]["checkpoint"])
+    exported = dict(model.named_parameters())
+    for name, tensor in trained.items():
+        assert torch.equal(exported[name].detach(), tensor), name
+
+
+def test_rerun_resumes_to_the_total_budget(tiny_model_dir, tiny_csv, tmp_path):
+    assert search(tiny_model_dir, tiny_csv, tmp_path, 2) == 0
+    first_numbers = [t.number for t in load(tmp_path).trials]
+    assert search(tiny_model_dir, tiny_csv, tmp_path, 2) == 0
+    assert [t.number for t in load(tmp_path).trials] == first_numbers, "budget already spent"
+    assert search(tiny_model_dir, tiny_csv, tmp_path, 4) == 0
+    study = load(tmp_path)
+    assert len(study.trials) == 4
+    counts = build_summary(study)["counts"]
+    assert counts["complete"] + counts["pruned"] == 4
+
+
+def test_cli_entry_point_runs_a_study_file(tiny_model_dir, tiny_csv, tmp_path):
+    """`autoft search study.yaml`, as a user types it, in its own process."""
+    space = tmp_path / "space.yaml"
+    space.write_text(LEARNABLE_SPACE)
+    study_file = tmp_path / "my-study.yaml"
+    study_file.write_text(f"name: fromfile\nmodel: {tiny_model_dir}\ntrain: {tiny_csv}\n"
+                          f"space: {space}\nn_trials: 1\nmetric: accuracy\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "autoft", "search", str(study_file), "--studies-dir",
+         str(tmp_path / "studies")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Best config (trial 0)" in done.stdout
+    assert (tmp_path / "studies" / "fromfile" / "best_model" / "config.json").is_file()
