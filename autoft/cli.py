@@ -14,6 +14,7 @@ from pathlib import Path
 import optuna
 
 from autoft.config import StudyConfig, build_config, load_yaml
+from autoft.describe import describe_settings
 from autoft.errors import UsageError
 
 DEMO_FILE = Path(__file__).with_name("demo.yaml")
@@ -39,18 +40,32 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
     add("--max-train-samples", type=int, help="use at most this many training rows")
     add("--max-val-samples", type=int, help="use at most this many validation rows")
     add("--eval-every-samples", type=int, help="evaluate every N samples (default: each epoch)")
+    add(
+        "--preset",
+        help="quick, default or thorough: picks the space, the budget and the pruning "
+        "(other flags win over it)",
+    )
     add("--space", help="search space: default, quick, thorough or a YAML file")
     add("--n-trials", type=int, help="total trials of the study, across restarts (default 20)")
     add("--timeout", help="stop starting trials after this long, like 8h or 30m")
     add("--seed", type=int, help="random seed (default 0)")
+    add("--pruner-startup-trials", type=int, help="complete trials before pruning starts")
+    add("--pruner-warmup-steps", type=int, help="evaluations of a trial that are never pruned")
     add("--study", dest="name", help="study name: its folder is <studies-dir>/<name>")
     add("--studies-dir", help="where study folders live (default: studies)")
     add("--storage", help="an Optuna storage URL (default: SQLite in the study folder)")
+    add_device_flags(parser)
     add(
         "--trust-remote-code",
         action="store_const",
         const=True,
         help="allow the model's own Python code to run (off by default)",
+    )
+    add(
+        "--cache",
+        choices=("on", "off"),
+        help="compute the frozen bottom layers once and train from their cached output "
+        "(default on)",
     )
     add("--base-kind", help="base-task check: similarity, classification, masked_lm or drift")
     add("--base-data", help="base-task data file")
@@ -63,7 +78,20 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_device_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--devices",
+        help="where trials run: auto (every GPU, else the CPU), cpu, cpu:N (N workers share "
+        "the cores), cuda or cuda:0,cuda:2 (default auto)",
+    )
+    parser.add_argument(
+        "--trials-per-gpu", type=int, help="trials packed on each GPU at once (default 1)"
+    )
+
+
 STUDY_FLAG_FIELDS = (
+    "devices",
+    "trials_per_gpu",
     "model",
     "train",
     "validation",
@@ -76,14 +104,18 @@ STUDY_FLAG_FIELDS = (
     "max_train_samples",
     "max_val_samples",
     "eval_every_samples",
+    "preset",
     "space",
     "n_trials",
+    "pruner_startup_trials",
+    "pruner_warmup_steps",
     "timeout",
     "seed",
     "name",
     "studies_dir",
     "storage",
     "trust_remote_code",
+    "cache",
     "base_kind",
     "base_data",
     "base_ratings",
@@ -103,22 +135,30 @@ def run_search(config: StudyConfig) -> dict:
     """Prepare, run the trials, then summarise and export the best model."""
     from autoft.export import export_trial
     from autoft.prepare import prepare_study
-    from autoft.report import summary_text, write_summary
-    from autoft.study import open_study, record_study_facts, run_study
+    from autoft.progress import LiveDisplay
+    from autoft.report import summary_text, write_report
+    from autoft.study import open_study, record_study_facts, storage_url
+    from autoft.workers import device_slots, run_workers, time_limits
 
+    slots = device_slots(config.devices, config.trials_per_gpu, config.where("devices"))
     prepared = prepare_study(config)
     study = open_study(config)
     record_study_facts(study, prepared)
+    print(f"  using {describe_settings(study.user_attrs['settings'])}")
     started = time.time()
-    run_study(study, prepared)
-    summary = write_summary(study, config.study_dir)
+    data = prepared.data
+    with LiveDisplay(study, config.n_trials, data.metric, prepared.depth, len(data.train)):
+        interrupted = run_workers(config, storage_url(config), slots, *time_limits(config))
+    if interrupted:
+        raise KeyboardInterrupt
+    summary = write_report(study, config.study_dir)
     if summary["best"] is not None:
         study.set_user_attr("best_trial", summary["best"]["number"])
         export_trial(study, summary["best"]["number"], config.study_dir / "best_model")
     print()
     print(summary_text(summary))
     print(f"This run took {time.time() - started:.0f} s.")
-    print(f"Summary: {config.study_dir / 'summary.json'}")
+    print(f"Report: {config.study_dir / 'report.html'} (and report.md, summary.json)")
     if summary["best"] is not None:
         print(f"Best model: {config.study_dir / 'best_model'}")
     return summary
@@ -146,12 +186,41 @@ def command_export(args: argparse.Namespace) -> int:
 
 
 def command_report(args: argparse.Namespace) -> int:
-    from autoft.report import summary_text, write_summary
+    from autoft.report import summary_text, write_report
     from autoft.study import load_study
 
     study = load_study(args.study, args.studies_dir, args.storage)
-    summary = write_summary(study, Path(args.studies_dir) / args.study)
+    study_dir = Path(args.studies_dir) / args.study
+    summary = write_report(study, study_dir)
     print(summary_text(summary))
+    print(f"Report: {study_dir / 'report.html'} (and report.md, summary.json)")
+    return 0
+
+
+def command_status(args: argparse.Namespace) -> int:
+    from autoft.study import load_study
+    from autoft.workers import status_text
+
+    print(status_text(load_study(args.study, args.studies_dir, args.storage)))
+    return 0
+
+
+def command_worker(args: argparse.Namespace) -> int:
+    """Run trials of an existing study here, e.g. on a second machine sharing its PostgreSQL."""
+    from autoft.config import parse_duration
+    from autoft.study import load_study
+    from autoft.workers import join_study
+
+    study = load_study(args.study, args.studies_dir, args.storage)
+    if join_study(
+        study,
+        args.studies_dir,
+        args.storage,
+        devices=args.devices,
+        trials_per_gpu=args.trials_per_gpu,
+        timeout=parse_duration(args.timeout, "--timeout"),
+    ):
+        raise KeyboardInterrupt
     return 0
 
 
@@ -165,8 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_study_flags(search)
     search.set_defaults(handler=command_search)
     for name, handler, text in (
-        ("report", command_report, "write the study's summary"),
+        ("report", command_report, "write the study's report (HTML, Markdown, JSON)"),
         ("export", command_export, "save a trial's model"),
+        ("status", command_status, "show the counts, the best so far and every running trial"),
+        ("worker", command_worker, "join a study with this machine's devices"),
     ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--study", required=True, help="study name")
@@ -175,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "export":
             sub.add_argument("--trial", type=int, help="trial number (default: the best)")
             sub.add_argument("out", help="folder to save the model in")
+        if name == "worker":
+            add_device_flags(sub)
+            sub.add_argument("--timeout", help="stop starting trials after this long, like 8h")
         sub.set_defaults(handler=handler)
     return parser
 

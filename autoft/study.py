@@ -5,6 +5,7 @@ budget, and resuming. Everything a trial learns goes into the storage as user at
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -67,8 +68,19 @@ def storage_url(config: StudyConfig) -> str:
     return f"sqlite:///{(config.study_dir / 'study.db').resolve()}"
 
 
+def with_installed_driver(url: str) -> str:
+    """SQLAlchemy 2.1 reads postgresql:// as psycopg 3; use psycopg2 when only that is installed
+    (autoft's postgres extra), so the URL a user copies from Optuna's docs works."""
+    if not url.startswith("postgresql://"):
+        return url
+    if importlib.util.find_spec("psycopg") or not importlib.util.find_spec("psycopg2"):
+        return url
+    return "postgresql+psycopg2://" + url[len("postgresql://") :]
+
+
 def open_storage(url: str) -> RDBStorage:
     """An RDB storage with heartbeats, so trials of a killed worker are found and retried."""
+    url = with_installed_driver(url)
     engine_kwargs = (
         {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     )
@@ -188,13 +200,22 @@ class Objective:
         def on_evaluation(evaluation: Evaluation) -> None:
             evaluations.append(dataclasses.asdict(evaluation))
             trial.set_user_attr("evaluations", evaluations)
+            log.info(
+                "trial %d evaluation %d after %d samples: %s %.4f, train loss %.4f",
+                trial.number,
+                evaluation.step,
+                evaluation.samples_seen,
+                data.metric,
+                evaluation.value,
+                evaluation.train_loss,
+            )
             trial.report(evaluation.value, evaluation.step)
             if self.base_check is not None:
                 self.base_check.on_evaluation(trial, model, self.device)
             if trial.should_prune():
                 trial.set_user_attr("prune_reason", "below the median of earlier trials")
                 raise optuna.TrialPruned(
-                    f"{config.metric} {evaluation.value:.4f} at step "
+                    f"{data.metric} {evaluation.value:.4f} at step "
                     f"{evaluation.step} is below the median"
                 )
 

@@ -1,0 +1,109 @@
+"""A study on PostgreSQL run by several worker processes at once, `autoft search` on one "machine"
+and `autoft worker` on another (its own studies folder): the budget holds and no password leaks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import optuna
+import pytest
+from conftest import sentiment_rows, write_csv
+from test_workers import cli_env, search_args, write_space
+
+from autoft.config import build_config
+from autoft.prepare import prepare_study
+from autoft.study import (
+    budget_used,
+    open_storage,
+    open_study,
+    record_study_facts,
+    with_installed_driver,
+)
+
+SERVER = "127.0.0.1:5432/test"
+PASSWORD = "s3cret-never-shown"
+
+
+def server_answers() -> str | None:
+    """None when the PostgreSQL server answers, else why not."""
+    try:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(with_installed_driver(f"postgresql://postgres@{SERVER}"))
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT 1"))
+        engine.dispose()
+    except Exception as error:  # no driver, no server, no database: all mean 'cannot test'
+        return str(error).splitlines()[0]
+    return None
+
+
+@pytest.fixture
+def postgres_url():
+    """A password-bearing URL to the test database (trust auth ignores the password); the study
+    made under a unique name is deleted afterwards."""
+    reason = server_answers()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs PostgreSQL at {SERVER}: {reason}")
+        pytest.skip(f"no PostgreSQL server answers at {SERVER}: {reason}")
+    name = f"pg-{uuid.uuid4().hex[:10]}"
+    url = f"postgresql://postgres:{PASSWORD}@{SERVER}"
+    storage = open_storage(url)
+    yield url, name, storage
+    try:
+        optuna.delete_study(study_name=name, storage=storage)
+    except KeyError:
+        pass
+    storage.engine.dispose()
+
+
+def test_search_and_a_second_machine_s_workers_share_a_postgres_study(
+    postgres_url, tiny_model_dir, tmp_path
+) -> None:
+    """The study is made first (as `autoft search` makes it), then a resumed search with one
+    worker and `autoft worker` with two, from another studies folder, run it together."""
+    url, name, storage = postgres_url
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(400))
+    space = write_space(tmp_path / "space.yaml", epochs=3, batch=8)
+    here, there = tmp_path / "here", tmp_path / "there"
+    args = search_args(tiny_model_dir, train, space, here, name, 8, "cpu") + ["--storage", url]
+    config = build_config({}, None, {
+        "model": str(tiny_model_dir), "train": str(train), "space": str(space), "n_trials": 8,
+        "name": name, "studies_dir": str(here), "storage": url, "devices": "cpu"})
+    record_study_facts(open_study(config), prepare_study(config, echo=lambda line: None))
+
+    search = subprocess.Popen(args, env=cli_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "autoft", "worker", "--study", name, "--storage", url,
+         "--studies-dir", str(there), "--devices", "cpu:2"],
+        env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    search_output, _ = search.communicate(timeout=300)
+    worker_output, _ = worker.communicate(timeout=300)
+    assert search.returncode == 0, search_output
+    assert worker.returncode == 0, worker_output
+
+    study = optuna.load_study(study_name=name, storage=storage)
+    trials = study.get_trials()
+    assert budget_used(study) == 8
+    assert len(trials) == 8 and all(t.state.is_finished() for t in trials)
+    pids = {t.user_attrs["worker"]["pid"] for t in trials}
+    assert len(pids) >= 2, "the joining worker ran no trial"
+    assert (there / name / "prepared" / "target.json").is_file(), "the worker prepared locally"
+
+    shown = search_output + worker_output
+    assert "postgres:***@127.0.0.1" in shown
+    written = [p.read_text() for folder in (here, there) for p in folder.rglob("*")
+               if p.is_file() and p.suffix in (".json", ".log", ".md", ".html")]
+    attrs = json.dumps([study.user_attrs] + [t.user_attrs for t in trials])
+    for text in [shown, attrs, *written]:
+        assert PASSWORD not in text
+    assert study.user_attrs["config"]["storage"] == f"postgresql://postgres:***@{SERVER}"
+    assert (here / name / "summary.json").is_file()

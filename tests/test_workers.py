@@ -1,0 +1,235 @@
+"""Tests for autoft.workers: device slots, and real worker processes on SQLite that keep the budget
+exact, survive kill -9 and SIGINT, and fail a NaN trial alone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import sentiment_rows, write_csv
+from optuna.trial import TrialState
+
+from autoft.cli import main
+from autoft.errors import UsageError
+from autoft.study import budget_used, redact, storage_url
+from autoft.workers import Slot, device_slots
+
+QUICK_TRIALS = "{low: 1.0e-4, high: 1.0e-3, log: true, default: 3.0e-4}"
+
+
+def write_space(path: Path, learning_rate: str = QUICK_TRIALS, epochs: int = 2, batch: int = 16,
+                starts: str = "") -> Path:
+    """A space where only the learning rate and the depth are searched, so trials are short."""
+    path.write_text(
+        f"learning_rate: {learning_rate}\n"
+        "head_lr_multiplier: {value: 10}\n"
+        f"batch_size: {{value: {batch}}}\n"
+        "trainable_layers: {low: 0, high: max, default: max}\n"
+        f"epochs: {{value: {epochs}}}\n"
+        "weight_decay: {value: 0.01}\n"
+        "warmup_ratio: {value: 0.0}\n" + starts
+    )
+    return path
+
+
+def cli_env() -> dict[str, str]:
+    """One thread per worker (the machine is shared) and heartbeats fast enough for a test."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "AUTOFT_HEARTBEAT_SECONDS": "1"}
+
+
+def search_args(model: Path, train: Path, space: Path, studies: Path, name: str, n_trials: int,
+                devices: str) -> list[str]:
+    return [sys.executable, "-m", "autoft", "search", "--model", str(model), "--train", str(train),
+            "--space", str(space), "--studies-dir", str(studies), "--study", name,
+            "--n-trials", str(n_trials), "--devices", devices]
+
+
+def open_sqlite_study(studies: Path, name: str) -> optuna.Study:
+    url = f"sqlite:///{(studies / name / 'study.db').resolve()}"
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def wait_for_trial_in_progress(studies: Path, name: str, process: subprocess.Popen,
+                               limit: float = 240) -> int:
+    """The number of a trial that has evaluated once and goes on: the middle of a trial.
+
+    Read from the per-trial logs, not the storage: opening a storage that is still being
+    created would race the command creating it.
+    """
+    end = time.time() + limit
+    while time.time() < end:
+        assert process.poll() is None, process.communicate()
+        for path in sorted((studies / name / "logs").glob("trial-*.log")):
+            match = re.search(r"trial (\d+) evaluation 1 after", path.read_text())
+            if match:
+                return int(match.group(1))
+        time.sleep(0.1)
+    raise AssertionError("no trial reached its first evaluation in time")
+
+
+@pytest.fixture(scope="module")
+def slow_csv(tmp_path_factory) -> Path:
+    """Enough rows that a trial lasts a few seconds: time to signal it in the middle."""
+    return write_csv(tmp_path_factory.mktemp("slow") / "train.csv", sentiment_rows(400))
+
+
+def test_auto_on_a_cpu_machine_is_one_worker_with_every_core() -> None:
+    assert device_slots("auto", cores=8, gpus=0) == [Slot("cpu", 8)]
+
+
+def test_cpu_n_splits_the_cores() -> None:
+    assert device_slots("cpu:3", cores=8, gpus=0) == [Slot("cpu", 2)] * 3
+
+
+def test_auto_packs_trials_on_every_gpu(monkeypatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    slots = device_slots("auto", trials_per_gpu=2, cores=16, gpus=2)
+    assert [(s.device, s.visible, s.torch_device) for s in slots] == [
+        ("cuda:0", "0", "cuda:0"), ("cuda:0", "0", "cuda:0"),
+        ("cuda:1", "1", "cuda:0"), ("cuda:1", "1", "cuda:0"),
+    ]
+    assert {s.threads for s in slots} == {4}
+
+
+def test_a_gpu_list_keeps_the_parents_visible_numbering(monkeypatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6,7")
+    slots = device_slots("cuda:0, cuda:2", cores=4, gpus=3)
+    assert [(s.device, s.visible) for s in slots] == [("cuda:0", "4"), ("cuda:2", "7")]
+
+
+@pytest.mark.parametrize(
+    ("devices", "gpus", "message"),
+    [
+        ("gpu", 1, "is not a device list"),
+        ("cuda:0,cpu", 1, "is not a device list"),
+        ("cuda:1", 1, "cuda:1 does not exist (visible CUDA GPUs: cuda:0 to cuda:0)"),
+        ("cuda:0", 0, "cuda:0 does not exist (visible CUDA GPUs: none)"),
+        ("cuda:0,cuda:0", 2, "names a GPU twice"),
+        ("cpu:0", 0, "asks for no worker"),
+        ("cuda", 0, "none is visible"),
+    ],
+)
+def test_bad_device_strings_name_the_flag_and_the_fix(devices, gpus, message) -> None:
+    with pytest.raises(UsageError, match="^--devices: ") as error:
+        device_slots(devices, cores=4, gpus=gpus)
+    assert message in str(error.value)
+
+
+def test_redact_hides_only_the_password() -> None:
+    url = "postgresql://alice:p%40ss@db.example:5432/studies"
+    assert redact(url) == "postgresql://alice:***@db.example:5432/studies"
+    assert redact("sqlite:////tmp/x/study.db") == "sqlite:////tmp/x/study.db"
+
+
+def test_a_nan_trial_fails_alone_with_its_reason(tiny_model_dir, tiny_csv, tmp_path) -> None:
+    """Trial 0 trains at learning rate 1e6, so its loss overflows; trial 1 is sane."""
+    from autoft.config import build_config
+    from autoft.prepare import prepare_study
+    from autoft.study import open_study, record_study_facts
+    from autoft.workers import work
+
+    space = write_space(
+        tmp_path / "space.yaml",
+        learning_rate="{choices: [1.0e-3, 1.0e+6], default: 1.0e+6}",
+        starts="starts:\n  - {learning_rate: 1.0e-3}\n",
+    )
+    config = build_config({}, None, {
+        "model": str(tiny_model_dir), "train": str(tiny_csv), "space": str(space),
+        "n_trials": 2, "name": "nan", "studies_dir": str(tmp_path / "studies")})
+    prepared = prepare_study(config, echo=lambda line: None)
+    record_study_facts(open_study(config), prepared)
+    assert work(config, storage_url(config), Slot("cpu", 1)) is False
+    study = open_sqlite_study(tmp_path / "studies", "nan")
+    first, second = sorted(study.get_trials(), key=lambda t: t.number)
+    assert first.state == TrialState.FAIL
+    assert first.params["learning_rate"] == 1.0e6
+    assert "not finite" in first.user_attrs["fail_reason"]
+    assert second.state == TrialState.COMPLETE
+    assert budget_used(study) == 2
+    log_text = (tmp_path / "studies" / "nan" / "logs" / "trial-0000.log").read_text()
+    assert "trial 0 failed: training loss became" in log_text
+
+
+def test_three_workers_end_with_exactly_the_budget(tiny_model_dir, tiny_csv, tmp_path,
+                                                   capsys) -> None:
+    space = write_space(tmp_path / "space.yaml")
+    studies = tmp_path / "studies"
+    result = subprocess.run(
+        search_args(tiny_model_dir, tiny_csv, space, studies, "three", 7, "cpu:3"),
+        env=cli_env(), capture_output=True, text=True, timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "database is locked" not in output
+    assert "3 workers on cpu, cpu, cpu" in output
+    study = open_sqlite_study(studies, "three")
+    trials = study.get_trials()
+    assert budget_used(study) == 7
+    assert len(trials) == 7 and all(t.state.is_finished() for t in trials)
+    assert len({t.user_attrs["worker"]["pid"] for t in trials}) >= 2
+    for trial in trials:
+        log_text = (studies / "three" / "logs" / f"trial-{trial.number:04d}.log").read_text()
+        assert f"trial {trial.number} started on cpu" in log_text
+    assert main(["status", "--study", "three", "--studies-dir", str(studies)]) == 0
+    status = capsys.readouterr().out
+    assert "of 7 · 0 running" in status
+
+
+def test_a_killed_worker_s_trial_is_retried_on_resume(tiny_model_dir, slow_csv, tmp_path) -> None:
+    space = write_space(tmp_path / "space.yaml", epochs=3, batch=8)
+    studies = tmp_path / "studies"
+    args = search_args(tiny_model_dir, slow_csv, space, studies, "killed", 3, "cpu")
+    process = subprocess.Popen(args, env=cli_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    number = wait_for_trial_in_progress(studies, "killed", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    study = open_sqlite_study(studies, "killed")
+    victim = study.get_trials()[number]
+    assert victim.state == TrialState.RUNNING
+
+    result = subprocess.run(args, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    trials = study.get_trials()
+    assert trials[victim.number].state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retries) == 1
+    assert retries[0].state.is_finished() and retries[0].params == victim.params
+    assert retries[0].user_attrs["retry_of_worker"]["pid"] == process.pid
+    assert budget_used(study) == 3
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+
+
+def test_sigint_marks_running_trials_interrupted_and_the_study_resumes(
+    tiny_model_dir, slow_csv, tmp_path
+) -> None:
+    space = write_space(tmp_path / "space.yaml", epochs=3, batch=8)
+    studies = tmp_path / "studies"
+    args = search_args(tiny_model_dir, slow_csv, space, studies, "sigint", 3, "cpu:2")
+    process = subprocess.Popen(args, env=cli_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    wait_for_trial_in_progress(studies, "sigint", process)
+    process.send_signal(signal.SIGINT)  # to the parent only: it forwards to its workers
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, out + err
+    assert "interrupted; run the same command again to resume" in err
+    study = open_sqlite_study(studies, "sigint")
+    trials = study.get_trials()
+    interrupted = [t for t in trials if t.user_attrs.get("fail_reason") == "interrupted"]
+    assert interrupted and all(t.state == TrialState.FAIL for t in interrupted)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    assert budget_used(study) < 3
+
+    resume = args[:-1] + ["cpu"]  # the devices may change between runs; the study is the same
+    result = subprocess.run(resume, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert budget_used(study) == 3
+    assert not study.get_trials(states=(TrialState.RUNNING,))
