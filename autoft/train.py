@@ -1,5 +1,10 @@
 """One trial's fine-tuning loop in plain PyTorch: AdamW with warmup and linear decay, length-
 bucketed dynamic padding, an evaluation every epoch (or N samples) passed to a pruning callback.
+
+The frozen prefix always runs in eval mode, so training from the prefix cache (autoft.cache) and
+without it compute the same thing. No host synchronisation per step: the loss is summed on the
+device and read once per evaluation. No torch.compile: on CPU, compiling costs more than a trial
+saves (batches change shape with each length bucket, and every shape recompiles).
 """
 
 from __future__ import annotations
@@ -8,12 +13,16 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
 from autoft.data import Split, TargetData
-from autoft.model import split_parameters
+from autoft.model import find_blocks, split_parameters
+
+if TYPE_CHECKING:
+    from autoft.cache import PrefixCache, SplitStates
 
 BUCKET_BATCHES = 50
 EVAL_BATCH_SIZE = 128
@@ -49,12 +58,19 @@ class Evaluation:
 
 @dataclass
 class TrialResult:
-    """What a trial produced: its best evaluation and the trainable weights at that moment."""
+    """What a trial produced: its best evaluation and the trainable weights at that moment.
+
+    cache_used says whether it trained from the prefix cache, cache_note why not or whether it
+    built or reused it, cache_seconds what finding, checking or building the cache cost.
+    """
 
     evaluations: list[Evaluation] = field(default_factory=list)
     best_state: dict[str, torch.Tensor] = field(default_factory=dict)
     train_seconds: float = 0.0
     samples_seen: int = 0
+    cache_used: bool = False
+    cache_note: str = ""
+    cache_seconds: float = 0.0
 
     @property
     def best(self) -> Evaluation | None:
@@ -141,10 +157,46 @@ def linear_schedule(optimizer, total_steps: int, warmup_ratio: float):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def set_train_mode(model, frozen: int) -> None:
+    """Train mode, except for the frozen prefix (embeddings and the bottom `frozen` blocks).
+
+    A module of the base model stays in eval mode (no dropout) unless it lies in a trainable
+    block or holds a trainable parameter; everything outside the base model trains.
+    """
+    model.train()
+    if frozen == 0:
+        return
+    trainable_blocks = set()
+    for block in list(find_blocks(model))[frozen:]:
+        trainable_blocks.update(id(m) for m in block.modules())
+    for module in getattr(model, "base_model", model).modules():
+        if id(module) not in trainable_blocks and not any(
+            p.requires_grad for p in module.parameters()
+        ):
+            module.eval()
+
+
+def frozen_blocks(model, trainable_layers: int) -> int:
+    """How many bottom blocks stay frozen."""
+    return len(find_blocks(model)) - trainable_layers
+
+
+def forward(model, batch: dict, indices: list[int], prefix: SplitStates | None):
+    """The model's output, from the cached prefix states when there are some."""
+    return model(**batch) if prefix is None else prefix.forward(model, batch, indices)
+
+
 @torch.no_grad()
-def evaluate(model, split: Split, metric: str, pad_id: int, device: torch.device) -> float:
-    """The metric on a split, in eval mode; restores the training mode after."""
-    was_training = model.training
+def evaluate(
+    model,
+    split: Split,
+    metric: str,
+    pad_id: int,
+    device: torch.device,
+    prefix: SplitStates | None = None,
+) -> float:
+    """The metric on a split, in eval mode; restores every module's mode after."""
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     lengths = [len(ids) for ids in split.input_ids]
     order = sorted(range(len(split)), key=lambda i: lengths[i])
@@ -154,10 +206,11 @@ def evaluate(model, split: Split, metric: str, pad_id: int, device: torch.device
         batch = collate(split, indices, pad_id, device)
         batch.pop("labels")
         with autocast(device):
-            logits = model(**batch).logits
+            logits = forward(model, batch, indices, prefix).logits
         for i, prediction in zip(indices, logits.argmax(-1).tolist(), strict=True):
             predictions[i] = prediction
-    model.train(was_training)
+    for module, training in modes:
+        module.training = training
     return score(metric, split.labels, predictions)
 
 
@@ -188,15 +241,26 @@ def train_trial(
     seed: int,
     on_evaluation: Callable[[Evaluation], None],
     eval_every_samples: int | None = None,
+    cache: PrefixCache | None = None,
 ) -> TrialResult:
     """Train a frozen-as-configured model; call `on_evaluation` after every evaluation.
 
+    With a `cache` and some blocks frozen, the frozen prefix runs once per study (see
+    autoft.cache) and the trial trains only the top blocks and the head from its states.
     The callback may raise (optuna.TrialPruned, say): the result so far stays in the exception's
     `result` attribute, so a pruned trial's best weights are not lost.
     """
+    model.to(device)
+    frozen = frozen_blocks(model, params.trainable_layers)
+    result = TrialResult(cache_note="off" if cache is None else "nothing frozen")
+    states = None
+    if cache is not None and frozen > 0:
+        use = cache.states_for(model, data, frozen, device, pad_id)
+        states, result.cache_note, result.cache_seconds = use.states, use.note, use.seconds
+        result.cache_used = states is not None
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model.to(device).train()
+    set_train_mode(model, frozen)
     lengths = [len(ids) for ids in data.train.input_ids]
     steps_per_epoch = math.ceil(len(lengths) / params.batch_size)
     optimizer = build_optimizer(model, params)
@@ -205,7 +269,6 @@ def train_trial(
         evaluation_points(len(lengths), params.batch_size, params.epochs, eval_every_samples)
     )
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    result = TrialResult()
     loss_sum = torch.zeros((), device=device)
     loss_count = 0
     started = time.perf_counter()
@@ -215,7 +278,7 @@ def train_trial(
         ):
             batch = collate(data.train, batch_indices, pad_id, device)
             with autocast(device):
-                loss = model(**batch).loss
+                loss = forward(model, batch, batch_indices, states and states.train).loss
             loss.backward()
             optimizer.step()
             scheduler.step()
@@ -234,7 +297,9 @@ def train_trial(
                     trainable,
                     loss_sum.item() / loss_count,
                     on_evaluation,
+                    states and states.validation,
                 )
+                set_train_mode(model, frozen)  # the callback may have changed modes
                 loss_sum.zero_()
                 loss_count = 0
                 started = time.perf_counter()
@@ -242,12 +307,12 @@ def train_trial(
 
 
 def _evaluate_and_report(
-    model, data, device, pad_id, result, trainable, train_loss, on_evaluation
+    model, data, device, pad_id, result, trainable, train_loss, on_evaluation, prefix
 ) -> None:
     if not math.isfinite(train_loss):
         raise TrialFailed(f"training loss became {train_loss} (not finite)")
     began = time.perf_counter()
-    value = evaluate(model, data.validation, data.metric, pad_id, device)
+    value = evaluate(model, data.validation, data.metric, pad_id, device, prefix)
     evaluation = Evaluation(
         step=len(result.evaluations) + 1,
         samples_seen=result.samples_seen,

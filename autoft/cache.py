@@ -1,0 +1,429 @@
+"""The frozen-prefix cache: the hidden states leaving the frozen bottom blocks, computed once per
+model, data, max length and depth, kept memory-mapped in the study folder and replayed in training.
+
+Layout: one file per key, `<key>.states`: a 4 KiB JSON header (dtype, hidden size, token rows per
+split, payload size, SHA-256 of the payload) and then every example's states unpadded, one row per
+real token, train first and validation after, in the data's order. Offsets come from the token
+counts, so padding is rebuilt per batch (zeros, masked out) and never stored. Files appear only by
+rename, under a lock, so concurrent workers either build or reuse, and a damaged file is rebuilt.
+
+Precision: float16 on GPUs (training there runs in bf16 autocast, whose activations hold less than
+float16 does; a state beyond float16's range falls back to float32), float32 on CPU, where training
+is float32 and half-precision states would make cached and uncached trials differ.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoft.data import Split, TargetData
+from autoft.model import find_blocks, split_parameters
+from autoft.train import EVAL_BATCH_SIZE, collate
+
+__all__ = ["CacheUse", "PrefixCache", "PrefixStates", "SplitStates", "cache_key"]
+
+log = logging.getLogger("autoft")
+
+FORMAT_VERSION = 1
+HEADER_BYTES = 4096
+MAX_CACHE_BYTES = 4 * 2**30  # the whole cache folder of a study
+FREE_DISK_MARGIN = 2**30
+CHECK_EXAMPLES = 6
+CHECK_TOLERANCE = 1e-4
+_HALF_LIMIT = 60000.0
+_SPLITS = ("train", "validation")
+_VERIFIED: set[tuple[str, int, int]] = set()  # files whose checksum this process has checked
+
+
+class CacheUnusable(Exception):
+    """The cache cannot serve this trial; the message says why, and the trial trains uncached."""
+
+
+@dataclass
+class SplitStates:
+    """One split's cached states: a flat (tokens × hidden) tensor and where each example starts."""
+
+    flat: torch.Tensor
+    offsets: np.ndarray
+    blocks: nn.ModuleList
+    frozen: int
+
+    def forward(self, model: nn.Module, batch: dict, indices: list[int]):
+        """The model's output on a padded batch, with the frozen prefix replaced by the cache.
+
+        `collate` pads on the right, so row r's tokens are at positions 0..length of that row; the
+        padding keeps zeros, which the attention mask hides from every real token.
+        """
+        shape = batch["attention_mask"].shape
+        spans = [(self.offsets[i], self.offsets[i + 1]) for i in indices]
+        source = np.concatenate([np.arange(start, end) for start, end in spans])
+        target = np.concatenate(
+            [row * shape[1] + np.arange(end - start) for row, (start, end) in enumerate(spans)]
+        )  # index arithmetic on the host: no boolean mask, so no device sync
+        device = self.flat.device
+        rows = self.flat.index_select(0, torch.from_numpy(source).to(device, non_blocking=True))
+        param = next(model.parameters())
+        state = torch.zeros((shape[0] * shape[1], rows.shape[1]), dtype=param.dtype, device=device)
+        state.index_copy_(0, torch.from_numpy(target).to(device), rows.to(param.dtype))
+        state = state.view(*shape, rows.shape[1]).to(batch["attention_mask"].device)
+        with replaying(self.blocks, self.frozen, state):
+            return model(**batch)
+
+
+@dataclass
+class PrefixStates:
+    """The cached states of both splits, for one model, data and freeze depth."""
+
+    train: SplitStates
+    validation: SplitStates
+
+
+@dataclass
+class CacheUse:
+    """What a trial got from the cache: states or None, what happened, and what it cost."""
+
+    states: PrefixStates | None
+    note: str
+    seconds: float = 0.0
+
+
+class _Skip(nn.Module):
+    """Stands in for a frozen block below the last one: passes its input on, computes nothing."""
+
+    def forward(self, *args, **kwargs):
+        return args[0] if args else kwargs["hidden_states"]
+
+
+class _Replay(nn.Module):
+    """Stands in for the last frozen block: returns the cached output of that block."""
+
+    def __init__(self, state: torch.Tensor):
+        super().__init__()
+        self.state = state
+
+    def forward(self, *args, **kwargs):
+        return self.state
+
+
+@contextlib.contextmanager
+def replaying(blocks: nn.ModuleList, frozen: int, state: torch.Tensor) -> Iterator[None]:
+    """Swap the bottom `frozen` blocks for stand-ins, so a normal forward call starts from `state`.
+
+    The stack keeps its length, so layer indices, attention masks and whatever runs between blocks
+    stay as the model computes them; only the frozen blocks' work is skipped.
+    """
+    originals = [blocks[i] for i in range(frozen)]
+    for i in range(frozen - 1):
+        blocks[i] = _Skip()
+    blocks[frozen - 1] = _Replay(state)
+    try:
+        yield
+    finally:
+        for i, block in enumerate(originals):
+            blocks[i] = block
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the states are captured."""
+
+
+class _HalfOverflow(Exception):
+    """A state does not fit in float16; the cache is built again in float32."""
+
+
+@torch.no_grad()
+def capture(model: nn.Module, blocks: nn.ModuleList, frozen: int, batch: dict) -> torch.Tensor:
+    """The output of block `frozen - 1` on a padded batch; the model must be in eval mode.
+
+    The pass stops where the first trainable block would start; a block that runs several times
+    (ALBERT's shared layer) keeps its last output.
+    """
+    outputs: list = []
+    handles = [blocks[frozen - 1].register_forward_hook(lambda _m, _a, out: outputs.append(out))]
+    if frozen < len(blocks):
+
+        def stop(_module, _args):
+            raise _Stop
+
+        handles.append(blocks[frozen].register_forward_pre_hook(stop))
+    try:
+        model(**batch)
+    except _Stop:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not outputs or not isinstance(outputs[-1], torch.Tensor):
+        kind = type(outputs[-1]).__name__ if outputs else "nothing"
+        raise CacheUnusable(f"its blocks return {kind}, not a hidden-state tensor")
+    return outputs[-1]
+
+
+def cache_key(model: nn.Module, data: TargetData, frozen: int, dtype: torch.dtype) -> str:
+    """A fingerprint of everything the cached states depend on.
+
+    The weights and buffers that run below the first trainable block, the model's class and config
+    (minus its folder and labels), every token id, the max length, the freeze depth and the dtype.
+    """
+    digest = hashlib.sha256()
+    config = {
+        k: v
+        for k, v in model.config.to_dict().items()
+        if k not in ("_name_or_path", "id2label", "label2id", "num_labels")
+    }
+    header = [FORMAT_VERSION, type(model).__name__, config, data.max_length, frozen, str(dtype)]
+    digest.update(json.dumps(header, sort_keys=True, default=str).encode())
+    groups = split_parameters(model)
+    below = set(groups.prefix).union(*groups.blocks[:frozen])
+    tensors = [(n, p) for n, p in model.named_parameters() if n in below]
+    for name, tensor in sorted(tensors + list(model.named_buffers())):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    for split in (data.train, data.validation):
+        lengths = np.array([len(ids) for ids in split.input_ids], dtype=np.int64)
+        digest.update(lengths.tobytes())
+        digest.update(np.fromiter((t for ids in split.input_ids for t in ids), np.int64).tobytes())
+    return digest.hexdigest()[:32]
+
+
+class PrefixCache:
+    """The study's cache folder: finds, checks, builds and opens the states for one trial."""
+
+    def __init__(self, folder: Path, max_bytes: int = MAX_CACHE_BYTES):
+        self.folder = Path(folder)
+        self.max_bytes = max_bytes
+
+    def states_for(
+        self, model: nn.Module, data: TargetData, frozen: int, device: torch.device, pad_id: int
+    ) -> CacheUse:
+        """The cached states with the bottom `frozen` blocks frozen, built if missing or damaged.
+
+        Never raises for a cache that cannot serve: the trial then trains uncached, and the note
+        says why (the architecture failed the replay check, or the disk budget is too small).
+        """
+        started = time.perf_counter()
+        try:
+            states, note = self._states(model, data, frozen, device, pad_id)
+        except (CacheUnusable, OSError) as error:
+            reason = (
+                str(error)
+                if isinstance(error, CacheUnusable)
+                else (f"its folder {self.folder} cannot be used ({error})")
+            )
+            log.warning("autoft: training without the prefix cache: %s.", reason)
+            return CacheUse(None, reason, time.perf_counter() - started)
+        return CacheUse(states, note, time.perf_counter() - started)
+
+    def _states(self, model, data, frozen, device, pad_id) -> tuple[PrefixStates, str]:
+        blocks = find_blocks(model)
+        modes = [(module, module.training) for module in model.modules()]
+        model.eval()
+        try:
+            hidden = check_replay(model, blocks, frozen, data.train, pad_id, device)
+            dtype = torch.float16 if device.type == "cuda" else torch.float32
+            path = self.folder / f"{cache_key(model, data, frozen, dtype)}.states"
+            header = _open_valid(path, data, warn=False)
+            note = "reused"
+            if header is None:
+                with _locked(path.with_suffix(".lock")):
+                    header = _open_valid(path, data, warn=True)
+                    if header is None:
+                        self._check_budget(data, hidden, dtype)
+                        try:
+                            _build(path, model, blocks, frozen, data, pad_id, device, dtype)
+                        except _HalfOverflow:
+                            _build(path, model, blocks, frozen, data, pad_id, device, torch.float32)
+                        header = _open_valid(path, data, warn=True)
+                        note = "built"
+        finally:
+            for module, training in modes:
+                module.training = training
+        if header is None:
+            raise CacheUnusable(f"the cache file {path} it just wrote does not read back")
+        return _load(path, header, data, blocks, frozen, device), note
+
+    def _check_budget(self, data: TargetData, hidden: int, dtype: torch.dtype) -> None:
+        """Refuse a cache that would take the folder past its budget (all depths together) or
+        fill the disk, before building it."""
+        tokens = sum(len(ids) for split in (data.train, data.validation) for ids in split.input_ids)
+        size = HEADER_BYTES + tokens * hidden * torch.finfo(dtype).bits // 8
+        self.folder.mkdir(parents=True, exist_ok=True)
+        used = sum(f.stat().st_size for f in self.folder.glob("*.states"))
+        free = shutil.disk_usage(self.folder).free - FREE_DISK_MARGIN
+        limit = min(self.max_bytes - used, free)
+        if size > limit:
+            which = "what is left of its budget" if limit < free else "the free disk space"
+            raise CacheUnusable(
+                f"the cache would take {size / 2**30:.2f} GiB, more than {which} "
+                f"({limit / 2**30:.2f} GiB) in {self.folder}"
+            )
+
+
+def check_replay(model, blocks, frozen, split: Split, pad_id: int, device) -> int:
+    """Prove on real examples that replaying cached states gives the model's own logits.
+
+    The examples have different lengths, so the batch is padded and the states are stored unpadded
+    and re-padded with zeros, as in training. Returns the hidden size; raises CacheUnusable if the
+    architecture does not replay exactly (its blocks return something else, or the logits differ).
+    """
+    order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]))
+    picks = sorted(set(order[: CHECK_EXAMPLES // 2] + order[-(CHECK_EXAMPLES // 2) :]))
+    batch = collate(split, picks, pad_id, device)
+    batch.pop("labels")
+    name = type(model).__name__
+    try:
+        with torch.no_grad():
+            expected = model(**batch).logits
+            state = capture(model, blocks, frozen, batch)
+            mask = batch["attention_mask"].bool()
+            rows = state[mask]
+            flat = SplitStates(
+                rows, _offsets([len(split.input_ids[i]) for i in picks]), blocks, frozen
+            )
+            replayed = flat.forward(model, batch, list(range(len(picks)))).logits
+    except CacheUnusable as error:
+        raise CacheUnusable(f"{name} cannot be replayed from a cache: {error}") from None
+    except Exception as error:  # an architecture that breaks under the stand-ins: train uncached
+        raise CacheUnusable(f"{name} fails when replayed from a cache ({error})") from None
+    gap = (replayed - expected).abs().max().item()
+    if not gap <= CHECK_TOLERANCE * max(1.0, expected.abs().max().item()):
+        raise CacheUnusable(
+            f"{name} gives other logits when replayed from a cache (off by {gap:.2g})"
+        )
+    return state.shape[-1]
+
+
+def _offsets(lengths: list[int]) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """One builder per key across processes; the others wait, then reuse what it wrote."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@torch.no_grad()
+def _build(path, model, blocks, frozen, data, pad_id, device, dtype) -> None:
+    """Run the frozen prefix once over both splits and write the states; temp file, then rename."""
+    log.info("autoft: caching the frozen prefix (%d blocks) in %s ...", frozen, path.parent)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    digest = hashlib.sha256()
+    rows: dict[str, int] = {}
+    hidden = 0
+    try:
+        with open(tmp, "wb") as out:
+            out.write(b"\0" * HEADER_BYTES)
+            for name in _SPLITS:
+                split: Split = getattr(data, name)
+                rows[name] = 0
+                for start in range(0, len(split), EVAL_BATCH_SIZE):
+                    indices = list(range(start, min(start + EVAL_BATCH_SIZE, len(split))))
+                    batch = collate(split, indices, pad_id, device)
+                    batch.pop("labels")
+                    state = capture(model, blocks, frozen, batch)
+                    chunk = state[batch["attention_mask"].bool()].float()
+                    if dtype == torch.float16 and chunk.abs().max().item() > _HALF_LIMIT:
+                        raise _HalfOverflow
+                    payload = chunk.to(dtype).cpu().numpy().tobytes()
+                    digest.update(payload)
+                    out.write(payload)
+                    rows[name] += chunk.shape[0]
+                    hidden = chunk.shape[1]
+            header = {
+                "version": FORMAT_VERSION,
+                "dtype": str(dtype).removeprefix("torch."),
+                "hidden": hidden,
+                "rows": rows,
+                "payload_bytes": out.tell() - HEADER_BYTES,
+                "sha256": digest.hexdigest(),
+            }
+            out.seek(0)
+            out.write(json.dumps(header).encode().ljust(HEADER_BYTES, b" "))
+            out.flush()
+            os.fsync(out.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _open_valid(path: Path, data: TargetData, warn: bool) -> dict | None:
+    """The file's header when the file is whole and matches the data; None when absent or damaged.
+
+    A damaged file (short, wrong rows, wrong checksum) is left for the builder to replace: only
+    the holder of the lock says so, and the rename of the new file replaces it.
+    """
+    if not path.is_file():
+        return None
+    problem, header = _inspect(path, data)
+    if problem is None:
+        return header
+    if warn:
+        log.warning("autoft: cache file %s is damaged (%s); rebuilding it.", path, problem)
+    return None
+
+
+def _inspect(path: Path, data: TargetData) -> tuple[str | None, dict]:
+    try:
+        with open(path, "rb") as handle:
+            header = json.loads(handle.read(HEADER_BYTES))
+    except (OSError, ValueError):
+        return "unreadable header", {}
+    if not isinstance(header, dict):
+        return "unreadable header", {}
+    stat = path.stat()
+    if stat.st_size != HEADER_BYTES + header.get("payload_bytes", -1):
+        return f"{stat.st_size} bytes where the header promises more or less", header
+    expected = {name: sum(map(len, getattr(data, name).input_ids)) for name in _SPLITS}
+    if header.get("rows") != expected or header.get("version") != FORMAT_VERSION:
+        return "rows or version do not match the data", header
+    identity = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if identity not in _VERIFIED:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            handle.seek(HEADER_BYTES)
+            while chunk := handle.read(2**24):
+                digest.update(chunk)
+        if digest.hexdigest() != header.get("sha256"):
+            return "checksum mismatch", header
+        _VERIFIED.add(identity)
+    return None, header
+
+
+def _load(path, header, data, blocks, frozen, device) -> PrefixStates:
+    """Memory-map the file; on a GPU the states of each split go to its memory once per trial."""
+    dtype = np.dtype(header["dtype"])
+    total = sum(header["rows"].values())
+    whole = np.memmap(
+        path, dtype=dtype, mode="c", offset=HEADER_BYTES, shape=(total, header["hidden"])
+    )
+    splits, start = {}, 0
+    for name in _SPLITS:
+        count = header["rows"][name]
+        flat = torch.from_numpy(whole[start : start + count])
+        if device.type != "cpu":
+            flat = flat.to(device)
+        lengths = [len(ids) for ids in getattr(data, name).input_ids]
+        splits[name] = SplitStates(flat, _offsets(lengths), blocks, frozen)
+        start += count
+    return PrefixStates(**splits)

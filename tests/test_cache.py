@@ -1,0 +1,252 @@
+"""Tests for autoft.cache: replayed states give the model's own logits and training trajectory,
+the key follows what the states depend on, damaged files are rebuilt, odd cases fall back.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import save_tiny_bert
+from torch import nn
+
+from autoft.cache import PrefixCache, cache_key, check_replay
+from autoft.data import Split, TargetData
+from autoft.model import find_blocks, freeze, load_model
+from autoft.train import TrialParams, collate, set_train_mode, train_trial
+
+DEPTH = 4
+PAD = 0
+F32 = torch.float32
+
+
+def make_data(n_train: int = 48, n_val: int = 20, seed: int = 0) -> TargetData:
+    """Random token ids of lengths 3 to 14 (so batches pad), labels from the second token."""
+    rng = random.Random(seed)
+
+    def split(n: int) -> Split:
+        ids = [[2] + [rng.randrange(5, 25) for _ in range(rng.randrange(2, 14))] for _ in range(n)]
+        return Split(ids, [int(x[1] >= 15) for x in ids])
+
+    return TargetData(split(n_train), split(n_val), ["neg", "pos"], "accuracy", 16, [])
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return save_tiny_bert(tmp_path_factory.mktemp("bert4"), layers=DEPTH)
+
+
+def fresh_model(model_dir: Path, trainable_layers: int):
+    torch.manual_seed(1)  # the same new head every time
+    model, _ = load_model(str(model_dir), ["neg", "pos"])
+    freeze(model, trainable_layers)
+    return model
+
+
+PARAMS = TrialParams(
+    learning_rate=1e-3,
+    head_lr_multiplier=5.0,
+    batch_size=8,
+    trainable_layers=1,
+    epochs=2,
+    weight_decay=0.01,
+    warmup_ratio=0.1,
+)
+
+
+def run(model, data, params, cache, evaluations):
+    return train_trial(
+        model,
+        data,
+        params,
+        torch.device("cpu"),
+        PAD,
+        seed=3,
+        on_evaluation=evaluations.append,
+        eval_every_samples=16,
+        cache=cache,
+    )
+
+
+@pytest.mark.parametrize("trainable_layers", [0, 1, 3])
+def test_training_from_the_cache_follows_the_uncached_trajectory(
+    model_dir: Path, tmp_path: Path, trainable_layers: int
+) -> None:
+    data = make_data()
+    params = replace(PARAMS, trainable_layers=trainable_layers)
+    plain, cached = [], []
+    model_a = fresh_model(model_dir, trainable_layers)
+    result_a = run(model_a, data, params, None, plain)
+    model_b = fresh_model(model_dir, trainable_layers)
+    result_b = run(model_b, data, params, PrefixCache(tmp_path), cached)
+    assert not result_a.cache_used and result_b.cache_used, result_b.cache_note
+    assert result_b.cache_note == "built"
+    assert len(plain) == len(cached) == 6
+    losses_a = torch.tensor([e.train_loss for e in plain])
+    losses_b = torch.tensor([e.train_loss for e in cached])
+    assert torch.allclose(losses_a, losses_b, rtol=1e-4, atol=1e-5), (losses_a, losses_b)
+    assert losses_a[0] != losses_a[-1]  # it trained
+    assert [e.value for e in plain] == [e.value for e in cached]
+    for (name, a), b in zip(model_a.named_parameters(), model_b.parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), name
+
+
+def test_the_frozen_prefix_runs_in_eval_mode(model_dir: Path) -> None:
+    model = fresh_model(model_dir, 2)
+    set_train_mode(model, DEPTH - 2)
+    blocks = find_blocks(model)
+    assert not model.bert.embeddings.training and not model.bert.embeddings.dropout.training
+    assert not any(m.training for b in blocks[:2] for m in b.modules())
+    assert all(m.training for b in blocks[2:] for m in b.modules())
+    assert model.dropout.training and model.bert.pooler.training
+
+
+def test_cached_logits_equal_uncached_logits_on_padded_batches(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    data = make_data()
+    model = fresh_model(model_dir, 1).eval()
+    use = PrefixCache(tmp_path).states_for(model, data, DEPTH - 1, torch.device("cpu"), PAD)
+    indices = [0, 5, 7, 11, 19]  # mixed lengths: every row but one is padded
+    batch = collate(data.validation, indices, PAD, torch.device("cpu"))
+    assert (batch["attention_mask"] == 0).any()
+    with torch.no_grad():
+        expected = model(**batch).logits
+        got = use.states.validation.forward(model, batch, indices).logits
+    assert torch.allclose(expected, got, atol=1e-5)
+    assert len(find_blocks(model)) == DEPTH and all(
+        type(b).__name__ == "BertLayer" for b in find_blocks(model)
+    ), "the real blocks are back after the replay"
+
+
+def test_the_key_follows_weights_data_max_length_and_depth(model_dir: Path) -> None:
+    data = make_data()
+    model = fresh_model(model_dir, 1)
+    key = cache_key(model, data, 3, F32)
+    assert cache_key(fresh_model(model_dir, 1), data, 3, F32) == key
+    assert cache_key(model, data, 2, F32) != key
+    assert cache_key(model, data, 3, torch.float16) != key
+    assert cache_key(model, replace(data, max_length=17), 3, F32) != key
+    changed = Split([list(ids) for ids in data.train.input_ids], data.train.labels)
+    changed.input_ids[4][1] += 1
+    assert cache_key(model, replace(data, train=changed), 3, F32) != key
+    with torch.no_grad():
+        find_blocks(model)[3].output.dense.weight.add_(1.0)  # a trainable block: no effect
+        assert cache_key(model, data, 3, F32) == key
+        find_blocks(model)[2].output.dense.weight.add_(1e-3)  # a frozen block
+        assert cache_key(model, data, 3, F32) != key
+        model.bert.embeddings.word_embeddings.weight[7, 0] += 1e-3
+        assert cache_key(model, data, 2, F32) != cache_key(fresh_model(model_dir, 1), data, 2, F32)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "header"])
+def test_a_damaged_cache_file_is_found_and_rebuilt(
+    model_dir: Path, tmp_path: Path, damage: str
+) -> None:
+    data = make_data()
+    model = fresh_model(model_dir, 1)
+    cache = PrefixCache(tmp_path)
+    device = torch.device("cpu")
+    first = cache.states_for(model, data, 3, device, PAD)
+    assert first.note == "built"
+    (path,) = tmp_path.glob("*.states")
+    good = path.read_bytes()
+    assert cache.states_for(model, data, 3, device, PAD).note == "reused"
+    broken = bytearray(good)
+    if damage == "flip":
+        broken[-7] ^= 0xFF
+    elif damage == "truncate":
+        broken = broken[: len(broken) // 2]
+    else:
+        broken[:10] = b"not json!!"
+    path.write_bytes(bytes(broken))
+    again = cache.states_for(model, data, 3, device, PAD)
+    assert again.note == "built" and again.states is not None
+    assert path.read_bytes() == good
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_cache_over_its_budget_is_skipped_and_the_trial_still_trains(
+    model_dir: Path, tmp_path: Path, caplog
+) -> None:
+    data = make_data()
+    model = fresh_model(model_dir, 1)
+    evaluations = []
+    result = run(model, data, PARAMS, PrefixCache(tmp_path, max_bytes=10_000), evaluations)
+    assert not result.cache_used
+    assert "budget" in result.cache_note and "GiB" in result.cache_note
+    assert "without the prefix cache" in caplog.text
+    assert len(evaluations) == 6 and not list(tmp_path.glob("*.states"))
+
+
+def test_full_fine_tuning_does_not_touch_the_cache(model_dir: Path, tmp_path: Path) -> None:
+    result = run(
+        fresh_model(model_dir, DEPTH),
+        make_data(),
+        replace(PARAMS, trainable_layers=DEPTH),
+        PrefixCache(tmp_path),
+        [],
+    )
+    assert not result.cache_used and result.cache_note == "nothing frozen"
+    assert not list(tmp_path.iterdir())
+
+
+class TupleBlock(nn.Module):
+    """A block that returns a tuple, as older transformers layers did."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(8, 8)
+
+    def forward(self, hidden, mask):
+        return (self.linear(hidden) * mask[..., None],)
+
+
+class TupleModel(nn.Module):
+    """A toy model whose stack the cache cannot replay: it must refuse, not guess."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(30, 8)
+        self.layers = nn.ModuleList([TupleBlock(), TupleBlock()])
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, input_ids, attention_mask):
+        hidden = self.embed(input_ids)
+        for layer in self.layers:
+            hidden = layer(hidden, attention_mask)[0]
+        return SimpleNamespace(logits=self.head(hidden[:, 0]))
+
+
+def test_an_architecture_that_does_not_replay_is_refused() -> None:
+    model = TupleModel().eval()
+    with pytest.raises(Exception, match="return tuple, not a hidden-state tensor"):
+        check_replay(model, model.layers, 1, make_data().train, PAD, torch.device("cpu"))
+
+
+def _build_in_child(model_dir: str, folder: str, queue) -> None:
+    torch.set_num_threads(1)
+    model = fresh_model(Path(model_dir), 1)
+    use = PrefixCache(Path(folder)).states_for(model, make_data(), 3, torch.device("cpu"), PAD)
+    queue.put(use.note)
+
+
+def test_concurrent_workers_build_once_and_share(model_dir: Path, tmp_path: Path) -> None:
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    workers = [
+        context.Process(target=_build_in_child, args=(str(model_dir), str(tmp_path), queue))
+        for _ in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    notes = sorted(queue.get(timeout=5) for _ in workers)
+    assert notes == ["built", "reused"]
+    assert len(list(tmp_path.glob("*.states"))) == 1 and not list(tmp_path.glob("*.tmp"))
