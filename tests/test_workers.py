@@ -233,3 +233,25 @@ def test_sigint_marks_running_trials_interrupted_and_the_study_resumes(
     assert result.returncode == 0, result.stdout + result.stderr
     assert budget_used(study) == 3
     assert not study.get_trials(states=(TrialState.RUNNING,))
+
+
+def test_the_hard_time_limit_interrupts_a_running_trial(tiny_model_dir, slow_csv, tmp_path) -> None:
+    """Past the timeout no trial starts; past the hard limit the running one is interrupted."""
+    from autoft.config import build_config
+    from autoft.prepare import prepare_study
+    from autoft.study import open_study, record_study_facts
+    from autoft.workers import work
+
+    space = write_space(tmp_path / "space.yaml", epochs=20, batch=8)
+    config = build_config({}, None, {
+        "model": str(tiny_model_dir), "train": str(slow_csv), "space": str(space),
+        "n_trials": 3, "name": "hard", "studies_dir": str(tmp_path / "studies")})
+    prepared = prepare_study(config, echo=lambda line: None)
+    record_study_facts(open_study(config), prepared)
+    now = time.time()
+    assert work(config, storage_url(config), Slot("cpu", 1), 1, now + 1, now + 4) is False
+    trials = open_sqlite_study(tmp_path / "studies", "hard").get_trials()
+    assert [(t.state, t.user_attrs.get("fail_reason")) for t in trials] == [
+        (TrialState.FAIL, "interrupted")
+    ]
+    assert time.time() - now < 30
