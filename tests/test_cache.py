@@ -10,12 +10,15 @@ from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
+import optuna
 import pytest
 import torch
 from conftest import save_tiny_bert
 from torch import nn
 
 from autoft.cache import PrefixCache, cache_key, check_replay
+from autoft.cli import build_parser, config_from_args
+from autoft.cli import main as cli_main
 from autoft.data import Split, TargetData
 from autoft.model import find_blocks, freeze, load_model
 from autoft.train import TrialParams, collate, set_train_mode, train_trial
@@ -250,3 +253,37 @@ def test_concurrent_workers_build_once_and_share(model_dir: Path, tmp_path: Path
     notes = sorted(queue.get(timeout=5) for _ in workers)
     assert notes == ["built", "reused"]
     assert len(list(tmp_path.glob("*.states"))) == 1 and not list(tmp_path.glob("*.tmp"))
+
+
+def cache_attrs(tiny_model_dir, tiny_csv, tmp_path: Path, *flags: str) -> list:
+    """Run a 3-trial search with the quick space (its starts: all layers, top 2, head only)."""
+    code = cli_main(
+        ["search", "--model", str(tiny_model_dir), "--train", str(tiny_csv), "--space", "quick",
+         "--n-trials", "3", "--study", "c", "--studies-dir", str(tmp_path), *flags]
+    )  # fmt: skip
+    assert code == 0
+    study = optuna.load_study(study_name="c", storage=f"sqlite:///{tmp_path / 'c' / 'study.db'}")
+    return [
+        (t.params["trainable_layers"], t.user_attrs["cache_used"], t.user_attrs["cache_note"])
+        for t in sorted(study.trials, key=lambda t: t.number)
+    ]
+
+
+def test_a_search_records_per_trial_whether_it_used_the_cache(
+    tiny_model_dir, tiny_csv, tmp_path: Path
+) -> None:
+    assert cache_attrs(tiny_model_dir, tiny_csv, tmp_path) == [
+        (2, False, "nothing frozen"),
+        (2, False, "nothing frozen"),  # the quick space's first start: top 2 (of 2)
+        (0, True, "built"),
+    ]
+    assert len(list((tmp_path / "c" / "cache").glob("*.states"))) == 1
+
+
+def test_cache_off_reaches_the_config_and_a_bad_value_is_refused(tiny_model_dir, tiny_csv) -> None:
+    base = ["search", "--model", str(tiny_model_dir), "--train", str(tiny_csv)]
+    assert config_from_args(build_parser().parse_args([*base, "--cache", "off"])).cache is False
+    assert config_from_args(build_parser().parse_args(base)).cache is True
+    with pytest.raises(SystemExit) as caught:
+        build_parser().parse_args([*base, "--cache", "maybe"])
+    assert caught.value.code == 2
