@@ -82,8 +82,10 @@ def device_slots(
 
     `auto` takes every visible GPU, `trials_per_gpu` slots on each (a small model leaves a card
     mostly idle, so several trials fill it). Without a GPU, `auto` is one CPU worker with every
-    core: torch already spreads one trial over all cores, and measured on 2 cores two workers
-    gain little while each holds its own copy of the model. `cpu:N` splits the cores between N.
+    core: torch spreads one trial over the cores, and each extra worker holds its own model and
+    data. `cpu:N` splits the cores between N workers; it can pay where the CPU is shared or the
+    model is tiny (benchmarks/workers.py on a busy 2-core machine, two runs: one 2-thread worker
+    215 and 111 trials/hour, two 1-thread workers 318 and 731).
     """
     if trials_per_gpu < 1:
         raise UsageError(f"--trials-per-gpu: {trials_per_gpu} must be a positive whole number.")
@@ -522,12 +524,14 @@ def status_text(study: optuna.Study) -> str:
     attrs = study.user_attrs
     trials = study.get_trials(deepcopy=False)
     starts = [t.datetime_start.timestamp() for t in trials if t.datetime_start]
-    elapsed = time.time() - min(starts) if starts else 0.0
+    ends = [t.datetime_complete.timestamp() for t in trials if t.datetime_complete]
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    end = time.time() if running or not ends else max(ends)
+    elapsed = end - min(starts) if starts else 0.0
     budget = (attrs.get("config") or {}).get("n_trials", len(trials))
     snapshot = take_snapshot(trials, budget, elapsed, 0, attrs.get("train_examples"))
     metric = attrs.get("metric", "value")
     lines = [f"Study '{study.study_name}': {status_line(snapshot, metric)}"]
-    running = [t for t in trials if t.state == TrialState.RUNNING]
     for trial, progress in zip(running, snapshot.running, strict=True):
         worker = trial.user_attrs.get("worker") or {}
         where = f"{worker.get('device', '?')} on {worker.get('host', '?')} pid {worker.get('pid')}"

@@ -66,13 +66,13 @@ def postgres_url():
 def test_search_and_a_second_machine_s_workers_share_a_postgres_study(
     postgres_url, tiny_model_dir, tmp_path
 ) -> None:
-    """The study is made first (as `autoft search` makes it), then a resumed search with one
-    worker and `autoft worker` with two, from another studies folder, run it together."""
+    """The study is made first (as `autoft search` makes it), then a resumed search with two
+    workers and `autoft worker` with one, from another studies folder, run it together."""
     url, name, storage = postgres_url
     train = write_csv(tmp_path / "train.csv", sentiment_rows(400))
     space = write_space(tmp_path / "space.yaml", epochs=3, batch=8)
     here, there = tmp_path / "here", tmp_path / "there"
-    args = search_args(tiny_model_dir, train, space, here, name, 8, "cpu") + ["--storage", url]
+    args = search_args(tiny_model_dir, train, space, here, name, 8, "cpu:2") + ["--storage", url]
     config = build_config({}, None, {
         "model": str(tiny_model_dir), "train": str(train), "space": str(space), "n_trials": 8,
         "name": name, "studies_dir": str(here), "storage": url, "devices": "cpu"})
@@ -82,7 +82,7 @@ def test_search_and_a_second_machine_s_workers_share_a_postgres_study(
                               stderr=subprocess.STDOUT, text=True)
     worker = subprocess.Popen(
         [sys.executable, "-m", "autoft", "worker", "--study", name, "--storage", url,
-         "--studies-dir", str(there), "--devices", "cpu:2"],
+         "--studies-dir", str(there), "--devices", "cpu"],
         env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     search_output, _ = search.communicate(timeout=300)
@@ -95,7 +95,8 @@ def test_search_and_a_second_machine_s_workers_share_a_postgres_study(
     assert budget_used(study) == 8
     assert len(trials) == 8 and all(t.state.is_finished() for t in trials)
     pids = {t.user_attrs["worker"]["pid"] for t in trials}
-    assert len(pids) >= 2, "the joining worker ran no trial"
+    assert worker.pid in pids, "the joining worker ran no trial"
+    assert len(pids) >= 2, "the search's workers ran no trial"
     assert (there / name / "prepared" / "target.json").is_file(), "the worker prepared locally"
 
     shown = search_output + worker_output
