@@ -146,20 +146,27 @@ class _HalfOverflow(Exception):
 
 
 @torch.no_grad()
-def capture(model: nn.Module, blocks: nn.ModuleList, frozen: int, batch: dict) -> torch.Tensor:
-    """The output of block `frozen - 1` on a padded batch; the model must be in eval mode.
+def capture(
+    model: nn.Module, blocks: nn.ModuleList, depths: tuple[int, ...], batch: dict
+) -> dict[int, torch.Tensor]:
+    """The output of block `d - 1` for every depth `d`, on a padded batch; eval mode required.
 
-    The pass stops where the first trainable block would start; a block that runs several times
-    (ALBERT's shared layer) keeps its last output.
+    One pass serves every depth, stopping where block `max(depths)` would start; a block that runs
+    several times (ALBERT's shared layer) keeps its last output.
     """
-    outputs: list = []
-    handles = [blocks[frozen - 1].register_forward_hook(lambda _m, _a, out: outputs.append(out))]
-    if frozen < len(blocks):
+    outputs: dict[int, list] = {depth: [] for depth in depths}
+    handles = [
+        blocks[depth - 1].register_forward_hook(
+            lambda _m, _a, out, depth=depth: outputs[depth].append(out)
+        )
+        for depth in depths
+    ]
+    if max(depths) < len(blocks):
 
         def stop(_module, _args):
             raise _Stop
 
-        handles.append(blocks[frozen].register_forward_pre_hook(stop))
+        handles.append(blocks[max(depths)].register_forward_pre_hook(stop))
     try:
         model(**batch)
     except _Stop:
@@ -167,10 +174,11 @@ def capture(model: nn.Module, blocks: nn.ModuleList, frozen: int, batch: dict) -
     finally:
         for handle in handles:
             handle.remove()
-    if not outputs or not isinstance(outputs[-1], torch.Tensor):
-        kind = type(outputs[-1]).__name__ if outputs else "nothing"
-        raise CacheUnusable(f"its blocks return {kind}, not a hidden-state tensor")
-    return outputs[-1]
+    for seen in outputs.values():
+        if not seen or not isinstance(seen[-1], torch.Tensor):
+            kind = type(seen[-1]).__name__ if seen else "nothing"
+            raise CacheUnusable(f"its blocks return {kind}, not a hidden-state tensor")
+    return {depth: seen[-1] for depth, seen in outputs.items()}
 
 
 def cache_key(model: nn.Module, data: TargetData, frozen: int, dtype: torch.dtype) -> str:
@@ -242,11 +250,13 @@ class PrefixCache:
                 with _locked(path.with_suffix(".lock")):
                     header = _open_valid(path, data, warn=True)
                     if header is None:
-                        self._check_budget(data, hidden, dtype)
+                        paths = {frozen: path} | self._spare_depths(
+                            model, data, frozen, len(blocks), hidden, dtype
+                        )
                         try:
-                            _build(path, model, blocks, frozen, data, pad_id, device, dtype)
+                            _build(paths, model, blocks, data, pad_id, device, dtype)
                         except _HalfOverflow:
-                            _build(path, model, blocks, frozen, data, pad_id, device, torch.float32)
+                            _build(paths, model, blocks, data, pad_id, device, torch.float32)
                         header = _open_valid(path, data, warn=True)
                         note = "built"
         finally:
@@ -256,21 +266,38 @@ class PrefixCache:
             raise CacheUnusable(f"the cache file {path} it just wrote does not read back")
         return _load(path, header, data, blocks, frozen, device), note
 
-    def _check_budget(self, data: TargetData, hidden: int, dtype: torch.dtype) -> None:
-        """Refuse a cache that would take the folder past its budget (all depths together) or
-        fill the disk, before building it."""
+    def _spare_depths(self, model, data, frozen, depth, hidden, dtype) -> dict[int, Path]:
+        """Other freeze depths whose states the same pass writes, as far as the budget allows.
+
+        A study samples many depths; without this each would pay its own build, while one pass
+        through every block (no gradients) serves them all.
+        """
+        size, room = self._room(data, hidden, dtype)
+        if size > room:
+            which = "what is left of its budget" if room < self._free() else "the free disk space"
+            raise CacheUnusable(
+                f"the cache would take {size / 2**30:.2f} GiB, more than {which} "
+                f"({room / 2**30:.2f} GiB) in {self.folder}"
+            )
+        spare = {}
+        for other in sorted(range(1, depth + 1), key=lambda d: abs(d - frozen)):
+            if other == frozen or size * (len(spare) + 2) > room:
+                continue
+            path = self.folder / f"{cache_key(model, data, other, dtype)}.states"
+            if not path.is_file():
+                spare[other] = path
+        return spare
+
+    def _free(self) -> int:
+        return shutil.disk_usage(self.folder).free - FREE_DISK_MARGIN
+
+    def _room(self, data: TargetData, hidden: int, dtype: torch.dtype) -> tuple[int, int]:
+        """Bytes one depth's states take, and bytes the folder may still grow by."""
         tokens = sum(len(ids) for split in (data.train, data.validation) for ids in split.input_ids)
         size = HEADER_BYTES + tokens * hidden * torch.finfo(dtype).bits // 8
         self.folder.mkdir(parents=True, exist_ok=True)
         used = sum(f.stat().st_size for f in self.folder.glob("*.states"))
-        free = shutil.disk_usage(self.folder).free - FREE_DISK_MARGIN
-        limit = min(self.max_bytes - used, free)
-        if size > limit:
-            which = "what is left of its budget" if limit < free else "the free disk space"
-            raise CacheUnusable(
-                f"the cache would take {size / 2**30:.2f} GiB, more than {which} "
-                f"({limit / 2**30:.2f} GiB) in {self.folder}"
-            )
+        return size, min(self.max_bytes - used, self._free())
 
 
 def check_replay(model, blocks, frozen, split: Split, pad_id: int, device) -> int:
@@ -288,7 +315,7 @@ def check_replay(model, blocks, frozen, split: Split, pad_id: int, device) -> in
     try:
         with torch.no_grad():
             expected = model(**batch).logits
-            state = capture(model, blocks, frozen, batch)
+            state = capture(model, blocks, (frozen,), batch)[frozen]
             mask = batch["attention_mask"].bool()
             rows = state[mask]
             flat = SplitStates(
@@ -324,16 +351,24 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 @torch.no_grad()
-def _build(path, model, blocks, frozen, data, pad_id, device, dtype) -> None:
-    """Run the frozen prefix once over both splits and write the states; temp file, then rename."""
-    log.info("autoft: caching the frozen prefix (%d blocks) in %s ...", frozen, path.parent)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    digest = hashlib.sha256()
+def _build(paths: dict[int, Path], model, blocks, data, pad_id, device, dtype) -> None:
+    """Run the frozen prefix once over both splits and write the states of every depth asked for,
+    each to a temp file, then renamed into place."""
+    depths = tuple(sorted(paths))
+    log.info(
+        "autoft: caching the frozen prefix (depths %s) in %s ...",
+        ", ".join(map(str, depths)),
+        next(iter(paths.values())).parent,
+    )
+    tmps = {d: p.with_name(f"{p.name}.{os.getpid()}.tmp") for d, p in paths.items()}
+    digests = {d: hashlib.sha256() for d in depths}
     rows: dict[str, int] = {}
     hidden = 0
     try:
-        with open(tmp, "wb") as out:
-            out.write(b"\0" * HEADER_BYTES)
+        with contextlib.ExitStack() as stack:
+            outs = {d: stack.enter_context(open(tmps[d], "wb")) for d in depths}
+            for out in outs.values():
+                out.write(b"\0" * HEADER_BYTES)
             for name in _SPLITS:
                 split: Split = getattr(data, name)
                 rows[name] = 0
@@ -341,30 +376,35 @@ def _build(path, model, blocks, frozen, data, pad_id, device, dtype) -> None:
                     indices = list(range(start, min(start + EVAL_BATCH_SIZE, len(split))))
                     batch = collate(split, indices, pad_id, device)
                     batch.pop("labels")
-                    state = capture(model, blocks, frozen, batch)
-                    chunk = state[batch["attention_mask"].bool()].float()
-                    if dtype == torch.float16 and chunk.abs().max().item() > _HALF_LIMIT:
-                        raise _HalfOverflow
-                    payload = chunk.to(dtype).cpu().numpy().tobytes()
-                    digest.update(payload)
-                    out.write(payload)
-                    rows[name] += chunk.shape[0]
+                    mask = batch["attention_mask"].bool()
+                    states = capture(model, blocks, depths, batch)
+                    for depth, state in states.items():
+                        chunk = state[mask].float()
+                        if dtype == torch.float16 and chunk.abs().max().item() > _HALF_LIMIT:
+                            raise _HalfOverflow
+                        payload = chunk.to(dtype).cpu().numpy().tobytes()
+                        digests[depth].update(payload)
+                        outs[depth].write(payload)
+                    rows[name] += int(mask.sum())
                     hidden = chunk.shape[1]
-            header = {
-                "version": FORMAT_VERSION,
-                "dtype": str(dtype).removeprefix("torch."),
-                "hidden": hidden,
-                "rows": rows,
-                "payload_bytes": out.tell() - HEADER_BYTES,
-                "sha256": digest.hexdigest(),
-            }
-            out.seek(0)
-            out.write(json.dumps(header).encode().ljust(HEADER_BYTES, b" "))
-            out.flush()
-            os.fsync(out.fileno())
-        tmp.replace(path)
+            for depth, out in outs.items():
+                header = {
+                    "version": FORMAT_VERSION,
+                    "dtype": str(dtype).removeprefix("torch."),
+                    "hidden": hidden,
+                    "rows": rows,
+                    "payload_bytes": out.tell() - HEADER_BYTES,
+                    "sha256": digests[depth].hexdigest(),
+                }
+                out.seek(0)
+                out.write(json.dumps(header).encode().ljust(HEADER_BYTES, b" "))
+                out.flush()
+                os.fsync(out.fileno())
+        for depth, tmp in tmps.items():
+            tmp.replace(paths[depth])
     finally:
-        tmp.unlink(missing_ok=True)
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
 
 
 def _open_valid(path: Path, data: TargetData, warn: bool) -> dict | None:

@@ -161,7 +161,12 @@ def summary_text(summary: dict) -> str:
     lines.append(f"Best config (trial {best['number']}): {describe_params(best['params'], depth)}.")
     score = f"  {metric} {best['value']:.4f}"
     if default is not None:
-        score += f" (the default config scored {default['value']:.4f})"
+        score += f" (the default config scored {default['value']:.4f}"
+        bar = summary.get("base", {}).get("min_retention")
+        kept = default.get("retention")
+        if bar is not None and kept is not None and kept < bar:
+            score += f" but kept only {kept:.0%} of the base skill, below the {bar:.0%} bar"
+        score += ")"
     lines.append(score)
     if best.get("retention") is not None:
         base = summary["base"]

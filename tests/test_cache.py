@@ -147,6 +147,18 @@ def test_the_key_follows_weights_data_max_length_and_depth(model_dir: Path) -> N
         assert cache_key(model, data, 2, F32) != cache_key(fresh_model(model_dir, 1), data, 2, F32)
 
 
+def test_one_build_serves_every_freeze_depth(model_dir: Path, tmp_path: Path) -> None:
+    """A study samples many depths: the first build writes them all, later depths reuse them."""
+    data = make_data()
+    cache = PrefixCache(tmp_path)
+    device = torch.device("cpu")
+    assert cache.states_for(fresh_model(model_dir, 1), data, 3, device, PAD).note == "built"
+    assert len(list(tmp_path.glob("*.states"))) == 4
+    for frozen in (1, 2, 4):
+        use = cache.states_for(fresh_model(model_dir, 1), data, frozen, device, PAD)
+        assert use.note == "reused" and use.states is not None
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate", "header"])
 def test_a_damaged_cache_file_is_found_and_rebuilt(
     model_dir: Path, tmp_path: Path, damage: str
@@ -157,7 +169,7 @@ def test_a_damaged_cache_file_is_found_and_rebuilt(
     device = torch.device("cpu")
     first = cache.states_for(model, data, 3, device, PAD)
     assert first.note == "built"
-    (path,) = tmp_path.glob("*.states")
+    path = tmp_path / f"{cache_key(model, data, 3, F32)}.states"
     good = path.read_bytes()
     assert cache.states_for(model, data, 3, device, PAD).note == "reused"
     broken = bytearray(good)
@@ -252,7 +264,7 @@ def test_concurrent_workers_build_once_and_share(model_dir: Path, tmp_path: Path
         worker.join(120)
     notes = sorted(queue.get(timeout=5) for _ in workers)
     assert notes == ["built", "reused"]
-    assert len(list(tmp_path.glob("*.states"))) == 1 and not list(tmp_path.glob("*.tmp"))
+    assert len(list(tmp_path.glob("*.states"))) == DEPTH and not list(tmp_path.glob("*.tmp"))
 
 
 def cache_attrs(tiny_model_dir, tiny_csv, tmp_path: Path, *flags: str) -> list:
@@ -277,7 +289,7 @@ def test_a_search_records_per_trial_whether_it_used_the_cache(
         (2, False, "nothing frozen"),  # the quick space's first start: top 2 (of 2)
         (0, True, "built"),
     ]
-    assert len(list((tmp_path / "c" / "cache").glob("*.states"))) == 1
+    assert len(list((tmp_path / "c" / "cache").glob("*.states"))) == 2, "depths 1 and 2 at once"
 
 
 def test_cache_off_reaches_the_config_and_a_bad_value_is_refused(tiny_model_dir, tiny_csv) -> None:
