@@ -4,12 +4,12 @@ settings win), and `autoft search --model M --train FILE` says what it chose and
 from pathlib import Path
 
 import pytest
+from conftest import sentiment_rows, write_csv
 
 from autoft.cli import main
 from autoft.config import build_config
 from autoft.errors import UsageError
 from autoft.study import make_pruner
-from tests.conftest import sentiment_rows, write_csv
 
 
 def config(tiny_model_dir, tiny_csv, file_settings=None, **flags):
