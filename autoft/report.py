@@ -134,6 +134,16 @@ def write_summary(study: optuna.Study, study_dir: Path) -> dict:
     return summary
 
 
+def default_forgot(summary: dict) -> str:
+    """', but kept only 88% of the base skill, below the 95% bar' when the default config forgot
+    too much to be reported as best; '' otherwise."""
+    bar = summary.get("base", {}).get("min_retention")
+    kept = (summary.get("default") or {}).get("retention")
+    if bar is None or kept is None or kept >= bar:
+        return ""
+    return f" but kept only {kept:.0%} of the base skill, below the {bar:.0%} bar"
+
+
 def summary_text(summary: dict) -> str:
     """The few lines a person reads in the morning."""
     metric, depth = summary["metric"], summary["depth"]
@@ -161,12 +171,7 @@ def summary_text(summary: dict) -> str:
     lines.append(f"Best config (trial {best['number']}): {describe_params(best['params'], depth)}.")
     score = f"  {metric} {best['value']:.4f}"
     if default is not None:
-        score += f" (the default config scored {default['value']:.4f}"
-        bar = summary.get("base", {}).get("min_retention")
-        kept = default.get("retention")
-        if bar is not None and kept is not None and kept < bar:
-            score += f" but kept only {kept:.0%} of the base skill, below the {bar:.0%} bar"
-        score += ")"
+        score += f" (the default config scored {default['value']:.4f}{default_forgot(summary)})"
     lines.append(score)
     if best.get("retention") is not None:
         base = summary["base"]
@@ -198,6 +203,11 @@ def answer_lines(summary: dict) -> list[str]:
         score += "; the default config has no finished score to compare with."
     elif default["number"] == best["number"]:
         score += ", and it is the default config: no other config found did better."
+    elif default_forgot(summary):
+        score += (
+            f"; the default config (trial {default['number']}) reached {default['value']:.4f}"
+            f"{default_forgot(summary)}, so it could not be the answer."
+        )
     else:
         gain = best["value"] - default["value"]
         score += (
