@@ -38,6 +38,7 @@ from autoft.train import TrialFailed
 log = logging.getLogger("autoft")
 
 HARD_LIMIT_FACTOR = 1.1
+CORES_PER_CPU_WORKER = 4
 WAIT_SECONDS = min(5, HEARTBEAT_SECONDS)  # how often a worker with nothing to start looks again
 INTERRUPTED_EXIT = 130
 
@@ -81,11 +82,11 @@ def device_slots(
     """The slots for auto, cpu, cpu:N, cuda or cuda:0,cuda:2, checked against this machine.
 
     `auto` takes every visible GPU, `trials_per_gpu` slots on each (a small model leaves a card
-    mostly idle, so several trials fill it). Without a GPU, `auto` is one CPU worker with every
-    core: torch spreads one trial over the cores, and each extra worker holds its own model and
-    data. `cpu:N` splits the cores between N workers; it can pay where the CPU is shared or the
-    model is tiny (benchmarks/workers.py on a busy 2-core machine, two runs: one 2-thread worker
-    215 and 111 trials/hour, two 1-thread workers 318 and 731).
+    mostly idle, so several trials fill it). Without a GPU, `auto` splits the cores into workers
+    of CORES_PER_CPU_WORKER cores: one trial's small batches do not keep many threads busy, so
+    more workers finish more trials (benchmarks/workers.py on a quiet 2-core machine: one 2-thread
+    worker 807 trials/hour, two 1-thread workers 1,044), while each worker costs a process start
+    and its own copy of the model. `cpu:N` chooses N workers explicitly.
     """
     if trials_per_gpu < 1:
         raise UsageError(f"--trials-per-gpu: {trials_per_gpu} must be a positive whole number.")
@@ -93,7 +94,7 @@ def device_slots(
     gpus = visible_gpus() if gpus is None else gpus
     spec = devices.strip().lower().replace(" ", "")
     if spec == "auto":
-        spec = "cuda" if gpus else "cpu"
+        spec = "cuda" if gpus else f"cpu:{max(1, cores // CORES_PER_CPU_WORKER)}"
     if spec == "cuda":
         if not gpus:
             raise UsageError(f"{where}: 'cuda' asks for GPUs, but none is visible; use cpu.")

@@ -82,7 +82,8 @@ def slow_csv(tmp_path_factory) -> Path:
 
 
 def test_auto_on_a_cpu_machine_is_one_worker_with_every_core() -> None:
-    assert device_slots("auto", cores=8, gpus=0) == [Slot("cpu", 8)]
+    assert device_slots("auto", cores=2, gpus=0) == [Slot("cpu", 2)]
+    assert device_slots("auto", cores=8, gpus=0) == [Slot("cpu", 4), Slot("cpu", 4)]
 
 
 def test_cpu_n_splits_the_cores() -> None:
