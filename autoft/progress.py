@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoft.describe import describe_seconds, short_params
+from autoft.report import is_feasible
 from autoft.study import COUNTS_TOWARD_BUDGET
 
 POLL_SECONDS = 2.0
@@ -81,14 +82,14 @@ def take_snapshot(
     finished_before: int,
     train_size: int | None = None,
 ) -> Snapshot:
-    """Counts, running trials, the best feasible-or-not value and a rate-based time estimate.
+    """Counts, running trials, the best feasible value and a rate-based time estimate.
 
     The estimate divides the time this run has taken by the trials it finished, so several
     workers finishing in parallel shorten it as they should; before the first finish it is None.
     """
     by_state = {state: [t for t in trials if t.state == state] for state in TrialState}
     complete = [t for t in by_state[TrialState.COMPLETE] if t.value is not None]
-    best = max(complete, key=lambda t: t.value, default=None)
+    best = max((t for t in complete if is_feasible(t)), key=lambda t: t.value, default=None)
     used = sum(1 for t in trials if counts_toward_budget(t))
     done_now = used - finished_before
     remaining = None
@@ -115,7 +116,7 @@ def status_line(snap: Snapshot, metric: str) -> str:
     best = (
         f"best {metric} {snap.best_value:.4f} (trial {snap.best_number})"
         if snap.best_value is not None
-        else "no complete trial yet"
+        else "no best trial yet"
     )
     return (
         f"{snap.complete} complete, {snap.pruned} pruned, {snap.failed} failed of {snap.budget}"
