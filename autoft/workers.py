@@ -386,6 +386,7 @@ def work(
     torch.set_num_threads(slot.threads)
     stop = Stop()
     stop.install(hard_deadline)
+    runner = None
     try:
         prepared = prepare_study(config, echo=log.debug)
         storage = open_storage(url)
@@ -402,7 +403,28 @@ def work(
         pass  # raised by Stop inside a trial, which is already recorded as interrupted
     finally:
         stop.uninstall()
+    if stop.requested and runner is not None:
+        fail_own_running_trials(config.name, url, runner.worker)
     return stop.signalled
+
+
+def fail_own_running_trials(name: str, url: str, worker: dict) -> None:
+    """Record as interrupted a trial of this worker that the stop left RUNNING.
+
+    A signal that lands inside a storage write can leave the trial's own FAIL unwritten; the
+    heartbeat would find it stale only after the grace period, so a prompt resume would wait.
+    A fresh connection writes what the interrupted one could not.
+    """
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(url))
+        for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen.user_attrs.get("worker") == worker:
+                trial = optuna.trial.Trial(study, frozen._trial_id)
+                trial.set_user_attr("fail_reason", "interrupted")
+                study.tell(frozen.number, state=TrialState.FAIL)
+                log.warning("trial %d interrupted", frozen.number)
+    except Exception as error:  # the storage is unreachable: the heartbeat will find it stale
+        log.warning("could not record the interrupted trial (%s); it is retried once stale", error)
 
 
 def _child_main(config, url, slot, index, slots, deadline, hard_deadline) -> None:
