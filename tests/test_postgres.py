@@ -70,7 +70,9 @@ def test_search_and_a_second_machine_s_workers_share_a_postgres_study(
     workers and `autoft worker` with one, from another studies folder, run it together."""
     url, name, storage = postgres_url
     train = write_csv(tmp_path / "train.csv", sentiment_rows(400))
-    space = write_space(tmp_path / "space.yaml", epochs=3, batch=8)
+    # Trials of a few seconds each: long enough that no one process can take all eight before
+    # the others have started (the search's workers start last: a forkserver, then a fork each).
+    space = write_space(tmp_path / "space.yaml", epochs=10, batch=8)
     here, there = tmp_path / "here", tmp_path / "there"
     args = search_args(tiny_model_dir, train, space, here, name, 8, "cpu:2") + ["--storage", url]
     config = build_config({}, None, {
