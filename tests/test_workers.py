@@ -161,7 +161,7 @@ def test_a_nan_trial_fails_alone_with_its_reason(tiny_model_dir, tiny_csv, tmp_p
 
 def test_three_workers_end_with_exactly_the_budget(tiny_model_dir, tiny_csv, tmp_path,
                                                    capsys) -> None:
-    space = write_space(tmp_path / "space.yaml")
+    space = write_space(tmp_path / "space.yaml", epochs=6)  # long enough for every worker to join
     studies = tmp_path / "studies"
     result = subprocess.run(
         search_args(tiny_model_dir, tiny_csv, space, studies, "three", 7, "cpu:3"),
