@@ -11,6 +11,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from autoft.config import StudyConfig
@@ -52,7 +53,7 @@ def read_table(source: str, where: str, split: str = "train") -> datasets.Datase
             if isinstance(table, datasets.DatasetDict):
                 table = _pick_split(table, split, where, source)
         elif path.is_file():
-            table = _read_file(path)
+            table = datasets.Dataset.from_pandas(read_frame(path), preserve_index=False)
         else:
             table = datasets.load_dataset(source, split=split)
     except UsageError:
@@ -65,20 +66,16 @@ def read_table(source: str, where: str, split: str = "train") -> datasets.Datase
     return table
 
 
-def _read_file(path: Path) -> datasets.Dataset:
+def read_frame(path: Path) -> pd.DataFrame:
+    """A CSV, TSV, JSON (Lines) or Parquet file as written: 'NA' stays a text, not a gap."""
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        import pandas as pd
-
-        frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", encoding_errors="replace")
-        return datasets.Dataset.from_pandas(frame, preserve_index=False)
+        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=False,
+                           encoding_errors="replace")
     if suffix in (".jsonl", ".json"):
-        import pandas as pd
-
-        frame = pd.read_json(path, lines=suffix == ".jsonl")
-        return datasets.Dataset.from_pandas(frame, preserve_index=False)
+        return pd.read_json(path, lines=suffix == ".jsonl", dtype=False, convert_dates=False)
     if suffix == ".parquet":
-        return datasets.Dataset.from_parquet(str(path))
+        return pd.read_parquet(path)
     raise UsageError(
         f"{path}: unknown data format '{suffix}'; use .csv, .tsv, .jsonl, .json or .parquet."
     )
@@ -117,7 +114,8 @@ def _texts(table, config: StudyConfig, where: str, source: str) -> list:
 
 def _labels(table, config: StudyConfig, where: str, source: str) -> list[str]:
     values = _column(table, config.label_column, where + " / --label-column", source)
-    if any(value is None or (isinstance(value, float) and math.isnan(value)) for value in values):
+    if any(value is None or value == "" or (isinstance(value, float) and math.isnan(value))
+           for value in values):
         raise UsageError(
             f"{where}: column '{config.label_column}' of {source} has empty labels; fill or "
             f"drop those rows."

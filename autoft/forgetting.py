@@ -20,6 +20,7 @@ from scipy.stats import pearsonr, spearmanr
 from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
 from autoft.config import BaseTaskConfig
+from autoft.data import read_frame
 from autoft.errors import UsageError
 
 __all__ = ["BaseScore", "BaseTask", "build_base_task", "linear_cka", "retention"]
@@ -107,17 +108,12 @@ def _is_table(path: str) -> bool:
 
 
 def _read_table(path: str) -> pd.DataFrame:
-    """A CSV, TSV, JSON (Lines) or Parquet file, cells kept as written (no NaN for 'NA' texts)."""
+    """A table of base-task examples, read as the target data is (autoft.data.read_frame)."""
     _require_file(path)
-    suffix = Path(path).suffix.lower()
     try:
-        if suffix == ".parquet":
-            frame = pd.read_parquet(path)
-        elif suffix in (".jsonl", ".json"):
-            frame = pd.read_json(path, lines=suffix == ".jsonl", dtype=False, convert_dates=False)
-        else:
-            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=False)
+        frame = read_frame(Path(path))
     except (ValueError, OSError) as error:
+        suffix = Path(path).suffix.lower()
         raise UsageError(
             f"{path} could not be read as {suffix[1:]} ({error}); fix the file."
         ) from None

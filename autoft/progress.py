@@ -14,7 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoft.describe import describe_seconds, short_params
 from autoft.report import is_feasible
-from autoft.study import COUNTS_TOWARD_BUDGET
+from autoft.study import counts_toward_budget
 
 POLL_SECONDS = 2.0
 STATUS_EVERY_SECONDS = 60.0
@@ -48,13 +48,6 @@ class Snapshot:
     @property
     def finished(self) -> int:
         return self.complete + self.pruned + self.failed
-
-
-def counts_toward_budget(trial: FrozenTrial) -> bool:
-    """As the study counts: complete and pruned trials, and failures that were the trial's fault."""
-    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-        return True
-    return trial.state == TrialState.FAIL and bool(trial.user_attrs.get(COUNTS_TOWARD_BUDGET))
 
 
 def running_trial(trial: FrozenTrial, train_size: int | None) -> RunningTrial:

@@ -61,11 +61,14 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def sqlite_path(study_dir: Path) -> Path:
+    """The default storage: a SQLite file in the study folder."""
+    return Path(study_dir) / "study.db"
+
+
 def storage_url(config: StudyConfig) -> str:
-    """The user's storage, or a SQLite file in the study folder."""
-    if config.storage:
-        return config.storage
-    return f"sqlite:///{(config.study_dir / 'study.db').resolve()}"
+    """The user's storage, or the SQLite file in the study folder."""
+    return config.storage or f"sqlite:///{sqlite_path(config.study_dir).resolve()}"
 
 
 def with_installed_driver(url: str) -> str:
@@ -136,14 +139,17 @@ def enqueue_starts(study: optuna.Study, space: SearchSpace) -> None:
         study.enqueue_trial(params, skip_if_exists=True)
 
 
-def budget_used(study: optuna.Study) -> int:
-    """Finished trials that count toward n_trials (interrupted or stale ones do not)."""
-    return sum(
-        1
-        for t in study.get_trials(deepcopy=False)
-        if t.state in FINISHED
-        or (t.state == TrialState.FAIL and t.user_attrs.get(COUNTS_TOWARD_BUDGET))
+def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
+    """Complete and pruned trials, and failures that were the trial's own (not interrupted or
+    stale ones, which are run again)."""
+    return trial.state in FINISHED or (
+        trial.state == TrialState.FAIL and bool(trial.user_attrs.get(COUNTS_TOWARD_BUDGET))
     )
+
+
+def budget_used(study: optuna.Study) -> int:
+    """Finished trials that count toward n_trials."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if counts_toward_budget(t))
 
 
 def budget_left(study: optuna.Study, n_trials: int) -> int:
@@ -322,8 +328,9 @@ def recorded_config(study: optuna.Study, studies_dir: str, storage: str) -> Stud
 
 def load_study(name: str, studies_dir: str, storage: str | None) -> optuna.Study:
     """An existing study, for status, report and export; a clear error when there is none."""
-    url = storage or f"sqlite:///{(Path(studies_dir) / name / 'study.db').resolve()}"
-    if url.startswith("sqlite") and not (Path(studies_dir) / name / "study.db").is_file():
+    path = sqlite_path(Path(studies_dir) / name)
+    url = storage or f"sqlite:///{path.resolve()}"
+    if url.startswith("sqlite") and not path.is_file():
         raise UsageError(
             f"No study '{name}' in {studies_dir}/ (no {name}/study.db); check "
             f"--study and --studies-dir."
