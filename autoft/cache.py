@@ -254,9 +254,10 @@ class PrefixCache:
                             model, data, frozen, len(blocks), hidden, dtype
                         )
                         try:
-                            _build(paths, model, blocks, data, pad_id, device, dtype)
+                            _build(paths, model, blocks, data, pad_id, device, dtype, hidden)
                         except _HalfOverflow:
-                            _build(paths, model, blocks, data, pad_id, device, torch.float32)
+                            _build(paths, model, blocks, data, pad_id, device, torch.float32,
+                                   hidden)
                         header = _open_valid(path, data, warn=True)
                         note = "built"
         finally:
@@ -351,60 +352,77 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 @torch.no_grad()
-def _build(paths: dict[int, Path], model, blocks, data, pad_id, device, dtype) -> None:
+def _build(paths: dict[int, Path], model, blocks, data, pad_id, device, dtype, hidden) -> None:
     """Run the frozen prefix once over both splits and write the states of every depth asked for,
-    each to a temp file, then renamed into place."""
+    each to a temp file, then renamed into place.
+
+    Batches go shortest examples first, so they pad little (in the data's order every batch of
+    short tweets padded to its longest: twice the work); each example's rows still land at its
+    place in the file.
+    """
     depths = tuple(sorted(paths))
     log.info(
         "autoft: caching the frozen prefix (depths %s) in %s ...",
         ", ".join(map(str, depths)),
         next(iter(paths.values())).parent,
     )
+    lengths = {name: [len(ids) for ids in getattr(data, name).input_ids] for name in _SPLITS}
+    rows = {name: sum(lengths[name]) for name in _SPLITS}
+    shape = (sum(rows.values()), hidden)
+    element = np.dtype(str(dtype).removeprefix("torch."))
     tmps = {d: p.with_name(f"{p.name}.{os.getpid()}.tmp") for d, p in paths.items()}
-    digests = {d: hashlib.sha256() for d in depths}
-    rows: dict[str, int] = {}
-    hidden = 0
     try:
-        with contextlib.ExitStack() as stack:
-            outs = {d: stack.enter_context(open(tmps[d], "wb")) for d in depths}
-            for out in outs.values():
-                out.write(b"\0" * HEADER_BYTES)
-            for name in _SPLITS:
-                split: Split = getattr(data, name)
-                rows[name] = 0
-                for start in range(0, len(split), EVAL_BATCH_SIZE):
-                    indices = list(range(start, min(start + EVAL_BATCH_SIZE, len(split))))
-                    batch = collate(split, indices, pad_id, device)
-                    batch.pop("labels")
-                    mask = batch["attention_mask"].bool()
-                    states = capture(model, blocks, depths, batch)
-                    for depth, state in states.items():
-                        chunk = state[mask].float()
-                        if dtype == torch.float16 and chunk.abs().max().item() > _HALF_LIMIT:
-                            raise _HalfOverflow
-                        payload = chunk.to(dtype).cpu().numpy().tobytes()
-                        digests[depth].update(payload)
-                        outs[depth].write(payload)
-                    rows[name] += int(mask.sum())
-                    hidden = chunk.shape[1]
-            for depth, out in outs.items():
-                header = {
-                    "version": FORMAT_VERSION,
-                    "dtype": str(dtype).removeprefix("torch."),
-                    "hidden": hidden,
-                    "rows": rows,
-                    "payload_bytes": out.tell() - HEADER_BYTES,
-                    "sha256": digests[depth].hexdigest(),
-                }
-                out.seek(0)
+        files = {
+            d: np.memmap(tmps[d], dtype=element, mode="w+", offset=HEADER_BYTES, shape=shape)
+            for d in depths
+        }
+        first_row = 0
+        for name in _SPLITS:
+            split: Split = getattr(data, name)
+            starts = _offsets(lengths[name]) + first_row
+            order = sorted(range(len(split)), key=lambda i: lengths[name][i])
+            for begin in range(0, len(order), EVAL_BATCH_SIZE):
+                indices = order[begin : begin + EVAL_BATCH_SIZE]
+                batch = collate(split, indices, pad_id, device)
+                batch.pop("labels")
+                for depth, state in capture(model, blocks, depths, batch).items():
+                    state = state.float()
+                    if dtype == torch.float16 and state.abs().max().item() > _HALF_LIMIT:
+                        raise _HalfOverflow  # padding rows included: a false alarm costs float32
+                    state = state.to(dtype).cpu().numpy()
+                    for row, i in enumerate(indices):
+                        files[depth][starts[i] : starts[i + 1]] = state[row, : lengths[name][i]]
+            first_row += rows[name]
+        for depth, states in files.items():
+            states.flush()
+            header = {
+                "version": FORMAT_VERSION,
+                "dtype": element.name,
+                "hidden": hidden,
+                "rows": rows,
+                "payload_bytes": shape[0] * hidden * element.itemsize,
+                "sha256": _payload_digest(tmps[depth]),
+            }
+            with open(tmps[depth], "r+b") as out:
                 out.write(json.dumps(header).encode().ljust(HEADER_BYTES, b" "))
                 out.flush()
                 os.fsync(out.fileno())
+        files.clear()  # unmaps them
         for depth, tmp in tmps.items():
             tmp.replace(paths[depth])
     finally:
         for tmp in tmps.values():
             tmp.unlink(missing_ok=True)
+
+
+def _payload_digest(path: Path) -> str:
+    """SHA-256 of everything after the header."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        handle.seek(HEADER_BYTES)
+        while chunk := handle.read(2**24):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _open_valid(path: Path, data: TargetData, warn: bool) -> dict | None:
@@ -439,12 +457,7 @@ def _inspect(path: Path, data: TargetData) -> tuple[str | None, dict]:
         return "rows or version do not match the data", header
     identity = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if identity not in _VERIFIED:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            handle.seek(HEADER_BYTES)
-            while chunk := handle.read(2**24):
-                digest.update(chunk)
-        if digest.hexdigest() != header.get("sha256"):
+        if _payload_digest(path) != header.get("sha256"):
             return "checksum mismatch", header
         _VERIFIED.add(identity)
     return None, header
