@@ -26,12 +26,19 @@ PARAMETERS = (
     "warmup_ratio",
 )
 INTEGER_PARAMETERS = ("batch_size", "trainable_layers", "epochs")
-DEPTH = "max"
+# Words trainable_layers may use for a model whose depth is known only once it is loaded:
+# every layer, or the top half (rounded up).
+DEPTH_WORDS = {"max": lambda depth: depth, "half": lambda depth: (depth + 1) // 2}
+
+
+def in_layers(value: Any, depth: int) -> Any:
+    """A depth word as a number of layers for a model `depth` blocks deep; numbers unchanged."""
+    return DEPTH_WORDS[value](depth) if isinstance(value, str) and value in DEPTH_WORDS else value
 
 
 @dataclass(frozen=True)
 class Parameter:
-    """One searched or fixed parameter; `high` may be 'max' (the model's depth) for layers."""
+    """One searched or fixed parameter; for layers a value may be 'max' or 'half' (DEPTH_WORDS)."""
 
     name: str
     value: Any = None
@@ -42,11 +49,10 @@ class Parameter:
     default: Any = None
 
     def resolve(self, depth: int) -> Parameter:
-        """Replace 'max' by the model's depth."""
-        swap = {
-            key: depth for key in ("value", "low", "high", "default") if getattr(self, key) == DEPTH
-        }
-        return Parameter(**{**self.__dict__, **swap}) if swap else self
+        """Replace the depth words by numbers of layers for a model of this depth."""
+        keys = ("value", "low", "high", "default")
+        swap = {key: in_layers(getattr(self, key), depth) for key in keys}
+        return Parameter(**{**self.__dict__, **swap})
 
     def suggest(self, trial: optuna.Trial) -> Any:
         """Ask the trial for a value, or return the fixed one."""
@@ -110,7 +116,7 @@ class SearchSpace:
         return configs
 
     def resolve(self, depth: int) -> SearchSpace:
-        """Fix 'max' to the model's depth and check every range against it."""
+        """Fix the depth words to the model's depth and check every range against it."""
         resolved = tuple(parameter.resolve(depth) for parameter in self.parameters)
         layers = next(p for p in resolved if p.name == "trainable_layers")
         values = (
@@ -128,7 +134,7 @@ class SearchSpace:
             self.source,
             resolved,
             tuple(
-                {key: depth if value == DEPTH else value for key, value in start.items()}
+                {key: in_layers(value, depth) for key, value in start.items()}
                 for start in self.starts
             ),
         )
@@ -184,7 +190,7 @@ def load_space(name_or_path: str) -> SearchSpace:
 
 def _number(path: Path, name: str, value: Any) -> Any:
     """YAML reads 1e-5 as a string; accept it as the number it means."""
-    if value == DEPTH and name == "trainable_layers":
+    if name == "trainable_layers" and isinstance(value, str) and value in DEPTH_WORDS:
         return value
     if isinstance(value, str):
         try:
@@ -223,7 +229,7 @@ def _parse_parameter(path: Path, name: str, spec: Any) -> Parameter:
         raise UsageError(f"{path}: {name} needs value, choices, or both low and high.")
     low, high = _number(path, name, spec["low"]), _number(path, name, spec["high"])
     log = bool(spec.get("log", False))
-    comparable = DEPTH not in (low, high)
+    comparable = not {low, high} & set(DEPTH_WORDS)
     if comparable and low > high:
         raise UsageError(
             f"{path}: {name} has low {low} above high {high}; swap them (low is the smaller)."
