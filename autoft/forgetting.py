@@ -55,6 +55,16 @@ class BaseTask(ABC):
         model's train/eval modes and requires_grad flags are left as the caller set them.
         """
 
+    @abstractmethod
+    def reads_trained(self, model) -> bool:
+        """Whether training `model`'s trainable parameters (requires_grad) can change the score.
+
+        When none can (BERT's pooler and a new classifier train, but similarity reads the last
+        hidden states), the tuned model keeps the base skill exactly and needs no check. Found by
+        autograd on one short text: what the task reads requires grad only if a trained parameter
+        lies on its path, whatever the architecture.
+        """
+
 
 def retention(base: float, tuned: float, higher_is_better: bool) -> float:
     """The share of the base skill the tuned model kept; 1.0 means nothing was forgotten.
@@ -245,6 +255,38 @@ def _pooled(encoder, batches: list, device: str, every_layer: bool) -> list[torc
     return [torch.cat(layer) for layer in zip(*per_batch, strict=True)]
 
 
+def _probe(module, batch) -> dict:
+    """The first text of a tokenized batch, on the module's device: enough for autograd to tell
+    what depends on what."""
+    device = next(module.parameters()).device
+    return {key: value[:1].to(device) for key, value in batch.items()}
+
+
+def _hidden_states_read_trained(encoder, batch, every_layer: bool) -> bool:
+    """Whether the hidden states a task reads from `encoder` depend on a trainable parameter."""
+    with torch.enable_grad(), _evaluating(encoder):
+        output = encoder(**_probe(encoder, batch), output_hidden_states=every_layer)
+    layers = output.hidden_states if every_layer else (output.last_hidden_state,)
+    return any(layer.requires_grad for layer in layers)
+
+
+def _head_reads_trained(tuned, original, batch) -> bool:
+    """Whether the original model's head output depends on the encoder parameters `tuned` trains
+    (for a task that copies the tuned encoder into the original model and reads its head)."""
+    trained = {name for name, p in tuned.base_model.named_parameters() if p.requires_grad}
+    flags = [(p, p.requires_grad) for p in original.parameters()]
+    for parameter in original.parameters():
+        parameter.requires_grad_(False)
+    for name, parameter in original.base_model.named_parameters():
+        parameter.requires_grad_(name in trained)
+    try:
+        with torch.enable_grad(), _evaluating(original):
+            return original(**_probe(original, batch)).logits.requires_grad
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+
+
 # The four kinds ---------------------------------------------------------------------------------
 
 
@@ -366,6 +408,9 @@ class SimilarityTask(BaseTask):
             spearman, {"spearman": spearman, "pearson": pearson, "pairs": float(len(pairs.gold))}
         )
 
+    def reads_trained(self, model) -> bool:
+        return _hidden_states_read_trained(model.base_model, self.batches_[True][0], False)
+
 
 class ClassificationTask(BaseTask):
     """Accuracy of the tuned encoder under the base model's own classification head."""
@@ -415,6 +460,9 @@ class ClassificationTask(BaseTask):
         )
         accuracy = float((predicted == self.labels_[quick]).double().mean())
         return BaseScore(accuracy, {"accuracy": accuracy})
+
+    def reads_trained(self, model) -> bool:
+        return _head_reads_trained(model, self.original_, self.batches_[True][0])
 
 
 def _label_ids(labels: list, model_config, path: str, column: str) -> torch.Tensor:
@@ -497,6 +545,10 @@ class MaskedLMTask(BaseTask):
             loss, {"loss": loss, "perplexity": perplexity, "masked_tokens": float(masked)}
         )
 
+    def reads_trained(self, model) -> bool:
+        batch, _labels = self.batches_[True][0]
+        return _head_reads_trained(model, self.original_, batch)
+
 
 def _mask(batches: list, mask_token_id: int) -> list[tuple]:
     """Replace a fixed 15% of the real tokens by the mask token (same seed, same positions every
@@ -548,6 +600,9 @@ class DriftTask(BaseTask):
             for i, (base, mine) in enumerate(zip(reference, tuned, strict=True))
         }
         return BaseScore(details[f"cka_layer_{len(tuned) - 1}"], details)
+
+    def reads_trained(self, model) -> bool:
+        return _hidden_states_read_trained(model.base_model, self.batches_[True][0], True)
 
     def _compute_reference(self, device: str) -> None:
         """The base model's representations of both slices, once; the base model is then freed."""

@@ -1,5 +1,6 @@
 """The forgetting guard: measures the base model once per study, checks a cheap slice at every
-evaluation (pruning trials already far below the bar) and the full base data at a trial's end.
+evaluation (pruning trials already far below the bar) and the full base data at a trial's end;
+a trial that trains nothing the base task reads keeps the base skill exactly and is not checked.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import optuna
 import torch
 
 from autoft.config import StudyConfig
-from autoft.forgetting import BaseTask, build_base_task, retention
+from autoft.forgetting import BaseScore, BaseTask, build_base_task, retention
 
 PRUNE_MARGIN = 0.10
 BASE_MAX_LENGTH = 256
@@ -38,6 +39,15 @@ class ForgettingGuard:
     def __init__(self, task: BaseTask, base: dict):
         self.task = task
         self.base = base
+        self.untouched = False
+
+    def on_start(self, trial: optuna.Trial, model) -> None:
+        """Decide, once the model is frozen as the trial wants, whether its checks can change."""
+        self.untouched = not self.task.reads_trained(model)
+        if self.untouched:
+            trial.set_user_attr(
+                "base_check", "skipped: the trial trains nothing the base task reads, so it "
+                "keeps the base skill exactly")
 
     def _retention(self, value: float, key: str) -> float:
         return retention(self.base[key], value, self.base["higher_is_better"])
@@ -45,8 +55,8 @@ class ForgettingGuard:
     def on_evaluation(self, trial: optuna.Trial, model, device: torch.device) -> None:
         """Cheap check on a fixed slice; prune when already well below the bar."""
         began = time.perf_counter()
-        kept = self._retention(self.task.score(model, str(device), quick=True).value,
-                               "quick_score")
+        kept = 1.0 if self.untouched else self._retention(
+            self.task.score(model, str(device), quick=True).value, "quick_score")
         self._add_seconds(trial, time.perf_counter() - began)
         history = trial.user_attrs.get("quick_retention", []) + [round(kept, 4)]
         trial.set_user_attr("quick_retention", history)
@@ -73,8 +83,11 @@ class ForgettingGuard:
     def on_finish(self, trial: optuna.Trial, model, best_state: dict, device: torch.device):
         """Full check of the weights the trial keeps (its best evaluation's)."""
         began = time.perf_counter()
-        model.load_state_dict(best_state, strict=False)
-        tuned = self.task.score(model, str(device))
+        if self.untouched:
+            tuned = BaseScore(self.base["score"], self.base["details"])
+        else:
+            model.load_state_dict(best_state, strict=False)
+            tuned = self.task.score(model, str(device))
         kept = self._retention(tuned.value, "score")
         self._add_seconds(trial, time.perf_counter() - began)
         trial.set_user_attr("base_score", tuned.value)

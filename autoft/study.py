@@ -201,6 +201,8 @@ class Objective:
         model, _ = load_model(config.model, data.label_names, config.trust_remote_code)
         freeze(model, params.trainable_layers)
         trial.set_user_attr("trainable_parameters", count_parameters(model, trainable_only=True))
+        if self.base_check is not None:
+            self.base_check.on_start(trial, model)
         evaluations: list[dict] = []
 
         def on_evaluation(evaluation: Evaluation) -> None:

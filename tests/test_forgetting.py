@@ -18,12 +18,15 @@ from transformers import (
     BertConfig,
     BertForMaskedLM,
     BertForSequenceClassification,
+    GPT2Config,
+    GPT2ForSequenceClassification,
     PreTrainedTokenizerFast,
 )
 
 from autoft.config import BaseTaskConfig
 from autoft.errors import UsageError
 from autoft.forgetting import build_base_task, linear_cka, retention
+from autoft.model import freeze
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 FILLERS = [f"w{i}" for i in range(40)]
@@ -207,6 +210,61 @@ def test_drift_reports_every_layer_and_sees_a_damaged_encoder(tiny_mlm, base_fil
     assert sorted(score.details) == ["cka_layer_0", "cka_layer_1", "cka_layer_2"]
     assert score.details["cka_layer_1"] == pytest.approx(1.0)
     assert score.value == score.details["cka_layer_2"] < 0.9
+
+
+@pytest.mark.parametrize(
+    ("kind", "trainable_layers", "reads"),
+    [
+        ("similarity", 0, False),
+        ("drift", 0, False),
+        ("masked_lm", 0, False),
+        ("classification", 0, True),  # the original head reads BERT's pooler, trained with the head
+        ("similarity", 1, True),
+        ("drift", 1, True),
+        ("masked_lm", 1, True),
+        ("classification", 1, True),
+    ],
+)
+def test_reads_trained_follows_what_each_kind_reads(
+    kind, trainable_layers, reads, tiny_mlm, rule_classifier, base_files
+):
+    folder = rule_classifier if kind == "classification" else tiny_mlm
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    task = build_base_task(base_config(kind, base_files), str(folder), tokenizer, max_length=32)
+    model = load_tuned(folder)
+    freeze(model, trainable_layers)
+    before = module_state(model)
+
+    assert task.reads_trained(model) is reads
+    assert module_state(model) == before
+    assert task.score(model, "cpu").value == task.score(load_tuned(folder), "cpu").value
+
+
+def test_a_head_only_trial_keeps_the_similarity_skill_exactly(tiny_mlm, base_files):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_mlm)
+    task = build_base_task(base_config("similarity", base_files), str(tiny_mlm), tokenizer, 32)
+    model = load_tuned(tiny_mlm)
+    base = task.score(model, "cpu").value
+    freeze(model, 0)
+    pooler = model.bert.pooler.dense.weight.detach().clone()
+
+    train(model, tokenizer, *rule_examples(256, seed=5), lr=1e-2, steps=20, seed=0)
+
+    assert not torch.equal(model.bert.pooler.dense.weight, pooler), "the head did train"
+    assert not task.reads_trained(model)
+    assert task.score(model, "cpu").value == base
+
+
+def test_a_final_norm_after_the_blocks_is_read(tiny_mlm, base_files):
+    """GPT-2's ln_f trains with the head, and it shapes the last hidden states similarity reads."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_mlm)
+    task = build_base_task(base_config("similarity", base_files), str(tiny_mlm), tokenizer, 32)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2,
+                        n_positions=64, pad_token_id=tokenizer.pad_token_id)
+    model = GPT2ForSequenceClassification(config)
+    freeze(model, 0)
+
+    assert task.reads_trained(model)
 
 
 def test_linear_cka_is_one_for_itself_and_invariant_to_rotation_and_scale():

@@ -41,9 +41,10 @@ def test_search_with_drift_base_reports_a_feasible_best(tiny_model_dir, tiny_csv
     head_only = study.trials[1]
     assert head_only.params["trainable_layers"] == 0
     assert head_only.user_attrs["retention"] == 1.0, "a frozen encoder forgets nothing"
-    assert head_only.user_attrs["base_check_seconds"] > 0
+    assert head_only.user_attrs["base_check"].startswith("skipped: the trial trains nothing")
     full = study.trials[0]
     assert full.params["trainable_layers"] == 2
+    assert "base_check" not in full.user_attrs and full.user_attrs["base_check_seconds"] > 0
     assert full.user_attrs["quick_retention"][0] < 0.999, "lr 1e-2 on every layer moves the encoder"
     best = summary["best"]
     assert best["retention"] >= 0.999
