@@ -133,7 +133,7 @@ def build_optimizer(model, params: TrialParams) -> torch.optim.Optimizer:
         if parameter.requires_grad:
             decays = parameter.ndim > 1
             groups.setdefault((name in head_names, decays), []).append(parameter)
-    return torch.optim.AdamW(
+    return torch.optim.AdamW(  # fused: one kernel for all tensors, where torch has one
         [
             {
                 "params": members,
@@ -141,7 +141,8 @@ def build_optimizer(model, params: TrialParams) -> torch.optim.Optimizer:
                 "weight_decay": params.weight_decay if decays else 0.0,
             }
             for (is_head, decays), members in groups.items()
-        ]
+        ],
+        fused=True,
     )
 
 

@@ -1,6 +1,7 @@
 """Training speed of transformers.Trainer against autoft's trial loop, without and with the prefix
 cache, on real tweets and all-MiniLM-L6-v2 with the same hyperparameters and the same freezing.
 
+    pip install -e ".[bench]"
     python benchmarks/trainer_vs_autoft.py [--samples 320] [--epochs 2] [--layers 0 2 4 6]
 
 Samples per second are per CPU-second of this process, on one thread by default (--threads): other

@@ -268,7 +268,7 @@ def test_concurrent_workers_build_once_and_share(model_dir: Path, tmp_path: Path
 
 
 def cache_attrs(tiny_model_dir, tiny_csv, tmp_path: Path, *flags: str) -> list:
-    """Run a 3-trial search with the quick space (its starts: all layers, top 2, head only)."""
+    """Run a 3-trial search with the quick space (its starts: top half, top 1, head only)."""
     code = cli_main(
         ["search", "--model", str(tiny_model_dir), "--train", str(tiny_csv), "--space", "quick",
          "--n-trials", "3", "--study", "c", "--studies-dir", str(tmp_path), *flags]
@@ -285,9 +285,9 @@ def test_a_search_records_per_trial_whether_it_used_the_cache(
     tiny_model_dir, tiny_csv, tmp_path: Path
 ) -> None:
     assert cache_attrs(tiny_model_dir, tiny_csv, tmp_path) == [
-        (2, False, "nothing frozen"),
-        (2, False, "nothing frozen"),  # the quick space's first start: top 2 (of 2)
-        (0, True, "built"),
+        (1, True, "built"),  # the quick space's default: the top half (1 of 2)
+        (1, True, "reused"),  # its first start: top 1 at a larger learning rate
+        (0, True, "reused"),  # head only: built in the same pass
     ]
     assert len(list((tmp_path / "c" / "cache").glob("*.states"))) == 2, "depths 1 and 2 at once"
 

@@ -243,7 +243,7 @@ def test_the_hard_time_limit_interrupts_a_running_trial(tiny_model_dir, slow_csv
     from autoft.study import open_study, record_study_facts
     from autoft.workers import work
 
-    space = write_space(tmp_path / "space.yaml", epochs=20, batch=8)
+    space = write_space(tmp_path / "space.yaml", epochs=500, batch=8)  # far past the limit
     config = build_config({}, None, {
         "model": str(tiny_model_dir), "train": str(slow_csv), "space": str(space),
         "n_trials": 3, "name": "hard", "studies_dir": str(tmp_path / "studies")})
