@@ -47,6 +47,7 @@ CHECK_TOLERANCE = 1e-4
 _HALF_LIMIT = 60000.0
 _SPLITS = ("train", "validation")
 _VERIFIED: set[tuple[str, int, int]] = set()  # files whose checksum this process has checked
+_REPLAYED: dict[str, int] = {}  # keys whose replay this process has proven, with the hidden size
 
 
 class CacheUnusable(Exception):
@@ -241,9 +242,12 @@ class PrefixCache:
         modes = [(module, module.training) for module in model.modules()]
         model.eval()
         try:
-            hidden = check_replay(model, blocks, frozen, data.train, pad_id, device)
             dtype = torch.float16 if device.type == "cuda" else torch.float32
-            path = self.folder / f"{cache_key(model, data, frozen, dtype)}.states"
+            key = cache_key(model, data, frozen, dtype)
+            if key not in _REPLAYED:  # the same key means the same architecture, depth and weights
+                _REPLAYED[key] = check_replay(model, blocks, frozen, data.train, pad_id, device)
+            hidden = _REPLAYED[key]
+            path = self.folder / f"{key}.states"
             header = _open_valid(path, data, warn=False)
             note = "reused"
             if header is None:
