@@ -34,13 +34,14 @@ from autoft.data import Split, TargetData
 from autoft.model import find_blocks, split_parameters
 from autoft.train import EVAL_BATCH_SIZE, collate
 
-__all__ = ["CacheUse", "PrefixCache", "PrefixStates", "SplitStates", "cache_key"]
+__all__ = ["CacheUse", "PrefixCache", "PrefixMemo", "PrefixStates", "SplitStates", "cache_key"]
 
 log = logging.getLogger("autoft")
 
 FORMAT_VERSION = 1
 HEADER_BYTES = 4096
 MAX_CACHE_BYTES = 4 * 2**30  # the whole cache folder of a study
+MAX_MEMO_BYTES = 2**29  # a worker's in-memory states of the base task's fixed batches
 FREE_DISK_MARGIN = 2**30
 CHECK_EXAMPLES = 6
 CHECK_TOLERANCE = 1e-4
@@ -136,6 +137,55 @@ def replaying(blocks: nn.ModuleList, frozen: int, state: torch.Tensor) -> Iterat
     finally:
         for i, block in enumerate(originals):
             blocks[i] = block
+
+
+class PrefixMemo:
+    """The frozen prefix's output on fixed batches (a base task's), kept in memory and replayed.
+
+    Every trial of a study leaves its bottom blocks as the base model's, so their output on the
+    base task's batches is the same in every check: computed once per worker and depth, then each
+    check runs only the blocks the trial trains. Proven on first use, as the disk cache is: a
+    model whose replayed output differs from its own is simply run whole.
+    """
+
+    def __init__(self, max_bytes: int = MAX_MEMO_BYTES):
+        self.max_bytes = max_bytes
+        self.states: dict[tuple[int, int], torch.Tensor] = {}
+        self.refused: set[tuple[str, int]] = set()  # (model class, depth) that failed the proof
+
+    @torch.no_grad()
+    def run(self, model: nn.Module, batch, frozen: int):
+        """`model(**batch)` in eval mode, with its bottom `frozen` blocks replayed when they can be.
+
+        `batch` must be the same object each time (a task's fixed batch): it is the key.
+        """
+        name = type(model).__name__
+        if frozen == 0 or (name, frozen) in self.refused:
+            return model(**batch)
+        blocks = find_blocks(model)
+        key = (id(batch), frozen)
+        if key in self.states:
+            with replaying(blocks, frozen, self.states[key]):
+                return model(**batch)
+        seen = []
+        handle = blocks[frozen - 1].register_forward_hook(lambda _m, _a, out: seen.append(out))
+        try:
+            output = model(**batch)
+        finally:
+            handle.remove()
+        state = seen[-1] if seen else None
+        if isinstance(state, torch.Tensor) and self._room() >= state.nbytes:
+            with replaying(blocks, frozen, state):
+                replayed = model(**batch)
+            gap = (replayed[0] - output[0]).abs().max().item()
+            if gap <= CHECK_TOLERANCE * max(1.0, output[0].abs().max().item()):
+                self.states[key] = state
+            else:
+                self.refused.add((name, frozen))
+        return output
+
+    def _room(self) -> int:
+        return self.max_bytes - sum(state.nbytes for state in self.states.values())
 
 
 class _Stop(Exception):

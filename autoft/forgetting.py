@@ -19,6 +19,7 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
+from autoft.cache import PrefixMemo
 from autoft.config import BaseTaskConfig
 from autoft.data import read_frame
 from autoft.errors import UsageError
@@ -48,11 +49,13 @@ class BaseTask(ABC):
     higher_is_better: bool
 
     @abstractmethod
-    def score(self, model, device: str, quick: bool = False) -> BaseScore:
+    def score(self, model, device: str, quick: bool = False, frozen: int = 0) -> BaseScore:
         """Score a tuned *ForSequenceClassification model (encoder: `model.base_model`).
 
-        quick=True scores the fixed first `check_examples` items, for the per-evaluation check. The
-        model's train/eval modes and requires_grad flags are left as the caller set them.
+        quick=True scores the fixed first `check_examples` items, for the per-evaluation check.
+        `frozen` says how many bottom blocks are still the base model's: their output on the fixed
+        base batches is computed once per task and depth and replayed (autoft.cache.PrefixMemo).
+        The model's train/eval modes and requires_grad flags are left as the caller set them.
         """
 
     @abstractmethod
@@ -243,14 +246,21 @@ def _mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tens
     return (hidden.float() * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
-def _pooled(encoder, batches: list, device: str, every_layer: bool) -> list[torch.Tensor]:
-    """Mean-pooled hidden states, a row per text: last layer only, or all (embeddings first)."""
+def _pooled(
+    encoder, batches: list, device: str, every_layer: bool, memo: PrefixMemo | None = None,
+    frozen: int = 0,
+) -> list[torch.Tensor]:
+    """Mean-pooled hidden states, a row per text: last layer only (the frozen prefix replayed by
+    `memo` where there is one), or all (embeddings first)."""
     per_batch = []
     with _evaluating(encoder):
         for batch in batches:
             batch = batch.to(device)
-            output = encoder(**batch, output_hidden_states=every_layer)
-            layers = output.hidden_states if every_layer else (output.last_hidden_state,)
+            if every_layer:
+                layers = encoder(**batch, output_hidden_states=True).hidden_states
+            else:
+                output = memo.run(encoder, batch, frozen) if memo else encoder(**batch)
+                layers = (output.last_hidden_state,)
             per_batch.append([_mean_pool(layer, batch["attention_mask"]) for layer in layers])
     return [torch.cat(layer) for layer in zip(*per_batch, strict=True)]
 
@@ -395,11 +405,14 @@ class SimilarityTask(BaseTask):
             quick: _tokenize(tokenizer, pairs.texts, max_length)
             for quick, pairs in self.pairs_.items()
         }
+        self.memo_ = PrefixMemo()
 
     @torch.no_grad()
-    def score(self, model, device: str, quick: bool = False) -> BaseScore:
+    def score(self, model, device: str, quick: bool = False, frozen: int = 0) -> BaseScore:
         pairs = self.pairs_[quick]
-        (embeddings,) = _pooled(model.base_model, self.batches_[quick], device, every_layer=False)
+        (embeddings,) = _pooled(
+            model.base_model, self.batches_[quick], device, False, self.memo_, frozen
+        )
         unit = torch.nn.functional.normalize(embeddings, dim=-1).cpu()
         cosine = (unit[pairs.left] * unit[pairs.right]).sum(-1).double().numpy()
         spearman = float(spearmanr(cosine, pairs.gold).statistic)
@@ -450,13 +463,17 @@ class ClassificationTask(BaseTask):
             quick: _tokenize(tokenizer, texts[: _count(config, quick)], max_length)
             for quick in (False, True)
         }
+        self.memo_ = PrefixMemo()
 
     @torch.no_grad()
-    def score(self, model, device: str, quick: bool = False) -> BaseScore:
+    def score(self, model, device: str, quick: bool = False, frozen: int = 0) -> BaseScore:
         original = self.original_.to(device)
         _copy_encoder(model, original)
         predicted = torch.cat(
-            [original(**batch.to(device)).logits.argmax(-1).cpu() for batch in self.batches_[quick]]
+            [
+                self.memo_.run(original, batch.to(device), frozen).logits.argmax(-1).cpu()
+                for batch in self.batches_[quick]
+            ]
         )
         accuracy = float((predicted == self.labels_[quick]).double().mean())
         return BaseScore(accuracy, {"accuracy": accuracy})
@@ -524,14 +541,15 @@ class MaskedLMTask(BaseTask):
             )
             for quick in (False, True)
         }
+        self.memo_ = PrefixMemo()
 
     @torch.no_grad()
-    def score(self, model, device: str, quick: bool = False) -> BaseScore:
+    def score(self, model, device: str, quick: bool = False, frozen: int = 0) -> BaseScore:
         original = self.original_.to(device)
         _copy_encoder(model, original)
         total, masked = 0.0, 0
         for batch, labels in self.batches_[quick]:
-            logits = original(**batch.to(device)).logits.float()
+            logits = self.memo_.run(original, batch.to(device), frozen).logits.float()
             labels = labels.to(device)
             total += float(
                 torch.nn.functional.cross_entropy(
@@ -590,7 +608,8 @@ class DriftTask(BaseTask):
         self.reference_: dict[bool, list[torch.Tensor]] = {}
 
     @torch.no_grad()
-    def score(self, model, device: str, quick: bool = False) -> BaseScore:
+    def score(self, model, device: str, quick: bool = False, frozen: int = 0) -> BaseScore:
+        """Every layer is compared, the frozen ones too, so the model runs whole."""
         if not self.reference_:
             self._compute_reference(device)
         reference = self.reference_[quick]

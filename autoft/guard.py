@@ -40,9 +40,12 @@ class ForgettingGuard:
         self.task = task
         self.base = base
         self.untouched = False
+        self.frozen = 0
 
-    def on_start(self, trial: optuna.Trial, model) -> None:
-        """Decide, once the model is frozen as the trial wants, whether its checks can change."""
+    def on_start(self, trial: optuna.Trial, model, frozen: int) -> None:
+        """Decide, once the model is frozen as the trial wants (its bottom `frozen` blocks), whether
+        its checks can change at all; those that run replay the frozen blocks' output."""
+        self.frozen = frozen
         self.untouched = not self.task.reads_trained(model)
         if self.untouched:
             trial.set_user_attr(
@@ -56,7 +59,8 @@ class ForgettingGuard:
         """Cheap check on a fixed slice; prune when already well below the bar."""
         began = time.perf_counter()
         kept = 1.0 if self.untouched else self._retention(
-            self.task.score(model, str(device), quick=True).value, "quick_score")
+            self.task.score(model, str(device), quick=True, frozen=self.frozen).value,
+            "quick_score")
         self._add_seconds(trial, time.perf_counter() - began)
         history = trial.user_attrs.get("quick_retention", []) + [round(kept, 4)]
         trial.set_user_attr("quick_retention", history)
@@ -87,7 +91,7 @@ class ForgettingGuard:
             tuned = BaseScore(self.base["score"], self.base["details"])
         else:
             model.load_state_dict(best_state, strict=False)
-            tuned = self.task.score(model, str(device))
+            tuned = self.task.score(model, str(device), frozen=self.frozen)
         kept = self._retention(tuned.value, "score")
         self._add_seconds(trial, time.perf_counter() - began)
         trial.set_user_attr("base_score", tuned.value)

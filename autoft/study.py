@@ -28,7 +28,7 @@ from autoft.errors import UsageError
 from autoft.model import count_parameters, freeze, load_model
 from autoft.presets import search_settings
 from autoft.space import SearchSpace
-from autoft.train import Evaluation, TrialFailed, TrialParams, train_trial
+from autoft.train import Evaluation, TrialFailed, TrialParams, frozen_blocks, train_trial
 
 log = logging.getLogger("autoft")
 
@@ -202,7 +202,7 @@ class Objective:
         freeze(model, params.trainable_layers)
         trial.set_user_attr("trainable_parameters", count_parameters(model, trainable_only=True))
         if self.base_check is not None:
-            self.base_check.on_start(trial, model)
+            self.base_check.on_start(trial, model, frozen_blocks(model, params.trainable_layers))
         evaluations: list[dict] = []
 
         def on_evaluation(evaluation: Evaluation) -> None:

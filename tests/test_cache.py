@@ -16,7 +16,7 @@ import torch
 from conftest import save_tiny_bert
 from torch import nn
 
-from autoft.cache import PrefixCache, cache_key, check_replay
+from autoft.cache import PrefixCache, PrefixMemo, cache_key, check_replay
 from autoft.cli import build_parser, config_from_args
 from autoft.cli import main as cli_main
 from autoft.data import Split, TargetData
@@ -299,3 +299,19 @@ def test_cache_off_reaches_the_config_and_a_bad_value_is_refused(tiny_model_dir,
     with pytest.raises(SystemExit) as caught:
         build_parser().parse_args([*base, "--cache", "maybe"])
     assert caught.value.code == 2
+
+
+def test_the_memo_replays_fixed_batches_and_refuses_a_model_it_cannot_replay(model_dir) -> None:
+    model = fresh_model(model_dir, 1).eval()
+    batch = collate(make_data().train, [0, 1, 2, 3], PAD, torch.device("cpu"))
+    batch.pop("labels")
+    memo = PrefixMemo()
+    expected = model(**batch).logits
+    for _ in range(2):  # computed and proven, then replayed
+        assert torch.allclose(memo.run(model, batch, 3).logits, expected, atol=1e-6)
+    assert list(memo.states) == [(id(batch), 3)]
+
+    model.train()  # dropout: no two passes agree, like a model that does not replay
+    other = PrefixMemo()
+    other.run(model, batch, 2)
+    assert not other.states and other.refused == {("BertForSequenceClassification", 2)}

@@ -240,6 +240,25 @@ def test_reads_trained_follows_what_each_kind_reads(
     assert task.score(model, "cpu").value == task.score(load_tuned(folder), "cpu").value
 
 
+@pytest.mark.parametrize("kind", ["similarity", "classification", "masked_lm"])
+def test_checks_replay_the_frozen_blocks_and_score_as_the_whole_model(
+    kind, tiny_mlm, rule_classifier, base_files
+):
+    folder = rule_classifier if kind == "classification" else tiny_mlm
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    task = build_base_task(base_config(kind, base_files), str(folder), tokenizer, max_length=32)
+    model = load_tuned(folder)
+    freeze(model, 1)  # the top block of two trains, the bottom one stays the base model's
+    train(model, tokenizer, *rule_examples(256, seed=6), lr=3e-3, steps=10, seed=1)
+
+    whole = [task.score(model, "cpu", quick).value for quick in (False, True)]
+    first = [task.score(model, "cpu", quick, frozen=1).value for quick in (False, True)]
+    replayed = [task.score(model, "cpu", quick, frozen=1).value for quick in (False, True)]
+
+    assert task.memo_.states, "the frozen block's output was kept"
+    assert first == pytest.approx(whole, rel=1e-5) and replayed == pytest.approx(whole, rel=1e-5)
+
+
 def test_a_head_only_trial_keeps_the_similarity_skill_exactly(tiny_mlm, base_files):
     tokenizer = AutoTokenizer.from_pretrained(tiny_mlm)
     task = build_base_task(base_config("similarity", base_files), str(tiny_mlm), tokenizer, 32)
