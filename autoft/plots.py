@@ -81,8 +81,9 @@ def history_plot(trials: list[FrozenTrial], metric: str) -> Plot:
         best = t.value if best is None else max(best, t.value)
         xs.append(t.number)
         ys.append(best)
-    if xs:
-        ax.step(xs, ys, where="post", color=BEST, label="best so far")
+    if xs:  # drawn on to the last trial, so a single feasible trial still shows as a line
+        last = max(t.number for t in trials)
+        ax.step([*xs, last], [*ys, ys[-1]], where="post", color=BEST, label="best so far")
     ax.set_xlabel("trial number")
     ax.set_ylabel(metric)
     ax.legend(fontsize="small")
