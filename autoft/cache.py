@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from autoft.data import Split, TargetData
-from autoft.model import find_blocks, split_parameters
+from autoft.model import evaluating, find_blocks, split_parameters
 from autoft.train import EVAL_BATCH_SIZE, collate
 
 __all__ = ["CacheUse", "PrefixCache", "PrefixMemo", "PrefixStates", "SplitStates", "cache_key"]
@@ -289,9 +289,7 @@ class PrefixCache:
 
     def _states(self, model, data, frozen, device, pad_id) -> tuple[PrefixStates, str]:
         blocks = find_blocks(model)
-        modes = [(module, module.training) for module in model.modules()]
-        model.eval()
-        try:
+        with evaluating(model):
             dtype = torch.float16 if device.type == "cuda" else torch.float32
             key = cache_key(model, data, frozen, dtype)
             if key not in _REPLAYED:  # the same key means the same architecture, depth and weights
@@ -314,9 +312,6 @@ class PrefixCache:
                                    hidden)
                         header = _open_valid(path, data, warn=True)
                         note = "built"
-        finally:
-            for module, training in modes:
-                module.training = training
         if header is None:
             raise CacheUnusable(f"the cache file {path} it just wrote does not read back")
         return _load(path, header, data, blocks, frozen, device), note

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from autoft.cache import PrefixMemo
 from autoft.config import BaseTaskConfig
 from autoft.data import read_frame
 from autoft.errors import UsageError
+from autoft.model import evaluating
 
 __all__ = ["BaseScore", "BaseTask", "build_base_task", "linear_cka", "retention"]
 
@@ -228,19 +227,6 @@ def _copy_encoder(tuned, original) -> None:
     original.base_model.load_state_dict({key: weights[key] for key in wanted})
 
 
-@contextmanager
-def _evaluating(model) -> Iterator[None]:
-    """Eval mode (no dropout) while scoring, then each submodule's own mode back: a frozen prefix
-    may sit in eval mode inside a training model."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
 def _mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     mask = attention_mask.unsqueeze(-1).to(torch.float32)
     return (hidden.float() * mask).sum(1) / mask.sum(1).clamp(min=1.0)
@@ -253,7 +239,7 @@ def _pooled(
     """Mean-pooled hidden states, a row per text: last layer only (the frozen prefix replayed by
     `memo` where there is one), or all (embeddings first)."""
     per_batch = []
-    with _evaluating(encoder):
+    with evaluating(encoder):
         for batch in batches:
             batch = batch.to(device)
             if every_layer:
@@ -274,7 +260,7 @@ def _probe(module, batch) -> dict:
 
 def _hidden_states_read_trained(encoder, batch, every_layer: bool) -> bool:
     """Whether the hidden states a task reads from `encoder` depend on a trainable parameter."""
-    with torch.enable_grad(), _evaluating(encoder):
+    with torch.enable_grad(), evaluating(encoder):
         output = encoder(**_probe(encoder, batch), output_hidden_states=every_layer)
     layers = output.hidden_states if every_layer else (output.last_hidden_state,)
     return any(layer.requires_grad for layer in layers)
@@ -290,7 +276,7 @@ def _head_reads_trained(tuned, original, batch) -> bool:
     for name, parameter in original.base_model.named_parameters():
         parameter.requires_grad_(name in trained)
     try:
-        with torch.enable_grad(), _evaluating(original):
+        with torch.enable_grad(), evaluating(original):
             return original(**_probe(original, batch)).logits.requires_grad
     finally:
         for parameter, flag in flags:

@@ -262,16 +262,23 @@ def _first_starts(model: PreTrainedModel, blocks: nn.ModuleList) -> tuple[dict[i
     return starts, stack_end
 
 
-def _run_dummy_forward(model: PreTrainedModel) -> None:
-    """One eval-mode, no-grad pass on a tiny input; each module's training flag is restored."""
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) inside, then each submodule's own mode back: a frozen prefix may sit
+    in eval mode inside a training model, and `model.train(was_training)` would wake it."""
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
-        with torch.no_grad():
-            model(**_dummy_input(model))
+        yield
     finally:
         for module, training in modes:
             module.training = training
+
+
+def _run_dummy_forward(model: PreTrainedModel) -> None:
+    """One eval-mode, no-grad pass on a tiny input; each module's training flag is restored."""
+    with evaluating(model), torch.no_grad():
+        model(**_dummy_input(model))
 
 
 def _dummy_input(model: PreTrainedModel) -> dict[str, torch.Tensor]:

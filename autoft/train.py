@@ -19,7 +19,7 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 
 from autoft.data import Split, TargetData
-from autoft.model import find_blocks, split_parameters
+from autoft.model import evaluating, find_blocks, split_parameters
 
 if TYPE_CHECKING:
     from autoft.cache import PrefixCache, SplitStates
@@ -197,21 +197,18 @@ def evaluate(
     prefix: SplitStates | None = None,
 ) -> float:
     """The metric on a split, in eval mode; restores every module's mode after."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
     lengths = [len(ids) for ids in split.input_ids]
     order = sorted(range(len(split)), key=lambda i: lengths[i])
     predictions = [0] * len(split)
-    for start in range(0, len(order), EVAL_BATCH_SIZE):
-        indices = order[start : start + EVAL_BATCH_SIZE]
-        batch = collate(split, indices, pad_id, device)
-        batch.pop("labels")
-        with autocast(device):
-            logits = forward(model, batch, indices, prefix).logits
-        for i, prediction in zip(indices, logits.argmax(-1).tolist(), strict=True):
-            predictions[i] = prediction
-    for module, training in modes:
-        module.training = training
+    with evaluating(model):
+        for start in range(0, len(order), EVAL_BATCH_SIZE):
+            indices = order[start : start + EVAL_BATCH_SIZE]
+            batch = collate(split, indices, pad_id, device)
+            batch.pop("labels")
+            with autocast(device):
+                logits = forward(model, batch, indices, prefix).logits
+            for i, prediction in zip(indices, logits.argmax(-1).tolist(), strict=True):
+                predictions[i] = prediction
     return score(metric, split.labels, predictions)
 
 
