@@ -32,7 +32,7 @@ from torch import nn
 
 from autoft.data import Split, TargetData
 from autoft.model import evaluating, find_blocks, split_parameters
-from autoft.train import EVAL_BATCH_SIZE, collate
+from autoft.train import collate, eval_batches
 
 __all__ = ["CacheUse", "PrefixCache", "PrefixMemo", "PrefixStates", "SplitStates", "cache_key"]
 
@@ -405,9 +405,9 @@ def _build(paths: dict[int, Path], model, blocks, data, pad_id, device, dtype, h
     """Run the frozen prefix once over both splits and write the states of every depth asked for,
     each to a temp file, then renamed into place.
 
-    Batches go shortest examples first, so they pad little (in the data's order every batch of
-    short tweets padded to its longest: twice the work); each example's rows still land at its
-    place in the file.
+    Batches go shortest examples first (train.eval_batches), so they pad little (in the data's
+    order every batch of short tweets padded to its longest: twice the work); each example's rows
+    still land at its place in the file.
     """
     depths = tuple(sorted(paths))
     log.info(
@@ -429,11 +429,7 @@ def _build(paths: dict[int, Path], model, blocks, data, pad_id, device, dtype, h
         for name in _SPLITS:
             split: Split = getattr(data, name)
             starts = _offsets(lengths[name]) + first_row
-            order = sorted(range(len(split)), key=lambda i: lengths[name][i])
-            for begin in range(0, len(order), EVAL_BATCH_SIZE):
-                indices = order[begin : begin + EVAL_BATCH_SIZE]
-                batch = collate(split, indices, pad_id, device)
-                batch.pop("labels")
+            for indices, batch in eval_batches(split, pad_id, device):
                 for depth, state in capture(model, blocks, depths, batch).items():
                     state = state.float()
                     if dtype == torch.float16 and state.abs().max().item() > _HALF_LIMIT:

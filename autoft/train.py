@@ -187,6 +187,18 @@ def forward(model, batch: dict, indices: list[int], prefix: SplitStates | None):
     return model(**batch) if prefix is None else prefix.forward(model, batch, indices)
 
 
+def eval_batches(split: Split, pad_id: int, device: torch.device) -> Iterator[tuple[list, dict]]:
+    """(indices, inputs) of batches for a pass without training: shortest examples first, so
+    each batch pads little; no labels."""
+    lengths = [len(ids) for ids in split.input_ids]
+    order = sorted(range(len(split)), key=lambda i: lengths[i])
+    for start in range(0, len(order), EVAL_BATCH_SIZE):
+        indices = order[start : start + EVAL_BATCH_SIZE]
+        batch = collate(split, indices, pad_id, device)
+        batch.pop("labels")
+        yield indices, batch
+
+
 @torch.no_grad()
 def evaluate(
     model,
@@ -197,14 +209,9 @@ def evaluate(
     prefix: SplitStates | None = None,
 ) -> float:
     """The metric on a split, in eval mode; restores every module's mode after."""
-    lengths = [len(ids) for ids in split.input_ids]
-    order = sorted(range(len(split)), key=lambda i: lengths[i])
     predictions = [0] * len(split)
     with evaluating(model):
-        for start in range(0, len(order), EVAL_BATCH_SIZE):
-            indices = order[start : start + EVAL_BATCH_SIZE]
-            batch = collate(split, indices, pad_id, device)
-            batch.pop("labels")
+        for indices, batch in eval_batches(split, pad_id, device):
             with autocast(device):
                 logits = forward(model, batch, indices, prefix).logits
             for i, prediction in zip(indices, logits.argmax(-1).tolist(), strict=True):
