@@ -9,6 +9,7 @@ import argparse
 import logging
 import sys
 import time
+from importlib.resources import files
 from pathlib import Path
 
 import optuna
@@ -17,7 +18,7 @@ from autoft.config import StudyConfig, build_config, load_yaml
 from autoft.describe import describe_settings
 from autoft.errors import UsageError
 
-DEMO_FILE = Path(__file__).with_name("demo.yaml")
+DEMO_FILE = files("autoft") / "demo.yaml"  # package data
 
 
 def add_study_flags(parser: argparse.ArgumentParser) -> None:

@@ -7,6 +7,7 @@ Each parameter is fixed (`value`), a range (`low`/`high`, optionally `log`), or 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,9 @@ import yaml
 
 from autoft.errors import UsageError
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+# Package data: autoft/search_spaces links to the top-level search_spaces/, so a checkout, an
+# editable install and a wheel all read the same files.
+SPACES_DIR = files("autoft") / "search_spaces"
 PARAMETERS = (
     "learning_rate",
     "head_lr_multiplier",
