@@ -4,6 +4,8 @@ processes show too; a rich panel on a terminal, plain lines in logs and CI.
 
 from __future__ import annotations
 
+import os
+import select
 import sys
 import threading
 import time
@@ -145,12 +147,86 @@ def finished_line(trial: FrozenTrial, metric: str, depth: int) -> str:
     return f"trial {trial.number} {outcome}{seconds}: {params}"
 
 
+class OutputAbovePanel:
+    """While the panel is live, what this process and its workers write to stdout and stderr goes
+    through a pipe, and a thread prints it line by line above the panel.
+
+    rich redraws the panel in place only if nothing else writes to the terminal: log handlers that
+    hold the original stream, libraries' warnings and the worker processes (which inherit file
+    descriptors 1 and 2) all did, and tore it apart. Diverting the descriptors catches them all.
+    """
+
+    def __init__(self):
+        self.console = None
+        self._saved: list[int] = []
+        self._read_end = -1
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self):
+        """Divert descriptors 1 and 2; returns a rich console on the terminal itself."""
+        from rich.console import Console
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._saved = [os.dup(1), os.dup(2)]
+        terminal = os.fdopen(os.dup(self._saved[0]), "w", encoding="utf-8", errors="replace")
+        self.console = Console(file=terminal)
+        self._read_end, write_end = os.pipe()
+        os.dup2(write_end, 1)
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        self._thread = threading.Thread(target=self._relay, name="autoft-output", daemon=True)
+        self._thread.start()
+        return self.console
+
+    def stop(self) -> None:
+        """Give the terminal back to descriptors 1 and 2, then print what is still in the pipe."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, saved in zip((1, 2), self._saved, strict=True):
+            os.dup2(saved, fd)
+            os.close(saved)
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def close(self) -> None:
+        self.console.file.close()
+
+    def _relay(self) -> None:
+        pending = b""
+        while True:
+            ready, _, _ = select.select([self._read_end], [], [], 0.1)
+            if not ready:
+                if self._stopping.is_set():  # workers may keep the pipe open: stop once drained
+                    break
+                continue
+            chunk = os.read(self._read_end, 65536)
+            if not chunk:
+                break
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                self._print(line)
+        if pending:
+            self._print(pending)
+        os.close(self._read_end)
+
+    def _print(self, line: bytes) -> None:
+        """One line, as a terminal would have left it: only what follows its last carriage return
+        (progress bars redraw a line that way)."""
+        from rich.text import Text
+
+        self.console.print(Text.from_ansi(line.decode("utf-8", "replace").rsplit("\r", 1)[-1]))
+
+
 class LiveDisplay:
     """Shows a study's progress until stopped; use as a context manager around the trials.
 
     Polls the study's storage from a daemon thread every `interval` seconds. On a terminal it
-    draws a rich panel; otherwise it prints a line per finished trial and a status line every
-    `status_every` seconds. A failing poll is shown once and never stops the study.
+    draws a rich panel, with everything else written to the terminal printed above it; otherwise
+    it prints a line per finished trial and a status line every `status_every` seconds. A failing
+    poll is shown once and never stops the study.
     """
 
     def __init__(
@@ -175,11 +251,20 @@ class LiveDisplay:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._live = None
+        self._output: OutputAbovePanel | None = None
         self._poll_error: str | None = None
 
     @property
     def is_terminal(self) -> bool:
         return bool(getattr(self.stream, "isatty", lambda: False)())
+
+    @property
+    def is_process_terminal(self) -> bool:
+        """The stream is this process's stdout on a terminal (not a stand-in, as in tests)."""
+        try:
+            return self.stream.fileno() == 1 and self.is_terminal
+        except (AttributeError, OSError, ValueError):
+            return False
 
     def __enter__(self) -> LiveDisplay:
         self.start()
@@ -198,7 +283,11 @@ class LiveDisplay:
             from rich.console import Console
             from rich.live import Live
 
-            console = Console(file=self.stream)
+            if self.is_process_terminal:
+                self._output = OutputAbovePanel()
+                console = self._output.start()
+            else:
+                console = Console(file=self.stream)
             self._live = Live(
                 self.render(self.snapshot()), console=console, refresh_per_second=2
             )
@@ -212,8 +301,12 @@ class LiveDisplay:
         if self._thread is not None:
             self._thread.join()
         self.poll(final=True)
+        if self._output is not None:
+            self._output.stop()
         if self._live is not None:
             self._live.stop()
+        if self._output is not None:
+            self._output.close()
 
     def snapshot(self) -> Snapshot:
         return take_snapshot(
