@@ -183,3 +183,11 @@ def test_without_a_file_only_base_texts_the_check_never_scores_are_used(tmp_path
     free = preservation_texts(config)
     assert free and set(free).isdisjoint(lines[:20])
     assert set(free) <= set(lines[20:])
+
+
+def test_a_preserving_config_says_so_in_words():
+    from autoft.describe import describe_params
+
+    params = {"trainable_layers": 2, "learning_rate": 1e-4, "preserve_weight": 0.3}
+    assert describe_params(params, 6).endswith("preservation loss ×0.3")
+    assert "preservation" not in describe_params({**params, "preserve_weight": 0.0}, 6)
