@@ -72,6 +72,11 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
     add("--base-data", help="base-task data file")
     add("--base-ratings", help="for the Lee layout: the matrix of similarity ratings")
     add(
+        "--base-preserve-data",
+        help="unlabelled text (one a line, or a table with a text column) whose base-model "
+        "outputs the preservation loss (preserve_weight) keeps",
+    )
+    add(
         "--min-retention",
         dest="base_min_retention",
         type=float,
@@ -120,6 +125,7 @@ STUDY_FLAG_FIELDS = (
     "base_kind",
     "base_data",
     "base_ratings",
+    "base_preserve_data",
     "base_min_retention",
 )
 

@@ -39,6 +39,7 @@ class BaseTaskConfig:
     min_retention: float = 0.95
     max_examples: int = 1000
     check_examples: int = 64
+    preserve_data: str | None = None
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,7 @@ def build_config(
     for key in _PATH_FIELDS:
         if values.get(key):
             values[key] = resolve_path(str(values[key]), relative_to)
-    for key in ("data", "ratings"):
+    for key in ("data", "ratings", "preserve_data"):
         if base_values.get(key):
             base_values[key] = resolve_path(str(base_values[key]), relative_to)
     for key in ("model", "train"):
@@ -316,6 +317,11 @@ def _validate_base(config: StudyConfig) -> None:
         raise UsageError(
             f"{config.where('base.ratings')}: ratings file {base.ratings} does not "
             f"exist; check the path."
+        )
+    if base.preserve_data and not Path(base.preserve_data).is_file():
+        raise UsageError(
+            f"{config.where('base.preserve_data')}: preservation file {base.preserve_data} does "
+            f"not exist; check the path (any unlabelled text file, one text a line)."
         )
     if not 0.0 <= base.min_retention <= 1.5:
         raise UsageError(

@@ -24,6 +24,8 @@ def describe_params(params: dict, depth: int) -> str:
     if "epochs" in params:
         epochs = int(params["epochs"])
         words.append(f"{epochs} epoch{'s' if epochs != 1 else ''}")
+    if params.get("preserve_weight"):
+        words.append(f"preservation loss ×{params['preserve_weight']:g}")
     return ", ".join(words)
 
 

@@ -6,8 +6,11 @@ and `retention`, the share of the base score a tuned model kept.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.stats import pearsonr, spearmanr
+from torch.func import functional_call
 from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
 from autoft.cache import PrefixMemo
@@ -23,13 +27,28 @@ from autoft.data import read_frame
 from autoft.errors import UsageError
 from autoft.model import evaluating
 
-__all__ = ["BaseScore", "BaseTask", "build_base_task", "linear_cka", "retention"]
+__all__ = [
+    "BaseScore",
+    "BaseTask",
+    "build_base_task",
+    "linear_cka",
+    "preservation_texts",
+    "retention",
+]
 
 BATCH_SIZE = 32
 MASK_FRACTION = 0.15
 MASK_SEED = 0
 _EPS = 1e-6
 _TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+TOP_LOG_PROBS = 32  # masked-LM preservation keeps the untouched model's 32 likeliest tokens
+
+# `replay(module)`: a context in which `module`'s frozen bottom blocks return cached states.
+Replay = Callable[[torch.nn.Module], contextlib.AbstractContextManager]
+
+
+def no_replay(module: torch.nn.Module) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -46,6 +65,7 @@ class BaseTask(ABC):
     name: str
     measures: str
     higher_is_better: bool
+    replays_prefix = True  # whether `reads` can start from the frozen blocks' cached output
 
     @abstractmethod
     def score(self, model, device: str, quick: bool = False, frozen: int = 0) -> BaseScore:
@@ -66,6 +86,26 @@ class BaseTask(ABC):
         autograd on one short text: what the task reads requires grad only if a trained parameter
         lies on its path, whatever the architecture.
         """
+
+    # The preservation loss (autoft.preserve) compares what each kind reads, kind by kind:
+
+    def preservation_batches(self, tokenizer, texts: list[str], max_length: int, size: int) -> list:
+        """Fixed batches of `size` texts for the preservation loss; masked_lm masks some tokens."""
+        return _tokenize(tokenizer, texts, max_length, size)
+
+    @abstractmethod
+    def reads(self, model, batch: dict, replay: Replay = no_replay) -> torch.Tensor:
+        """What this check reads from `model` on `batch`, with gradients: the untouched model's
+        answer is the preservation target, the tuned model's is compared with it by `distance`."""
+
+    @abstractmethod
+    def distance(self, tuned: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """How far the tuned model's reading lies from the untouched one: 0 when equal."""
+
+    @torch.no_grad()
+    def target(self, model, batch: dict) -> torch.Tensor:
+        """The untouched model's reading of a preservation batch, as stored once per study."""
+        return self.reads(model, batch).float()
 
 
 def retention(base: float, tuned: float, higher_is_better: bool) -> float:
@@ -170,23 +210,58 @@ def _read_texts(config: BaseTaskConfig) -> list[str]:
     return [str(text) for text in _column(frame, config.data, config.text_column, "text_column")]
 
 
+def preservation_texts(config: BaseTaskConfig) -> list[str]:
+    """The texts the preservation loss reads (may be none): base.preserve_data, or else the base
+    data's texts that no check scores. Every check scores the first `max_examples` items (rows,
+    lines, pairs), the quick check the first `check_examples` of those; the rest are free, minus
+    any text that a scored item holds too (a pair shares a text with a scored pair)."""
+    if config.preserve_data:
+        return _read_preserve_data(config)
+    items = _text_items(config)
+    scored = {text for item in items[: config.max_examples] for text in item}
+    free = (text for item in items[config.max_examples :] for text in item)
+    return [text for text in dict.fromkeys(free) if text not in scored]
+
+
+def _read_preserve_data(config: BaseTaskConfig) -> list[str]:
+    path = Path(config.preserve_data)
+    if not path.is_file() or not path.read_bytes().strip():
+        state = "is empty" if path.is_file() else "does not exist"
+        raise UsageError(
+            f"Preservation file {path} {state}; point base.preserve_data (--base-preserve-data) "
+            f"at unlabelled text, one text a line, or a table with a '{config.text_column}' column."
+        )
+    return _read_texts(dataclasses.replace(config, data=str(path)))
+
+
+def _text_items(config: BaseTaskConfig) -> list[tuple[str, ...]]:
+    """The base data's items as the checks count them, each with its texts (one, or a pair)."""
+    if not _is_table(config.data):
+        return [(line,) for line in _read_lines(config.data)]
+    frame = _read_table(config.data)
+    columns = [config.text_column, config.text_pair_column if config.kind == "similarity" else None]
+    return list(zip(*(map(str, frame[c]) for c in columns if c in frame.columns), strict=True))
+
+
 def _count(config: BaseTaskConfig, quick: bool) -> int:
     """How many items (the first ones, always the same) a full or a quick score uses."""
     return min(config.check_examples, config.max_examples) if quick else config.max_examples
 
 
-def _tokenize(tokenizer, texts: list[str], max_length: int, **options) -> list:
+def _tokenize(
+    tokenizer, texts: list[str], max_length: int, size: int = BATCH_SIZE, **options
+) -> list:
     """Fixed batches padded per batch, kept on the CPU until a score moves them to its device."""
     return [
         tokenizer(
-            texts[start : start + BATCH_SIZE],
+            texts[start : start + size],
             truncation=True,
             max_length=max_length,
             padding=True,
             return_tensors="pt",
             **options,
         )
-        for start in range(0, len(texts), BATCH_SIZE)
+        for start in range(0, len(texts), size)
     ]
 
 
@@ -214,7 +289,7 @@ def _load_with_head(auto_class, model_source: str, kind: str, trust_remote_code:
             f"{model_source} has no saved head for '{kind}' ({', '.join(new[:2])} "
             f"would be newly initialized); {suggestion}."
         )
-    return model.eval()
+    return model.eval().requires_grad_(False)
 
 
 def _copy_encoder(tuned, original) -> None:
@@ -225,6 +300,27 @@ def _copy_encoder(tuned, original) -> None:
     if missing:
         raise ValueError(f"The tuned encoder lacks {missing[:3]}; it is not the base model's kind.")
     original.base_model.load_state_dict({key: weights[key] for key in wanted})
+
+
+def _trained_encoder(tuned, original) -> dict[str, torch.Tensor]:
+    """The encoder parameters `tuned` trains, named as in `original`: a functional call of the
+    original model with them reads its own head through the tuned encoder, gradients included."""
+    prefix = original.base_model_prefix
+    wanted = dict(original.named_parameters())
+    trained = {
+        f"{prefix}.{name}": parameter
+        for name, parameter in tuned.base_model.named_parameters()
+        if parameter.requires_grad
+    }
+    return {name: parameter for name, parameter in trained.items() if name in wanted}
+
+
+def _head_log_probs(tuned, original, batch: dict, replay: Replay) -> torch.Tensor:
+    """The original head's log-probabilities on `batch`, fed by the tuned encoder."""
+    original.to(next(tuned.parameters()).device)
+    with replay(original):
+        logits = functional_call(original, _trained_encoder(tuned, original), (), dict(batch))
+    return torch.log_softmax(logits.logits.float(), -1)
 
 
 def _mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -410,6 +506,17 @@ class SimilarityTask(BaseTask):
     def reads_trained(self, model) -> bool:
         return _hidden_states_read_trained(model.base_model, self.batches_[True][0], False)
 
+    def reads(self, model, batch: dict, replay: Replay = no_replay) -> torch.Tensor:
+        """The mean-pooled embeddings whose cosines the check ranks."""
+        encoder = model.base_model
+        with replay(encoder):
+            hidden = encoder(**batch).last_hidden_state
+        return _mean_pool(hidden, batch["attention_mask"])
+
+    def distance(self, tuned: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """1 − cosine, the angle the check's cosines would see change, averaged over texts."""
+        return (1 - torch.nn.functional.cosine_similarity(tuned.float(), target, dim=-1)).mean()
+
 
 class ClassificationTask(BaseTask):
     """Accuracy of the tuned encoder under the base model's own classification head."""
@@ -467,6 +574,14 @@ class ClassificationTask(BaseTask):
     def reads_trained(self, model) -> bool:
         return _head_reads_trained(model, self.original_, self.batches_[True][0])
 
+    def reads(self, model, batch: dict, replay: Replay = no_replay) -> torch.Tensor:
+        """The original head's class log-probabilities, fed by the tuned encoder."""
+        return _head_log_probs(model, self.original_, batch, replay)
+
+    def distance(self, tuned: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """KL(untouched ‖ tuned) of the class distributions, averaged over texts."""
+        return torch.nn.functional.kl_div(tuned, target, log_target=True, reduction="batchmean")
+
 
 def _label_ids(labels: list, model_config, path: str, column: str) -> torch.Tensor:
     """Gold labels as the original head's class ids: names through its label2id, or ids as given."""
@@ -514,6 +629,7 @@ class MaskedLMTask(BaseTask):
         self.original_ = _load_with_head(
             AutoModelForMaskedLM, model_source, "masked_lm", trust_remote_code
         )
+        self.mask_token_id_ = tokenizer.mask_token_id
         texts = _read_texts(config)
         self.batches_ = {
             quick: _mask(
@@ -553,6 +669,31 @@ class MaskedLMTask(BaseTask):
         batch, _labels = self.batches_[True][0]
         return _head_reads_trained(model, self.original_, batch)
 
+    def preservation_batches(self, tokenizer, texts: list[str], max_length: int, size: int) -> list:
+        """Masked as the check's batches are: the same 15% of real tokens every time."""
+        batches = _tokenize(tokenizer, texts, max_length, size, return_special_tokens_mask=True)
+        return [batch for batch, _labels in _mask(batches, self.mask_token_id_)]
+
+    def reads(self, model, batch: dict, replay: Replay = no_replay) -> torch.Tensor:
+        """The original masked-LM head's log-probabilities at the masked positions."""
+        log_probs = _head_log_probs(model, self.original_, batch, replay)
+        return log_probs[batch["input_ids"] == self.mask_token_id_]
+
+    @torch.no_grad()
+    def target(self, model, batch: dict) -> torch.Tensor:
+        """Only the untouched head's likeliest tokens per blank (a whole vocabulary per masked
+        token would take gigabytes): (blanks, 2, k) of log-probabilities and token ids."""
+        log_probs = self.reads(model, batch)
+        top = log_probs.topk(min(TOP_LOG_PROBS, log_probs.shape[-1]), dim=-1)
+        return torch.stack([top.values, top.indices.float()], dim=1)
+
+    def distance(self, tuned: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """KL(untouched ‖ tuned) on the untouched head's likeliest tokens, mean over blanks."""
+        if not len(target):
+            return tuned.new_zeros(())
+        log_p, ids = target[:, 0], target[:, 1].long()
+        return (log_p.exp() * (log_p - tuned.float().gather(-1, ids))).sum(-1).mean()
+
 
 def _mask(batches: list, mask_token_id: int) -> list[tuple]:
     """Replace a fixed 15% of the real tokens by the mask token (same seed, same positions every
@@ -574,6 +715,7 @@ class DriftTask(BaseTask):
     name = "drift_cka"
     measures = "How close the tuned encoder's representations of base-task texts stay to the base."
     higher_is_better = True
+    replays_prefix = False
 
     def __init__(
         self,
@@ -608,6 +750,18 @@ class DriftTask(BaseTask):
 
     def reads_trained(self, model) -> bool:
         return _hidden_states_read_trained(model.base_model, self.batches_[True][0], True)
+
+    def reads(self, model, batch: dict, replay: Replay = no_replay) -> torch.Tensor:
+        """Every layer's mean-pooled states (texts × layers × hidden), the model run whole: the
+        check compares every layer."""
+        layers = model.base_model(**batch, output_hidden_states=True).hidden_states
+        return torch.stack([_mean_pool(layer, batch["attention_mask"]) for layer in layers], 1)
+
+    def distance(self, tuned: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Squared distance relative to the untouched state's size, summed over layers (frozen
+        ones add nothing) and averaged over texts."""
+        gap = (tuned.float() - target).pow(2).sum(-1) / target.pow(2).sum(-1).clamp(min=_EPS)
+        return gap.sum(-1).mean()
 
     def _compute_reference(self, device: str) -> None:
         """The base model's representations of both slices, once; the base model is then freed."""

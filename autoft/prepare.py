@@ -68,12 +68,29 @@ def measure_base_skill(config: StudyConfig, model, tokenizer, echo) -> dict:
     return base
 
 
+def held_without_preservation(config: StudyConfig, space, texts: list[str], echo):
+    """The space, with preserve_weight held at 0 where there is nothing to preserve (`texts`, from
+    forgetting.preservation_texts, is empty): no base task, or base data the check scores whole
+    and no base.preserve_data."""
+    weight = next(p for p in space.parameters if p.name == "preserve_weight")
+    if texts or weight.value == 0:
+        return space
+    reason = ("there is no base task" if config.base is None else
+              f"every text of {Path(config.base.data).name} is scored by the check and no "
+              f"base.preserve_data is set")
+    echo(f"  preserve_weight held at 0: {reason}.")
+    return space.fix("preserve_weight", 0.0)
+
+
 def prepare_study(config: StudyConfig, echo=print) -> Prepared:
     """Check everything and prepare the data, or reuse what an earlier run of this study prepared.
 
     Every input problem surfaces here, as a UsageError, before any trial runs.
     """
+    from autoft.forgetting import preservation_texts
+
     space = load_space(config.space)
+    preserved = preservation_texts(config.base) if config.base else []  # a bad file stops here
     folder = prepared_folder(config)
     fingerprint = data_fingerprint(config)
     saved = load_prepared_data(folder)
@@ -96,7 +113,7 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
         data = tokenize_target(config, table, tokenizer, model.config)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         base = measure_base_skill(config, model, tokenizer, echo) if config.base else None
-    resolved = space.resolve(depth)
+    resolved = held_without_preservation(config, space.resolve(depth), preserved, echo)
     prepared = Prepared(config=config, data=data, space=resolved, depth=depth, pad_id=pad_id,
                         base=base)
     if not saved:

@@ -27,7 +27,10 @@ PARAMETERS = (
     "epochs",
     "weight_decay",
     "warmup_ratio",
+    "preserve_weight",
 )
+# Parameters a space file may leave out, and the value they then keep (the method stays off).
+OPTIONAL_PARAMETERS = {"preserve_weight": 0.0}
 INTEGER_PARAMETERS = ("batch_size", "trainable_layers", "epochs")
 # Words trainable_layers may use for a model whose depth is known only once it is loaded:
 # every layer, or the top half (rounded up).
@@ -118,6 +121,13 @@ class SearchSpace:
                     configs.append(config)
         return configs
 
+    def fix(self, name: str, value: Any) -> SearchSpace:
+        """The same space with one parameter held at `value` (a method the study cannot use)."""
+        parameters = tuple(
+            Parameter(name, value=value) if p.name == name else p for p in self.parameters
+        )
+        return SearchSpace(self.source, parameters, self.starts)
+
     def resolve(self, depth: int) -> SearchSpace:
         """Fix the depth words to the model's depth and check every range against it."""
         resolved = tuple(parameter.resolve(depth) for parameter in self.parameters)
@@ -174,6 +184,8 @@ def load_space(name_or_path: str) -> SearchSpace:
         raise UsageError(
             f"{path}: unknown parameter '{unknown[0]}'; use one of {', '.join(PARAMETERS)}."
         )
+    for name, value in OPTIONAL_PARAMETERS.items():
+        content.setdefault(name, value)
     missing = [name for name in PARAMETERS if name not in content]
     if missing:
         raise UsageError(f"{path}: parameter '{missing[0]}' is missing; give it a value or range.")
@@ -210,6 +222,19 @@ def _number(path: Path, name: str, value: Any) -> Any:
 
 
 def _parse_parameter(path: Path, name: str, spec: Any) -> Parameter:
+    parameter = _read_parameter(path, name, spec)
+    if name == "preserve_weight":
+        values = [parameter.value, parameter.low, parameter.high, *(parameter.choices or ())]
+        negative = [v for v in values if isinstance(v, (int, float)) and v < 0]
+        if negative:
+            raise UsageError(
+                f"{path}: preserve_weight {negative[0]} is negative; use 0 (off) or more, "
+                f"like choices [0, 0.3, 1, 3]."
+            )
+    return parameter
+
+
+def _read_parameter(path: Path, name: str, spec: Any) -> Parameter:
     if not isinstance(spec, dict):
         return Parameter(name, value=_number(path, name, spec))
     unknown = sorted(set(spec) - {"value", "low", "high", "log", "choices", "default"})

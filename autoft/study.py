@@ -170,17 +170,29 @@ def save_trial_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
     tmp.replace(path)
 
 
-def make_guard(prepared: Prepared):
-    """This worker's forgetting guard, built from the base facts measured once for the study."""
+def load_tokenizer(config: StudyConfig):
     from transformers import AutoTokenizer
 
+    return AutoTokenizer.from_pretrained(config.model, trust_remote_code=config.trust_remote_code)
+
+
+def make_guard(prepared: Prepared):
+    """This worker's forgetting guard, built from the base facts measured once for the study."""
     from autoft.guard import ForgettingGuard, build_task
 
     config = prepared.config
-    tokenizer = AutoTokenizer.from_pretrained(config.model,
-                                              trust_remote_code=config.trust_remote_code)
-    return ForgettingGuard(build_task(config, tokenizer, prepared.base["max_length"]),
+    return ForgettingGuard(build_task(config, load_tokenizer(config), prepared.base["max_length"]),
                            prepared.base)
+
+
+def make_preservation(prepared: Prepared, task):
+    """This worker's preservation batches, with the study's stored targets (autoft.preserve)."""
+    from autoft.forgetting import preservation_texts
+    from autoft.preserve import Preservation
+
+    config = prepared.config
+    return Preservation(task, preservation_texts(config.base), load_tokenizer(config),
+                        config.study_dir / "preserve", config.model)
 
 
 class Objective:
@@ -190,6 +202,7 @@ class Objective:
         self.prepared = prepared
         self.device = device
         self.base_check = make_guard(prepared) if prepared.base else None
+        self.preservation = None  # built by the first trial with preserve_weight > 0
 
     def __call__(self, trial: optuna.Trial) -> float:
         config, data = self.prepared.config, self.prepared.data
@@ -203,6 +216,7 @@ class Objective:
         trial.set_user_attr("trainable_parameters", count_parameters(model, trainable_only=True))
         if self.base_check is not None:
             self.base_check.on_start(trial, model, frozen_blocks(model, params.trainable_layers))
+        loss_terms = self._preservation_loss(trial, model, params)
         evaluations: list[dict] = []
 
         def on_evaluation(evaluation: Evaluation) -> None:
@@ -238,6 +252,7 @@ class Objective:
                 on_evaluation=on_evaluation,
                 eval_every_samples=config.eval_every_samples,
                 cache=PrefixCache(config.study_dir / "cache") if config.cache else None,
+                loss_terms=loss_terms,
             )
         except optuna.TrialPruned as pruned:
             self._record(trial, pruned.result)
@@ -255,6 +270,21 @@ class Objective:
         if self.base_check is not None:
             self.base_check.on_finish(trial, model, result.best_state, self.device)
         return best
+
+    def _preservation_loss(self, trial: optuna.Trial, model, params: TrialParams) -> list:
+        """The preservation loss term, when the trial asks for one and trains what the base task
+        reads (prepare_study holds preserve_weight at 0 where there is nothing to preserve)."""
+        if params.preserve_weight <= 0:
+            return []
+        if self.base_check.untouched:
+            trial.set_user_attr("preserve_targets", "skipped: nothing it trains is read")
+            return []
+        if self.preservation is None:
+            self.preservation = make_preservation(self.prepared, self.base_check.task)
+        term, note = self.preservation.loss(
+            model, params.preserve_weight, self.base_check.frozen, self.device)
+        trial.set_user_attr("preserve_targets", note)
+        return [term]
 
     def _fail(self, trial: optuna.Trial, reason: str) -> None:
         trial.set_user_attr("fail_reason", reason)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from sklearn.metrics import accuracy_score, f1_score
@@ -43,6 +43,15 @@ class TrialParams:
     epochs: int
     weight_decay: float
     warmup_ratio: float
+    preserve_weight: float = 0.0
+
+
+class LossTerm(Protocol):
+    """Something a trial adds to its training loss at some steps (autoft.preserve's preservation
+    loss): called after the task's forward pass of optimizer step `step` (0, 1, ...), it returns
+    a scalar to add, or None to add nothing at that step."""
+
+    def __call__(self, model, step: int) -> torch.Tensor | None: ...
 
 
 @dataclass(frozen=True)
@@ -247,13 +256,15 @@ def train_trial(
     on_evaluation: Callable[[Evaluation], None],
     eval_every_samples: int | None = None,
     cache: PrefixCache | None = None,
+    loss_terms: Sequence[LossTerm] = (),
 ) -> TrialResult:
     """Train a frozen-as-configured model; call `on_evaluation` after every evaluation.
 
     With a `cache` and some blocks frozen, the frozen prefix runs once per study (see
     autoft.cache) and the trial trains only the top blocks and the head from its states.
     The callback may raise (optuna.TrialPruned, say): the result so far stays in the exception's
-    `result` attribute, so a pruned trial's best weights are not lost.
+    `result` attribute, so a pruned trial's best weights are not lost. `loss_terms` add to the
+    loss that trains; the reported train loss stays the task's own, comparable across trials.
     """
     model.to(device)
     frozen = frozen_blocks(model, params.trainable_layers)
@@ -277,6 +288,7 @@ def train_trial(
     loss_sum = torch.zeros((), device=device)
     loss_count = 0
     started = time.perf_counter()
+    step = 0
     for epoch in range(params.epochs):
         for index, batch_indices in enumerate(
             bucketed_batches(lengths, params.batch_size, generator)
@@ -284,12 +296,14 @@ def train_trial(
             batch = collate(data.train, batch_indices, pad_id, device)
             with autocast(device):
                 loss = forward(model, batch, batch_indices, states and states.train).loss
-            loss.backward()
+                extras = [term(model, step) for term in loss_terms]
+            sum((extra for extra in extras if extra is not None), loss).backward()
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach()
             loss_count += 1
+            step += 1
             result.samples_seen += len(batch_indices)
             if (epoch, index) in points:
                 result.train_seconds += time.perf_counter() - started

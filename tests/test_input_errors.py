@@ -12,6 +12,7 @@ import pytest
 from conftest import sentiment_rows, write_csv
 
 from autoft.cli import main
+from autoft.space import find_space_file
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str]:
@@ -133,3 +134,35 @@ def test_validation_label_unseen_in_train(tiny_model_dir, tiny_csv, tmp_path, ca
     args = search_args(tiny_model_dir, tiny_csv, tmp_path, "--validation", str(validation))
     code, err = run_cli(args, capsys)
     assert_refused(code, err, "--validation", "'meh'", tmp_path=tmp_path)
+
+
+def base_args(data: Path) -> list[str]:
+    return ["--base-kind", "drift", "--base-data", str(data)]
+
+
+def test_missing_preservation_file(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    args = search_args(tiny_model_dir, tiny_csv, tmp_path, *base_args(tiny_csv),
+                       "--base-preserve-data", str(tmp_path / "nope.txt"))
+    code, err = run_cli(args, capsys)
+    assert_refused(code, err, "--base-preserve-data", "nope.txt", "does not exist",
+                   tmp_path=tmp_path)
+
+
+def test_empty_preservation_file(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    study = tmp_path / "study.yaml"
+    study.write_text(f"base:\n  kind: drift\n  data: {tiny_csv}\n  preserve_data: {empty}\n")
+    args = search_args(tiny_model_dir, tiny_csv, tmp_path, str(study))
+    code, err = run_cli(args, capsys)
+    assert_refused(code, err, "empty.txt", "is empty", "base.preserve_data", tmp_path=tmp_path)
+
+
+def test_negative_preserve_weight(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    quick = find_space_file("quick").read_text()
+    space.write_text(quick.replace("choices: [0, 0.3, 1, 3]", "choices: [-1, 0, 1]"))
+    code, err = run_cli(search_args(tiny_model_dir, tiny_csv, tmp_path, "--space", str(space)),
+                        capsys)
+    assert_refused(code, err, "space.yaml", "preserve_weight -1", "0 (off) or more",
+                   tmp_path=tmp_path)

@@ -1,0 +1,174 @@
+"""The preservation loss (`preserve_weight`): base-side texts run through the trial's model, and
+their distance to the untouched model's output, in what the base task reads, joins the loss.
+
+The untouched outputs (targets) are computed once per study, by the first trial that needs them
+while its model is still untouched, and kept checksummed in `studies/<name>/preserve/`. The cost
+per trial stays small: short texts, a few per step, every k steps, and the frozen prefix's output
+on each fixed batch computed once per trial and replayed (proven on the first batch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from autoft.cache import CacheUnusable, _locked, capture, replaying
+from autoft.forgetting import BaseTask, Replay, no_replay
+from autoft.model import evaluating, find_blocks
+
+__all__ = ["Cost", "Preservation", "PreservationLoss"]
+
+log = logging.getLogger("autoft")
+
+MAX_TEXTS = 512
+REPLAY_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class Cost:
+    """How much preservation a training step pays for: texts of at most `max_length` tokens,
+    `batch_texts` of them every `every_steps` optimizer steps (see benchmarks/preserve_cost.py)."""
+
+    max_length: int = 64
+    batch_texts: int = 8
+    every_steps: int = 1
+
+
+class Preservation:
+    """A study's preservation batches and the stored targets of the untouched model."""
+
+    def __init__(self, task: BaseTask, texts: list[str], tokenizer, folder: Path,
+                 model_name: str, cost: Cost = Cost()):
+        self.task = task
+        self.cost = cost
+        self.batches = task.preservation_batches(
+            tokenizer, texts[:MAX_TEXTS], cost.max_length, cost.batch_texts)
+        digest = hashlib.sha256(json.dumps([type(task).__name__, model_name]).encode())
+        for batch in self.batches:
+            digest.update(batch["input_ids"].numpy().tobytes())
+        self.path = Path(folder) / f"{digest.hexdigest()[:32]}.safetensors"
+
+    def loss(self, model, weight: float, frozen: int, device: torch.device
+             ) -> tuple[PreservationLoss, str]:
+        """The trial's loss term, and whether its targets were 'computed' now or 'reused'.
+        `model` must still be untouched (before training) in case the targets are computed."""
+        targets, note = self.targets(model, device)
+        return PreservationLoss(self.task, self.batches, targets, weight, frozen, self.cost), note
+
+    def targets(self, model, device: torch.device) -> tuple[list[torch.Tensor], str]:
+        """The stored targets, or computed from the untouched `model` and stored (one worker
+        computes, under a lock; a damaged file is computed again)."""
+        targets = self._read()
+        if targets is not None:
+            return targets, "reused"
+        with _locked(self.path.with_suffix(".lock")):
+            targets = self._read()
+            if targets is not None:
+                return targets, "reused"
+            model.to(device)
+            with evaluating(model):
+                targets = [self.task.target(model, b.to(device)).cpu() for b in self.batches]
+            tensors = {f"batch_{i:05d}": t.contiguous() for i, t in enumerate(targets)}
+            tmp = self.path.with_suffix(".tmp")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            save_file(tensors, str(tmp), metadata={"sha256": _digest(targets)})
+            tmp.replace(self.path)
+        return targets, "computed"
+
+    def _read(self) -> list[torch.Tensor] | None:
+        if not self.path.is_file():
+            return None
+        try:
+            with safe_open(str(self.path), "pt") as handle:
+                expected = (handle.metadata() or {}).get("sha256")
+            tensors = load_file(str(self.path))
+        except (SafetensorError, OSError) as error:
+            log.warning("autoft: preservation targets %s unreadable (%s); computing them again.",
+                        self.path, error)
+            return None
+        targets = [tensors[name] for name in sorted(tensors)]
+        if len(targets) != len(self.batches) or _digest(targets) != expected:
+            log.warning("autoft: preservation targets %s damaged; computing them again.",
+                        self.path)
+            return None
+        return targets
+
+
+def _digest(targets: list[torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for target in targets:
+        digest.update(str(tuple(target.shape)).encode())
+        digest.update(target.contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+class PreservationLoss:
+    """One trial's `train.LossTerm`: weight × the task's distance on one fixed batch every
+    `every_steps` steps, the batches in turn. The pass runs in eval mode (no dropout), as the
+    check and the targets do."""
+
+    def __init__(self, task: BaseTask, batches: list, targets: list[torch.Tensor],
+                 weight: float, frozen: int, cost: Cost):
+        self.task = task
+        self.batches = batches
+        self.targets = targets
+        self.weight = weight
+        self.frozen = frozen
+        self.every = cost.every_steps
+        self.prefix: dict[int, torch.Tensor] = {}
+        self.stacks: dict[int, torch.nn.ModuleList] = {}
+        self.replays = frozen > 0 and task.replays_prefix
+
+    def __call__(self, model, step: int) -> torch.Tensor | None:
+        if step % self.every:
+            return None
+        index = (step // self.every) % len(self.batches)
+        device = next(model.parameters()).device
+        batch = self.batches[index].to(device)
+        with evaluating(model):
+            tuned = self.task.reads(model, batch, self._replay(model, index, batch))
+        return self.weight * self.task.distance(tuned, self.targets[index].to(device))
+
+    def _replay(self, model, index: int, batch) -> Replay:
+        """Replays the frozen blocks' output on this batch, computed once per trial; on the first
+        batch it is proven against the whole model, and a model it fails runs whole."""
+        if not self.replays:
+            return no_replay
+        if index not in self.prefix:
+            with torch.no_grad(), evaluating(model):
+                try:
+                    self.prefix[index] = capture(
+                        model, self._blocks(model), (self.frozen,), batch)[self.frozen]
+                except CacheUnusable:
+                    self.replays = False
+                    return no_replay
+                if len(self.prefix) == 1 and not self._replay_matches(model, batch, index):
+                    self.replays = False
+                    return no_replay
+        return self._replayer(index)
+
+    def _replayer(self, index: int) -> Replay:
+        state = self.prefix[index]
+        return lambda module: replaying(self._blocks(module), self.frozen, state)
+
+    def _blocks(self, module) -> torch.nn.ModuleList:
+        """The module's stack of blocks, found once (find_blocks walks the whole model)."""
+        if id(module) not in self.stacks:
+            self.stacks[id(module)] = find_blocks(module)
+        return self.stacks[id(module)]
+
+    def _replay_matches(self, model, batch, index: int) -> bool:
+        whole = self.task.reads(model, batch).float()
+        try:
+            replayed = self.task.reads(model, batch, self._replayer(index)).float()
+        except Exception:  # an architecture that breaks under the stand-ins runs whole
+            return False
+        gap = (replayed - whole).abs().max().item() if whole.numel() else 0.0
+        return gap <= REPLAY_TOLERANCE * max(1.0, whole.abs().max().item())

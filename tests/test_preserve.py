@@ -1,0 +1,193 @@
+"""The preservation loss (preserve_weight): it keeps what each base-task kind reads closer to the
+untouched model under a learning rate that wrecks it otherwise, its targets are computed once per
+study and reused (also by a later process), and a weight of 0 trains exactly as before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from conftest import build_tokenizer, sentiment_rows, write_csv
+from transformers import BertConfig, BertForMaskedLM
+
+from autoft.cli import main
+from autoft.config import BaseTaskConfig, build_config
+from autoft.forgetting import build_base_task, preservation_texts
+from autoft.model import evaluating, freeze, load_model
+from autoft.prepare import prepare_study
+from autoft.preserve import Preservation
+from autoft.train import TrialParams, train_trial
+
+CPU = torch.device("cpu")
+HARD = TrialParams(learning_rate=1e-2, head_lr_multiplier=1.0, batch_size=16, trainable_layers=2,
+                   epochs=2, weight_decay=0.0, warmup_ratio=0.0)
+
+
+def texts(n: int, seed: int) -> list[str]:
+    return [row["text"] for row in sentiment_rows(n, seed=seed)]
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_mlm_dir(tmp_path_factory) -> Path:
+    """A tiny BERT saved with a masked-LM head, for the masked_lm kind."""
+    folder = tmp_path_factory.mktemp("tiny-mlm")
+    torch.manual_seed(1)
+    tokenizer = build_tokenizer()
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=48, max_position_embeddings=32,
+                        pad_token_id=tokenizer.pad_token_id)
+    BertForMaskedLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def base_config(kind: str, folder: Path) -> BaseTaskConfig:
+    """A base task of each kind on texts of the tiny vocabulary, with a preservation file."""
+    base = texts(40, seed=3)
+    preserve = write_lines(folder / "preserve.txt", texts(64, seed=5))
+    if kind == "similarity":
+        rows = [{"text": a, "pair": b, "score": str(i % 5)}
+                for i, (a, b) in enumerate(zip(base, base[1:], strict=False))]
+        data = write_csv(folder / "pairs.csv", rows)
+        return BaseTaskConfig(kind, str(data), text_pair_column="pair",
+                              preserve_data=str(preserve))
+    if kind == "classification":
+        data = write_csv(folder / "labelled.csv",
+                         [{"text": t, "label": str(i % 2)} for i, t in enumerate(base)])
+        return BaseTaskConfig(kind, str(data), preserve_data=str(preserve))
+    return BaseTaskConfig(kind, str(write_lines(folder / "base.txt", base)),
+                          preserve_data=str(preserve))
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory, tiny_model_dir, tiny_csv):
+    flags = {"model": str(tiny_model_dir), "train": str(tiny_csv), "name": "p",
+             "studies_dir": str(tmp_path_factory.mktemp("studies"))}
+    prepared = prepare_study(build_config({}, None, flags), echo=lambda line: None)
+    return prepared.data, prepared.pad_id
+
+
+@pytest.mark.parametrize("kind", ["similarity", "drift", "classification", "masked_lm"])
+def test_preservation_keeps_what_the_base_task_reads_closer(
+    kind, tiny_model_dir, tiny_mlm_dir, target, tmp_path
+):
+    data, pad_id = target
+    model_dir = tiny_mlm_dir if kind == "masked_lm" else tiny_model_dir
+    config = base_config(kind, tmp_path)
+    tokenizer = build_tokenizer()
+    task = build_base_task(config, str(model_dir), tokenizer, 32)
+    untouched, _ = load_model(str(model_dir), data.label_names)
+    held_out = task.preservation_batches(tokenizer, texts(16, seed=9), 32, 8)
+    with evaluating(untouched):
+        expected = [task.target(untouched, batch) for batch in held_out]
+
+    def distance_after_training(weight: float) -> float:
+        model, _ = load_model(str(model_dir), data.label_names)
+        freeze(model, HARD.trainable_layers)
+        terms = []
+        if weight:
+            preservation = Preservation(task, preservation_texts(config), tokenizer,
+                                        tmp_path / "preserve", str(model_dir))
+            terms = [preservation.loss(model, weight, 0, CPU)[0]]
+        train_trial(model, data, dataclasses.replace(HARD, preserve_weight=weight), CPU, pad_id,
+                    seed=0, on_evaluation=lambda evaluation: None, loss_terms=terms)
+        with torch.no_grad(), evaluating(model):
+            gaps = [float(task.distance(task.reads(model, batch), goal))
+                    for batch, goal in zip(held_out, expected, strict=True)]
+        return sum(gaps) / len(gaps)
+
+    free, preserved = distance_after_training(0.0), distance_after_training(3.0)
+    assert free > 1e-3, f"lr 1e-2 on every layer must move what {kind} reads"
+    assert preserved < 0.5 * free, (kind, free, preserved)
+
+
+PRESERVING_SPACE = """\
+learning_rate: {value: 1.0e-2}
+head_lr_multiplier: {value: 1}
+batch_size: {value: 16}
+trainable_layers: {value: 1}
+epochs: {value: 1}
+weight_decay: {value: 0.0}
+warmup_ratio: {value: 0.0}
+"""
+
+
+def search(tmp_path: Path, model: Path, train: Path, space: str, study: str, n: int,
+           *extra: str) -> optuna.Study:
+    path = tmp_path / f"{study}.yaml"
+    path.write_text(space)
+    code = main(["search", "--model", str(model), "--train", str(train), "--space", str(path),
+                 "--n-trials", str(n), "--study", study, "--studies-dir", str(tmp_path / "s"),
+                 "--base-kind", "drift", "--base-data", str(train), "--min-retention", "0",
+                 *extra])
+    assert code == 0
+    return optuna.load_study(study_name=study,
+                             storage=f"sqlite:///{tmp_path / 's' / study / 'study.db'}")
+
+
+def test_targets_are_computed_once_per_study_and_reused(tiny_model_dir, tiny_csv, tmp_path):
+    preserve = write_lines(tmp_path / "preserve.txt", texts(40, seed=5))
+    space = PRESERVING_SPACE + "preserve_weight: {value: 1}\n"
+    flags = ("--base-preserve-data", str(preserve))
+    study = search(tmp_path, tiny_model_dir, tiny_csv, space, "keep", 2, *flags)
+    notes = [trial.user_attrs["preserve_targets"] for trial in study.trials]
+    assert notes == ["computed", "reused"]
+    (stored,) = (tmp_path / "s" / "keep" / "preserve").glob("*.safetensors")
+    written = stored.stat().st_mtime_ns
+    study = search(tmp_path, tiny_model_dir, tiny_csv, space, "keep", 3, *flags)
+    assert study.trials[2].user_attrs["preserve_targets"] == "reused", "a new process reuses"
+    assert stored.stat().st_mtime_ns == written
+    stored.write_bytes(stored.read_bytes()[:-8] + b"damaged!")
+    study = search(tmp_path, tiny_model_dir, tiny_csv, space, "keep", 4, *flags)
+    assert study.trials[3].user_attrs["preserve_targets"] == "computed", "damage is recomputed"
+
+
+def test_weight_zero_trains_exactly_as_without_preservation(tiny_model_dir, tiny_csv, tmp_path):
+    preserve = write_lines(tmp_path / "preserve.txt", texts(40, seed=5))
+    before = search(tmp_path, tiny_model_dir, tiny_csv, PRESERVING_SPACE, "plain", 1)
+    off = search(tmp_path, tiny_model_dir, tiny_csv,
+                 PRESERVING_SPACE + "preserve_weight: {value: 0}\n", "off", 1,
+                 "--base-preserve-data", str(preserve))
+    plain, zero = before.trials[0].user_attrs, off.trials[0].user_attrs
+    assert [e["train_loss"] for e in zero["evaluations"]] == [
+        e["train_loss"] for e in plain["evaluations"]]
+    assert zero["retention"] == plain["retention"]
+    assert "preserve_targets" not in zero
+    assert not (tmp_path / "s" / "off" / "preserve").exists()
+
+
+def test_preserve_weight_is_held_at_zero_without_texts_to_preserve(tiny_model_dir, tiny_csv,
+                                                                   tmp_path):
+    """The base data is scored whole and there is no preservation file: trials never preserve."""
+    space = PRESERVING_SPACE + "preserve_weight: {choices: [0, 1], default: 1}\n"
+    study = search(tmp_path, tiny_model_dir, tiny_csv, space, "none", 1)
+    assert study.trials[0].user_attrs["params"]["preserve_weight"] == 0.0
+    summary = json.loads((tmp_path / "s" / "none" / "summary.json").read_text())
+    assert summary["best"] is not None
+
+
+def test_without_a_file_only_base_texts_the_check_never_scores_are_used(tmp_path):
+    lines = texts(30, seed=3)
+    data = write_lines(tmp_path / "base.txt", lines)
+    config = BaseTaskConfig("drift", str(data), max_examples=20)
+    free = preservation_texts(config)
+    assert free and set(free).isdisjoint(lines[:20])
+    assert set(free) <= set(lines[20:])
+
+
+def test_a_preserving_config_says_so_in_words():
+    from autoft.describe import describe_params
+
+    params = {"trainable_layers": 2, "learning_rate": 1e-4, "preserve_weight": 0.3}
+    assert describe_params(params, 6).endswith("preservation loss ×0.3")
+    assert "preservation" not in describe_params({**params, "preserve_weight": 0.0}, 6)
