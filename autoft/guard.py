@@ -1,5 +1,6 @@
 """The forgetting guard: measures the base model once per study, checks a cheap slice at every
-evaluation (pruning trials already far below the bar) and the full base data at a trial's end;
+evaluation (the trial keeps only weights that pass; it stops when it falls below the bar after a
+passing checkpoint, or is pruned far below it without one) and the kept weights at a trial's end;
 a trial that trains nothing the base task reads keeps the base skill exactly and is not checked.
 """
 
@@ -12,6 +13,7 @@ import torch
 
 from autoft.config import StudyConfig
 from autoft.forgetting import BaseScore, BaseTask, build_base_task, retention
+from autoft.train import StopTraining
 
 PRUNE_MARGIN = 0.10
 BASE_MAX_LENGTH = 256
@@ -55,8 +57,9 @@ class ForgettingGuard:
     def _retention(self, value: float, key: str) -> float:
         return retention(self.base[key], value, self.base["higher_is_better"])
 
-    def on_evaluation(self, trial: optuna.Trial, model, device: torch.device) -> None:
-        """Cheap check on a fixed slice; prune when already well below the bar."""
+    def keepable(self, trial: optuna.Trial, model, device: torch.device) -> bool:
+        """Cheap check on a fixed slice, before the trial may keep these weights: whether they
+        keep at least the bar."""
         began = time.perf_counter()
         kept = 1.0 if self.untouched else self._retention(
             self.task.score(model, str(device), quick=True, frozen=self.frozen).value,
@@ -65,6 +68,19 @@ class ForgettingGuard:
         history = trial.user_attrs.get("quick_retention", []) + [round(kept, 4)]
         trial.set_user_attr("quick_retention", history)
         self._constrain(trial, kept, final=False)
+        return kept >= self.base["min_retention"]
+
+    def after_evaluation(self, trial: optuna.Trial, has_keepable: bool) -> None:
+        """Below the bar, a trial that already kept a feasible checkpoint stops there as
+        complete; one that never had a feasible point is pruned once well below the bar."""
+        kept = trial.user_attrs["quick_retention"][-1]
+        if kept >= self.base["min_retention"]:
+            return
+        if has_keepable:
+            trial.set_user_attr(
+                "stop_reason", f"forgetting: kept {kept:.2f} of the base skill, below the bar "
+                f"{self.base['min_retention']:.2f}; it keeps its best checkpoint above the bar")
+            raise StopTraining
         bar = self.base["min_retention"] - PRUNE_MARGIN
         if kept < bar:
             reason = (f"forgetting: kept {kept:.2f} of the base skill on the quick check, "
@@ -85,7 +101,8 @@ class ForgettingGuard:
             trial.set_constraint("retention", violation)
 
     def on_finish(self, trial: optuna.Trial, model, best_state: dict, device: torch.device):
-        """Full check of the weights the trial keeps (its best evaluation's)."""
+        """Full check of the weights the trial keeps (its best evaluation that passed the quick
+        check, or its best one when none did)."""
         began = time.perf_counter()
         if self.untouched:
             tuned = BaseScore(self.base["score"], self.base["details"])

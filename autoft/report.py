@@ -256,7 +256,8 @@ def trial_rows(study: optuna.Study) -> list[list[str]]:
                 f"{t.value:.4f}" if t.value is not None else "",
                 short_params(full_params(t), depth),
                 f"{retention:.3f}" if retention is not None else "",
-                attrs.get("fail_reason") or attrs.get("prune_reason") or "",
+                next((attrs[k] for k in ("fail_reason", "prune_reason", "stop_reason")
+                      if attrs.get(k)), ""),
                 f"{seconds:.0f}" if seconds is not None else "",
             ]
         )

@@ -105,6 +105,13 @@ class SearchSpace:
         """Define-by-run sampling: every parameter's value for this trial."""
         return {parameter.name: parameter.suggest(trial) for parameter in self.parameters}
 
+    def lowest(self, name: str) -> Any:
+        """The smallest value a parameter can take in this space."""
+        parameter = next(p for p in self.parameters if p.name == name)
+        if parameter.value is not None:
+            return parameter.value
+        return min(parameter.choices) if parameter.choices else parameter.low
+
     def default_params(self) -> dict[str, Any]:
         """Trial 0: the config a careful person would try first."""
         return {parameter.name: parameter.fallback() for parameter in self.parameters}

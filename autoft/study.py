@@ -5,6 +5,7 @@ budget, and resuming. Everything a trial learns goes into the storage as user at
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import json
 import logging
@@ -28,7 +29,14 @@ from autoft.errors import UsageError
 from autoft.model import count_parameters, freeze, load_model
 from autoft.presets import search_settings
 from autoft.space import SearchSpace
-from autoft.train import Evaluation, TrialFailed, TrialParams, frozen_blocks, train_trial
+from autoft.train import (
+    Evaluation,
+    StopTraining,
+    TrialFailed,
+    TrialParams,
+    frozen_blocks,
+    train_trial,
+)
 
 log = logging.getLogger("autoft")
 
@@ -38,6 +46,7 @@ HEARTBEAT_SECONDS = int(os.environ.get("AUTOFT_HEARTBEAT_SECONDS", "30"))
 GRACE_SECONDS = 4 * HEARTBEAT_SECONDS
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 COUNTS_TOWARD_BUDGET = "counts_toward_budget"
+MIN_EVALUATIONS_WITH_BASE = 4
 
 
 @dataclass(frozen=True)
@@ -193,6 +202,16 @@ def make_preservation(prepared: Prepared, task):
     config = prepared.config
     return Preservation(task, preservation_texts(config.base), load_tokenizer(config),
                         config.study_dir / "preserve", config.model)
+def evaluation_interval(prepared: Prepared) -> int | None:
+    """Samples between evaluations: the user's setting; with a base task, at least
+    MIN_EVALUATIONS_WITH_BASE in the shortest run the space allows, so a trial sees the
+    forgetting bar coming (the same number of samples for every trial, so steps compare);
+    otherwise None, once an epoch."""
+    config = prepared.config
+    if config.eval_every_samples or not prepared.base:
+        return config.eval_every_samples
+    shortest = len(prepared.data.train) * prepared.space.lowest("epochs")
+    return max(1, shortest // MIN_EVALUATIONS_WITH_BASE)
 
 
 class Objective:
@@ -233,7 +252,7 @@ class Objective:
             )
             trial.report(evaluation.value, evaluation.step)
             if self.base_check is not None:
-                self.base_check.on_evaluation(trial, model, self.device)
+                self.base_check.after_evaluation(trial, any(e["keepable"] for e in evaluations))
             if trial.should_prune():
                 trial.set_user_attr("prune_reason", "below the median of earlier trials")
                 raise optuna.TrialPruned(
@@ -250,10 +269,14 @@ class Objective:
                 self.prepared.pad_id,
                 seed=config.seed + trial.number,
                 on_evaluation=on_evaluation,
-                eval_every_samples=config.eval_every_samples,
+                eval_every_samples=evaluation_interval(self.prepared),
                 cache=PrefixCache(config.study_dir / "cache") if config.cache else None,
                 loss_terms=loss_terms,
+                keepable=None if self.base_check is None else functools.partial(
+                    self.base_check.keepable, trial, model, self.device),
             )
+        except StopTraining as stopped:
+            result = stopped.result
         except optuna.TrialPruned as pruned:
             self._record(trial, pruned.result)
             if self.base_check is not None:

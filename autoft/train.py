@@ -32,6 +32,11 @@ class TrialFailed(Exception):
     """The trial cannot go on (NaN loss, out of memory); its message is the recorded reason."""
 
 
+class StopTraining(Exception):
+    """Raised by an evaluation callback to end the trial early as complete, keeping what it has
+    (a trial that fell below the forgetting bar after a feasible checkpoint)."""
+
+
 @dataclass(frozen=True)
 class TrialParams:
     """The hyperparameters one trial trains with."""
@@ -63,12 +68,15 @@ class Evaluation:
     value: float
     train_loss: float
     seconds: float
+    keepable: bool = True
 
 
 @dataclass
 class TrialResult:
     """What a trial produced: its best evaluation and the trainable weights at that moment.
 
+    The best is the best *keepable* evaluation (one that passed the forgetting guard's check),
+    or, while none is, the best of all, so a trial that never passed still keeps its weights.
     cache_used says whether it trained from the prefix cache, cache_note why not or whether it
     built or reused it, cache_seconds what finding, checking or building the cache cost.
     """
@@ -83,7 +91,12 @@ class TrialResult:
 
     @property
     def best(self) -> Evaluation | None:
-        return max(self.evaluations, key=lambda e: e.value, default=None)
+        keepable = [e for e in self.evaluations if e.keepable]
+        return max(keepable or self.evaluations, key=lambda e: e.value, default=None)
+
+    @property
+    def has_keepable(self) -> bool:
+        return any(e.keepable for e in self.evaluations)
 
     @property
     def samples_per_second(self) -> float:
@@ -257,8 +270,13 @@ def train_trial(
     eval_every_samples: int | None = None,
     cache: PrefixCache | None = None,
     loss_terms: Sequence[LossTerm] = (),
+    keepable: Callable[[], bool] | None = None,
 ) -> TrialResult:
     """Train a frozen-as-configured model; call `on_evaluation` after every evaluation.
+
+    `keepable`, asked at each evaluation before `on_evaluation`, says whether the weights of
+    that moment may be kept (the forgetting guard's check); without it every evaluation may.
+    `on_evaluation` may raise StopTraining to end the trial here with what it kept.
 
     With a `cache` and some blocks frozen, the frozen prefix runs once per study (see
     autoft.cache) and the trial trains only the top blocks and the head from its states.
@@ -317,6 +335,7 @@ def train_trial(
                     loss_sum.item() / loss_count,
                     on_evaluation,
                     states and states.validation,
+                    keepable,
                 )
                 set_train_mode(model, frozen)  # the callback may have changed modes
                 loss_sum.zero_()
@@ -326,7 +345,7 @@ def train_trial(
 
 
 def _evaluate_and_report(
-    model, data, device, pad_id, result, trainable, train_loss, on_evaluation, prefix
+    model, data, device, pad_id, result, trainable, train_loss, on_evaluation, prefix, keepable
 ) -> None:
     if not math.isfinite(train_loss):
         raise TrialFailed(f"training loss became {train_loss} (not finite)")
@@ -338,10 +357,10 @@ def _evaluate_and_report(
         value=value,
         train_loss=train_loss,
         seconds=time.perf_counter() - began,
+        keepable=keepable() if keepable is not None else True,
     )
-    best = result.best
     result.evaluations.append(evaluation)
-    if best is None or value > best.value:
+    if result.best is evaluation:
         result.best_state = {name: p.detach().to("cpu", copy=True) for name, p in trainable}
     try:
         on_evaluation(evaluation)

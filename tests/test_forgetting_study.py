@@ -42,6 +42,11 @@ def test_search_with_drift_base_reports_a_feasible_best(tiny_model_dir, tiny_csv
     assert head_only.params["trainable_layers"] == 0
     assert head_only.user_attrs["retention"] == 1.0, "a frozen encoder forgets nothing"
     assert head_only.user_attrs["base_check"].startswith("skipped: the trial trains nothing")
+    # With a base task a trial evaluates at least 4 times, every 320 × 3 / 4 samples for all.
+    assert [e["samples_seen"] for e in head_only.user_attrs["evaluations"]] == [
+        240, 480, 720, 960][: len(head_only.user_attrs["evaluations"])]
+    if head_only.state == TrialState.COMPLETE:
+        assert len(head_only.user_attrs["evaluations"]) == 4
     full = study.trials[0]
     assert full.params["trainable_layers"] == 2
     assert "base_check" not in full.user_attrs and full.user_attrs["base_check_seconds"] > 0

@@ -80,3 +80,33 @@ def test_evaluate_restores_every_module_mode(tiny_model_dir) -> None:
     assert 0.0 <= value <= 1.0
     assert model.training and not model.bert.embeddings.training
     assert model.bert.encoder.training
+
+
+def test_a_trial_keeps_its_best_keepable_evaluation_not_its_best(tiny_model_dir) -> None:
+    model = fresh_model(tiny_model_dir, 2)
+    params = replace(PARAMS, trainable_layers=2, epochs=4, learning_rate=3e-3)
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    data = make_data(n_train=128, n_val=32)
+    at_first = {}
+
+    def remember_first(evaluation) -> None:
+        if evaluation.step == 1:
+            at_first.update({n: p.detach().clone() for n, p in model.named_parameters()
+                             if n in trained})
+
+    answers = iter([True, False, False, False])
+    result = train_trial(model, data, params, torch.device("cpu"), PAD, 0, remember_first,
+                         keepable=lambda: next(answers))
+    assert [e.keepable for e in result.evaluations] == [True, False, False, False]
+    assert max(e.value for e in result.evaluations) > result.evaluations[0].value, "it learned"
+    assert result.best is result.evaluations[0] and result.has_keepable
+    assert all(torch.equal(result.best_state[n], at_first[n]) for n in trained)
+
+
+def test_without_a_keepable_evaluation_the_best_of_all_is_kept(tiny_model_dir) -> None:
+    model = fresh_model(tiny_model_dir, 2)
+    params = replace(PARAMS, trainable_layers=2, epochs=3, learning_rate=3e-3)
+    result = train_trial(model, make_data(n_train=64, n_val=32), params, torch.device("cpu"),
+                         PAD, 0, lambda e: None, keepable=lambda: False)
+    assert not result.has_keepable
+    assert result.best == max(result.evaluations, key=lambda e: e.value)

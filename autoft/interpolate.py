@@ -1,0 +1,64 @@
+"""Weight-space interpolation (the WiSE-FT idea): after a trial, its trained body is mixed back
+toward the untouched weights at a few mixing weights, each point scored on validation and checked
+against the forgetting bar, without training; the trial keeps the best point that passes.
+
+The head (the new classifier and what runs after the last block) stays tuned: its untouched
+weights are a random start, not knowledge worth returning to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+TUNED = 1.0
+
+
+@dataclass(frozen=True)
+class MixPoint:
+    """One mixing weight's outcome; mix 1.0 is the tuned weights, 0.0 the untouched body."""
+
+    mix: float
+    value: float
+    keepable: bool
+
+
+def mixed_state(
+    untouched: dict[str, torch.Tensor],
+    tuned: dict[str, torch.Tensor],
+    head: frozenset[str],
+    mix: float,
+) -> dict[str, torch.Tensor]:
+    """The tuned weights with every body tensor moved to untouched + mix × (tuned − untouched)."""
+    return {
+        name: value if name in head else torch.lerp(untouched[name], value, mix)
+        for name, value in tuned.items()
+    }
+
+
+def best_mix(points: Iterable[MixPoint]) -> MixPoint:
+    """The best point that passes the bar, or the best of all when none does."""
+    points = list(points)
+    keepable = [p for p in points if p.keepable]
+    return max(keepable or points, key=lambda p: (p.value, p.mix))
+
+
+def interpolate(
+    model,
+    untouched: dict[str, torch.Tensor],
+    tuned: dict[str, torch.Tensor],
+    head: frozenset[str],
+    mixes: Iterable[float],
+    score: Callable[[], float],
+    keepable: Callable[[], bool],
+) -> list[MixPoint]:
+    """Score the model at each mixing weight (`score` and `keepable` read the model as it is
+    then); the model is left holding the tuned weights."""
+    points = []
+    for mix in mixes:
+        model.load_state_dict(mixed_state(untouched, tuned, head, mix), strict=False)
+        points.append(MixPoint(mix, score(), keepable()))
+    model.load_state_dict(tuned, strict=False)
+    return points
