@@ -65,6 +65,9 @@ def measure_base_skill(config: StudyConfig, model, tokenizer, echo) -> dict:
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     base = measure_base(task, model.to(device), config, device) | {"max_length": limit}
     echo(f"  base {task.name}: {base['score']:.4f} ({task.measures})")
+    split = task.split_
+    echo(f"  {split.note}" if split.note else
+         f"  held back {len(split.audit)} of {split.total} {split.unit} for the final audit")
     return base
 
 

@@ -174,12 +174,14 @@ def make_guard(prepared: Prepared):
     """This worker's forgetting guard, built from the base facts measured once for the study."""
     from transformers import AutoTokenizer
 
+    from autoft.audit import BaseSplit
     from autoft.guard import ForgettingGuard, build_task
 
     config = prepared.config
     tokenizer = AutoTokenizer.from_pretrained(config.model,
                                               trust_remote_code=config.trust_remote_code)
-    return ForgettingGuard(build_task(config, tokenizer, prepared.base["max_length"]),
+    split = BaseSplit.from_dict(prepared.base.get("split"))
+    return ForgettingGuard(build_task(config, tokenizer, prepared.base["max_length"], split),
                            prepared.base)
 
 
