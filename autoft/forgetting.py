@@ -11,6 +11,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -683,17 +684,17 @@ class DriftTask(BaseTask):
             part: _tokenize(tokenizer, _pick(texts, rows), max_length)
             for part, rows in parts.items()
         }
-        self._base = AutoModel.from_pretrained(
-            model_source, dtype=torch.float32, trust_remote_code=trust_remote_code
-        ).eval()
+        self._load_base = partial(
+            AutoModel.from_pretrained, model_source, dtype=torch.float32,
+            trust_remote_code=trust_remote_code,
+        )
+        self._base = self._load_base()
         self.reference_: dict[str, list[torch.Tensor]] = {}
 
     @torch.no_grad()
     def score(self, model, device: str, quick: bool = False, frozen: int = 0) -> BaseScore:
         """Every layer is compared, the frozen ones too, so the model runs whole."""
-        if not self.reference_:
-            self._compute_reference(device)
-        reference = self.reference_[_part(quick)]
+        reference = self._reference(_part(quick), device)
         tuned = _pooled(model.base_model, self.batches_[_part(quick)], device, every_layer=True)
         details = {
             f"cka_layer_{i}": linear_cka(base, mine)
@@ -707,22 +708,26 @@ class DriftTask(BaseTask):
     @torch.no_grad()
     def observe(self, model, device: str) -> torch.Tensor:
         """The last layer's representation of each audit text."""
-        if not self.reference_:
-            self._compute_reference(device)
+        self._reference("audit", device)
         return _pooled(model.base_model, self.batches_["audit"], device, every_layer=True)[-1]
 
     def statistic(self, observed: torch.Tensor, rows: np.ndarray) -> float:
         rows = torch.as_tensor(rows)
         return linear_cka(self.reference_["audit"][-1][rows], observed.cpu()[rows])
 
-    def _compute_reference(self, device: str) -> None:
-        """The base model's representations of every part, once; the base model is then freed."""
-        base = self._base.to(device)
-        self.reference_ = {
-            part: [layer.cpu() for layer in _pooled(base, batches, device, True)]
-            for part, batches in self.batches_.items()
-        }
-        self._base = None
+    def _reference(self, part: str, device: str) -> list[torch.Tensor]:
+        """The base model's representations of a part, once: the searched parts together, the
+        audit part only when audited (no check reads it); the base model is then freed, and
+        loaded again in the rare case the other kind is asked for later."""
+        if part not in self.reference_:
+            base = (self._base or self._load_base()).eval().to(device)
+            parts = ("audit",) if part == "audit" else ("search", "quick")
+            self.reference_ |= {
+                name: [layer.cpu() for layer in _pooled(base, self.batches_[name], device, True)]
+                for name in parts
+            }
+            self._base = None
+        return self.reference_[part]
 
 
 _KINDS = {
