@@ -100,10 +100,12 @@ def audit_reported(study: optuna.Study, echo=print) -> dict:
 
     base = study.user_attrs.get("base")
     audits = dict(study.user_attrs.get("audits") or {})
+    if not base:
+        return audits
     wanted = {t.number: t for t in (best_feasible(study), default_trial(study))
               if t is not None and t.state == TrialState.COMPLETE}
     todo = [trial for number, trial in sorted(wanted.items()) if str(number) not in audits]
-    if not base or not todo:
+    if not todo:
         return audits
     for trial, result in _audit(study, base, todo, echo):
         audits[str(trial.number)] = result

@@ -289,8 +289,8 @@ def answer_lines(summary: dict) -> list[str]:
         gain = best["value"] - default["value"]
         score += (
             f"; the default config (trial {default['number']}) was stopped early "
-            f"({default['stopped']}) when it had reached {default['value']:.4f}, so tuning "
-            f"gained {gain:+.4f} over that."
+            f"({default['stopped']}) when it had reached {default['value']:.4f}; the best "
+            f"config's score differs from that by {gain:+.4f}."
         )
     elif default_forgot(summary):
         score += (
