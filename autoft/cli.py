@@ -139,7 +139,9 @@ def config_from_args(args: argparse.Namespace, default_file: Path | None = None)
 
 
 def run_search(config: StudyConfig) -> dict:
-    """Prepare, run the trials, then summarise and export the best model."""
+    """Prepare, run the trials, audit the reported configs, then summarise and export the best
+    model."""
+    from autoft.audit import audit_reported
     from autoft.export import export_trial
     from autoft.prepare import prepare_study
     from autoft.progress import LiveDisplay
@@ -158,6 +160,7 @@ def run_search(config: StudyConfig) -> dict:
         interrupted = run_workers(config, storage_url(config), slots, *time_limits(config))
     if interrupted:
         raise KeyboardInterrupt
+    audit_reported(study)
     summary = write_report(study, config.study_dir)
     if summary["best"] is not None:
         study.set_user_attr("best_trial", summary["best"]["number"])
@@ -193,11 +196,13 @@ def command_export(args: argparse.Namespace) -> int:
 
 
 def command_report(args: argparse.Namespace) -> int:
+    from autoft.audit import audit_reported
     from autoft.report import summary_text, write_report
     from autoft.study import load_study
 
     study = load_study(args.study, args.studies_dir, args.storage)
     study_dir = Path(args.studies_dir) / args.study
+    audit_reported(study)
     summary = write_report(study, study_dir)
     print(summary_text(summary))
     print(f"Report: {study_dir / 'report.html'} (and report.md, summary.json)")

@@ -1,7 +1,8 @@
 """Base-task checks: how much of what the pretrained model knew a tuned model still knows.
 
 Owns the `BaseTask` interface, its four kinds (similarity, classification, masked_lm, drift)
-and `retention`, the share of the base score a tuned model kept.
+and `retention`, the share of the base score a tuned model kept. Each kind reads its data in
+units (documents, pairs or examples) that autoft.audit splits into a searched and an audit part.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from scipy.stats import pearsonr, spearmanr
 from torch.func import functional_call
 from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
+from autoft.audit import BaseSplit, split_base
 from autoft.cache import PrefixMemo
 from autoft.config import BaseTaskConfig
 from autoft.data import read_frame
@@ -66,10 +69,13 @@ class BaseTask(ABC):
     measures: str
     higher_is_better: bool
     replays_prefix = True  # whether `reads` can start from the frozen blocks' cached output
+    split_: BaseSplit
+    audit_units_: int
 
     @abstractmethod
     def score(self, model, device: str, quick: bool = False, frozen: int = 0) -> BaseScore:
-        """Score a tuned *ForSequenceClassification model (encoder: `model.base_model`).
+        """Score a tuned *ForSequenceClassification model (encoder: `model.base_model`) on the
+        searched part of the base data; the audit part is read only by `observe`.
 
         quick=True scores the fixed first `check_examples` items, for the per-evaluation check.
         `frozen` says how many bottom blocks are still the base model's: their output on the fixed
@@ -106,6 +112,28 @@ class BaseTask(ABC):
     def target(self, model, batch: dict) -> torch.Tensor:
         """The untouched model's reading of a preservation batch, as stored once per study."""
         return self.reads(model, batch).float()
+    @abstractmethod
+    def observe(self, model, device: str):
+        """What the score is computed from, per unit of the audit part, for `statistic`."""
+
+    @abstractmethod
+    def statistic(self, observed, rows: np.ndarray) -> float:
+        """The score over the audit units `rows` (a bootstrap draw, repeats allowed)."""
+
+    def _parts(self, config: BaseTaskConfig, total: int, unit: str, split: BaseSplit | None,
+               seed: int) -> dict[str, list[int]]:
+        """Unit indices of the full check, the quick slice and the audit, from the study's split
+        (made now, seeded, when there is none yet)."""
+        split = split or split_base(total, unit, seed)
+        if split.total != total:
+            raise UsageError(
+                f"{config.data} now holds {total} {unit} but the study was prepared with "
+                f"{split.total}; restore the file or start a new --study."
+            )
+        self.split_ = split
+        parts = split.parts(config.max_examples, config.check_examples)
+        self.audit_units_ = len(parts["audit"])
+        return parts
 
 
 def retention(base: float, tuned: float, higher_is_better: bool) -> float:
@@ -145,11 +173,17 @@ def build_base_task(
     tokenizer,
     max_length: int,
     trust_remote_code: bool = False,
+    split: BaseSplit | None = None,
+    seed: int = 0,
 ) -> BaseTask:
-    """Read the base-task data and the original model once; the task then scores any tuned model."""
+    """Read the base-task data and the original model once; the task then scores any tuned model.
+
+    `split` is the study's stored split of the data; without one the data is split now (seeded).
+    """
     if config.kind not in _KINDS:
         raise UsageError(f"Unknown base-task kind '{config.kind}'; use one of {', '.join(_KINDS)}.")
-    return _KINDS[config.kind](config, model_source, tokenizer, max_length, trust_remote_code)
+    return _KINDS[config.kind](config, model_source, tokenizer, max_length, trust_remote_code,
+                               split, seed)
 
 
 # Reading base-task data -------------------------------------------------------------------------
@@ -210,16 +244,21 @@ def _read_texts(config: BaseTaskConfig) -> list[str]:
     return [str(text) for text in _column(frame, config.data, config.text_column, "text_column")]
 
 
-def preservation_texts(config: BaseTaskConfig) -> list[str]:
+def preservation_texts(config: BaseTaskConfig, split: BaseSplit | None) -> list[str]:
     """The texts the preservation loss reads (may be none): base.preserve_data, or else the base
-    data's texts that no check scores. Every check scores the first `max_examples` items (rows,
-    lines, pairs), the quick check the first `check_examples` of those; the rest are free, minus
-    any text that a scored item holds too (a pair shares a text with a scored pair)."""
+    data's texts that no check scores and the audit does not hold back. Items (rows, lines,
+    pairs) are the study's split units in file order; free are those neither the search's checks
+    (its first `max_examples`) nor the audit read, minus any text a read item holds too (a pair
+    shares a text with a scored pair). Without a split yet, nothing but the file is free."""
     if config.preserve_data:
         return _read_preserve_data(config)
+    if split is None:
+        return []
     items = _text_items(config)
-    scored = {text for item in items[: config.max_examples] for text in item}
-    free = (text for item in items[config.max_examples :] for text in item)
+    parts = split.parts(config.max_examples, config.check_examples)
+    read = set(parts["search"]) | set(parts["audit"]) | set(split.audit)
+    scored = {text for i in read for text in items[i]}
+    free = (text for i, item in enumerate(items) if i not in read for text in item)
     return [text for text in dict.fromkeys(free) if text not in scored]
 
 
@@ -243,9 +282,13 @@ def _text_items(config: BaseTaskConfig) -> list[tuple[str, ...]]:
     return list(zip(*(map(str, frame[c]) for c in columns if c in frame.columns), strict=True))
 
 
-def _count(config: BaseTaskConfig, quick: bool) -> int:
-    """How many items (the first ones, always the same) a full or a quick score uses."""
-    return min(config.check_examples, config.max_examples) if quick else config.max_examples
+def _part(quick: bool) -> str:
+    """The part of the base data a score reads: the quick slice or the whole searched part."""
+    return "quick" if quick else "search"
+
+
+def _pick(items: list, rows: list[int]) -> list:
+    return [items[i] for i in rows]
 
 
 def _tokenize(
@@ -390,11 +433,12 @@ class _Pairs:
     left: np.ndarray
     right: np.ndarray
     gold: np.ndarray
+    ratings: np.ndarray | None = None  # the Lee layout: documents are the units, not pairs
 
 
 def _pairs_from_matrix(docs: list[str], ratings: np.ndarray) -> _Pairs:
     left, right = np.triu_indices(len(docs), k=1)
-    return _Pairs(docs, left, right, ratings[left, right].astype(float))
+    return _Pairs(docs, left, right, ratings[left, right].astype(float), ratings.astype(float))
 
 
 def _pairs_from_rows(first: list[str], second: list[str], gold: list) -> _Pairs:
@@ -407,14 +451,17 @@ def _pairs_from_rows(first: list[str], second: list[str], gold: list) -> _Pairs:
     )
 
 
-def _read_pairs(config: BaseTaskConfig) -> dict[bool, _Pairs]:
-    """The full and the quick pair sets: a table of pairs, or documents with a ratings matrix."""
+def _read_pairs(config: BaseTaskConfig) -> tuple[str, int, Callable[[list[int]], _Pairs]]:
+    """A table of pairs, or documents with a ratings matrix: its unit, how many units it holds,
+    and the pair set of any chosen units."""
     if config.ratings:
         docs = _read_texts(config)
         ratings = _read_ratings(config.ratings, len(docs), config.data)
 
-        def take(count: int) -> _Pairs:
-            return _pairs_from_matrix(docs[:count], ratings[:count, :count])
+        def take(rows: list[int]) -> _Pairs:
+            return _pairs_from_matrix(_pick(docs, rows), ratings[np.ix_(rows, rows)])
+
+        return "documents", len(docs), take
     else:
         if not config.text_pair_column:
             raise UsageError(
@@ -435,10 +482,10 @@ def _read_pairs(config: BaseTaskConfig) -> dict[bool, _Pairs]:
             config.score_column,
         )
 
-        def take(count: int) -> _Pairs:
-            return _pairs_from_rows(first[:count], second[:count], gold[:count])
+        def take(rows: list[int]) -> _Pairs:
+            return _pairs_from_rows(_pick(first, rows), _pick(second, rows), gold[rows])
 
-    return {quick: take(_count(config, quick)) for quick in (False, True)}
+        return "pairs", len(gold), take
 
 
 def _numbers(values: list, path: str, column: str) -> np.ndarray:
@@ -481,21 +528,28 @@ class SimilarityTask(BaseTask):
         tokenizer,
         max_length: int,
         trust_remote_code: bool = False,
+        split: BaseSplit | None = None,
+        seed: int = 0,
     ):
-        self.pairs_ = _read_pairs(config)
+        unit, total, take = _read_pairs(config)
+        parts = self._parts(config, total, unit, split, seed)
+        self.pairs_ = {part: take(rows) for part, rows in parts.items()}
         self.batches_ = {
-            quick: _tokenize(tokenizer, pairs.texts, max_length)
-            for quick, pairs in self.pairs_.items()
+            part: _tokenize(tokenizer, pairs.texts, max_length)
+            for part, pairs in self.pairs_.items()
         }
         self.memo_ = PrefixMemo()
 
+    def _unit_embeddings(self, model, device: str, part: str, frozen: int = 0) -> torch.Tensor:
+        (embeddings,) = _pooled(
+            model.base_model, self.batches_[part], device, False, self.memo_, frozen
+        )
+        return torch.nn.functional.normalize(embeddings, dim=-1).cpu()
+
     @torch.no_grad()
     def score(self, model, device: str, quick: bool = False, frozen: int = 0) -> BaseScore:
-        pairs = self.pairs_[quick]
-        (embeddings,) = _pooled(
-            model.base_model, self.batches_[quick], device, False, self.memo_, frozen
-        )
-        unit = torch.nn.functional.normalize(embeddings, dim=-1).cpu()
+        pairs = self.pairs_[_part(quick)]
+        unit = self._unit_embeddings(model, device, _part(quick), frozen)
         cosine = (unit[pairs.left] * unit[pairs.right]).sum(-1).double().numpy()
         spearman = float(spearmanr(cosine, pairs.gold).statistic)
         pearson = float(pearsonr(cosine, pairs.gold).statistic)
@@ -504,7 +558,24 @@ class SimilarityTask(BaseTask):
         )
 
     def reads_trained(self, model) -> bool:
-        return _hidden_states_read_trained(model.base_model, self.batches_[True][0], False)
+        return _hidden_states_read_trained(model.base_model, self.batches_["quick"][0], False)
+
+    @torch.no_grad()
+    def observe(self, model, device: str) -> np.ndarray:
+        """The cosine of every two audit texts."""
+        unit = self._unit_embeddings(model, device, "audit").double()
+        return (unit @ unit.T).numpy()
+
+    def statistic(self, observed: np.ndarray, rows: np.ndarray) -> float:
+        """Spearman over the drawn pairs, or over the pairs among the drawn documents."""
+        pairs = self.pairs_["audit"]
+        if pairs.ratings is None:
+            left, right, gold = pairs.left[rows], pairs.right[rows], pairs.gold[rows]
+        else:
+            left, right = (rows[side] for side in np.triu_indices(len(rows), k=1))
+            left, right = left[left != right], right[left != right]
+            gold = pairs.ratings[left, right]
+        return float(spearmanr(observed[left, right], gold).statistic)
 
     def reads(self, model, batch: dict, replay: Replay = no_replay) -> torch.Tensor:
         """The mean-pooled embeddings whose cosines the check ranks."""
@@ -532,6 +603,8 @@ class ClassificationTask(BaseTask):
         tokenizer,
         max_length: int,
         trust_remote_code: bool = False,
+        split: BaseSplit | None = None,
+        seed: int = 0,
     ):
         if not _is_table(config.data):
             raise UsageError(
@@ -541,7 +614,7 @@ class ClassificationTask(BaseTask):
         self.original_ = _load_with_head(
             AutoModelForSequenceClassification, model_source, "classification", trust_remote_code
         )
-        frame = _read_table(config.data).head(config.max_examples)
+        frame = _read_table(config.data)
         texts = [
             str(text) for text in _column(frame, config.data, config.text_column, "text_column")
         ]
@@ -551,28 +624,39 @@ class ClassificationTask(BaseTask):
             config.data,
             config.label_column,
         )
-        self.labels_ = {quick: labels[: _count(config, quick)] for quick in (False, True)}
+        parts = self._parts(config, len(texts), "examples", split, seed)
+        self.labels_ = {part: labels[rows] for part, rows in parts.items()}
         self.batches_ = {
-            quick: _tokenize(tokenizer, texts[: _count(config, quick)], max_length)
-            for quick in (False, True)
+            part: _tokenize(tokenizer, _pick(texts, rows), max_length)
+            for part, rows in parts.items()
         }
         self.memo_ = PrefixMemo()
 
-    @torch.no_grad()
-    def score(self, model, device: str, quick: bool = False, frozen: int = 0) -> BaseScore:
+    def _correct(self, model, device: str, part: str, frozen: int = 0) -> torch.Tensor:
         original = self.original_.to(device)
         _copy_encoder(model, original)
         predicted = torch.cat(
             [
                 self.memo_.run(original, batch.to(device), frozen).logits.argmax(-1).cpu()
-                for batch in self.batches_[quick]
+                for batch in self.batches_[part]
             ]
         )
-        accuracy = float((predicted == self.labels_[quick]).double().mean())
+        return predicted == self.labels_[part]
+
+    @torch.no_grad()
+    def score(self, model, device: str, quick: bool = False, frozen: int = 0) -> BaseScore:
+        accuracy = float(self._correct(model, device, _part(quick), frozen).double().mean())
         return BaseScore(accuracy, {"accuracy": accuracy})
 
     def reads_trained(self, model) -> bool:
-        return _head_reads_trained(model, self.original_, self.batches_[True][0])
+        return _head_reads_trained(model, self.original_, self.batches_["quick"][0])
+
+    @torch.no_grad()
+    def observe(self, model, device: str) -> np.ndarray:
+        return self._correct(model, device, "audit").numpy()
+
+    def statistic(self, observed: np.ndarray, rows: np.ndarray) -> float:
+        return float(observed[rows].mean())
 
     def reads(self, model, batch: dict, replay: Replay = no_replay) -> torch.Tensor:
         """The original head's class log-probabilities, fed by the tuned encoder."""
@@ -620,6 +704,8 @@ class MaskedLMTask(BaseTask):
         tokenizer,
         max_length: int,
         trust_remote_code: bool = False,
+        split: BaseSplit | None = None,
+        seed: int = 0,
     ):
         if tokenizer.mask_token_id is None:
             raise UsageError(
@@ -631,42 +717,44 @@ class MaskedLMTask(BaseTask):
         )
         self.mask_token_id_ = tokenizer.mask_token_id
         texts = _read_texts(config)
+        parts = self._parts(config, len(texts), "examples", split, seed)
         self.batches_ = {
-            quick: _mask(
+            part: _mask(
                 _tokenize(
-                    tokenizer,
-                    texts[: _count(config, quick)],
-                    max_length,
-                    return_special_tokens_mask=True,
+                    tokenizer, _pick(texts, rows), max_length, return_special_tokens_mask=True
                 ),
                 tokenizer.mask_token_id,
             )
-            for quick in (False, True)
+            for part, rows in parts.items()
         }
         self.memo_ = PrefixMemo()
 
-    @torch.no_grad()
-    def score(self, model, device: str, quick: bool = False, frozen: int = 0) -> BaseScore:
+    def _losses(self, model, device: str, part: str, frozen: int = 0) -> np.ndarray:
+        """Per text: the summed cross-entropy over its masked tokens, and how many there are."""
         original = self.original_.to(device)
         _copy_encoder(model, original)
-        total, masked = 0.0, 0
-        for batch, labels in self.batches_[quick]:
+        rows = []
+        for batch, labels in self.batches_[part]:
             logits = self.memo_.run(original, batch.to(device), frozen).logits.float()
             labels = labels.to(device)
-            total += float(
-                torch.nn.functional.cross_entropy(
-                    logits.view(-1, logits.shape[-1]), labels.view(-1), reduction="sum"
-                )
-            )
-            masked += int((labels != -100).sum())
-        loss = total / max(masked, 1)
+            losses = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), labels, reduction="none"
+            ).sum(1)
+            rows.append(torch.stack([losses, (labels != -100).sum(1).float()], 1).cpu())
+        return torch.cat(rows).double().numpy()
+
+    @torch.no_grad()
+    def score(self, model, device: str, quick: bool = False, frozen: int = 0) -> BaseScore:
+        total, masked = self._losses(model, device, _part(quick), frozen).sum(0)
+        masked = int(masked)
+        loss = float(total) / max(masked, 1)
         perplexity = math.exp(loss) if loss < 700 else math.inf
         return BaseScore(
             loss, {"loss": loss, "perplexity": perplexity, "masked_tokens": float(masked)}
         )
 
     def reads_trained(self, model) -> bool:
-        batch, _labels = self.batches_[True][0]
+        batch, _labels = self.batches_["quick"][0]
         return _head_reads_trained(model, self.original_, batch)
 
     def preservation_batches(self, tokenizer, texts: list[str], max_length: int, size: int) -> list:
@@ -693,6 +781,13 @@ class MaskedLMTask(BaseTask):
             return tuned.new_zeros(())
         log_p, ids = target[:, 0], target[:, 1].long()
         return (log_p.exp() * (log_p - tuned.float().gather(-1, ids))).sum(-1).mean()
+    @torch.no_grad()
+    def observe(self, model, device: str) -> np.ndarray:
+        return self._losses(model, device, "audit")
+
+    def statistic(self, observed: np.ndarray, rows: np.ndarray) -> float:
+        total, masked = observed[rows].sum(0)
+        return float(total / max(masked, 1.0))
 
 
 def _mask(batches: list, mask_token_id: int) -> list[tuple]:
@@ -724,24 +819,27 @@ class DriftTask(BaseTask):
         tokenizer,
         max_length: int,
         trust_remote_code: bool = False,
+        split: BaseSplit | None = None,
+        seed: int = 0,
     ):
         texts = _read_texts(config)
+        parts = self._parts(config, len(texts), "examples", split, seed)
         self.batches_ = {
-            quick: _tokenize(tokenizer, texts[: _count(config, quick)], max_length)
-            for quick in (False, True)
+            part: _tokenize(tokenizer, _pick(texts, rows), max_length)
+            for part, rows in parts.items()
         }
-        self._base = AutoModel.from_pretrained(
-            model_source, dtype=torch.float32, trust_remote_code=trust_remote_code
-        ).eval()
-        self.reference_: dict[bool, list[torch.Tensor]] = {}
+        self._load_base = partial(
+            AutoModel.from_pretrained, model_source, dtype=torch.float32,
+            trust_remote_code=trust_remote_code,
+        )
+        self._base = self._load_base()
+        self.reference_: dict[str, list[torch.Tensor]] = {}
 
     @torch.no_grad()
     def score(self, model, device: str, quick: bool = False, frozen: int = 0) -> BaseScore:
         """Every layer is compared, the frozen ones too, so the model runs whole."""
-        if not self.reference_:
-            self._compute_reference(device)
-        reference = self.reference_[quick]
-        tuned = _pooled(model.base_model, self.batches_[quick], device, every_layer=True)
+        reference = self._reference(_part(quick), device)
+        tuned = _pooled(model.base_model, self.batches_[_part(quick)], device, every_layer=True)
         details = {
             f"cka_layer_{i}": linear_cka(base, mine)
             for i, (base, mine) in enumerate(zip(reference, tuned, strict=True))
@@ -749,7 +847,7 @@ class DriftTask(BaseTask):
         return BaseScore(details[f"cka_layer_{len(tuned) - 1}"], details)
 
     def reads_trained(self, model) -> bool:
-        return _hidden_states_read_trained(model.base_model, self.batches_[True][0], True)
+        return _hidden_states_read_trained(model.base_model, self.batches_["quick"][0], True)
 
     def reads(self, model, batch: dict, replay: Replay = no_replay) -> torch.Tensor:
         """Every layer's mean-pooled states (texts × layers × hidden), the model run whole: the
@@ -771,6 +869,29 @@ class DriftTask(BaseTask):
             for quick, batches in self.batches_.items()
         }
         self._base = None
+    @torch.no_grad()
+    def observe(self, model, device: str) -> torch.Tensor:
+        """The last layer's representation of each audit text."""
+        self._reference("audit", device)
+        return _pooled(model.base_model, self.batches_["audit"], device, every_layer=True)[-1]
+
+    def statistic(self, observed: torch.Tensor, rows: np.ndarray) -> float:
+        rows = torch.as_tensor(rows)
+        return linear_cka(self.reference_["audit"][-1][rows], observed.cpu()[rows])
+
+    def _reference(self, part: str, device: str) -> list[torch.Tensor]:
+        """The base model's representations of a part, once: the searched parts together, the
+        audit part only when audited (no check reads it); the base model is then freed, and
+        loaded again in the rare case the other kind is asked for later."""
+        if part not in self.reference_:
+            base = (self._base or self._load_base()).eval().to(device)
+            parts = ("audit",) if part == "audit" else ("search", "quick")
+            self.reference_ |= {
+                name: [layer.cpu() for layer in _pooled(base, self.batches_[name], device, True)]
+                for name in parts
+            }
+            self._base = None
+        return self.reference_[part]
 
 
 _KINDS = {

@@ -17,12 +17,14 @@ import optuna  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from autoft.describe import short_params  # noqa: E402
-from autoft.report import full_params as _params  # noqa: E402
 from autoft.report import is_feasible  # noqa: E402
+from autoft.tradeoff import full_params as _params  # noqa: E402
+from autoft.tradeoff import last_value, search_points  # noqa: E402
 
 TOP_CURVES = 5
 WIDTH, HEIGHT, DPI = 6.4, 3.6, 100
 FEASIBLE, INFEASIBLE, PRUNED, BEST = "#1f77b4", "#d62728", "#7f7f7f", "#2ca02c"
+INTERPOLATED = "#9467bd"
 
 
 @dataclass(frozen=True)
@@ -46,13 +48,6 @@ def _figure():
     fig, ax = plt.subplots(figsize=(WIDTH, HEIGHT))
     ax.grid(alpha=0.3)
     return fig, ax
-
-
-def last_value(trial: FrozenTrial) -> float | None:
-    """A pruned trial's score where it stopped."""
-    if not trial.intermediate_values:
-        return None
-    return trial.intermediate_values[max(trial.intermediate_values)]
 
 
 def complete_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
@@ -148,31 +143,45 @@ def layers_plot(trials: list[FrozenTrial], metric: str, depth: int | None) -> Pl
 
 
 def retention_plot(trials: list[FrozenTrial], metric: str, min_retention: float | None) -> Plot:
+    """Every point the search measured (autoft.tradeoff.search_points), marked by how."""
     title = f"{metric} against retention of the base skill"
-    rated = [t for t in complete_trials(trials) if t.user_attrs.get("retention") is not None]
-    if not rated:
+    points = search_points(trials)
+    if not points:
         return Plot(title, "No trial measured base-task retention (no base task was set for "
-                           "this study, or no trial finished the check).")
+                           "this study, or no trial reached a check).")
     fig, ax = _figure()
-    xs = [t.user_attrs["retention"] for t in rated]
+    xs = [p.retention for p in points]
     if min_retention is not None:
         right = max(max(xs), min_retention) + 0.05
         ax.axvspan(min_retention, right, color=BEST, alpha=0.12,
                    label=f"feasible: retention ≥ {min_retention:g}")
         ax.axvline(min_retention, color=BEST, linestyle="--")
         ax.set_xlim(min(min(xs), min_retention) - 0.05, right)
-    colors = [FEASIBLE if is_feasible(t) else INFEASIBLE for t in rated]
-    ax.scatter(xs, [t.value for t in rated], c=colors, zorder=3)
-    for t, x in zip(rated, xs, strict=True):
-        ax.annotate(str(t.number), (x, t.value), fontsize="x-small", xytext=(3, 3),
+    feasible = {t.number for t in trials if is_feasible(t)}
+    groups = (
+        ("complete", lambda p: p.number in feasible, FEASIBLE, "o", "complete"),
+        ("complete", lambda p: p.number not in feasible, INFEASIBLE, "s",
+         "complete, forgot too much"),
+        ("pruned", lambda p: True, PRUNED, "x", "pruned (score and quick check when stopped)"),
+        ("interpolated", lambda p: True, INTERPOLATED, "D",
+         "interpolated toward the base weights"),
+    )
+    for how, keep, color, marker, label in groups:
+        group = [p for p in points if p.how == how and keep(p)]
+        if group:
+            ax.scatter([p.retention for p in group], [p.value for p in group], color=color,
+                       marker=marker, label=label, zorder=3)
+    for p in points:
+        ax.annotate(str(p.number), (p.retention, p.value), fontsize="x-small", xytext=(3, 3),
                     textcoords="offset points")
     ax.set_xlabel("retention (share of the base model's skill kept)")
     ax.set_ylabel(metric)
     ax.legend(fontsize="small", loc="lower left")
     return Plot(
         title,
-        "Each dot is a trial, labelled with its number. Trials in the green region kept enough of "
-        "what the model knew before; the best config is chosen among them.",
+        "Each mark is a trial, labelled with its number; crosses are trials stopped early, at "
+        "the score and quick-check retention they had then. Trials in the green region kept "
+        "enough of what the model knew before; the best config is chosen among them.",
         _png(fig),
     )
 

@@ -65,6 +65,9 @@ def measure_base_skill(config: StudyConfig, model, tokenizer, echo) -> dict:
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     base = measure_base(task, model.to(device), config, device) | {"max_length": limit}
     echo(f"  base {task.name}: {base['score']:.4f} ({task.measures})")
+    split = task.split_
+    echo(f"  {split.note}" if split.note else
+         f"  held back {len(split.audit)} of {split.total} {split.unit} for the final audit")
     return base
 
 
@@ -87,10 +90,12 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
 
     Every input problem surfaces here, as a UsageError, before any trial runs.
     """
+    from autoft.audit import BaseSplit
     from autoft.forgetting import preservation_texts
 
     space = load_space(config.space)
-    preserved = preservation_texts(config.base) if config.base else []  # a bad file stops here
+    if config.base and config.base.preserve_data:
+        preservation_texts(config.base, None)  # a bad file stops here, before anything loads
     folder = prepared_folder(config)
     fingerprint = data_fingerprint(config)
     saved = load_prepared_data(folder)
@@ -113,6 +118,7 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
         data = tokenize_target(config, table, tokenizer, model.config)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         base = measure_base_skill(config, model, tokenizer, echo) if config.base else None
+    preserved = preservation_texts(config.base, BaseSplit.from_dict(base["split"])) if base else []
     resolved = held_without_preservation(config, space.resolve(depth), preserved, echo)
     prepared = Prepared(config=config, data=data, space=resolved, depth=depth, pad_id=pad_id,
                         base=base)

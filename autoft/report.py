@@ -2,7 +2,8 @@
 self-contained file, plots inlined as PNG) and the summary on screen.
 
 The best trial is the best *feasible* complete trial (retention at or above the bar when a base
-task is set); the default config's score stands beside it.
+task is set); the default config's score stands beside it, its retention is the audit's (data the
+search never checked), and a table shows the best score each retention bar allows.
 """
 
 from __future__ import annotations
@@ -16,11 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from autoft.describe import describe_params, describe_seconds, describe_settings, short_params
-
-
-def full_params(trial: optuna.trial.FrozenTrial) -> dict:
-    """Searched and fixed params alike (Optuna's `params` holds only the searched ones)."""
-    return {**trial.user_attrs.get("params", {}), **trial.params}
+from autoft.tradeoff import full_params, last_value, price_of_the_bar
 
 
 def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
@@ -28,11 +25,13 @@ def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
 
 
 def default_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The finished trial that ran the space's default config (trial 0 unless it was retried)."""
+    """The finished trial that ran the space's default config (trial 0 unless it was retried):
+    a complete one, else one stopped early, which still has the score it had then."""
     default = study.user_attrs.get("default_params")
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if default and all(full_params(trial).get(k) == v for k, v in default.items()):
-            return trial
+    for state in (TrialState.COMPLETE, TrialState.PRUNED):
+        for trial in study.get_trials(deepcopy=False, states=(state,)):
+            if default and all(full_params(trial).get(k) == v for k, v in default.items()):
+                return trial
     return None
 
 
@@ -61,16 +60,22 @@ def counts(study: optuna.Study) -> dict[str, int]:
     return {name: sum(1 for t in trials if t.state == state) for state, name in names.items()}
 
 
-def trial_entry(trial: optuna.trial.FrozenTrial | None) -> dict | None:
+def trial_entry(trial: optuna.trial.FrozenTrial | None, audits: dict | None = None) -> dict | None:
+    """A trial in summary.json; a pruned one's value is the score it had when it was stopped, and
+    `audit` is its retention on the held-out base data (autoft.audit), when it was audited."""
     if trial is None:
         return None
     attrs = trial.user_attrs
+    stopped = trial.state == TrialState.PRUNED
     return {
         "number": trial.number,
-        "value": trial.value,
+        "state": trial.state.name.lower(),
+        "value": last_value(trial) if stopped else trial.value,
+        "stopped": attrs.get("prune_reason", "pruned") if stopped else None,
         "params": full_params(trial),
         "retention": attrs.get("retention"),
         "base_score": attrs.get("base_score"),
+        "audit": (audits or {}).get(str(trial.number)),
         "train_seconds": attrs.get("train_seconds"),
         "checkpoint": attrs.get("checkpoint"),
     }
@@ -106,22 +111,36 @@ def build_summary(study: optuna.Study) -> dict:
     trials = study.get_trials(deepcopy=False)
     starts = [t.datetime_start for t in trials if t.datetime_start]
     ends = [t.datetime_complete for t in trials if t.datetime_complete]
+    audits = attrs.get("audits")
     summary = {
         "study": study.study_name,
         "metric": attrs.get("metric"),
         "depth": attrs.get("depth"),
-        "best": trial_entry(best),
-        "default": trial_entry(default_trial(study)),
+        "best": trial_entry(best, audits),
+        "default": trial_entry(default_trial(study), audits),
         "counts": counts(study),
         "seconds": (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0,
         "notes": attrs.get("notes", []),
     }
     if attrs.get("base"):
-        summary["base"] = attrs["base"]
+        summary["base"] = base_entry(attrs["base"])
         summary["front"] = retention_front(study)
+        summary["price"] = price_of_the_bar(trials, attrs["base"]["min_retention"],
+                                            attrs.get("depth") or 0)
         if best is None:
             summary["least_forgetful"] = trial_entry(least_forgetful(study))
     return summary
+
+
+def base_entry(base: dict) -> dict:
+    """The base facts for summary.json: the split described, not its list of indices."""
+    split = base.get("split")
+    if not split:
+        return base
+    audit_part = {"unit": split["unit"], "total": split["total"],
+                  "held_out": len(split["audit"]), "note": split["note"]}
+    return {key: value for key, value in base.items() if key != "split"} | {
+        "audit_part": audit_part}
 
 
 def write_summary(study: optuna.Study, study_dir: Path) -> dict:
@@ -142,6 +161,62 @@ def default_forgot(summary: dict) -> str:
     if bar is None or kept is None or kept >= bar:
         return ""
     return f" but kept only {kept:.0%} of the base skill, below the {bar:.0%} bar"
+
+
+def default_score(summary: dict) -> str:
+    """'0.6123', or '0.6123 when it was stopped early (forgetting: ...)' for a pruned default."""
+    default = summary["default"]
+    if default.get("value") is None:
+        return "no score (it stopped before its first evaluation)"
+    if default.get("stopped"):
+        return f"{default['value']:.4f} when it was stopped early ({default['stopped']})"
+    return f"{default['value']:.4f}"
+
+
+def audit_words(entry: dict, base: dict) -> str:
+    """'96.1% of the base model's similarity skill on 25 held-out documents the search never
+    checked (95% interval 91.2%–100.3%)'; '' when the trial was not audited."""
+    audit = entry.get("audit")
+    if not audit:
+        return ""
+    where = (f"{audit['units']} held-out {audit['unit']} the search never checked"
+             if audit["held_out"] else f"all {audit['units']} {audit['unit']} (too few to hold "
+             f"some back, so the search checked them too)")
+    return (f"{audit['retention']:.1%} of the base model's {base.get('kind', 'base')} skill on "
+            f"{where} (95% interval {audit['low']:.1%}–{audit['high']:.1%})")
+
+
+def price_lines(summary: dict) -> list[str]:
+    """The price table as aligned text lines, for the screen."""
+    rows = price_rows(summary)
+    if not rows:
+        return []
+    widths = [max(len(row[i]) for row in [PRICE_COLUMNS, *rows]) for i in range(4)]
+    return ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths,
+                                                                      strict=True))
+            + ("  " + row[4] if row[4] else "") for row in [PRICE_COLUMNS, *rows]]
+
+
+PRICE_COLUMNS = ["retention kept", "best score", "vs no bar", "trial", "config"]
+
+
+def price_rows(summary: dict) -> list[list[str]]:
+    """One row per bar: the bar, the best score it allows, what it costs against no bar, the
+    trial and its config in words."""
+    price = summary.get("price") or []
+    free = price[-1]["value"] if price else None
+    rows = []
+    for row in price:
+        bar = "no bar" if row["bar"] is None else f"≥ {row['bar']:.2f}"
+        if row["users_bar"]:
+            bar += " (your bar)"
+        if row["value"] is None:
+            rows.append([bar, "none reached it", "", "", ""])
+            continue
+        value = f"{row['value']:.4f}" + (" (pruned)" if row["how"] == "pruned" else "")
+        cost = "" if row["bar"] is None else f"{row['value'] - free:+.4f}"
+        rows.append([bar, value, cost, str(row["number"]), row["config"]])
+    return rows
 
 
 def summary_text(summary: dict) -> str:
@@ -171,14 +246,21 @@ def summary_text(summary: dict) -> str:
     lines.append(f"Best config (trial {best['number']}): {describe_params(best['params'], depth)}.")
     score = f"  {metric} {best['value']:.4f}"
     if default is not None:
-        score += f" (the default config scored {default['value']:.4f}{default_forgot(summary)})"
+        score += f" (the default config scored {default_score(summary)}{default_forgot(summary)})"
     lines.append(score)
     if best.get("retention") is not None:
         base = summary["base"]
-        lines.append(
-            f"  keeps {best['retention']:.1%} of the base model's {base['kind']} skill "
-            f"({base['name']} {best['base_score']:.4f} vs {base['score']:.4f})"
-        )
+        audited = audit_words(best, base)
+        checked = f"{base['name']} {best['base_score']:.4f} vs {base['score']:.4f}"
+        if audited:
+            lines.append(f"  keeps {audited};")
+            lines.append(f"  the search's own check said {best['retention']:.1%} ({checked})")
+        else:
+            lines.append(f"  keeps {best['retention']:.1%} of the base model's {base['kind']} "
+                         f"skill ({checked})")
+    if summary.get("price"):
+        lines.append(f"The best {metric} at each retention bar (the price of the bar):")
+        lines += price_lines(summary)
     return "\n".join(lines)
 
 
@@ -203,6 +285,13 @@ def answer_lines(summary: dict) -> list[str]:
         score += "; the default config has no finished score to compare with."
     elif default["number"] == best["number"]:
         score += ", and it is the default config: no other config found did better."
+    elif default.get("stopped"):
+        gain = best["value"] - default["value"]
+        score += (
+            f"; the default config (trial {default['number']}) was stopped early "
+            f"({default['stopped']}) when it had reached {default['value']:.4f}; the best "
+            f"config's score differs from that by {gain:+.4f}."
+        )
     elif default_forgot(summary):
         score += (
             f"; the default config (trial {default['number']}) reached {default['value']:.4f}"
@@ -216,12 +305,22 @@ def answer_lines(summary: dict) -> list[str]:
         )
     lines.append(score)
     if best.get("retention") is not None and base:
-        lines.append(
-            f"It keeps {best['retention']:.1%} of the base model's {base.get('kind', 'base')} "
-            f"skill ({base.get('name', 'score')} {best['base_score']:.4f} against "
-            f"{base.get('score', float('nan')):.4f} before tuning; the bar was "
-            f"{base.get('min_retention', 0):.0%})."
-        )
+        audited = audit_words(best, base)
+        checked = (f"{base.get('name', 'score')} {best['base_score']:.4f} against "
+                   f"{base.get('score', float('nan')):.4f} before tuning; the bar was "
+                   f"{base.get('min_retention', 0):.0%}")
+        if audited:
+            lines.append(f"It keeps {audited}. The search's own check, which chose it, said "
+                         f"{best['retention']:.1%} ({checked}).")
+        else:
+            lines.append(f"It keeps {best['retention']:.1%} of the base model's "
+                         f"{base.get('kind', 'base')} skill ({checked}).")
+        default_audit = audit_words(default, base) if default else ""
+        if default_audit and default["number"] != best["number"]:
+            lines.append(f"The default config keeps {default_audit}.")
+        note = (base.get("audit_part") or {}).get("note")
+        if note:
+            lines.append(f"Note: {note}.")
     elif base:
         lines.append("Its base-task retention was not recorded.")
     else:
@@ -277,15 +376,27 @@ def report_blocks(study: optuna.Study, summary: dict, plots: list) -> list[tuple
               f"Data: {attrs.get('data_description', 'unknown')}."),
         ("h2", "The answer"),
         *[("p", line) for line in answer_lines(summary)],
+    ]
+    if summary.get("price"):
+        blocks += [
+            ("h2", "The price of the bar"),
+            ("p", f"The best validation {summary['metric']} the search found at each retention "
+                  f"bar, with the retention the search measured: a pruned trial counts at the "
+                  f"score and quick-check retention it had when it was stopped. 'vs no bar' is "
+                  f"what the bar costs."),
+            ("table", PRICE_COLUMNS, price_rows(summary)),
+        ]
+    blocks += [
         ("h2", "How the search went"),
         ("p", f"{c['complete']} trials completed, {c['pruned']} were stopped early (pruned) and "
               f"{c['failed']} failed, in {describe_seconds(summary['seconds'])}."),
         ("h2", "What autoft chose for you"),
         ("ul", setting_lines(study, summary)),
         ("h2", "Plots"),
+        *[("plot", plot) for plot in plots],
+        ("h2", "Every trial"),
+        ("table", TRIAL_COLUMNS, trial_rows(study)),
     ]
-    blocks += [("plot", plot) for plot in plots]
-    blocks += [("h2", "Every trial"), ("table", TRIAL_COLUMNS, trial_rows(study))]
     return blocks
 
 

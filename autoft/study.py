@@ -187,20 +187,25 @@ def load_tokenizer(config: StudyConfig):
 
 def make_guard(prepared: Prepared):
     """This worker's forgetting guard, built from the base facts measured once for the study."""
+    from autoft.audit import BaseSplit
     from autoft.guard import ForgettingGuard, build_task
 
     config = prepared.config
-    return ForgettingGuard(build_task(config, load_tokenizer(config), prepared.base["max_length"]),
+    split = BaseSplit.from_dict(prepared.base.get("split"))
+    return ForgettingGuard(build_task(config, load_tokenizer(config), prepared.base["max_length"],
+                                      split),
                            prepared.base)
 
 
 def make_preservation(prepared: Prepared, task):
     """This worker's preservation batches, with the study's stored targets (autoft.preserve)."""
+    from autoft.audit import BaseSplit
     from autoft.forgetting import preservation_texts
     from autoft.preserve import Preservation
 
     config = prepared.config
-    return Preservation(task, preservation_texts(config.base), load_tokenizer(config),
+    split = BaseSplit.from_dict(prepared.base["split"])
+    return Preservation(task, preservation_texts(config.base, split), load_tokenizer(config),
                         config.study_dir / "preserve", config.model)
 def evaluation_interval(prepared: Prepared) -> int | None:
     """Samples between evaluations: the user's setting; with a base task, at least

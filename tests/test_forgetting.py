@@ -23,6 +23,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from autoft.audit import BaseSplit
 from autoft.config import BaseTaskConfig
 from autoft.errors import UsageError
 from autoft.forgetting import build_base_task, linear_cka, retention
@@ -348,7 +349,8 @@ def test_lee_similarity_of_real_minilm_matches_the_published_figure(minilm):
         check_examples=20,
     )
     tokenizer = AutoTokenizer.from_pretrained(minilm)
-    task = build_base_task(config, str(minilm), tokenizer, max_length=256)
+    whole = BaseSplit("documents", 50, ())  # the published figure is over all 50 documents
+    task = build_base_task(config, str(minilm), tokenizer, max_length=256, split=whole)
     model = load_tuned(minilm)
 
     full = task.score(model, "cpu")
@@ -358,6 +360,9 @@ def test_lee_similarity_of_real_minilm_matches_the_published_figure(minilm):
     assert full.details["pearson"] == pytest.approx(0.656, abs=0.05)
     assert full.details["pairs"] == 1225
     assert quick.details["pairs"] == 190 and math.isfinite(quick.value)
+    searched = build_base_task(config, str(minilm), tokenizer, max_length=256)
+    assert searched.split_.held_out and searched.audit_units_ == 25
+    assert searched.score(model, "cpu").details["pairs"] == 300, "the 25 documents not audited"
 
 
 def test_masked_lm_on_real_minilm_without_mlm_head_is_a_usage_error(minilm, base_files):
