@@ -15,6 +15,7 @@ import torch
 from conftest import build_tokenizer, sentiment_rows, write_csv
 from transformers import BertConfig, BertForMaskedLM
 
+from autoft.audit import split_base
 from autoft.cli import main
 from autoft.config import BaseTaskConfig, build_config
 from autoft.forgetting import build_base_task, preservation_texts
@@ -96,7 +97,7 @@ def test_preservation_keeps_what_the_base_task_reads_closer(
         freeze(model, HARD.trainable_layers)
         terms = []
         if weight:
-            preservation = Preservation(task, preservation_texts(config), tokenizer,
+            preservation = Preservation(task, preservation_texts(config, task.split_), tokenizer,
                                         tmp_path / "preserve", str(model_dir))
             terms = [preservation.loss(model, weight, 0, CPU)[0]]
         train_trial(model, data, dataclasses.replace(HARD, preserve_weight=weight), CPU, pad_id,
@@ -180,9 +181,21 @@ def test_without_a_file_only_base_texts_the_check_never_scores_are_used(tmp_path
     lines = texts(30, seed=3)
     data = write_lines(tmp_path / "base.txt", lines)
     config = BaseTaskConfig("drift", str(data), max_examples=20)
-    free = preservation_texts(config)
+    free = preservation_texts(config, split_base(len(lines), "examples", seed=0))
     assert free and set(free).isdisjoint(lines[:20])
     assert set(free) <= set(lines[20:])
+
+
+def test_preservation_never_reads_what_the_audit_holds_back(tmp_path):
+    lines = texts(300, seed=4)
+    config = BaseTaskConfig("drift", str(write_lines(tmp_path / "base.txt", lines)),
+                            max_examples=100)
+    split = split_base(len(lines), "examples", seed=0)
+    parts = split.parts(config.max_examples, config.check_examples)
+    free = set(preservation_texts(config, split))
+    assert split.held_out and len(free) == 150 - 100
+    assert free.isdisjoint(lines[i] for i in split.audit)
+    assert free.isdisjoint(lines[i] for i in parts["search"])
 
 
 def test_a_preserving_config_says_so_in_words():
