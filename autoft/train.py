@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
+from autoft.adapters import get_adapter
 from autoft.data import Split, TargetData
 from autoft.model import evaluating, find_blocks, split_parameters
 
@@ -43,6 +44,9 @@ class TrialParams:
     epochs: int
     weight_decay: float
     warmup_ratio: float
+    adapter: str = "freeze"  # how the top blocks train (autoft.adapters); the head trains in full
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
 
 
 @dataclass(frozen=True)
@@ -248,7 +252,7 @@ def train_trial(
     eval_every_samples: int | None = None,
     cache: PrefixCache | None = None,
 ) -> TrialResult:
-    """Train a frozen-as-configured model; call `on_evaluation` after every evaluation.
+    """Train a model its adapter has prepared; call `on_evaluation` after every evaluation.
 
     With a `cache` and some blocks frozen, the frozen prefix runs once per study (see
     autoft.cache) and the trial trains only the top blocks and the head from its states.
@@ -273,7 +277,7 @@ def train_trial(
     points = set(
         evaluation_points(len(lengths), params.batch_size, params.epochs, eval_every_samples)
     )
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    adapter = get_adapter(params.adapter)
     loss_sum = torch.zeros((), device=device)
     loss_count = 0
     started = time.perf_counter()
@@ -299,7 +303,7 @@ def train_trial(
                     device,
                     pad_id,
                     result,
-                    trainable,
+                    adapter,
                     loss_sum.item() / loss_count,
                     on_evaluation,
                     states and states.validation,
@@ -312,7 +316,7 @@ def train_trial(
 
 
 def _evaluate_and_report(
-    model, data, device, pad_id, result, trainable, train_loss, on_evaluation, prefix
+    model, data, device, pad_id, result, adapter, train_loss, on_evaluation, prefix
 ) -> None:
     if not math.isfinite(train_loss):
         raise TrialFailed(f"training loss became {train_loss} (not finite)")
@@ -328,7 +332,7 @@ def _evaluate_and_report(
     best = result.best
     result.evaluations.append(evaluation)
     if best is None or value > best.value:
-        result.best_state = {name: p.detach().to("cpu", copy=True) for name, p in trainable}
+        result.best_state = adapter.kept_weights(model)
     try:
         on_evaluation(evaluation)
     except Exception as error:
