@@ -73,7 +73,8 @@ class LoraAdapter(Adapter):
             block = type(find_blocks(model)[0]).__name__
             raise UsageError(
                 f"{source}: adapter lora adapts the linear layers inside the model's blocks, but "
-                f"{type(model).__name__}'s blocks ({block}) have none; remove lora from adapter."
+                f"{type(model).__name__}'s blocks ({block}) have no linear layer; remove lora "
+                "from adapter."
             )
 
     def apply(self, model: nn.Module, trainable_layers: int, params) -> int:
