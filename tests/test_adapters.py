@@ -158,7 +158,7 @@ def test_a_search_over_adapters_runs_lora_trials_and_exports_a_plain_model(
     space.write_text(ADAPTER_SPACE)
     studies = tmp_path / "studies"
     assert main(["search", "--model", str(tiny_model_dir), "--train", str(tiny_csv), "--space",
-                 str(space), "--n-trials", "3", "--study", "lora", "--studies-dir",
+                 str(space), "--n-trials", "2", "--study", "lora", "--studies-dir",
                  str(studies)]) == 0
     import optuna
 
