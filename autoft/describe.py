@@ -16,6 +16,9 @@ def describe_params(params: dict, depth: int) -> str:
     if not params:
         return "unknown config"
     words = [describe_layers(int(params["trainable_layers"]), depth)]
+    if params.get("adapter") == "lora":
+        words[0] = (f"{words[0].replace(' and the embeddings', '')} through LoRA (rank "
+                    f"{params.get('lora_rank')}, alpha {params.get('lora_alpha'):g})")
     words[0] += f" at learning rate {params['learning_rate']:.1e}"
     if "head_lr_multiplier" in params:
         words[0] += f" (the head {params['head_lr_multiplier']:.0f}× that)"
@@ -46,6 +49,8 @@ def short_params(params: dict, depth: int) -> str:
     if not params:
         return "config not sampled yet"
     parts = [f"top {int(params['trainable_layers'])}/{depth} layers"]
+    if params.get("adapter") == "lora":
+        parts[0] += f" LoRA r{params.get('lora_rank')}"
     rate = f"lr {params['learning_rate']:.1e}"
     if "head_lr_multiplier" in params:
         rate += f" (head ×{params['head_lr_multiplier']:.0f})"

@@ -23,6 +23,7 @@ from scipy.stats import pearsonr, spearmanr
 from torch.func import functional_call
 from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
+from autoft.adapters import plain_state_dict
 from autoft.audit import BaseSplit, split_base
 from autoft.cache import PrefixMemo
 from autoft.config import BaseTaskConfig
@@ -336,8 +337,9 @@ def _load_with_head(auto_class, model_source: str, kind: str, trust_remote_code:
 
 
 def _copy_encoder(tuned, original) -> None:
-    """Put the tuned encoder's weights into the original model, whose own head stays as saved."""
-    weights = tuned.base_model.state_dict()
+    """Put the tuned encoder's weights into the original model, whose own head stays as saved
+    (a LoRA trial's merged into plain weights)."""
+    weights = plain_state_dict(tuned.base_model)
     wanted = original.base_model.state_dict().keys()
     missing = [key for key in wanted if key not in weights]
     if missing:
@@ -408,7 +410,7 @@ def _hidden_states_read_trained(encoder, batch, every_layer: bool) -> bool:
 def _head_reads_trained(tuned, original, batch) -> bool:
     """Whether the original model's head output depends on the encoder parameters `tuned` trains
     (for a task that copies the tuned encoder into the original model and reads its head)."""
-    trained = {name for name, p in tuned.base_model.named_parameters() if p.requires_grad}
+    trained = set(plain_state_dict(tuned.base_model, trained_only=True))
     flags = [(p, p.requires_grad) for p in original.parameters()]
     for parameter in original.parameters():
         parameter.requires_grad_(False)

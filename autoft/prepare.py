@@ -8,6 +8,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from autoft.adapters import get_adapter
 from autoft.config import StudyConfig
 from autoft.data import load_target, tokenize_target
 from autoft.errors import UsageError
@@ -118,8 +119,15 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
         data = tokenize_target(config, table, tokenizer, model.config)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         base = measure_base_skill(config, model, tokenizer, echo) if config.base else None
+    resolved = space.resolve(depth)
+    needs_check = [n for n in resolved.values_of("adapter") if n != "freeze"]
+    if needs_check:
+        if saved:  # resumed: the model is loaded only to check the adapters it may get
+            model, _ = load_model(config.model, data.label_names, config.trust_remote_code)
+        for name in needs_check:
+            get_adapter(name).check(model, resolved.source)
     preserved = preservation_texts(config.base, BaseSplit.from_dict(base["split"])) if base else []
-    resolved = held_without_preservation(config, space.resolve(depth), preserved, echo)
+    resolved = held_without_preservation(config, resolved, preserved, echo)
     prepared = Prepared(config=config, data=data, space=resolved, depth=depth, pad_id=pad_id,
                         base=base)
     if not saved:

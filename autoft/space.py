@@ -2,6 +2,8 @@
 
 Each parameter is fixed (`value`), a range (`low`/`high`, optionally `log`), or a list of
 `choices`; `default` gives trial 0, and `starts` lists further known-good configs tried first.
+A parameter with `when: {other: value}` applies only in trials where `other` took that value: it is
+sampled after it (define-by-run) and is absent from the other trials' params.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import optuna
 import yaml
 
+from autoft.adapters import ADAPTER_NAMES
 from autoft.errors import UsageError
 
 # Package data: autoft/search_spaces links to the top-level search_spaces/, so a checkout, an
@@ -28,10 +31,20 @@ PARAMETERS = (
     "weight_decay",
     "warmup_ratio",
     "preserve_weight",
+    "adapter",
+    "lora_rank",
+    "lora_alpha",
 )
-# Parameters a space file may leave out, and the value they then keep (the method stays off).
-OPTIONAL_PARAMETERS = {"preserve_weight": 0.0}
-INTEGER_PARAMETERS = ("batch_size", "trainable_layers", "epochs")
+# Parameters a space file may leave out, with the value they then keep: preserve_weight 0 (the
+# method stays off); the adapter freeze, as autoft always trained; LoRA's own (None) are then
+# absent, and a LoRA trial takes TrialParams' defaults.
+OPTIONAL_PARAMETERS = {"preserve_weight": 0.0, "adapter": "freeze", "lora_rank": None,
+                       "lora_alpha": None}
+INTEGER_PARAMETERS = ("batch_size", "trainable_layers", "epochs", "lora_rank")
+POSITIVE_PARAMETERS = ("learning_rate", "head_lr_multiplier", "batch_size", "epochs", "lora_rank",
+                       "lora_alpha")
+# Parameters whose values are words, with the words each may take.
+WORD_PARAMETERS = {"adapter": ADAPTER_NAMES}
 # Words trainable_layers may use for a model whose depth is known only once it is loaded:
 # every layer, or the top half (rounded up).
 DEPTH_WORDS = {"max": lambda depth: depth, "half": lambda depth: (depth + 1) // 2}
@@ -53,6 +66,19 @@ class Parameter:
     log: bool = False
     choices: tuple | None = None
     default: Any = None
+    when: tuple[tuple[str, Any], ...] = ()
+
+    def applies(self, values: dict[str, Any]) -> bool:
+        """Whether this parameter is part of a trial whose earlier parameters took `values`."""
+        return all(values.get(name) == value for name, value in self.when)
+
+    def can_take(self, value: Any) -> bool:
+        """Whether some trial may give this parameter `value`."""
+        if self.value is not None:
+            return value == self.value
+        if self.choices is not None:
+            return value in self.choices
+        return isinstance(value, (int, float)) and self.low <= value <= self.high
 
     def resolve(self, depth: int) -> Parameter:
         """Replace the depth words by numbers of layers for a model of this depth."""
@@ -69,14 +95,6 @@ class Parameter:
         if self.name in INTEGER_PARAMETERS:
             return trial.suggest_int(self.name, self.low, self.high, log=self.log)
         return trial.suggest_float(self.name, self.low, self.high, log=self.log)
-
-    def contains(self, value: Any) -> bool:
-        """Whether a start config's value lies inside this parameter's space."""
-        if self.value is not None:
-            return value == self.value
-        if self.choices is not None:
-            return value in self.choices
-        return self.low <= value <= self.high
 
     def fallback(self) -> Any:
         """The default when the file gives none: the fixed value, the first choice, the middle."""
@@ -102,8 +120,12 @@ class SearchSpace:
     starts: tuple[dict[str, Any], ...] = ()
 
     def sample(self, trial: optuna.Trial) -> dict[str, Any]:
-        """Define-by-run sampling: every parameter's value for this trial."""
-        return {parameter.name: parameter.suggest(trial) for parameter in self.parameters}
+        """Define-by-run sampling: the value of every parameter that applies to this trial."""
+        values: dict[str, Any] = {}
+        for parameter in self.parameters:
+            if parameter.applies(values):
+                values[parameter.name] = parameter.suggest(trial)
+        return values
 
     def lowest(self, name: str) -> Any:
         """The smallest value a parameter can take in this space."""
@@ -114,16 +136,31 @@ class SearchSpace:
 
     def default_params(self) -> dict[str, Any]:
         """Trial 0: the config a careful person would try first."""
-        return {parameter.name: parameter.fallback() for parameter in self.parameters}
+        return self.complete({})
+
+    def complete(self, start: dict[str, Any]) -> dict[str, Any]:
+        """A start config with every parameter that applies to it, the defaults filling in."""
+        values: dict[str, Any] = {}
+        for parameter in self.parameters:
+            if parameter.applies(values):
+                values[parameter.name] = start.get(parameter.name, parameter.fallback())
+        return values
+
+    def values_of(self, name: str) -> tuple:
+        """Every value a fixed or listed parameter may take; () when the space lacks it."""
+        parameter = next((p for p in self.parameters if p.name == name), None)
+        if parameter is None:
+            return ()
+        return (parameter.value,) if parameter.value is not None else tuple(parameter.choices)
 
     def start_params(self) -> list[dict[str, Any]]:
         """The default, then each listed start that fits the space; searched values only."""
         searched = [p for p in self.parameters if p.value is None]
         configs = []
         for start in (self.default_params(), *self.starts):
-            full = {**self.default_params(), **start}
-            if all(p.contains(full[p.name]) for p in searched):
-                config = {p.name: full[p.name] for p in searched}
+            full = self.complete(start)
+            if all(p.can_take(full[p.name]) for p in searched if p.name in full):
+                config = {p.name: full[p.name] for p in searched if p.name in full}
                 if config not in configs:
                     configs.append(config)
         return configs
@@ -192,22 +229,71 @@ def load_space(name_or_path: str) -> SearchSpace:
             f"{path}: unknown parameter '{unknown[0]}'; use one of {', '.join(PARAMETERS)}."
         )
     for name, value in OPTIONAL_PARAMETERS.items():
-        content.setdefault(name, value)
-    missing = [name for name in PARAMETERS if name not in content]
+        if value is not None:
+            content.setdefault(name, value)
+    required = [name for name in PARAMETERS if name not in OPTIONAL_PARAMETERS]
+    missing = [name for name in required if name not in content]
     if missing:
         raise UsageError(f"{path}: parameter '{missing[0]}' is missing; give it a value or range.")
-    parameters = tuple(_parse_parameter(path, name, content[name]) for name in PARAMETERS)
+    parameters = tuple(
+        _parse_parameter(path, name, content[name]) for name in PARAMETERS if name in content
+    )
+    for index, parameter in enumerate(parameters):
+        _check_condition(path, parameter, parameters[:index])
     if not isinstance(starts, list) or not all(isinstance(s, dict) for s in starts):
         raise UsageError(f"{path}: 'starts' must be a list of mappings (parameter: value).")
     for start in starts:
         for key in start:
             if key not in PARAMETERS:
                 raise UsageError(f"{path}: start config names unknown parameter '{key}'.")
-    return SearchSpace(
-        str(path),
-        parameters,
-        tuple({key: _number(path, key, value) for key, value in start.items()} for start in starts),
-    )
+    starts = [{key: _value(path, key, value) for key, value in start.items()} for start in starts]
+    for start in starts:
+        _check_start(path, parameters, start)
+    return SearchSpace(str(path), parameters, tuple(starts))
+
+
+def _check_condition(path: Path, parameter: Parameter, earlier: tuple[Parameter, ...]) -> None:
+    """A `when` must name a parameter listed before this one and a value that one can take."""
+    for name, value in parameter.when:
+        condition = next((p for p in earlier if p.name == name), None)
+        if condition is None:
+            raise UsageError(
+                f"{path}: {parameter.name} applies when {name} is {value}, but the space has no "
+                f"{name} before it; add {name} to the space or remove the 'when'."
+            )
+        if not condition.can_take(value):
+            raise UsageError(
+                f"{path}: {parameter.name} applies when {name} is {value}, which {name} never "
+                f"takes in this space; add {value} to {name} or remove {parameter.name}."
+            )
+
+
+def _check_start(path: Path, parameters: tuple[Parameter, ...], start: dict[str, Any]) -> None:
+    """A start may set only parameters of the space whose `when` holds under its own values (or
+    the defaults it leaves alone)."""
+    by_name = {parameter.name: parameter for parameter in parameters}
+    for key in start:
+        holds = key in by_name and all(
+            start.get(name, by_name[name].fallback()) == value for name, value in by_name[key].when
+        )
+        if not holds:
+            raise UsageError(
+                f"{path}: start config {start} sets {key}, which does not apply to it (the space "
+                f"lacks it, or its 'when' does not hold); remove {key} from that start."
+            )
+
+
+def _value(path: Path, name: str, value: Any) -> Any:
+    """A parameter's value as the space file gives it: a word where the parameter takes words,
+    else a number."""
+    if name not in WORD_PARAMETERS:
+        return _number(path, name, value)
+    if value not in WORD_PARAMETERS[name]:
+        raise UsageError(
+            f"{path}: {name} value '{value}' is unknown; use one of "
+            f"{', '.join(WORD_PARAMETERS[name])}."
+        )
+    return value
 
 
 def _number(path: Path, name: str, value: Any) -> Any:
@@ -221,11 +307,30 @@ def _number(path: Path, name: str, value: Any) -> Any:
             raise UsageError(f"{path}: {name} value '{value}' is not a number; fix it.") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise UsageError(f"{path}: {name} value '{value}' is not a number; fix it.")
+    if name in POSITIVE_PARAMETERS and value <= 0:
+        raise UsageError(f"{path}: {name} must be positive, not {value}; use a value above 0.")
     if name in INTEGER_PARAMETERS:
         if float(value) != int(value):
             raise UsageError(f"{path}: {name} must be a whole number, not {value}.")
         return int(value)
     return float(value)
+
+
+def _parse_when(path: Path, name: str, spec: Any) -> tuple[tuple[str, Any], ...]:
+    """`when: {adapter: lora}` as ((adapter, lora),), each value checked as its parameter's."""
+    if spec is None:
+        return ()
+    if not isinstance(spec, dict) or not spec:
+        raise UsageError(
+            f"{path}: {name}.when must map a parameter to a value, as in when: {{adapter: lora}}."
+        )
+    unknown = sorted(set(spec) - set(PARAMETERS))
+    if unknown:
+        raise UsageError(
+            f"{path}: {name}.when names unknown parameter '{unknown[0]}'; use one of "
+            f"{', '.join(PARAMETERS)}."
+        )
+    return tuple((key, _value(path, key, value)) for key, value in spec.items())
 
 
 def _parse_parameter(path: Path, name: str, spec: Any) -> Parameter:
@@ -243,22 +348,28 @@ def _parse_parameter(path: Path, name: str, spec: Any) -> Parameter:
 
 def _read_parameter(path: Path, name: str, spec: Any) -> Parameter:
     if not isinstance(spec, dict):
-        return Parameter(name, value=_number(path, name, spec))
-    unknown = sorted(set(spec) - {"value", "low", "high", "log", "choices", "default"})
+        return Parameter(name, value=_value(path, name, spec))
+    unknown = sorted(set(spec) - {"value", "low", "high", "log", "choices", "default", "when"})
     if unknown:
         raise UsageError(
-            f"{path}: {name} has unknown key '{unknown[0]}'; use value, low/high (+log), choices "
-            f"or default."
+            f"{path}: {name} has unknown key '{unknown[0]}'; use value, low/high (+log), choices, "
+            f"default or when."
         )
-    default = _number(path, name, spec["default"]) if "default" in spec else None
+    when = _parse_when(path, name, spec.get("when"))
+    default = _value(path, name, spec["default"]) if "default" in spec else None
     if "value" in spec:
-        return Parameter(name, value=_number(path, name, spec["value"]), default=default)
+        return Parameter(name, value=_value(path, name, spec["value"]), default=default, when=when)
     if "choices" in spec:
         choices = spec["choices"]
         if not isinstance(choices, list) or not choices:
             raise UsageError(f"{path}: {name}.choices must be a non-empty list.")
         return Parameter(
-            name, choices=tuple(_number(path, name, c) for c in choices), default=default
+            name, choices=tuple(_value(path, name, c) for c in choices), default=default, when=when
+        )
+    if name in WORD_PARAMETERS:
+        raise UsageError(
+            f"{path}: {name} takes words, not a range; give value or choices from "
+            f"{', '.join(WORD_PARAMETERS[name])}."
         )
     if "low" not in spec or "high" not in spec:
         raise UsageError(f"{path}: {name} needs value, choices, or both low and high.")
@@ -271,10 +382,4 @@ def _read_parameter(path: Path, name: str, spec: Any) -> Parameter:
         )
     if log and comparable and low <= 0:
         raise UsageError(f"{path}: {name} is on a log scale, so low must be above 0, not {low}.")
-    if (
-        name in ("learning_rate", "head_lr_multiplier", "batch_size", "epochs")
-        and comparable
-        and low <= 0
-    ):
-        raise UsageError(f"{path}: {name} must be positive; raise low above 0.")
-    return Parameter(name, low=low, high=high, log=log, default=default)
+    return Parameter(name, low=low, high=high, log=log, default=default, when=when)

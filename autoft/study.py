@@ -22,11 +22,12 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from safetensors.torch import save_file
 
+from autoft.adapters import get_adapter
 from autoft.cache import PrefixCache
 from autoft.config import BaseTaskConfig, StudyConfig
 from autoft.data import Split, TargetData
 from autoft.errors import UsageError
-from autoft.model import count_parameters, freeze, load_model
+from autoft.model import load_model
 from autoft.presets import search_settings
 from autoft.space import SearchSpace
 from autoft.train import (
@@ -115,10 +116,13 @@ def open_storage(url: str) -> RDBStorage:
 
 
 def make_sampler(config: StudyConfig) -> optuna.samplers.TPESampler:
-    """Seeded TPE whose random start-up fits the budget, aware of params that act together."""
+    """Seeded TPE whose random start-up fits the budget, aware of params that act together;
+    `group` models each set of params that appear together (LoRA's only under adapter lora)."""
     startup = max(2, min(10, config.n_trials // 4))
-    return optuna.samplers.TPESampler(
-        seed=config.seed, n_startup_trials=startup, multivariate=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=config.seed, n_startup_trials=startup, multivariate=True, group=True)
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
@@ -220,7 +224,8 @@ def evaluation_interval(prepared: Prepared) -> int | None:
 
 
 class Objective:
-    """Runs one trial: sample, load, freeze, train with reporting and pruning, record, save."""
+    """Runs one trial: sample, load, adapt (freeze or LoRA), train with reporting and pruning,
+    record, save."""
 
     def __init__(self, prepared: Prepared, device: torch.device):
         self.prepared = prepared
@@ -235,9 +240,12 @@ class Objective:
         trial.set_user_attr("params", sampled)
         trial.set_user_attr("device", str(self.device))
         trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("adapter", params.adapter)
         model, _ = load_model(config.model, data.label_names, config.trust_remote_code)
-        freeze(model, params.trainable_layers)
-        trial.set_user_attr("trainable_parameters", count_parameters(model, trainable_only=True))
+        adapter = get_adapter(params.adapter)
+        trial.set_user_attr(
+            "trainable_parameters", adapter.apply(model, params.trainable_layers, params)
+        )
         if self.base_check is not None:
             self.base_check.on_start(trial, model, frozen_blocks(model, params.trainable_layers))
         loss_terms = self._preservation_loss(trial, model, params)
@@ -296,6 +304,7 @@ class Objective:
             raise
         best = self._record(trial, result)
         if self.base_check is not None:
+            adapter.restore(model, result.best_state)
             self.base_check.on_finish(trial, model, result.best_state, self.device)
         return best
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
+from autoft.adapters import get_adapter
 from autoft.data import Split, TargetData
 from autoft.model import evaluating, find_blocks, split_parameters
 
@@ -48,6 +49,9 @@ class TrialParams:
     epochs: int
     weight_decay: float
     warmup_ratio: float
+    adapter: str = "freeze"  # how the top blocks train (autoft.adapters); the head trains in full
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
     preserve_weight: float = 0.0
 
 
@@ -272,7 +276,7 @@ def train_trial(
     loss_terms: Sequence[LossTerm] = (),
     keepable: Callable[[], bool] | None = None,
 ) -> TrialResult:
-    """Train a frozen-as-configured model; call `on_evaluation` after every evaluation.
+    """Train a model its adapter has prepared; call `on_evaluation` after every evaluation.
 
     `keepable`, asked at each evaluation before `on_evaluation`, says whether the weights of
     that moment may be kept (the forgetting guard's check); without it every evaluation may.
@@ -302,7 +306,7 @@ def train_trial(
     points = set(
         evaluation_points(len(lengths), params.batch_size, params.epochs, eval_every_samples)
     )
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    adapter = get_adapter(params.adapter)
     loss_sum = torch.zeros((), device=device)
     loss_count = 0
     started = time.perf_counter()
@@ -331,7 +335,7 @@ def train_trial(
                     device,
                     pad_id,
                     result,
-                    trainable,
+                    adapter,
                     loss_sum.item() / loss_count,
                     on_evaluation,
                     states and states.validation,
@@ -345,7 +349,7 @@ def train_trial(
 
 
 def _evaluate_and_report(
-    model, data, device, pad_id, result, trainable, train_loss, on_evaluation, prefix, keepable
+    model, data, device, pad_id, result, adapter, train_loss, on_evaluation, prefix, keepable
 ) -> None:
     if not math.isfinite(train_loss):
         raise TrialFailed(f"training loss became {train_loss} (not finite)")
@@ -361,7 +365,7 @@ def _evaluate_and_report(
     )
     result.evaluations.append(evaluation)
     if result.best is evaluation:
-        result.best_state = {name: p.detach().to("cpu", copy=True) for name, p in trainable}
+        result.best_state = adapter.kept_weights(model)
     try:
         on_evaluation(evaluation)
     except Exception as error:

@@ -23,11 +23,13 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from autoft.adapters import get_adapter
 from autoft.audit import BaseSplit
 from autoft.config import BaseTaskConfig
 from autoft.errors import UsageError
 from autoft.forgetting import build_base_task, linear_cka, retention
 from autoft.model import freeze
+from autoft.train import TrialParams
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 FILLERS = [f"w{i}" for i in range(40)]
@@ -258,6 +260,33 @@ def test_checks_replay_the_frozen_blocks_and_score_as_the_whole_model(
 
     assert task.memo_.states, "the frozen block's output was kept"
     assert first == pytest.approx(whole, rel=1e-5) and replayed == pytest.approx(whole, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["classification", "masked_lm"])
+def test_a_lora_trial_is_checked_as_its_merged_plain_model(
+    kind, tiny_mlm, rule_classifier, base_files
+):
+    """The checks that copy the tuned encoder into the original model read LoRA's update too."""
+    folder = rule_classifier if kind == "classification" else tiny_mlm
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    task = build_base_task(base_config(kind, base_files), str(folder), tokenizer, max_length=32)
+    model = load_tuned(folder)
+    adapter = get_adapter("lora")
+    adapter.apply(model, 1, TrialParams(0, 1, 8, 1, 1, 0, 0, "lora", lora_rank=4, lora_alpha=8))
+    assert task.reads_trained(model)
+    noise_rng = random.Random(3)
+    noise = [" ".join(noise_rng.choices(FILLERS, k=7)) for _ in range(256)]
+    train(model, tokenizer, noise, [noise_rng.randrange(2) for _ in noise], 3e-2, 20, seed=4)
+
+    scores = [task.score(model, "cpu", quick, frozen=1).value for quick in (False, True)]
+    copied = dict(task.original_.base_model.named_parameters())
+    kept = adapter.kept_weights(model)
+    adapter.restore(model, kept)
+    merged = [task.score(model, "cpu", quick).value for quick in (False, True)]
+    assert scores == pytest.approx(merged, rel=1e-5)
+    block = "bert.encoder.layer.1.output.dense.weight"
+    assert not torch.equal(kept[block], load_tuned(folder).state_dict()[block]), "it trained"
+    torch.testing.assert_close(copied[block.removeprefix("bert.")], kept[block])
 
 
 def test_a_head_only_trial_keeps_the_similarity_skill_exactly(tiny_mlm, base_files):

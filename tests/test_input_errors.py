@@ -166,3 +166,91 @@ def test_negative_preserve_weight(tiny_model_dir, tiny_csv, tmp_path, capsys):
                         capsys)
     assert_refused(code, err, "space.yaml", "preserve_weight -1", "0 (off) or more",
                    tmp_path=tmp_path)
+
+
+ADAPTER_LINES = {
+    "adapter": "{choices: [freeze, lora]}",
+    "lora_rank": "{low: 4, high: 16, when: {adapter: lora}}",
+}
+
+
+def test_lora_rank_not_positive(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    space = write_space(tmp_path, **(ADAPTER_LINES | {"lora_rank": "{low: 0, high: 16}"}))
+    args = search_args(tiny_model_dir, tiny_csv, tmp_path, "--space", str(space))
+    code, err = run_cli(args, capsys)
+    assert_refused(code, err, "space.yaml", "lora_rank", "positive", tmp_path=tmp_path)
+
+
+def test_unknown_adapter(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    space = write_space(tmp_path, adapter="{choices: [freeze, dora]}")
+    args = search_args(tiny_model_dir, tiny_csv, tmp_path, "--space", str(space))
+    code, err = run_cli(args, capsys)
+    assert_refused(code, err, "space.yaml", "adapter", "'dora'", "freeze, lora", tmp_path=tmp_path)
+
+
+def save_model_without_linear_layers(folder: Path) -> Path:
+    """A tiny text classifier whose blocks only scale their input (no linear layer), registered
+    with the Auto classes so that autoft loads it as it loads any model folder."""
+    import torch
+    from conftest import build_tokenizer
+    from torch import nn
+    from transformers import (
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        PretrainedConfig,
+        PreTrainedModel,
+    )
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    class ScaleConfig(PretrainedConfig):
+        model_type = "autoft-scale-test"
+
+        def __init__(self, vocab_size=32, hidden_size=8, num_hidden_layers=2, **kwargs):
+            self.vocab_size, self.hidden_size = vocab_size, hidden_size
+            self.num_hidden_layers, self.max_position_embeddings = num_hidden_layers, 32
+            self.pad_token_id = 0
+            super().__init__(**kwargs)
+
+    class Scale(nn.Module):
+        def __init__(self, size: int):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(size))
+
+        def forward(self, hidden):
+            return hidden * self.weight
+
+    class ScaleForSequenceClassification(PreTrainedModel):
+        config_class = ScaleConfig
+        base_model_prefix = ""
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+            self.layers = nn.ModuleList(Scale(config.hidden_size) for _ in range(2))
+            self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+            self.post_init()
+
+        def forward(self, input_ids, attention_mask=None, labels=None, **_):
+            hidden = self.embed(input_ids)
+            for layer in self.layers:
+                hidden = layer(hidden)
+            return SequenceClassifierOutput(logits=self.classifier(hidden[:, 0]))
+
+    AutoConfig.register(ScaleConfig.model_type, ScaleConfig, exist_ok=True)
+    AutoModelForSequenceClassification.register(
+        ScaleConfig, ScaleForSequenceClassification, exist_ok=True
+    )
+    tokenizer = build_tokenizer()
+    ScaleForSequenceClassification(ScaleConfig(vocab_size=len(tokenizer))).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_lora_on_a_model_whose_blocks_have_no_linear_layers(tiny_csv, tmp_path, capsys):
+    model = save_model_without_linear_layers(tmp_path / "scale-model")
+    capsys.readouterr()  # the saving's progress bar
+    space = write_space(tmp_path, **ADAPTER_LINES)
+    args = search_args(model, tiny_csv, tmp_path, "--space", str(space))
+    code, err = run_cli(args, capsys)
+    assert_refused(code, err, "space.yaml", "adapter lora", "Scale", "no linear layer",
+                   "remove lora", tmp_path=tmp_path)

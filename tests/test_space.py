@@ -54,3 +54,78 @@ def test_an_unknown_depth_word_names_the_file_and_the_parameter(tmp_path: Path) 
     path.write_text(quick.replace("default: half", "default: most"))
     with pytest.raises(UsageError, match=r"space.yaml: trainable_layers value 'most' is not a"):
         load_space(str(path))
+
+
+ADAPTER_LINES = (
+    "adapter: {choices: [freeze, lora], default: freeze}\n"
+    "lora_rank: {low: 4, high: 32, log: true, default: 8, when: {adapter: lora}}\n"
+    "lora_alpha: {value: 16, when: {adapter: lora}}\n"
+)
+
+
+def adapter_space(tmp_path: Path, lines: str = ADAPTER_LINES, starts: str = "") -> Path:
+    path = tmp_path / "space.yaml"
+    quick = find_space_file("quick").read_text().split("starts:")[0]
+    path.write_text(quick + lines + starts)
+    return path
+
+
+def test_lora_parameters_are_sampled_only_when_the_adapter_is_lora(tmp_path: Path) -> None:
+    import optuna
+
+    space = load_space(str(adapter_space(tmp_path))).resolve(6)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    sampled = [space.sample(study.ask()) for _ in range(20)]
+    assert {params["adapter"] for params in sampled} == {"freeze", "lora"}
+    for params in sampled:
+        lora = params["adapter"] == "lora"
+        assert ("lora_rank" in params) == ("lora_alpha" in params) == lora, params
+        assert not lora or (4 <= params["lora_rank"] <= 32 and params["lora_alpha"] == 16)
+
+
+def test_defaults_and_starts_carry_the_lora_parameters_only_under_lora(tmp_path: Path) -> None:
+    starts = (
+        "starts:\n  - {adapter: lora, trainable_layers: 2}\n  - {adapter: lora, lora_rank: 16}\n"
+    )
+    space = load_space(str(adapter_space(tmp_path, starts=starts))).resolve(6)
+    default = space.default_params()
+    assert default["adapter"] == "freeze" and "lora_rank" not in default
+    configs = space.start_params()
+    assert [(c["adapter"], c.get("lora_rank")) for c in configs] == [
+        ("freeze", None), ("lora", 8), ("lora", 16)]
+    assert configs[1]["trainable_layers"] == 2 and "lora_alpha" not in configs[1]  # fixed value
+
+
+def test_a_space_without_adapter_trains_as_before(tmp_path: Path) -> None:
+    space = load_space("quick").resolve(6)
+    assert "adapter" not in space.default_params()
+    assert space.values_of("adapter") == ()
+
+
+@pytest.mark.parametrize(
+    "lines, starts, words",
+    [
+        ("lora_rank: {low: 4, high: 8, when: {adapter: lora}}\n", "",
+         ["lora_rank applies when adapter is lora", "has no adapter", "add adapter"]),
+        ("adapter: {value: freeze}\nlora_rank: {low: 4, high: 8, when: {adapter: lora}}\n", "",
+         ["adapter never takes", "add lora to adapter"]),
+        ("adapter: {choices: [freeze, lorax]}\n", "",
+         ["adapter value 'lorax' is unknown", "freeze, lora"]),
+        ("adapter: {choices: [freeze, lora]}\nlora_rank: {low: 0, high: 8}\n", "",
+         ["lora_rank must be positive, not 0"]),
+        ("adapter: {choices: [freeze, lora]}\nlora_rank: {value: -4}\n", "",
+         ["lora_rank must be positive, not -4"]),
+        (ADAPTER_LINES, "starts:\n  - {lora_rank: 16}\n",
+         ["sets lora_rank, which does not apply", "remove lora_rank"]),
+        ("lora_rank: {value: 8, when: adapter}\n", "", ["lora_rank.when must map"]),
+    ],
+)
+def test_bad_adapter_spaces_name_the_file_the_parameter_and_the_fix(
+    tmp_path: Path, lines: str, starts: str, words: list[str]
+) -> None:
+    with pytest.raises(UsageError) as caught:
+        load_space(str(adapter_space(tmp_path, lines, starts)))
+    message = str(caught.value)
+    assert message.startswith(str(tmp_path / "space.yaml")) and len(message.splitlines()) == 1
+    for word in words:
+        assert word in message, message
