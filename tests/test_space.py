@@ -98,15 +98,17 @@ def test_defaults_and_starts_carry_the_lora_parameters_only_under_lora(tmp_path:
 
 def test_a_space_without_adapter_trains_as_before(tmp_path: Path) -> None:
     space = load_space("quick").resolve(6)
-    assert "adapter" not in space.default_params()
-    assert space.values_of("adapter") == ()
+    assert space.default_params()["adapter"] == "freeze"
+    assert "lora_rank" not in space.default_params()
+    assert space.values_of("adapter") == ("freeze",)
+    assert all("adapter" not in start for start in space.start_params()), "held, not searched"
 
 
 @pytest.mark.parametrize(
     "lines, starts, words",
     [
         ("lora_rank: {low: 4, high: 8, when: {adapter: lora}}\n", "",
-         ["lora_rank applies when adapter is lora", "has no adapter", "add adapter"]),
+         ["lora_rank applies when adapter is lora", "adapter never takes", "add lora to adapter"]),
         ("adapter: {value: freeze}\nlora_rank: {low: 4, high: 8, when: {adapter: lora}}\n", "",
          ["adapter never takes", "add lora to adapter"]),
         ("adapter: {choices: [freeze, lorax]}\n", "",
