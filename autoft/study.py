@@ -28,7 +28,14 @@ from autoft.errors import UsageError
 from autoft.model import count_parameters, freeze, load_model
 from autoft.presets import search_settings
 from autoft.space import SearchSpace
-from autoft.train import Evaluation, TrialFailed, TrialParams, frozen_blocks, train_trial
+from autoft.train import (
+    Evaluation,
+    TrialFailed,
+    TrialParams,
+    frozen_blocks,
+    train_trial,
+    trial_seed,
+)
 
 log = logging.getLogger("autoft")
 
@@ -198,6 +205,10 @@ class Objective:
         trial.set_user_attr("params", sampled)
         trial.set_user_attr("device", str(self.device))
         trial.set_user_attr("host", socket.gethostname())
+        seed = trial_seed(config.seed, sampled)
+        trial.set_user_attr("seed", seed)
+        trial.set_user_attr("threads", torch.get_num_threads())  # CPU sums depend on it
+        torch.manual_seed(seed)  # the new head's initial weights, whatever ran before
         model, _ = load_model(config.model, data.label_names, config.trust_remote_code)
         freeze(model, params.trainable_layers)
         trial.set_user_attr("trainable_parameters", count_parameters(model, trainable_only=True))
@@ -234,7 +245,7 @@ class Objective:
                 params,
                 self.device,
                 self.prepared.pad_id,
-                seed=config.seed + trial.number,
+                seed=seed,
                 on_evaluation=on_evaluation,
                 eval_every_samples=config.eval_every_samples,
                 cache=PrefixCache(config.study_dir / "cache") if config.cache else None,

@@ -9,6 +9,8 @@ saves (batches change shape with each length bucket, and every shape recompiles)
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -123,6 +125,13 @@ def autocast(device: torch.device):
     """bf16 autocast where the GPU supports it; plain float32 elsewhere."""
     enabled = device.type == "cuda" and torch.cuda.is_bf16_supported()
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def trial_seed(study_seed: int, params: dict) -> int:
+    """A trial's seed, from the study seed and its params alone: the same config gets the same
+    head, batches and dropout as trial 0, as a later trial or as a retry, in any worker."""
+    identity = json.dumps({"seed": study_seed, "params": params}, sort_keys=True)
+    return int.from_bytes(hashlib.sha256(identity.encode()).digest()[:8], "big")
 
 
 def build_optimizer(model, params: TrialParams) -> torch.optim.Optimizer:
