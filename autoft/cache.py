@@ -236,7 +236,8 @@ def cache_key(model: nn.Module, data: TargetData, frozen: int, dtype: torch.dtyp
     """A fingerprint of everything the cached states depend on.
 
     The weights and buffers that run below the first trainable block, the model's class and config
-    (minus its folder and labels), every token id, the max length, the freeze depth and the dtype.
+    (minus its folder and labels), every token id and segment id, the max length, the freeze depth
+    and the dtype.
     """
     digest = hashlib.sha256()
     config = {
@@ -255,8 +256,13 @@ def cache_key(model: nn.Module, data: TargetData, frozen: int, dtype: torch.dtyp
     for split in (data.train, data.validation):
         lengths = np.array([len(ids) for ids in split.input_ids], dtype=np.int64)
         digest.update(lengths.tobytes())
-        digest.update(np.fromiter((t for ids in split.input_ids for t in ids), np.int64).tobytes())
+        for per_token in (split.input_ids, split.token_type_ids):
+            digest.update(b"-" if per_token is None else _flat(per_token).tobytes())
     return digest.hexdigest()[:32]
+
+
+def _flat(per_token: list[list[int]]) -> np.ndarray:
+    return np.fromiter((t for ids in per_token for t in ids), np.int64)
 
 
 class PrefixCache:

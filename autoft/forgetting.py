@@ -175,11 +175,15 @@ def _count(config: BaseTaskConfig, quick: bool) -> int:
     return min(config.check_examples, config.max_examples) if quick else config.max_examples
 
 
-def _tokenize(tokenizer, texts: list[str], max_length: int, **options) -> list:
-    """Fixed batches padded per batch, kept on the CPU until a score moves them to its device."""
+def _tokenize(
+    tokenizer, texts: list[str], max_length: int, pairs: list[str] | None = None, **options
+) -> list:
+    """Fixed batches padded per batch, kept on the CPU until a score moves them to its device;
+    every output the tokenizer makes (segment ids of `pairs` too) reaches the model."""
     return [
         tokenizer(
             texts[start : start + BATCH_SIZE],
+            None if pairs is None else pairs[start : start + BATCH_SIZE],
             truncation=True,
             max_length=max_length,
             padding=True,
@@ -412,7 +416,8 @@ class SimilarityTask(BaseTask):
 
 
 class ClassificationTask(BaseTask):
-    """Accuracy of the tuned encoder under the base model's own classification head."""
+    """Accuracy of the tuned encoder under the base model's own classification head; with
+    base.text_pair_column, on text pairs (an NLI or paraphrase head), segment ids included."""
 
     name = "classification_accuracy"
     measures = "How often the base model's own classifier head, fed by the tuned encoder, is right."
@@ -435,8 +440,11 @@ class ClassificationTask(BaseTask):
             AutoModelForSequenceClassification, model_source, "classification", trust_remote_code
         )
         frame = _read_table(config.data).head(config.max_examples)
-        texts = [
-            str(text) for text in _column(frame, config.data, config.text_column, "text_column")
+        texts = [str(text) for text in _column(frame, config.data, config.text_column,
+                                                "text_column")]
+        pairs = config.text_pair_column and [
+            str(text)
+            for text in _column(frame, config.data, config.text_pair_column, "text_pair_column")
         ]
         labels = _label_ids(
             _column(frame, config.data, config.label_column, "label_column"),
@@ -446,7 +454,12 @@ class ClassificationTask(BaseTask):
         )
         self.labels_ = {quick: labels[: _count(config, quick)] for quick in (False, True)}
         self.batches_ = {
-            quick: _tokenize(tokenizer, texts[: _count(config, quick)], max_length)
+            quick: _tokenize(
+                tokenizer,
+                texts[: _count(config, quick)],
+                max_length,
+                pairs and pairs[: _count(config, quick)],
+            )
             for quick in (False, True)
         }
         self.memo_ = PrefixMemo()

@@ -105,20 +105,23 @@ def bucketed_batches(
 
 
 def collate(split: Split, indices: list[int], pad_id: int, device: torch.device) -> dict:
-    """Pad one batch to its longest example; the mask marks the real tokens."""
+    """Pad one batch to its longest example; the mask marks the real tokens. Segment ids, where
+    the split has them, pad with 0 (padding is masked out)."""
     width = max(len(split.input_ids[i]) for i in indices)
     ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(indices), width), dtype=torch.long)
+    segments = None if split.token_type_ids is None else torch.zeros_like(ids)
     for row, i in enumerate(indices):
         tokens = split.input_ids[i]
         ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
         mask[row, : len(tokens)] = 1
-    labels = torch.tensor([split.labels[i] for i in indices], dtype=torch.long)
-    return {
-        "input_ids": ids.to(device, non_blocking=True),
-        "attention_mask": mask.to(device, non_blocking=True),
-        "labels": labels.to(device, non_blocking=True),
-    }
+        if segments is not None:
+            segments[row, : len(tokens)] = torch.tensor(split.token_type_ids[i], dtype=torch.long)
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if segments is not None:
+        batch["token_type_ids"] = segments
+    batch["labels"] = torch.tensor([split.labels[i] for i in indices], dtype=torch.long)
+    return {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
 
 
 def autocast(device: torch.device):
