@@ -124,10 +124,19 @@ def collate(split: Split, indices: list[int], pad_id: int, device: torch.device)
     return {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype training autocasts to on `device`: bf16 where the GPU supports it, else None
+    (plain float32). The prefix cache is built under the same, so it computes what training
+    would (autoft.cache)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
 def autocast(device: torch.device):
-    """bf16 autocast where the GPU supports it; plain float32 elsewhere."""
-    enabled = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+    """The autocast context of every forward pass of a trial, its cache build included."""
+    dtype = autocast_dtype(device)
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
 def trial_seed(study_seed: int, params: dict) -> int:
