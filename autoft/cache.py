@@ -7,9 +7,10 @@ real token, train first and validation after, in the data's order. Offsets come 
 counts, so padding is rebuilt per batch (zeros, masked out) and never stored. Files appear only by
 rename, under a lock, so concurrent workers either build or reuse, and a damaged file is rebuilt.
 
-Precision: float16 on GPUs (training there runs in bf16 autocast, whose activations hold less than
-float16 does; a state beyond float16's range falls back to float32), float32 on CPU, where training
-is float32 and half-precision states would make cached and uncached trials differ.
+Precision: the cache is built under the autocast training runs under (train.autocast: bf16 on GPUs
+that have it, none on CPU) and stores each state in the dtype the block gave there, unrounded, so a
+cached trial computes what an uncached one does on the same device. The device type and autocast
+are part of the key, and the replay is proven on the device it serves before first use.
 """
 
 from __future__ import annotations
@@ -32,23 +33,24 @@ from torch import nn
 
 from autoft.data import Split, TargetData
 from autoft.model import evaluating, find_blocks, split_parameters
-from autoft.train import collate, eval_batches
+from autoft.train import autocast, autocast_dtype, collate, eval_batches
 
 __all__ = ["CacheUse", "PrefixCache", "PrefixMemo", "PrefixStates", "SplitStates", "cache_key"]
 
 log = logging.getLogger("autoft")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 HEADER_BYTES = 4096
 MAX_CACHE_BYTES = 4 * 2**30  # the whole cache folder of a study
 MAX_MEMO_BYTES = 2**29  # a worker's in-memory states of the base task's fixed batches
 FREE_DISK_MARGIN = 2**30
 CHECK_EXAMPLES = 6
 CHECK_TOLERANCE = 1e-4
-_HALF_LIMIT = 60000.0
 _SPLITS = ("train", "validation")
+_DTYPES = ("float32", "bfloat16", "float16")  # what blocks give under training's autocast
 _VERIFIED: set[tuple[str, int, int]] = set()  # files whose checksum this process has checked
-_REPLAYED: dict[str, int] = {}  # keys whose replay this process has proven, with the hidden size
+_REPLAYED: dict[str, tuple[int, torch.dtype]] = {}  # keys whose replay this process has proven,
+# with the hidden size and dtype of the states
 
 
 class CacheUnusable(Exception):
@@ -78,9 +80,8 @@ class SplitStates:
         )  # index arithmetic on the host: no boolean mask, so no device sync
         device = self.flat.device
         rows = self.flat.index_select(0, torch.from_numpy(source).to(device, non_blocking=True))
-        param = next(model.parameters())
-        state = torch.zeros((shape[0] * shape[1], rows.shape[1]), dtype=param.dtype, device=device)
-        state.index_copy_(0, torch.from_numpy(target).to(device), rows.to(param.dtype))
+        state = torch.zeros((shape[0] * shape[1], rows.shape[1]), dtype=rows.dtype, device=device)
+        state.index_copy_(0, torch.from_numpy(target).to(device), rows)
         state = state.view(*shape, rows.shape[1]).to(batch["attention_mask"].device)
         with replaying(self.blocks, self.frozen, state):
             return model(**batch)
@@ -192,10 +193,6 @@ class _Stop(Exception):
     """Raised by a hook to end a forward pass once the states are captured."""
 
 
-class _HalfOverflow(Exception):
-    """A state does not fit in float16; the cache is built again in float32."""
-
-
 @torch.no_grad()
 def capture(
     model: nn.Module, blocks: nn.ModuleList, depths: tuple[int, ...], batch: dict
@@ -232,19 +229,22 @@ def capture(
     return {depth: seen[-1] for depth, seen in outputs.items()}
 
 
-def cache_key(model: nn.Module, data: TargetData, frozen: int, dtype: torch.dtype) -> str:
+def cache_key(model: nn.Module, data: TargetData, frozen: int, device: torch.device) -> str:
     """A fingerprint of everything the cached states depend on.
 
     The weights and buffers that run below the first trainable block, the model's class and config
-    (minus its folder and labels), every token id, the max length, the freeze depth and the dtype.
+    (minus its folder, labels and loss, which the first forward with labels sets), every token id
+    and segment id, the max length, the freeze depth, and the device type and autocast dtype the
+    states are computed under.
     """
     digest = hashlib.sha256()
     config = {
         k: v
         for k, v in model.config.to_dict().items()
-        if k not in ("_name_or_path", "id2label", "label2id", "num_labels")
+        if k not in ("_name_or_path", "id2label", "label2id", "num_labels", "problem_type")
     }
-    header = [FORMAT_VERSION, type(model).__name__, config, data.max_length, frozen, str(dtype)]
+    header = [FORMAT_VERSION, type(model).__name__, config, data.max_length, frozen,
+              torch.device(device).type, str(autocast_dtype(torch.device(device)))]
     digest.update(json.dumps(header, sort_keys=True, default=str).encode())
     groups = split_parameters(model)
     below = set(groups.prefix).union(*groups.blocks[:frozen])
@@ -255,8 +255,13 @@ def cache_key(model: nn.Module, data: TargetData, frozen: int, dtype: torch.dtyp
     for split in (data.train, data.validation):
         lengths = np.array([len(ids) for ids in split.input_ids], dtype=np.int64)
         digest.update(lengths.tobytes())
-        digest.update(np.fromiter((t for ids in split.input_ids for t in ids), np.int64).tobytes())
+        for per_token in (split.input_ids, split.token_type_ids):
+            digest.update(b"-" if per_token is None else _flat(per_token).tobytes())
     return digest.hexdigest()[:32]
+
+
+def _flat(per_token: list[list[int]]) -> np.ndarray:
+    return np.fromiter((t for ids in per_token for t in ids), np.int64)
 
 
 class PrefixCache:
@@ -290,11 +295,10 @@ class PrefixCache:
     def _states(self, model, data, frozen, device, pad_id) -> tuple[PrefixStates, str]:
         blocks = find_blocks(model)
         with evaluating(model):
-            dtype = torch.float16 if device.type == "cuda" else torch.float32
-            key = cache_key(model, data, frozen, dtype)
+            key = cache_key(model, data, frozen, device)
             if key not in _REPLAYED:  # the same key means the same architecture, depth and weights
                 _REPLAYED[key] = check_replay(model, blocks, frozen, data.train, pad_id, device)
-            hidden = _REPLAYED[key]
+            hidden, dtype = _REPLAYED[key]
             path = self.folder / f"{key}.states"
             header = _open_valid(path, data, warn=False)
             note = "reused"
@@ -303,20 +307,16 @@ class PrefixCache:
                     header = _open_valid(path, data, warn=True)
                     if header is None:
                         paths = {frozen: path} | self._spare_depths(
-                            model, data, frozen, len(blocks), hidden, dtype
+                            model, data, frozen, len(blocks), hidden, dtype, device
                         )
-                        try:
-                            _build(paths, model, blocks, data, pad_id, device, dtype, hidden)
-                        except _HalfOverflow:
-                            _build(paths, model, blocks, data, pad_id, device, torch.float32,
-                                   hidden)
+                        _build(paths, model, blocks, data, pad_id, device, dtype, hidden)
                         header = _open_valid(path, data, warn=True)
                         note = "built"
         if header is None:
             raise CacheUnusable(f"the cache file {path} it just wrote does not read back")
         return _load(path, header, data, blocks, frozen, device), note
 
-    def _spare_depths(self, model, data, frozen, depth, hidden, dtype) -> dict[int, Path]:
+    def _spare_depths(self, model, data, frozen, depth, hidden, dtype, device) -> dict[int, Path]:
         """Other freeze depths whose states the same pass writes, as far as the budget allows.
 
         A study samples many depths; without this each would pay its own build, while one pass
@@ -333,7 +333,7 @@ class PrefixCache:
         for other in sorted(range(1, depth + 1), key=lambda d: abs(d - frozen)):
             if other == frozen or size * (len(spare) + 2) > room:
                 continue
-            path = self.folder / f"{cache_key(model, data, other, dtype)}.states"
+            path = self.folder / f"{cache_key(model, data, other, device)}.states"
             if not path.is_file():
                 spare[other] = path
         return spare
@@ -350,12 +350,14 @@ class PrefixCache:
         return size, min(self.max_bytes - used, self._free())
 
 
-def check_replay(model, blocks, frozen, split: Split, pad_id: int, device) -> int:
-    """Prove on real examples that replaying cached states gives the model's own logits.
+def check_replay(model, blocks, frozen, split: Split, pad_id: int, device):
+    """Prove on real examples, on `device` and under training's autocast, that replaying cached
+    states gives the model's own logits.
 
     The examples have different lengths, so the batch is padded and the states are stored unpadded
-    and re-padded with zeros, as in training. Returns the hidden size; raises CacheUnusable if the
-    architecture does not replay exactly (its blocks return something else, or the logits differ).
+    and re-padded with zeros, as in training. Returns the hidden size and the dtype of the states;
+    raises CacheUnusable if the architecture does not replay exactly (its blocks return something
+    else, or the logits differ).
     """
     order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]))
     picks = sorted(set(order[: CHECK_EXAMPLES // 2] + order[-(CHECK_EXAMPLES // 2) :]))
@@ -363,7 +365,7 @@ def check_replay(model, blocks, frozen, split: Split, pad_id: int, device) -> in
     batch.pop("labels")
     name = type(model).__name__
     try:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device):
             expected = model(**batch).logits
             state = capture(model, blocks, (frozen,), batch)[frozen]
             mask = batch["attention_mask"].bool()
@@ -381,7 +383,7 @@ def check_replay(model, blocks, frozen, split: Split, pad_id: int, device) -> in
         raise CacheUnusable(
             f"{name} gives other logits when replayed from a cache (off by {gap:.2g})"
         )
-    return state.shape[-1]
+    return state.shape[-1], state.dtype
 
 
 def _offsets(lengths: list[int]) -> np.ndarray:
@@ -418,7 +420,7 @@ def _build(paths: dict[int, Path], model, blocks, data, pad_id, device, dtype, h
     lengths = {name: [len(ids) for ids in getattr(data, name).input_ids] for name in _SPLITS}
     rows = {name: sum(lengths[name]) for name in _SPLITS}
     shape = (sum(rows.values()), hidden)
-    element = np.dtype(str(dtype).removeprefix("torch."))
+    element = _stored_as(dtype)
     tmps = {d: p.with_name(f"{p.name}.{os.getpid()}.tmp") for d, p in paths.items()}
     try:
         files = {
@@ -430,11 +432,10 @@ def _build(paths: dict[int, Path], model, blocks, data, pad_id, device, dtype, h
             split: Split = getattr(data, name)
             starts = _offsets(lengths[name]) + first_row
             for indices, batch in eval_batches(split, pad_id, device):
-                for depth, state in capture(model, blocks, depths, batch).items():
-                    state = state.float()
-                    if dtype == torch.float16 and state.abs().max().item() > _HALF_LIMIT:
-                        raise _HalfOverflow  # padding rows included: a false alarm costs float32
-                    state = state.to(dtype).cpu().numpy()
+                with autocast(device):
+                    states = capture(model, blocks, depths, batch)
+                for depth, state in states.items():
+                    state = _to_numpy(state.to(dtype))  # already `dtype`: proven by check_replay
                     for row, i in enumerate(indices):
                         files[depth][starts[i] : starts[i + 1]] = state[row, : lengths[name][i]]
             first_row += rows[name]
@@ -442,7 +443,7 @@ def _build(paths: dict[int, Path], model, blocks, data, pad_id, device, dtype, h
             states.flush()
             header = {
                 "version": FORMAT_VERSION,
-                "dtype": element.name,
+                "dtype": str(dtype).removeprefix("torch."),
                 "hidden": hidden,
                 "rows": rows,
                 "payload_bytes": shape[0] * hidden * element.itemsize,
@@ -458,6 +459,16 @@ def _build(paths: dict[int, Path], model, blocks, data, pad_id, device, dtype, h
     finally:
         for tmp in tmps.values():
             tmp.unlink(missing_ok=True)
+
+
+def _stored_as(dtype: torch.dtype) -> np.dtype:
+    """How states of `dtype` lie in the file: numpy has no bfloat16, whose bits go as int16."""
+    return np.dtype(np.int16) if dtype == torch.bfloat16 else np.dtype(str(dtype)[len("torch."):])
+
+
+def _to_numpy(state: torch.Tensor) -> np.ndarray:
+    bits = state.view(torch.int16) if state.dtype == torch.bfloat16 else state
+    return bits.cpu().numpy()
 
 
 def _payload_digest(path: Path) -> str:
@@ -500,6 +511,8 @@ def _inspect(path: Path, data: TargetData) -> tuple[str | None, dict]:
     expected = {name: sum(map(len, getattr(data, name).input_ids)) for name in _SPLITS}
     if header.get("rows") != expected or header.get("version") != FORMAT_VERSION:
         return "rows or version do not match the data", header
+    if header.get("dtype") not in _DTYPES:
+        return f"unknown dtype {header.get('dtype')!r}", header
     identity = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if identity not in _VERIFIED:
         if _payload_digest(path) != header.get("sha256"):
@@ -510,15 +523,14 @@ def _inspect(path: Path, data: TargetData) -> tuple[str | None, dict]:
 
 def _load(path, header, data, blocks, frozen, device) -> PrefixStates:
     """Memory-map the file; on a GPU the states of each split go to its memory once per trial."""
-    dtype = np.dtype(header["dtype"])
+    dtype = getattr(torch, header["dtype"])
     total = sum(header["rows"].values())
-    whole = np.memmap(
-        path, dtype=dtype, mode="c", offset=HEADER_BYTES, shape=(total, header["hidden"])
-    )
+    shape = (total, header["hidden"])
+    whole = np.memmap(path, dtype=_stored_as(dtype), mode="c", offset=HEADER_BYTES, shape=shape)
     splits, start = {}, 0
     for name in _SPLITS:
         count = header["rows"][name]
-        flat = torch.from_numpy(whole[start : start + count])
+        flat = torch.from_numpy(whole[start : start + count]).view(dtype)
         if device.type != "cpu":
             flat = flat.to(device)
         lengths = [len(ids) for ids in getattr(data, name).input_ids]

@@ -23,10 +23,13 @@ MAX_LENGTH_PERCENTILE = 98
 
 @dataclass(frozen=True)
 class Split:
-    """One tokenized split: token ids per example (unpadded) and label indices."""
+    """One tokenized split: token ids per example (unpadded), label indices, and the segment ids
+    of each token where the tokenizer gives them (BERT-style pairs: 0 for the first text, 1 for
+    the second); None where it gives none, or in data prepared before autoft kept them."""
 
     input_ids: list[list[int]]
     labels: list[int]
+    token_type_ids: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -211,16 +214,21 @@ def choose_max_length(config: StudyConfig, lengths: list[int], model_limit: int)
     )
 
 
-def tokenize(tokenizer, texts: list, max_length: int | None) -> list[list[int]]:
-    """Token ids per text, truncated; padding happens per batch in training."""
+def tokenize(tokenizer, texts: list, max_length: int | None) -> dict[str, list[list[int]]]:
+    """The tokenizer's outputs per text (input_ids, and token_type_ids where it makes them),
+    truncated; padding and the attention mask happen per batch in training."""
     if texts and isinstance(texts[0], tuple):
         first, second = zip(*texts, strict=True)
-        encoded = tokenizer(
+        return tokenizer(
             list(first), list(second), truncation=max_length is not None, max_length=max_length
         )
-    else:
-        encoded = tokenizer(list(texts), truncation=max_length is not None, max_length=max_length)
-    return encoded["input_ids"]
+    return tokenizer(list(texts), truncation=max_length is not None, max_length=max_length)
+
+
+def tokenize_split(tokenizer, texts: list, labels: list[int], max_length: int) -> Split:
+    """A split as training reads it: every per-token input the tokenizer makes for the model."""
+    encoded = tokenize(tokenizer, texts, max_length)
+    return Split(encoded["input_ids"], labels, encoded.get("token_type_ids"))
 
 
 def model_length_limit(tokenizer, model_config) -> int:
@@ -241,13 +249,16 @@ def tokenize_target(config: StudyConfig, table: tuple, tokenizer, model_config) 
     index = {name: i for i, name in enumerate(label_names)}
     metric, metric_note = choose_metric(config, train_labels)
     limit = model_length_limit(tokenizer, model_config)
-    full_lengths = [len(ids) for ids in tokenize(tokenizer, train_texts[:5000], None)]
+    untruncated = tokenize(tokenizer, train_texts[:5000], None)["input_ids"]
+    full_lengths = [len(ids) for ids in untruncated]
     max_length, length_note = choose_max_length(config, full_lengths, limit)
     notes += [note for note in (metric_note, length_note) if note]
     return TargetData(
-        train=Split(tokenize(tokenizer, train_texts, max_length), [index[x] for x in train_labels]),
-        validation=Split(
-            tokenize(tokenizer, val_texts, max_length), [index[x] for x in val_labels]
+        train=tokenize_split(
+            tokenizer, train_texts, [index[x] for x in train_labels], max_length
+        ),
+        validation=tokenize_split(
+            tokenizer, val_texts, [index[x] for x in val_labels], max_length
         ),
         label_names=label_names,
         metric=metric,

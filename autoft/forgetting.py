@@ -293,12 +293,19 @@ def _pick(items: list, rows: list[int]) -> list:
 
 
 def _tokenize(
-    tokenizer, texts: list[str], max_length: int, size: int = BATCH_SIZE, **options
+    tokenizer,
+    texts: list[str],
+    max_length: int,
+    size: int = BATCH_SIZE,
+    pairs: list[str] | None = None,
+    **options,
 ) -> list:
-    """Fixed batches padded per batch, kept on the CPU until a score moves them to its device."""
+    """Fixed batches padded per batch, kept on the CPU until a score moves them to its device;
+    every output the tokenizer makes (segment ids of `pairs` too) reaches the model."""
     return [
         tokenizer(
             texts[start : start + size],
+            None if pairs is None else pairs[start : start + size],
             truncation=True,
             max_length=max_length,
             padding=True,
@@ -592,7 +599,8 @@ class SimilarityTask(BaseTask):
 
 
 class ClassificationTask(BaseTask):
-    """Accuracy of the tuned encoder under the base model's own classification head."""
+    """Accuracy of the tuned encoder under the base model's own classification head; with
+    base.text_pair_column, on text pairs (an NLI or paraphrase head), segment ids included."""
 
     name = "classification_accuracy"
     measures = "How often the base model's own classifier head, fed by the tuned encoder, is right."
@@ -620,6 +628,10 @@ class ClassificationTask(BaseTask):
         texts = [
             str(text) for text in _column(frame, config.data, config.text_column, "text_column")
         ]
+        pairs = config.text_pair_column and [
+            str(text)
+            for text in _column(frame, config.data, config.text_pair_column, "text_pair_column")
+        ]
         labels = _label_ids(
             _column(frame, config.data, config.label_column, "label_column"),
             self.original_.config,
@@ -629,7 +641,8 @@ class ClassificationTask(BaseTask):
         parts = self._parts(config, len(texts), "examples", split, seed)
         self.labels_ = {part: labels[rows] for part, rows in parts.items()}
         self.batches_ = {
-            part: _tokenize(tokenizer, _pick(texts, rows), max_length)
+            part: _tokenize(tokenizer, _pick(texts, rows), max_length,
+                            pairs=pairs and _pick(pairs, rows))
             for part, rows in parts.items()
         }
         self.memo_ = PrefixMemo()

@@ -109,6 +109,9 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
     if saved:
         data, depth, pad_id, base = saved
         echo(f"Reusing the data prepared earlier in {folder}.")
+        if config.text_pair_column and data.train.token_type_ids is None:
+            echo("  note: it was prepared before autoft kept segment ids, so its text pairs train "
+                 "without them, as its earlier trials did; start a new study to use them.")
     else:
         echo(f"Reading {config.train} ...")
         table = load_target(config)

@@ -37,6 +37,7 @@ from autoft.train import (
     TrialParams,
     frozen_blocks,
     train_trial,
+    trial_seed,
 )
 
 log = logging.getLogger("autoft")
@@ -240,6 +241,10 @@ class Objective:
         trial.set_user_attr("params", sampled)
         trial.set_user_attr("device", str(self.device))
         trial.set_user_attr("host", socket.gethostname())
+        seed = trial_seed(config.seed, sampled)
+        trial.set_user_attr("seed", seed)
+        trial.set_user_attr("threads", torch.get_num_threads())  # CPU sums depend on it
+        torch.manual_seed(seed)  # the new head's initial weights, whatever ran before
         trial.set_user_attr("adapter", params.adapter)
         model, _ = load_model(config.model, data.label_names, config.trust_remote_code)
         adapter = get_adapter(params.adapter)
@@ -280,7 +285,7 @@ class Objective:
                 params,
                 self.device,
                 self.prepared.pad_id,
-                seed=config.seed + trial.number,
+                seed=seed,
                 on_evaluation=on_evaluation,
                 eval_every_samples=evaluation_interval(self.prepared),
                 cache=PrefixCache(config.study_dir / "cache") if config.cache else None,

@@ -9,6 +9,8 @@ saves (batches change shape with each length bucket, and every shape recompiles)
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -129,26 +131,45 @@ def bucketed_batches(
 
 
 def collate(split: Split, indices: list[int], pad_id: int, device: torch.device) -> dict:
-    """Pad one batch to its longest example; the mask marks the real tokens."""
+    """Pad one batch to its longest example; the mask marks the real tokens. Segment ids, where
+    the split has them, pad with 0 (padding is masked out)."""
     width = max(len(split.input_ids[i]) for i in indices)
     ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(indices), width), dtype=torch.long)
+    segments = None if split.token_type_ids is None else torch.zeros_like(ids)
     for row, i in enumerate(indices):
         tokens = split.input_ids[i]
         ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
         mask[row, : len(tokens)] = 1
-    labels = torch.tensor([split.labels[i] for i in indices], dtype=torch.long)
-    return {
-        "input_ids": ids.to(device, non_blocking=True),
-        "attention_mask": mask.to(device, non_blocking=True),
-        "labels": labels.to(device, non_blocking=True),
-    }
+        if segments is not None:
+            segments[row, : len(tokens)] = torch.tensor(split.token_type_ids[i], dtype=torch.long)
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if segments is not None:
+        batch["token_type_ids"] = segments
+    batch["labels"] = torch.tensor([split.labels[i] for i in indices], dtype=torch.long)
+    return {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype training autocasts to on `device`: bf16 where the GPU supports it, else None
+    (plain float32). The prefix cache is built under the same, so it computes what training
+    would (autoft.cache)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
 
 
 def autocast(device: torch.device):
-    """bf16 autocast where the GPU supports it; plain float32 elsewhere."""
-    enabled = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+    """The autocast context of every forward pass of a trial, its cache build included."""
+    dtype = autocast_dtype(device)
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def trial_seed(study_seed: int, params: dict) -> int:
+    """A trial's seed, from the study seed and its params alone: the same config gets the same
+    head, batches and dropout as trial 0, as a later trial or as a retry, in any worker."""
+    identity = json.dumps({"seed": study_seed, "params": params}, sort_keys=True)
+    return int.from_bytes(hashlib.sha256(identity.encode()).digest()[:8], "big")
 
 
 def build_optimizer(model, params: TrialParams) -> torch.optim.Optimizer:

@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertModel,
+    PreTrainedTokenizerFast,
+)
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 POSITIVE = ["good", "great", "fine", "lovely"]
@@ -30,14 +35,15 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         sep_token="[SEP]", mask_token="[MASK]", model_max_length=32)
 
 
-def save_tiny_bert(folder: Path, layers: int = 2, seed: int = 0) -> Path:
-    """A random 2-layer BERT (hidden 32) saved with its tokenizer, as a user's model folder."""
+def save_tiny_bert(folder: Path, layers: int = 2, seed: int = 0, head: bool = True) -> Path:
+    """A random 2-layer BERT (hidden 32) saved with its tokenizer, as a user's model folder;
+    head=False saves the encoder alone (as all-MiniLM-L6-v2 is), so every trial's head is new."""
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=layers,
                         num_attention_heads=2, intermediate_size=48, max_position_embeddings=32,
                         pad_token_id=tokenizer.pad_token_id)
-    BertForSequenceClassification(config).save_pretrained(folder)
+    (BertForSequenceClassification if head else BertModel)(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

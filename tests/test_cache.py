@@ -4,6 +4,7 @@ the key follows what the states depend on, damaged files are rebuilt, odd cases 
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import random
 from dataclasses import replace
@@ -16,7 +17,15 @@ import torch
 from conftest import save_tiny_bert
 from torch import nn
 
-from autoft.cache import PrefixCache, PrefixMemo, cache_key, check_replay
+from autoft import train
+from autoft.cache import (
+    HEADER_BYTES,
+    PrefixCache,
+    PrefixMemo,
+    cache_key,
+    capture,
+    check_replay,
+)
 from autoft.cli import build_parser, config_from_args
 from autoft.cli import main as cli_main
 from autoft.data import Split, TargetData
@@ -25,7 +34,7 @@ from autoft.train import TrialParams, collate, set_train_mode, train_trial
 
 DEPTH = 4
 PAD = 0
-F32 = torch.float32
+CPU = torch.device("cpu")
 
 
 def make_data(n_train: int = 48, n_val: int = 20, seed: int = 0) -> TargetData:
@@ -127,24 +136,64 @@ def test_cached_logits_equal_uncached_logits_on_padded_batches(
     ), "the real blocks are back after the replay"
 
 
+def test_the_cache_is_built_under_training_s_autocast(
+    model_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """On a GPU training runs under bf16 autocast: the cache's build and replay proof must run
+    under the same, or a cached trial computes another function (built in float32, weights here
+    ended 1.6e-4 to 6e-4 apart). CPU bf16 autocast stands in for the GPU's."""
+    monkeypatch.setattr(train, "autocast_dtype", lambda device: torch.bfloat16)
+    data = make_data()
+    plain, cached = [], []
+    model_a = fresh_model(model_dir, 1)
+    run(model_a, data, PARAMS, None, plain)
+    model_b = fresh_model(model_dir, 1)
+    result = run(model_b, data, PARAMS, PrefixCache(tmp_path), cached)
+    assert result.cache_used, result.cache_note
+    assert [e.value for e in plain] == [e.value for e in cached]
+    for (name, a), b in zip(model_a.named_parameters(), model_b.parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-5), name
+    batch = collate(data.train, [0, 1], PAD, CPU)
+    batch.pop("labels")
+    with train.autocast(CPU):  # a BERT block ends in a LayerNorm, which autocast keeps float32
+        given = capture(model_b, find_blocks(model_b), (3,), batch)[3].dtype
+    key = cache_key(model_b, data, 3, CPU)
+    header = json.loads((tmp_path / f"{key}.states").read_bytes()[:HEADER_BYTES])
+    assert header["dtype"] == str(given).removeprefix("torch.")
+
+
+def test_states_keep_the_dtype_their_blocks_give(model_dir: Path, tmp_path: Path) -> None:
+    """A bf16 model's states are stored as bf16 (numpy has no such type: its bits go as int16)
+    and replay to the model's own logits."""
+    data = make_data()
+    model = fresh_model(model_dir, 1).to(torch.bfloat16).eval()
+    use = PrefixCache(tmp_path).states_for(model, data, DEPTH - 1, CPU, PAD)
+    assert use.states.train.flat.dtype == torch.bfloat16
+    indices = [0, 5, 7, 11, 19]
+    batch = collate(data.validation, indices, PAD, CPU)
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits,
+                           use.states.validation.forward(model, batch, indices).logits)
+
+
 def test_the_key_follows_weights_data_max_length_and_depth(model_dir: Path) -> None:
     data = make_data()
     model = fresh_model(model_dir, 1)
-    key = cache_key(model, data, 3, F32)
-    assert cache_key(fresh_model(model_dir, 1), data, 3, F32) == key
-    assert cache_key(model, data, 2, F32) != key
-    assert cache_key(model, data, 3, torch.float16) != key
-    assert cache_key(model, replace(data, max_length=17), 3, F32) != key
+    key = cache_key(model, data, 3, CPU)
+    assert cache_key(fresh_model(model_dir, 1), data, 3, CPU) == key
+    assert cache_key(model, data, 2, CPU) != key
+    assert cache_key(model, data, 3, torch.device("meta")) != key  # another device type
+    assert cache_key(model, replace(data, max_length=17), 3, CPU) != key
     changed = Split([list(ids) for ids in data.train.input_ids], data.train.labels)
     changed.input_ids[4][1] += 1
-    assert cache_key(model, replace(data, train=changed), 3, F32) != key
+    assert cache_key(model, replace(data, train=changed), 3, CPU) != key
     with torch.no_grad():
         find_blocks(model)[3].output.dense.weight.add_(1.0)  # a trainable block: no effect
-        assert cache_key(model, data, 3, F32) == key
+        assert cache_key(model, data, 3, CPU) == key
         find_blocks(model)[2].output.dense.weight.add_(1e-3)  # a frozen block
-        assert cache_key(model, data, 3, F32) != key
+        assert cache_key(model, data, 3, CPU) != key
         model.bert.embeddings.word_embeddings.weight[7, 0] += 1e-3
-        assert cache_key(model, data, 2, F32) != cache_key(fresh_model(model_dir, 1), data, 2, F32)
+        assert cache_key(model, data, 2, CPU) != cache_key(fresh_model(model_dir, 1), data, 2, CPU)
 
 
 def test_one_build_serves_every_freeze_depth(model_dir: Path, tmp_path: Path) -> None:
@@ -169,7 +218,7 @@ def test_a_damaged_cache_file_is_found_and_rebuilt(
     device = torch.device("cpu")
     first = cache.states_for(model, data, 3, device, PAD)
     assert first.note == "built"
-    path = tmp_path / f"{cache_key(model, data, 3, F32)}.states"
+    path = tmp_path / f"{cache_key(model, data, 3, CPU)}.states"
     good = path.read_bytes()
     assert cache.states_for(model, data, 3, device, PAD).note == "reused"
     broken = bytearray(good)
