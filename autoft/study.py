@@ -329,9 +329,6 @@ class Objective:
             self._fail(trial, str(failed))
         except torch.OutOfMemoryError:
             self._fail(trial, "out of memory")
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted")
-            raise
         best = self._record(trial, result)
         if self.base_check is not None:
             self.base_check.on_finish(trial, model, result.best_state, self.device)

@@ -198,11 +198,12 @@ class StartLock:
 class Stop:
     """How a worker stops cleanly on SIGINT, SIGTERM or its hard time limit (SIGALRM).
 
-    During a trial the signal raises KeyboardInterrupt there and then: the Objective records the
-    trial as failed with the reason `interrupted`, which does not use up the budget, so the same
-    command resumes it. Between trials it only sets `requested`, so asking for a trial or telling
-    its result is never cut in half (that could leave a RUNNING trial without a heartbeat, which
-    nothing would ever find stale).
+    During a trial the signal raises KeyboardInterrupt there and then: the TrialRunner records
+    the trial as failed with the reason `interrupted`, which does not use up the budget, and its
+    config is run again first when the study goes on. Elsewhere it only sets `requested`, so
+    asking for a trial or telling its result is never cut in half (that could leave a RUNNING
+    trial without a heartbeat, which nothing would ever find stale). `autoft search` also holds
+    one while its workers run and its report is written, so a late Ctrl-C loses neither.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
@@ -285,7 +286,7 @@ class TrialRunner:
         self.lock.release()
         trial.set_user_attr("worker", self.worker)
         retry_of = trial.user_attrs.get(RETRY_OF)
-        with trial_log(trial_log_path(self.config, trial.number)), self.stop.trial():
+        with trial_log(trial_log_path(self.config, trial.number)):
             log.info(
                 "trial %d started on %s (pid %d)%s",
                 trial.number,
@@ -295,7 +296,8 @@ class TrialRunner:
                 else "",
             )
             try:
-                value = self.objective(trial)
+                with self.stop.trial():  # only here does a signal interrupt at once
+                    value = self.objective(trial)
             except optuna.TrialPruned:
                 log.info("trial %d pruned", trial.number)
                 raise
@@ -303,6 +305,7 @@ class TrialRunner:
                 log.warning("trial %d failed: %s", trial.number, failed)
                 raise
             except KeyboardInterrupt:
+                trial.set_user_attr("fail_reason", "interrupted")  # its config runs again
                 log.warning("trial %d interrupted", trial.number)
                 raise
             except Exception as error:
