@@ -12,8 +12,6 @@ import time
 from importlib.resources import files
 from pathlib import Path
 
-import optuna
-
 from autoft.config import StudyConfig, build_config, load_yaml
 from autoft.describe import describe_settings
 from autoft.errors import UsageError
@@ -140,37 +138,49 @@ def config_from_args(args: argparse.Namespace, default_file: Path | None = None)
 
 def run_search(config: StudyConfig) -> dict:
     """Prepare, run the trials, audit the reported configs, then summarise and export the best
-    model."""
+    model.
+
+    After a Ctrl-C (or SIGTERM) the report and the best model are still written from the trials
+    that finished; a second signal while they are written waits until they are.
+    """
     from autoft.audit import audit_reported
     from autoft.export import export_trial
     from autoft.prepare import prepare_study
     from autoft.progress import LiveDisplay
     from autoft.report import summary_text, write_report
-    from autoft.study import open_study, record_study_facts, storage_url
-    from autoft.workers import device_slots, run_workers, time_limits
+    from autoft.study import budget_left, open_storage, open_study, record_study_facts, storage_url
+    from autoft.workers import Stop, device_slots, run_workers, time_limits
 
     slots = device_slots(config.devices, config.trials_per_gpu, config.where("devices"))
+    # A storage the user named is opened before anything is loaded: a wrong URL is one sentence
+    # and leaves nothing behind. The default SQLite file is made once the data proved good.
+    storage = open_storage(config.storage) if config.storage else None
     prepared = prepare_study(config)
-    study = open_study(config)
+    study = open_study(config, storage)
     record_study_facts(study, prepared)
     print(f"  using {describe_settings(study.user_attrs['settings'])}")
     started = time.time()
     data = prepared.data
-    with LiveDisplay(study, config.n_trials, data.metric, prepared.depth, len(data.train)):
-        interrupted = run_workers(config, storage_url(config), slots, *time_limits(config))
-    if interrupted:
-        raise KeyboardInterrupt
-    audit_reported(study)
-    summary = write_report(study, config.study_dir)
-    if summary["best"] is not None:
-        study.set_user_attr("best_trial", summary["best"]["number"])
-        export_trial(study, summary["best"]["number"], config.study_dir / "best_model")
+    deferred = Stop()  # between and after the workers a signal only asks to stop
+    deferred.install()
+    try:
+        with LiveDisplay(study, config.n_trials, data.metric, prepared.depth, len(data.train)):
+            interrupted = run_workers(config, storage_url(config), slots, *time_limits(config))
+        audit_reported(study)
+        summary = write_report(study, config.study_dir)
+        if summary["best"] is not None:
+            study.set_user_attr("best_trial", summary["best"]["number"])
+            export_trial(study, summary["best"]["number"], config.study_dir / "best_model")
+    finally:
+        deferred.uninstall()
     print()
     print(summary_text(summary))
     print(f"This run took {time.time() - started:.0f} s.")
     print(f"Report: {config.study_dir / 'report.html'} (and report.md, summary.json)")
     if summary["best"] is not None:
         print(f"Best model: {config.study_dir / 'best_model'}")
+    if (interrupted or deferred.signalled) and budget_left(study, config.n_trials) > 0:
+        raise KeyboardInterrupt
     return summary
 
 
@@ -211,9 +221,11 @@ def command_report(args: argparse.Namespace) -> int:
 
 def command_status(args: argparse.Namespace) -> int:
     from autoft.study import load_study
-    from autoft.workers import status_text
+    from autoft.workers import fail_stale_trials, status_text
 
-    print(status_text(load_study(args.study, args.studies_dir, args.storage)))
+    study = load_study(args.study, args.studies_dir, args.storage)
+    fail_stale_trials(study)  # a dead worker's trial shows as such, not as running
+    print(status_text(study))
     return 0
 
 
@@ -267,8 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from autoft.workers import quiet_optuna
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_optuna()
     try:
         return args.handler(args)
     except UsageError as error:

@@ -106,6 +106,8 @@ def resolve_path(value: str, relative_to: Path | None) -> str:
     """Expand `pkg:package/sub/path` (a folder in an installed package), `~` and relative paths.
 
     A value that names nothing on disk and has no data-file suffix is kept as is: a hub name.
+    A path is made absolute: the study records it, and workers, resumes and exports may run
+    from another working directory.
     """
     if value.startswith("pkg:"):
         package, _, inner = value[4:].partition("/")
@@ -119,7 +121,7 @@ def resolve_path(value: str, relative_to: Path | None) -> str:
     path = Path(value).expanduser()
     if not path.is_absolute() and relative_to is not None and (relative_to / path).exists():
         path = relative_to / path
-    return str(path) if path.exists() or looks_like_path(value) else value
+    return str(path.absolute()) if path.exists() or looks_like_path(value) else value
 
 
 def looks_like_path(value: str) -> bool:
@@ -131,7 +133,7 @@ def looks_like_path(value: str) -> bool:
     )
 
 
-_PATH_FIELDS = ("model", "train", "validation")
+_PATH_FIELDS = ("model", "train", "validation", "space")
 _FLAG_FOR = {"name": "--study", "base_min_retention": "--min-retention"}
 _STUDY_FIELDS = {f.name: f for f in fields(StudyConfig) if f.name not in ("origins", "base")}
 _BASE_FIELDS = {f.name: f for f in fields(BaseTaskConfig)}

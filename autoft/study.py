@@ -4,7 +4,9 @@ budget, and resuming. Everything a trial learns goes into the storage as user at
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import functools
 import importlib.util
 import json
@@ -18,9 +20,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import optuna
 import torch
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from safetensors.torch import save_file
+from sqlalchemy.engine import make_url
 
 from autoft.adapters import get_adapter
 from autoft.cache import PrefixCache
@@ -42,13 +45,20 @@ from autoft.train import (
 
 log = logging.getLogger("autoft")
 
-# A worker's running trial writes a heartbeat this often; one silent for GRACE_SECONDS is stale
-# and retried. AUTOFT_HEARTBEAT_SECONDS shortens both, so tests of killed workers take seconds.
+# A worker's running trial writes a heartbeat this often; one silent for GRACE_SECONDS (two
+# heartbeats, Optuna's own default) is stale and its config runs again. AUTOFT_HEARTBEAT_SECONDS
+# shortens both, so tests of killed workers take seconds.
 HEARTBEAT_SECONDS = int(os.environ.get("AUTOFT_HEARTBEAT_SECONDS", "30"))
-GRACE_SECONDS = 4 * HEARTBEAT_SECONDS
+GRACE_SECONDS = 2 * HEARTBEAT_SECONDS
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 COUNTS_TOWARD_BUDGET = "counts_toward_budget"
 MIN_EVALUATIONS_WITH_BASE = 4
+# User attributes a queued trial starts with: which of the space's starts it runs (0 is the
+# default config) and which trial's config it runs again.
+START = "start"
+RETRY_OF = "retry_of"
+# A config whose trial went stale this many times is not queued again: it likely kills its worker.
+MAX_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -92,21 +102,39 @@ def with_installed_driver(url: str) -> str:
     return "postgresql+psycopg2://" + url[len("postgresql://") :]
 
 
+@contextlib.contextmanager
+def sqlite_lock(database: str):
+    """An exclusive fcntl lock on a file beside a SQLite database, shared by every process of its
+    studies on this machine; the kernel frees it when its holder dies, even by kill -9."""
+    with open(f"{database}.start-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def open_storage(url: str) -> RDBStorage:
-    """An RDB storage with heartbeats, so trials of a killed worker are found and retried."""
+    """An RDB storage with heartbeats, so trials of a killed worker are found and run again.
+
+    A new SQLite file gets its tables under the file lock beside it: two processes creating
+    them at once would otherwise both insert Alembic's version row, and one would fail.
+    """
     url = with_installed_driver(url)
-    engine_kwargs = (
-        {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    )
+    sqlite = url.startswith("sqlite")
+    engine_kwargs = {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
     try:
-        with warnings.catch_warnings():
+        database = make_url(url).database if sqlite else None
+        creating = (sqlite_lock(database) if database not in (None, "", ":memory:")
+                    else contextlib.nullcontext())
+        with creating, warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=HEARTBEAT_SECONDS,
                 grace_period=GRACE_SECONDS,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+                heartbeat_stale_trial_callback=run_stale_again,
             )
     except Exception as error:  # SQLAlchemy raises many kinds; the user needs one sentence
         reason = str(error).splitlines()[0]
@@ -133,10 +161,10 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     )
 
 
-def open_study(config: StudyConfig) -> optuna.Study:
+def open_study(config: StudyConfig, storage: RDBStorage | None = None) -> optuna.Study:
     """Create the study or load it to resume; same name and storage means the same study."""
     return optuna.create_study(
-        storage=open_storage(storage_url(config)),
+        storage=storage or open_storage(storage_url(config)),
         study_name=config.name,
         direction="maximize",
         sampler=make_sampler(config),
@@ -145,12 +173,65 @@ def open_study(config: StudyConfig) -> optuna.Study:
     )
 
 
-def enqueue_starts(study: optuna.Study, space: SearchSpace) -> None:
-    """Trial 0 is the default config, then the space's known-good starts; only on a new study."""
-    if study.get_trials(deepcopy=False):
+def trial_config(trial: optuna.trial.FrozenTrial) -> dict:
+    """The searched params a trial ran, or was queued to run if it stopped before asking."""
+    return {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+
+
+def to_run_again(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """Interrupted trials (a signal or the hard time limit) whose config is not queued again yet,
+    the default config's first."""
+    queued = {t.user_attrs.get(RETRY_OF) for t in trials}
+    waiting = [
+        t for t in trials
+        if t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") == "interrupted"
+        and t.number not in queued and trial_config(t)
+    ]
+    return sorted(waiting, key=lambda t: (t.user_attrs.get(START) != 0, t.number))
+
+
+def queue_again(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue a stopped trial's config as a new trial that starts clean: only its params and
+    where it came from, none of the stopped attempt's measurements."""
+    attrs = {RETRY_OF: trial.number}
+    if START in trial.user_attrs:
+        attrs[START] = trial.user_attrs[START]
+    study.enqueue_trial(trial_config(trial), user_attrs=attrs)
+
+
+def run_stale_again(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Optuna calls this once for each trial it finds stale (its worker died)."""
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    attempts, earlier = 1, trial
+    while RETRY_OF in earlier.user_attrs and earlier.user_attrs[RETRY_OF] in by_number:
+        attempts, earlier = attempts + 1, by_number[earlier.user_attrs[RETRY_OF]]
+    if attempts >= MAX_ATTEMPTS:
+        log.warning("trial %d's worker died; workers died on its config %d times, so it is not "
+                    "run again", trial.number, attempts)
         return
-    for params in space.start_params():
-        study.enqueue_trial(params, skip_if_exists=True)
+    queue_again(study, trial)
+
+
+def queue_next_config(study: optuna.Study) -> None:
+    """Choose the config the next asked trial runs; call it under the start lock.
+
+    Optuna's ask pops waiting trials in the order they were queued, so configs are queued one
+    at a time, when none waits: an interrupted trial's config first (the default's before any
+    other), then the space's next start (the default is start 0), then none, and the sampler
+    chooses.
+    """
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == TrialState.WAITING for t in trials):
+        return
+    again = to_run_again(trials)
+    if again:
+        queue_again(study, again[0])
+        return
+    taken = {t.user_attrs.get(START) for t in trials}
+    for index, params in enumerate(study.user_attrs.get("starts", [])):
+        if index not in taken:
+            study.enqueue_trial(params, user_attrs={START: index})
+            return
 
 
 def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
@@ -304,9 +385,6 @@ class Objective:
             self._fail(trial, str(failed))
         except torch.OutOfMemoryError:
             self._fail(trial, "out of memory")
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted")
-            raise
         best = self._record(trial, result)
         if self.base_check is not None:
             adapter.restore(model, result.best_state)
@@ -362,6 +440,7 @@ def record_study_facts(study: optuna.Study, prepared: Prepared) -> None:
         "notes": data.notes,
         "trust_remote_code": config.trust_remote_code,
         "default_params": prepared.space.default_params(),
+        "starts": prepared.space.start_params(),
         "settings": search_settings(config),
         "base": prepared.base,
         "config": recordable_config(config),
@@ -375,7 +454,6 @@ def record_study_facts(study: optuna.Study, prepared: Prepared) -> None:
     for key, value in facts.items():
         if study.user_attrs.get(key) != value:
             study.set_user_attr(key, value)
-    enqueue_starts(study, prepared.space)
 
 
 def recordable_config(config: StudyConfig) -> dict:
@@ -430,7 +508,7 @@ def save_prepared(prepared: Prepared, folder: Path) -> None:
         "pad_id": prepared.pad_id,
         "base": prepared.base,
     }
-    tmp = folder / "target.json.tmp"
+    tmp = folder / f"target.json.{os.getpid()}.tmp"  # two processes may prepare one new study
     tmp.write_text(json.dumps(content))
     tmp.replace(folder / "target.json")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import logging
 import multiprocessing
@@ -27,11 +26,15 @@ from autoft.errors import UsageError
 from autoft.study import (
     COUNTS_TOWARD_BUDGET,
     HEARTBEAT_SECONDS,
+    RETRY_OF,
     budget_left,
     make_pruner,
     make_sampler,
     open_storage,
+    queue_next_config,
     redact,
+    sqlite_lock,
+    to_run_again,
 )
 from autoft.train import TrialFailed
 
@@ -169,9 +172,8 @@ class StartLock:
 
     def acquire(self) -> None:
         if self.dialect == "sqlite":
-            handle = open(f"{self.engine.url.database}.start-lock", "a")  # noqa: SIM115
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            self._held = handle
+            self._held = contextlib.ExitStack()
+            self._held.enter_context(sqlite_lock(self.engine.url.database))
         elif self.dialect == "postgresql":
             from sqlalchemy import text
 
@@ -190,20 +192,18 @@ class StartLock:
             from sqlalchemy import text
 
             held.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
-            held.close()
-        else:
-            fcntl.flock(held, fcntl.LOCK_UN)
-            held.close()
+        held.close()
 
 
 class Stop:
     """How a worker stops cleanly on SIGINT, SIGTERM or its hard time limit (SIGALRM).
 
-    During a trial the signal raises KeyboardInterrupt there and then: the Objective records the
-    trial as failed with the reason `interrupted`, which does not use up the budget, so the same
-    command resumes it. Between trials it only sets `requested`, so asking for a trial or telling
-    its result is never cut in half (that could leave a RUNNING trial without a heartbeat, which
-    nothing would ever find stale).
+    During a trial the signal raises KeyboardInterrupt there and then: the TrialRunner records
+    the trial as failed with the reason `interrupted`, which does not use up the budget, and its
+    config is run again first when the study goes on. Elsewhere it only sets `requested`, so
+    asking for a trial or telling its result is never cut in half (that could leave a RUNNING
+    trial without a heartbeat, which nothing would ever find stale). `autoft search` also holds
+    one while its workers run and its report is written, so a late Ctrl-C loses neither.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
@@ -284,21 +284,20 @@ class TrialRunner:
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.lock.release()
-        stale_worker = trial.user_attrs.get("worker")  # a retry inherits the stale trial's attrs
-        if stale_worker is not None:
-            trial.set_user_attr("evaluations", [])
-            trial.set_user_attr("retry_of_worker", stale_worker)
         trial.set_user_attr("worker", self.worker)
-        with trial_log(trial_log_path(self.config, trial.number)), self.stop.trial():
+        retry_of = trial.user_attrs.get(RETRY_OF)
+        with trial_log(trial_log_path(self.config, trial.number)):
             log.info(
                 "trial %d started on %s (pid %d)%s",
                 trial.number,
                 self.worker["device"],
                 self.worker["pid"],
-                " (a retry: the first worker stopped sending heartbeats)" if stale_worker else "",
+                f" (trial {retry_of}'s config again: it did not finish)" if retry_of is not None
+                else "",
             )
             try:
-                value = self.objective(trial)
+                with self.stop.trial():  # only here does a signal interrupt at once
+                    value = self.objective(trial)
             except optuna.TrialPruned:
                 log.info("trial %d pruned", trial.number)
                 raise
@@ -306,6 +305,7 @@ class TrialRunner:
                 log.warning("trial %d failed: %s", trial.number, failed)
                 raise
             except KeyboardInterrupt:
+                trial.set_user_attr("fail_reason", "interrupted")  # its config runs again
                 log.warning("trial %d interrupted", trial.number)
                 raise
             except Exception as error:
@@ -345,6 +345,7 @@ def run_trials(
         try:
             fail_stale_trials(study)
             if budget_left(study, n_trials) > 0:
+                queue_next_config(study)
                 study.optimize(runner, n_trials=1, catch=(Exception,), gc_after_trial=True)
                 continue
         finally:
@@ -388,23 +389,26 @@ def work(
     stop.install(hard_deadline)
     runner = None
     try:
-        prepared = prepare_study(config, echo=log.debug)
-        storage = open_storage(url)
-        study = optuna.load_study(
-            study_name=config.name,
-            storage=storage,
-            sampler=make_sampler(dataclasses.replace(config, seed=sampler_seed(config, slots))),
-            pruner=make_pruner(config),
-        )
-        objective = Objective(prepared, torch.device(slot.torch_device))
-        runner = TrialRunner(objective, config, slot, StartLock(storage, config.name), stop)
-        run_trials(study, runner, config.n_trials, deadline)
-    except KeyboardInterrupt:
-        pass  # raised by Stop inside a trial, which is already recorded as interrupted
+        try:
+            prepared = prepare_study(config, echo=log.debug)
+            storage = open_storage(url)
+            study = optuna.load_study(
+                study_name=config.name,
+                storage=storage,
+                sampler=make_sampler(dataclasses.replace(config, seed=sampler_seed(config, slots))),
+                pruner=make_pruner(config),
+            )
+            objective = Objective(prepared, torch.device(slot.torch_device))
+            runner = TrialRunner(objective, config, slot, StartLock(storage, config.name), stop)
+            run_trials(study, runner, config.n_trials, deadline)
+        except KeyboardInterrupt:
+            pass  # raised by Stop inside a trial, which is already recorded as interrupted
+        # Stop stays installed until here: a second Ctrl-C (the terminal signals every worker,
+        # and the parent forwards its own) must not cut this short with a traceback.
+        if stop.requested and runner is not None:
+            fail_own_running_trials(config.name, url, runner.worker)
     finally:
         stop.uninstall()
-    if stop.requested and runner is not None:
-        fail_own_running_trials(config.name, url, runner.worker)
     return stop.signalled
 
 
@@ -427,10 +431,16 @@ def fail_own_running_trials(name: str, url: str, worker: dict) -> None:
         log.warning("could not record the interrupted trial (%s); it is retried once stale", error)
 
 
+def quiet_optuna() -> None:
+    """Only Optuna's errors reach the screen: autoft logs each trial's end itself, and Optuna's
+    own line for a failed trial would repeat it, with a traceback for every Ctrl-C."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
 def _child_main(config, url, slot, index, slots, deadline, hard_deadline) -> None:
     """Entry point of a spawned worker process; its exit code says how it ended."""
     logging.basicConfig(level=logging.INFO, format=f"[worker {index} {slot.device}] %(message)s")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_optuna()
     interrupted = work(config, url, slot, slots, deadline, hard_deadline)
     raise SystemExit(INTERRUPTED_EXIT if interrupted else 0)
 
@@ -564,7 +574,24 @@ def status_text(study: optuna.Study) -> str:
         lines.append(
             f"  trial {trial.number}: {where}, {epoch_text(progress)}{last}, running {age}"
         )
-    interrupted = sum(1 for t in trials if t.user_attrs.get("fail_reason") == "interrupted")
-    if interrupted:
-        lines.append(f"  {interrupted} interrupted trial(s) do not count; they are run again.")
+    lines.extend(stopped_lines(trials))
     return "\n".join(lines)
+
+
+def stopped_lines(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
+    """What became of trials that did not finish (interrupted, or their worker died): whose
+    config runs again, and which trial ran it."""
+    queued = [t.user_attrs[RETRY_OF] for t in trials
+              if t.state == TrialState.WAITING and RETRY_OF in t.user_attrs]
+    waiting = sorted(queued + [t.number for t in to_run_again(trials)])
+    rerun = [(t.user_attrs[RETRY_OF], t.number) for t in trials
+             if t.state != TrialState.WAITING and RETRY_OF in t.user_attrs]
+    lines = []
+    if waiting:
+        lines.append(
+            f"  did not finish: trial {', '.join(map(str, waiting))}; their configs run again, "
+            f"before any new one, when the study goes on (autoft search or autoft worker)."
+        )
+    if rerun:
+        lines.append("  run again: " + ", ".join(f"trial {a} as trial {b}" for a, b in rerun))
+    return lines

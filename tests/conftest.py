@@ -86,7 +86,13 @@ def tiny_study(tmp_path_factory, tiny_model_dir, tiny_csv):
 
     from autoft.config import build_config
     from autoft.prepare import prepare_study
-    from autoft.study import Objective, load_study, open_study, record_study_facts
+    from autoft.study import (
+        Objective,
+        load_study,
+        open_study,
+        queue_next_config,
+        record_study_facts,
+    )
 
     studies = tmp_path_factory.mktemp("studies")
     flags = {"model": str(tiny_model_dir), "train": str(tiny_csv), "name": "tiny",
@@ -97,7 +103,9 @@ def tiny_study(tmp_path_factory, tiny_model_dir, tiny_csv):
     study = open_study(config)
     record_study_facts(study, prepared)
     objective = Objective(prepared, torch.device("cpu"))
-    study.optimize(objective, n_trials=3)
+    for _ in range(3):  # the default config first, then the space's starts, as workers run them
+        queue_next_config(study)
+        study.optimize(objective, n_trials=1)
     always = optuna.load_study(study_name="tiny", storage=study._storage,
                                pruner=optuna.pruners.ThresholdPruner(upper=-1.0))
     always.optimize(objective, n_trials=1, catch=(Exception,))

@@ -110,3 +110,38 @@ def test_search_and_a_second_machine_s_workers_share_a_postgres_study(
         assert PASSWORD not in text
     assert study.user_attrs["config"]["storage"] == f"postgresql://postgres:***@{SERVER}"
     assert (here / name / "summary.json").is_file()
+
+
+def test_an_interrupted_default_runs_again_first_on_postgres_with_two_workers(
+    postgres_url, tiny_model_dir, tmp_path
+) -> None:
+    """Ctrl-C during trial 0 (the default config); the resumed search's two workers take the
+    next trials under the advisory lock: the default's config exactly once, and first."""
+    import signal
+
+    from optuna.trial import TrialState
+    from test_workers import wait_for_trial_in_progress
+
+    url, name, storage = postgres_url
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(400))
+    space = write_space(tmp_path / "space.yaml", epochs=3, batch=8)
+    args = search_args(tiny_model_dir, train, space, tmp_path, name, 3, "cpu") + ["--storage", url]
+    search = subprocess.Popen(args, env=cli_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    assert wait_for_trial_in_progress(tmp_path, name, search) == 0
+    search.send_signal(signal.SIGINT)
+    output, _ = search.communicate(timeout=120)
+    assert search.returncode == 130, output
+    assert "Traceback" not in output
+
+    resume = subprocess.run(args[:-3] + ["cpu:2", "--storage", url], env=cli_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert resume.returncode == 0, resume.stdout + resume.stderr
+    study = optuna.load_study(study_name=name, storage=storage)
+    trials = sorted(study.get_trials(), key=lambda t: t.number)
+    assert trials[0].user_attrs["fail_reason"] == "interrupted"
+    assert [t.number for t in trials if t.user_attrs.get("retry_of") == 0] == [1]
+    assert trials[1].params == trials[0].params and trials[1].state == TrialState.COMPLETE
+    assert budget_used(study) == 3
+    summary = json.loads((tmp_path / name / "summary.json").read_text())
+    assert summary["default"]["number"] == 1

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from autoft.cli import main
 from autoft.errors import UsageError
-from autoft.study import budget_used, redact, storage_url
+from autoft.study import budget_used, queue_next_config, redact, storage_url
 from autoft.workers import Slot, device_slots
 
 QUICK_TRIALS = "{low: 1.0e-4, high: 1.0e-3, log: true, default: 3.0e-4}"
@@ -184,27 +184,45 @@ def test_three_workers_end_with_exactly_the_budget(tiny_model_dir, tiny_csv, tmp
     assert "of 7 · 0 running" in status
 
 
-def test_a_killed_worker_s_trial_is_retried_on_resume(tiny_model_dir, slow_csv, tmp_path) -> None:
+def test_a_killed_lone_worker_s_trial_is_seen_stale_at_once_and_retried_clean(
+    tiny_model_dir, slow_csv, tmp_path
+) -> None:
+    """kill -9 of the only worker: within two heartbeats `autoft status` shows its trial as not
+    finished, not running; on resume its config runs again with none of its measurements (the
+    forgetting check's per-evaluation history would otherwise add up)."""
     space = write_space(tmp_path / "space.yaml", epochs=3, batch=8)
     studies = tmp_path / "studies"
-    args = search_args(tiny_model_dir, slow_csv, space, studies, "killed", 3, "cpu")
+    args = search_args(tiny_model_dir, slow_csv, space, studies, "killed", 3, "cpu") + [
+        "--base-kind", "drift", "--base-data", str(slow_csv)]
     process = subprocess.Popen(args, env=cli_env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     number = wait_for_trial_in_progress(studies, "killed", process)
+    study = open_sqlite_study(studies, "killed")
+    while "quick_retention" not in study.get_trials()[number].user_attrs:
+        assert process.poll() is None
+        time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
-    study = open_sqlite_study(studies, "killed")
     victim = study.get_trials()[number]
     assert victim.state == TrialState.RUNNING
+
+    time.sleep(2.5)  # two heartbeats of AUTOFT_HEARTBEAT_SECONDS=1, and a half
+    status = subprocess.run(
+        [sys.executable, "-m", "autoft", "status", "--study", "killed", "--studies-dir",
+         str(studies)], env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert "0 running" in status.stdout, status.stdout + status.stderr
+    assert f"did not finish: trial {number}; their configs run again" in status.stdout
+    assert study.get_trials()[number].state == TrialState.FAIL
 
     result = subprocess.run(args, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     trials = study.get_trials()
-    assert trials[victim.number].state == TrialState.FAIL
-    retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
     assert len(retries) == 1
-    assert retries[0].state.is_finished() and retries[0].params == victim.params
-    assert retries[0].user_attrs["retry_of_worker"]["pid"] == process.pid
+    retry = retries[0]
+    assert retry.state.is_finished() and retry.params == victim.params
+    assert len(retry.user_attrs["quick_retention"]) == len(retry.user_attrs["evaluations"])
+    assert retry.user_attrs["worker"]["pid"] != process.pid
     assert budget_used(study) == 3
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
 
@@ -222,9 +240,10 @@ def test_sigint_marks_running_trials_interrupted_and_the_study_resumes(
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, out + err
     assert "interrupted; run the same command again to resume" in err
+    assert "Traceback" not in out + err
     study = open_sqlite_study(studies, "sigint")
-    trials = study.get_trials()
-    interrupted = [t for t in trials if t.user_attrs.get("fail_reason") == "interrupted"]
+    first_run = study.get_trials()
+    interrupted = [t for t in first_run if t.user_attrs.get("fail_reason") == "interrupted"]
     assert interrupted and all(t.state == TrialState.FAIL for t in interrupted)
     assert not study.get_trials(states=(TrialState.RUNNING,))
     assert budget_used(study) < 3
@@ -234,6 +253,13 @@ def test_sigint_marks_running_trials_interrupted_and_the_study_resumes(
     assert result.returncode == 0, result.stdout + result.stderr
     assert budget_used(study) == 3
     assert not study.get_trials(states=(TrialState.RUNNING,))
+    trials = study.get_trials()
+    rerun = [t for t in interrupted if t.params]  # a trial stopped before sampling ran nothing
+    for stopped in rerun:  # with two workers, two configs were lost before
+        again = [t for t in trials if t.user_attrs.get("retry_of") == stopped.number]
+        assert len(again) == 1 and again[0].params == stopped.params, stopped.number
+    resumed = [t for t in trials if t.number >= len(first_run)]
+    assert all("retry_of" in t.user_attrs for t in resumed[:len(rerun)]), "retries come first"
 
 
 def test_the_hard_time_limit_interrupts_a_running_trial(tiny_model_dir, slow_csv, tmp_path) -> None:
@@ -256,3 +282,9 @@ def test_the_hard_time_limit_interrupts_a_running_trial(tiny_model_dir, slow_csv
         (TrialState.FAIL, "interrupted")
     ]
     assert time.time() - now < 30
+    study = open_sqlite_study(tmp_path / "studies", "hard")
+    queue_next_config(study)  # what the next worker does before it asks for a trial
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert [(t.user_attrs["retry_of"], t.system_attrs["fixed_params"]) for t in waiting] == [
+        (0, trials[0].params)
+    ]
