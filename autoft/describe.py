@@ -29,6 +29,11 @@ def describe_params(params: dict, depth: int) -> str:
         words.append(f"{epochs} epoch{'s' if epochs != 1 else ''}")
     if params.get("preserve_weight"):
         words.append(f"preservation loss ×{params['preserve_weight']:g}")
+    if params.get("head_first_epochs"):
+        epochs = int(params["head_first_epochs"])
+        words.append(f"the head alone for {epochs} epoch{'s' if epochs != 1 else ''} first")
+    if params.get("interpolate"):
+        words.append("then mixed back toward the untouched weights")
     return ", ".join(words)
 
 

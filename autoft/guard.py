@@ -63,18 +63,26 @@ class ForgettingGuard:
     def _retention(self, value: float, key: str) -> float:
         return retention(self.base[key], value, self.base["higher_is_better"])
 
+    def quick_retention(self, model, device: torch.device) -> float:
+        """The share of the base skill the model keeps on the quick check's fixed slice."""
+        if self.untouched:
+            return 1.0
+        score = self.task.score(model, str(device), quick=True, frozen=self.frozen).value
+        return self._retention(score, "quick_score")
+
+    def passes(self, retention: float) -> bool:
+        return retention >= self.base["min_retention"]
+
     def keepable(self, trial: optuna.Trial, model, device: torch.device) -> bool:
         """Cheap check on a fixed slice, before the trial may keep these weights: whether they
         keep at least the bar."""
         began = time.perf_counter()
-        kept = 1.0 if self.untouched else self._retention(
-            self.task.score(model, str(device), quick=True, frozen=self.frozen).value,
-            "quick_score")
+        kept = self.quick_retention(model, device)
         self._add_seconds(trial, time.perf_counter() - began)
         history = trial.user_attrs.get("quick_retention", []) + [round(kept, 4)]
         trial.set_user_attr("quick_retention", history)
         self._constrain(trial, kept, final=False)
-        return kept >= self.base["min_retention"]
+        return self.passes(kept)
 
     def after_evaluation(self, trial: optuna.Trial, has_keepable: bool) -> None:
         """Below the bar, a trial that already kept a feasible checkpoint stops there as

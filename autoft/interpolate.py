@@ -18,10 +18,12 @@ TUNED = 1.0
 
 @dataclass(frozen=True)
 class MixPoint:
-    """One mixing weight's outcome; mix 1.0 is the tuned weights, 0.0 the untouched body."""
+    """One mixing weight's outcome; mix 1.0 is the tuned weights, 0.0 the untouched body.
+    `retention` is the quick check's (None without a base task); `keepable` whether it passes."""
 
     mix: float
     value: float
+    retention: float | None
     keepable: bool
 
 
@@ -52,13 +54,13 @@ def interpolate(
     head: frozenset[str],
     mixes: Iterable[float],
     score: Callable[[], float],
-    keepable: Callable[[], bool],
+    check: Callable[[], tuple[float | None, bool]],
 ) -> list[MixPoint]:
-    """Score the model at each mixing weight (`score` and `keepable` read the model as it is
-    then); the model is left holding the tuned weights."""
+    """Score the model at each mixing weight (`score`, and `check` for (retention, passes), read
+    the model as it is then); the model is left holding the tuned weights."""
     points = []
     for mix in mixes:
         model.load_state_dict(mixed_state(untouched, tuned, head, mix), strict=False)
-        points.append(MixPoint(mix, score(), keepable()))
+        points.append(MixPoint(mix, score(), *check()))
     model.load_state_dict(tuned, strict=False)
     return points

@@ -129,7 +129,8 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
             model, _ = load_model(config.model, data.label_names, config.trust_remote_code)
         for name in needs_check:
             get_adapter(name).check(model, resolved.source)
-    preserved = preservation_texts(config.base, BaseSplit.from_dict(base["split"])) if base else []
+    preserved = (preservation_texts(config.base, BaseSplit.from_dict(base["split"]))
+                 if config.base and base else [])
     resolved = held_without_preservation(config, resolved, preserved, echo)
     prepared = Prepared(config=config, data=data, space=resolved, depth=depth, pad_id=pad_id,
                         base=base)

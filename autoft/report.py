@@ -78,6 +78,7 @@ def trial_entry(trial: optuna.trial.FrozenTrial | None, audits: dict | None = No
         "audit": (audits or {}).get(str(trial.number)),
         "train_seconds": attrs.get("train_seconds"),
         "checkpoint": attrs.get("checkpoint"),
+        "mix": attrs.get("mix"),
     }
 
 
@@ -276,9 +277,12 @@ def answer_lines(summary: dict) -> list[str]:
     base = summary.get("base")
     if best is None:
         return summary_text(summary).splitlines()[1:]
+    mixed = best.get("mix") not in (None, 1.0)
     lines = [
         f"Best config (trial {best['number']}): "
-        f"{describe_params(best['params'], summary['depth'])}."
+        f"{describe_params(best['params'], summary['depth'])}"
+        + (f", keeping the weights {best['mix']:.0%} of the way from the untouched to the tuned "
+           f"ones." if mixed else ".")
     ]
     score = f"It reached a validation {metric} of {best['value']:.4f}"
     if default is None:

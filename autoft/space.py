@@ -8,6 +8,7 @@ sampled after it (define-by-run) and is absent from the other trials' params.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -34,17 +35,21 @@ PARAMETERS = (
     "adapter",
     "lora_rank",
     "lora_alpha",
+    "head_first_epochs",
+    "interpolate",
 )
 # Parameters a space file may leave out, with the value they then keep: preserve_weight 0 (the
 # method stays off); the adapter freeze, as autoft always trained; LoRA's own (None) are then
 # absent, and a LoRA trial takes TrialParams' defaults.
 OPTIONAL_PARAMETERS = {"preserve_weight": 0.0, "adapter": "freeze", "lora_rank": None,
-                       "lora_alpha": None}
-INTEGER_PARAMETERS = ("batch_size", "trainable_layers", "epochs", "lora_rank")
+                       "lora_alpha": None, "head_first_epochs": 0, "interpolate": False}
+INTEGER_PARAMETERS = ("batch_size", "trainable_layers", "epochs", "lora_rank", "head_first_epochs")
 POSITIVE_PARAMETERS = ("learning_rate", "head_lr_multiplier", "batch_size", "epochs", "lora_rank",
                        "lora_alpha")
-# Parameters whose values are words, with the words each may take.
-WORD_PARAMETERS = {"adapter": ADAPTER_NAMES}
+# Parameters whose values come from a fixed set (words, or true/false), with the values each takes.
+WORD_PARAMETERS = {"adapter": ADAPTER_NAMES, "interpolate": (False, True)}
+# The mixing weights an interpolating trial scores (top-level `interpolation_mixes` in a space).
+DEFAULT_MIXES = (0.25, 0.5, 0.75)
 # Words trainable_layers may use for a model whose depth is known only once it is loaded:
 # every layer, or the top half (rounded up).
 DEPTH_WORDS = {"max": lambda depth: depth, "half": lambda depth: (depth + 1) // 2}
@@ -118,6 +123,7 @@ class SearchSpace:
     source: str
     parameters: tuple[Parameter, ...]
     starts: tuple[dict[str, Any], ...] = ()
+    mixes: tuple[float, ...] = DEFAULT_MIXES
 
     def sample(self, trial: optuna.Trial) -> dict[str, Any]:
         """Define-by-run sampling: the value of every parameter that applies to this trial."""
@@ -170,7 +176,7 @@ class SearchSpace:
         parameters = tuple(
             Parameter(name, value=value) if p.name == name else p for p in self.parameters
         )
-        return SearchSpace(self.source, parameters, self.starts)
+        return dataclasses.replace(self, parameters=parameters)
 
     def resolve(self, depth: int) -> SearchSpace:
         """Fix the depth words to the model's depth and check every range against it."""
@@ -187,15 +193,10 @@ class SearchSpace:
                 f"{self.source}: trainable_layers goes up to {max(too_deep)} but the model has "
                 f"only {depth} layers; lower it to at most {depth} (or write 'max')."
             )
-        space = SearchSpace(
-            self.source,
-            resolved,
-            tuple(
-                {key: in_layers(value, depth) for key, value in start.items()}
-                for start in self.starts
-            ),
+        starts = tuple(
+            {key: in_layers(value, depth) for key, value in start.items()} for start in self.starts
         )
-        return space
+        return dataclasses.replace(self, parameters=resolved, starts=starts)
 
 
 def find_space_file(name_or_path: str) -> Path:
@@ -223,6 +224,7 @@ def load_space(name_or_path: str) -> SearchSpace:
     if not isinstance(content, dict):
         raise UsageError(f"{path}: expected a mapping of parameters at the top.")
     starts = content.pop("starts", []) or []
+    mixes = _mixes(path, content.pop("interpolation_mixes", list(DEFAULT_MIXES)))
     unknown = sorted(set(content) - set(PARAMETERS))
     if unknown:
         raise UsageError(
@@ -249,7 +251,20 @@ def load_space(name_or_path: str) -> SearchSpace:
     starts = [{key: _value(path, key, value) for key, value in start.items()} for start in starts]
     for start in starts:
         _check_start(path, parameters, start)
-    return SearchSpace(str(path), parameters, tuple(starts))
+    return SearchSpace(str(path), parameters, tuple(starts), mixes)
+
+
+def _mixes(path: Path, values: Any) -> tuple[float, ...]:
+    """The interpolation grid: numbers from 0 (the untouched body) to 1 (the tuned one)."""
+    numbers = values if isinstance(values, list) and values else None
+    if numbers is None or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in numbers
+    ):
+        raise UsageError(
+            f"{path}: interpolation_mixes must be a list of numbers from 0 to 1, not {values}; "
+            f"write it like [0.25, 0.5, 0.75]."
+        )
+    return tuple(float(v) for v in numbers)
 
 
 def _check_condition(path: Path, parameter: Parameter, earlier: tuple[Parameter, ...]) -> None:
@@ -291,7 +306,7 @@ def _value(path: Path, name: str, value: Any) -> Any:
     if value not in WORD_PARAMETERS[name]:
         raise UsageError(
             f"{path}: {name} value '{value}' is unknown; use one of "
-            f"{', '.join(WORD_PARAMETERS[name])}."
+            f"{', '.join(map(str, WORD_PARAMETERS[name]))}."
         )
     return value
 
@@ -369,7 +384,7 @@ def _read_parameter(path: Path, name: str, spec: Any) -> Parameter:
     if name in WORD_PARAMETERS:
         raise UsageError(
             f"{path}: {name} takes words, not a range; give value or choices from "
-            f"{', '.join(WORD_PARAMETERS[name])}."
+            f"{', '.join(map(str, WORD_PARAMETERS[name]))}."
         )
     if "low" not in spec or "high" not in spec:
         raise UsageError(f"{path}: {name} needs value, choices, or both low and high.")

@@ -30,7 +30,8 @@ from autoft.cache import PrefixCache
 from autoft.config import BaseTaskConfig, StudyConfig
 from autoft.data import Split, TargetData
 from autoft.errors import UsageError
-from autoft.model import load_model
+from autoft.interpolate import TUNED, MixPoint, best_mix, interpolate, mixed_state
+from autoft.model import load_model, split_parameters
 from autoft.presets import search_settings
 from autoft.space import SearchSpace
 from autoft.train import (
@@ -38,6 +39,8 @@ from autoft.train import (
     StopTraining,
     TrialFailed,
     TrialParams,
+    TrialResult,
+    evaluate,
     frozen_blocks,
     train_trial,
     trial_seed,
@@ -335,6 +338,10 @@ class Objective:
         if self.base_check is not None:
             self.base_check.on_start(trial, model, frozen_blocks(model, params.trainable_layers))
         loss_terms = self._preservation_loss(trial, model, params)
+        untouched = adapter.kept_weights(model) if params.interpolate else None
+        # An interpolating trial trains to its end (unless the median stops it) and checks its
+        # mixed points afterwards: mixing is what brings back the skill a check would stop it for.
+        guard = None if params.interpolate else self.base_check
         evaluations: list[dict] = []
 
         def on_evaluation(evaluation: Evaluation) -> None:
@@ -350,8 +357,8 @@ class Objective:
                 evaluation.train_loss,
             )
             trial.report(evaluation.value, evaluation.step)
-            if self.base_check is not None:
-                self.base_check.after_evaluation(trial, any(e["keepable"] for e in evaluations))
+            if guard is not None:
+                guard.after_evaluation(trial, any(e["keepable"] for e in evaluations))
             if trial.should_prune():
                 trial.set_user_attr("prune_reason", "below the median of earlier trials")
                 raise optuna.TrialPruned(
@@ -371,8 +378,8 @@ class Objective:
                 eval_every_samples=evaluation_interval(self.prepared),
                 cache=PrefixCache(config.study_dir / "cache") if config.cache else None,
                 loss_terms=loss_terms,
-                keepable=None if self.base_check is None else functools.partial(
-                    self.base_check.keepable, trial, model, self.device),
+                keepable=None if guard is None else functools.partial(
+                    guard.keepable, trial, model, self.device),
             )
         except StopTraining as stopped:
             result = stopped.result
@@ -385,6 +392,8 @@ class Objective:
             self._fail(trial, str(failed))
         except torch.OutOfMemoryError:
             self._fail(trial, "out of memory")
+        if untouched is not None:
+            self._interpolate(trial, model, adapter, untouched, result)
         best = self._record(trial, result)
         if self.base_check is not None:
             adapter.restore(model, result.best_state)
@@ -406,6 +415,41 @@ class Objective:
         trial.set_user_attr("preserve_targets", note)
         return [term]
 
+    def _interpolate(self, trial: optuna.Trial, model, adapter, untouched: dict,
+                     result: TrialResult) -> None:
+        """Weight-space interpolation (autoft.interpolate): the kept weights' trained body mixed
+        back toward the untouched one at the space's mixing weights, each point scored and
+        checked; the trial keeps the best point that passes the bar. Every point, the tuned one
+        (mix 1.0) first, is recorded (`interpolation`), the chosen mixing weight as `mix`."""
+        tuned = result.best_state
+        adapter.restore(model, tuned)
+        head = frozenset(split_parameters(model).head)
+        if not set(tuned) - head:
+            trial.set_user_attr("interpolation", [])
+            return
+        prepared, guard = self.prepared, self.base_check
+
+        def score() -> float:
+            data = prepared.data
+            return evaluate(model, data.validation, data.metric, prepared.pad_id, self.device)
+
+        def check() -> tuple[float | None, bool]:
+            if guard is None:
+                return None, True
+            kept = guard.quick_retention(model, self.device)
+            return kept, guard.passes(kept)
+
+        points = [MixPoint(TUNED, result.best.value, *check()),
+                  *interpolate(model, untouched, tuned, head, prepared.space.mixes, score, check)]
+        chosen = best_mix(points)
+        trial.set_user_attr("interpolation", [dataclasses.asdict(p) for p in points])
+        trial.set_user_attr("mix", chosen.mix)
+        if chosen.mix != TUNED:
+            result.best_state = mixed_state(untouched, tuned, head, chosen.mix)
+            result.interpolated = chosen.value
+            log.info("trial %d keeps its weights mixed %.2f of the way from the untouched ones: "
+                     "%s %.4f", trial.number, chosen.mix, prepared.data.metric, chosen.value)
+
     def _fail(self, trial: optuna.Trial, reason: str) -> None:
         trial.set_user_attr("fail_reason", reason)
         trial.set_user_attr(COUNTS_TOWARD_BUDGET, True)
@@ -416,17 +460,18 @@ class Objective:
         best = result.best
         if best is None:
             return float("nan")
+        value = result.value
         path = trial_dir(self.prepared.config, trial.number) / "trainable.safetensors"
         save_trial_weights(path, result.best_state)
         trial.set_user_attr("checkpoint", str(path.resolve()))
-        trial.set_user_attr("best_value", best.value)
+        trial.set_user_attr("best_value", value)
         trial.set_user_attr("best_step", best.step)
         trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
         trial.set_user_attr("samples_per_second", round(result.samples_per_second, 1))
         trial.set_user_attr("cache_used", result.cache_used)
         trial.set_user_attr("cache_note", result.cache_note)
         trial.set_user_attr("cache_seconds", round(result.cache_seconds, 3))
-        return best.value
+        return value
 
 
 def record_study_facts(study: optuna.Study, prepared: Prepared) -> None:

@@ -55,6 +55,8 @@ class TrialParams:
     lora_rank: int = 8
     lora_alpha: float = 16.0
     preserve_weight: float = 0.0
+    head_first_epochs: int = 0  # epochs the head trains alone first (LP-FT); 0 = off
+    interpolate: bool = False  # mix the trained body back toward the untouched one after
 
 
 class LossTerm(Protocol):
@@ -94,6 +96,13 @@ class TrialResult:
     cache_used: bool = False
     cache_note: str = ""
     cache_seconds: float = 0.0
+    interpolated: float | None = None  # the score of the interpolation point it keeps, if any
+
+    @property
+    def value(self) -> float:
+        """What the trial reports: its kept interpolation point's score, or its best kept
+        evaluation's."""
+        return self.interpolated if self.interpolated is not None else self.best.value
 
     @property
     def best(self) -> Evaluation | None:
@@ -284,6 +293,41 @@ def evaluation_points(
         yield epoch, math.ceil(within / batch_size) - 1
 
 
+def train_head_first(model, data: TargetData, params: TrialParams, device: torch.device,
+                     pad_id: int, generator: torch.Generator, cache: PrefixCache | None) -> float:
+    """LP-FT's linear probe: the head alone trains for `head_first_epochs` epochs before the chosen
+    layers join it, so they start fine-tuning under a head that already fits instead of a random
+    one whose gradients distort the pretrained features. Every block is frozen meanwhile, so the
+    phase trains from the full-depth prefix cache where there is one. Not evaluated: the trial's
+    evaluations, in samples seen, start with the layers. Returns its seconds."""
+    started = time.perf_counter()
+    head = set(split_parameters(model).head)
+    body = [p for n, p in model.named_parameters() if p.requires_grad and n not in head]
+    if not body:
+        return 0.0  # only the head trains anyway
+    for parameter in body:
+        parameter.requires_grad_(False)
+    depth = len(find_blocks(model))
+    states = cache.states_for(model, data, depth, device, pad_id).states if cache else None
+    set_train_mode(model, depth)
+    lengths = [len(ids) for ids in data.train.input_ids]
+    optimizer = build_optimizer(model, params)
+    steps = math.ceil(len(lengths) / params.batch_size) * params.head_first_epochs
+    scheduler = linear_schedule(optimizer, steps, params.warmup_ratio)
+    for _ in range(params.head_first_epochs):
+        for batch_indices in bucketed_batches(lengths, params.batch_size, generator):
+            batch = collate(data.train, batch_indices, pad_id, device)
+            with autocast(device):
+                loss = forward(model, batch, batch_indices, states and states.train).loss
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+    for parameter in body:
+        parameter.requires_grad_(True)
+    return time.perf_counter() - started
+
+
 def train_trial(
     model,
     data: TargetData,
@@ -319,6 +363,9 @@ def train_trial(
         result.cache_used = states is not None
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    if params.head_first_epochs:
+        result.train_seconds += train_head_first(model, data, params, device, pad_id, generator,
+                                                 cache)
     set_train_mode(model, frozen)
     lengths = [len(ids) for ids in data.train.input_ids]
     steps_per_epoch = math.ceil(len(lengths) / params.batch_size)

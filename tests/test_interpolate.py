@@ -45,14 +45,14 @@ def test_a_grid_is_scored_and_the_model_is_left_tuned(tiny_model_dir) -> None:
     def score() -> float:
         return evaluate(model, data.validation, "accuracy", PAD, torch.device("cpu"))
 
-    def keepable() -> bool:
+    def check() -> tuple[float, bool]:
         name = next(n for n in tuned if n not in head)
         current = dict(model.named_parameters())[name].detach()
         mixes.append(float((current - untouched[name]).norm() / (tuned[name] - untouched[name])
                            .norm()))
-        return True
+        return 1.0, True
 
-    points = interpolate(model, untouched, tuned, head, [0.25, 0.5, 0.75], score, keepable)
+    points = interpolate(model, untouched, tuned, head, [0.25, 0.5, 0.75], score, check)
     assert [p.mix for p in points] == [0.25, 0.5, 0.75]
     assert [round(m, 4) for m in mixes] == [0.25, 0.5, 0.75], "each check saw its own mix"
     assert all(0.0 <= p.value <= 1.0 for p in points)
@@ -61,6 +61,72 @@ def test_a_grid_is_scored_and_the_model_is_left_tuned(tiny_model_dir) -> None:
 
 
 def test_the_best_point_is_the_best_that_passes_the_bar() -> None:
-    points = [MixPoint(1.0, 0.90, False), MixPoint(0.75, 0.85, True), MixPoint(0.5, 0.80, True)]
+    points = [MixPoint(1.0, 0.90, 0.9, False), MixPoint(0.75, 0.85, 0.96, True),
+              MixPoint(0.5, 0.80, 0.99, True)]
     assert best_mix(points).mix == 0.75
-    assert best_mix([MixPoint(1.0, 0.9, False), MixPoint(0.5, 0.8, False)]).mix == 1.0
+    assert best_mix([MixPoint(1.0, 0.9, 0.9, False), MixPoint(0.5, 0.8, 0.9, False)]).mix == 1.0
+
+
+INTERPOLATING_SPACE = """\
+learning_rate: {value: 1.0e-2}
+head_lr_multiplier: {value: 3}
+batch_size: {value: 16}
+trainable_layers: {value: max}
+epochs: {value: 2}
+weight_decay: {value: 0.0}
+warmup_ratio: {value: 0.0}
+interpolate: {value: true}
+interpolation_mixes: [0.2, 0.6]
+"""
+
+
+def test_an_interpolating_trial_keeps_its_best_passing_point_and_exports_it(
+    tiny_model_dir, tiny_csv, tmp_path
+) -> None:
+    import optuna
+
+    from autoft.cli import main
+    from autoft.config import build_config
+    from autoft.export import load_trial_model
+    from autoft.prepare import prepare_study
+
+    space = tmp_path / "space.yaml"
+    space.write_text(INTERPOLATING_SPACE)
+    flags = ["--model", str(tiny_model_dir), "--train", str(tiny_csv), "--space", str(space),
+             "--n-trials", "1", "--study", "mix", "--studies-dir", str(tmp_path / "s"),
+             "--base-kind", "drift", "--base-data", str(tiny_csv), "--min-retention", "0.99"]
+    assert main(["search", *flags]) == 0
+    study = optuna.load_study(study_name="mix", storage=f"sqlite:///{tmp_path / 's/mix/study.db'}")
+    trial = study.trials[0]
+    points = [MixPoint(**p) for p in trial.user_attrs["interpolation"]]
+    assert [p.mix for p in points] == [1.0, 0.2, 0.6], "the tuned point, then the grid"
+    assert all(p.keepable == (p.retention >= 0.99) for p in points)
+    assert points[0].value == max(e["value"] for e in trial.user_attrs["evaluations"])
+    assert "quick_retention" not in trial.user_attrs, "checked after training, not during it"
+    chosen = best_mix(points)
+    assert trial.user_attrs["mix"] == chosen.mix and trial.value == chosen.value
+    assert points[1].retention > points[0].retention, "nearer the untouched, less forgotten"
+    # The checkpoint holds the chosen point: the exported model scores the trial's value.
+    config = build_config({}, None, {"model": str(tiny_model_dir), "train": str(tiny_csv),
+                                     "space": str(space), "name": "mix",
+                                     "studies_dir": str(tmp_path / "s"), "base_kind": "drift",
+                                     "base_data": str(tiny_csv), "base_min_retention": 0.99})
+    data = prepare_study(config, echo=lambda line: None).data
+    model, _ = load_trial_model(str(tiny_model_dir), data.label_names, trial)
+    assert evaluate(model, data.validation, data.metric, 0, torch.device("cpu")) == trial.value
+
+
+def test_the_head_trains_alone_first_and_the_layers_after(tiny_model_dir) -> None:
+    from autoft.train import train_head_first
+
+    model = fresh_model(tiny_model_dir, 2)
+    head = set(split_parameters(model).head)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    params = replace(PARAMS, trainable_layers=2, head_first_epochs=2, learning_rate=3e-3)
+    seconds = train_head_first(model, make_data(n_train=64, n_val=32), params,
+                               torch.device("cpu"), PAD, torch.Generator().manual_seed(0), None)
+    assert seconds > 0
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= head, "only the head moved"
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable

@@ -131,3 +131,11 @@ def test_bad_adapter_spaces_name_the_file_the_parameter_and_the_fix(
     assert message.startswith(str(tmp_path / "space.yaml")) and len(message.splitlines()) == 1
     for word in words:
         assert word in message, message
+
+
+@pytest.mark.parametrize("mixes", ["[0.5, 1.5]", "[]", "half"])
+def test_an_interpolation_grid_outside_zero_to_one_is_refused(tmp_path: Path, mixes: str) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text(find_space_file("quick").read_text() + f"interpolation_mixes: {mixes}\n")
+    with pytest.raises(UsageError, match="interpolation_mixes must be a list of numbers from 0"):
+        load_space(str(path))
