@@ -26,7 +26,8 @@ def test_demo_on_real_minilm_and_tweets(tmp_path, capsys):
     summary = json.loads((tmp_path / "demo-small" / "summary.json").read_text())
     assert summary["metric"] == "macro_f1", "the tweet classes are unbalanced (16k/15k/7k)"
     assert summary["base"]["name"] == "similarity_spearman"
-    assert summary["base"]["score"] == pytest.approx(0.508, abs=0.01), "MiniLM's own Lee skill"
+    # MiniLM's own Lee skill: 0.508 on all 50 documents, 0.494 on the 25 the search checks
+    assert summary["base"]["score"] == pytest.approx(0.494, abs=0.01)
     best, default = summary["best"], summary["default"]
     assert best["value"] >= default["value"]
     assert best["value"] > 0.45, "three classes: chance macro-F1 is about 0.33"

@@ -25,11 +25,13 @@ def test_shipped_spaces_resolve_for_any_depth(name: str, depth: int) -> None:
 
 def test_quick_space_starts_with_the_top_half_then_its_listed_starts() -> None:
     starts = load_space("quick").resolve(6).start_params()
-    assert [(s["trainable_layers"], s["learning_rate"], s["preserve_weight"]) for s in starts] == [
-        (3, 5e-5, 0),
-        (1, 2e-4, 0),
-        (0, 5e-4, 0),
-        (2, 1e-4, 1),
+    assert [(s["trainable_layers"], s["learning_rate"], s["preserve_weight"], s["interpolate"])
+            for s in starts] == [
+        (3, 5e-5, 0, False),
+        (1, 2e-4, 0, False),
+        (0, 5e-4, 0, False),
+        (2, 1e-4, 1, False),
+        (6, 1e-4, 0, True),
     ]
 
 
