@@ -214,12 +214,12 @@ def run_study(
 
 
 def best_without_bar(study: optuna.Study) -> float | None:
-    """The best score any trial reached: complete ones at their value (and interpolated points),
-    pruned ones at their last evaluation."""
+    """The best score with no bar: complete trials at their best evaluation (their value is the
+    best one that passed the bar) or interpolated point, pruned ones at their last evaluation."""
     values = []
     for trial in study.get_trials(deepcopy=False):
         if trial.state == TrialState.COMPLETE and trial.value is not None:
-            values.append(trial.value)
+            values += [trial.value, *trial.intermediate_values.values()]
             values += [p["value"] for p in trial.user_attrs.get("interpolation") or []]
         elif trial.state == TrialState.PRUNED and trial.intermediate_values:
             values.append(trial.intermediate_values[max(trial.intermediate_values)])

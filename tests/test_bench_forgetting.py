@@ -90,3 +90,21 @@ def test_the_table_shows_each_number_or_a_dash_and_the_targets(bench):
     assert "15.0" in lines[2] and "gap missed, audit —" in lines[2]
     assert lines[3].split()[:4] == ["newsgroups", "default", "—", "—"] and "failed" in lines[3]
     assert lines[-1].startswith("targets: best ≥0.95 within 2 points")
+
+
+def test_the_best_with_no_bar_counts_every_evaluation_of_complete_trials_and_the_last_of_pruned(
+    bench,
+):
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    study = optuna.create_study(direction="maximize")
+    # kept 0.60, the evaluation that passed the bar; 0.70 came earlier and forgot too much
+    study.add_trial(create_trial(value=0.60, intermediate_values={1: 0.70, 2: 0.60}))
+    # stopped at its third evaluation; its 0.90 is not a score it ended with
+    study.add_trial(create_trial(state=TrialState.PRUNED,
+                                 intermediate_values={1: 0.90, 2: 0.50, 3: 0.65}))
+    assert bench.best_without_bar(study) == 0.70
+    study.add_trial(create_trial(value=0.55, intermediate_values={1: 0.55},
+                                 user_attrs={"interpolation": [{"mix": 0.5, "value": 0.74}]}))
+    assert bench.best_without_bar(study) == 0.74
