@@ -153,10 +153,16 @@ def write_splits(task: Task, sizes: dict[str, int], seed: int, folder: Path) -> 
 
 
 def freeze_only(space: dict) -> dict:
-    """The space with every anti-forgetting method held off, and none of the starts that use one."""
-    space = dict(space)
-    for name in METHODS_OFF.keys() & space.keys():
-        space[name] = {"value": METHODS_OFF[name]}
+    """The space with every anti-forgetting method held off, without the parameters that apply
+    only with a method on (a `when` no trial can meet is an error) nor the starts that use one."""
+    held = {name: METHODS_OFF[name] for name in METHODS_OFF.keys() & space.keys()}
+
+    def can_apply(spec) -> bool:
+        when = spec.get("when", {}) if isinstance(spec, dict) else {}
+        return all(held.get(name, value) == value for name, value in when.items())
+
+    space = {name: spec for name, spec in space.items() if can_apply(spec)}
+    space |= {name: {"value": value} for name, value in held.items()}
     space["starts"] = [
         start for start in space.get("starts", [])
         if all(start[name] == METHODS_OFF[name] for name in METHODS_OFF.keys() & start.keys())

@@ -70,6 +70,7 @@ def test_freeze_only_holds_every_method_off_and_drops_the_starts_that_use_one(be
     frozen = bench.freeze_only(space)
     assert frozen["adapter"] == {"value": "freeze"}
     assert frozen["preserve_weight"] == {"value": 0}
+    assert "lora_rank" not in frozen  # applies only under adapter lora
     assert frozen["learning_rate"] == space["learning_rate"]
     assert frozen["starts"] == [
         {"trainable_layers": 2}, {"adapter": "freeze", "learning_rate": 1e-4}]
