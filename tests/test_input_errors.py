@@ -257,6 +257,16 @@ def test_lora_on_a_model_whose_blocks_have_no_linear_layers(tiny_csv, tmp_path, 
                    "remove lora", tmp_path=tmp_path)
 
 
+def test_eval_interval_longer_than_the_run(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    """320 training rows × the quick space's 2 epochs: an interval of 1,000 never evaluates (every
+    trial used to fail with 'The value nan is not acceptable', uncounted, for ever)."""
+    args = search_args(tiny_model_dir, tiny_csv, tmp_path, "--space", "quick",
+                       "--eval-every-samples", "1000", "--timeout", "30s")
+    code, err = run_cli(args, capsys)
+    assert_refused(code, err, "--eval-every-samples", "320 training rows × 2 epochs = 640",
+                   "at most 640", tmp_path=tmp_path)
+
+
 def test_more_classes_than_validation_rows(tiny_model_dir, tmp_path, capsys):
     rows = [{"text": f"good film {i}", "label": f"c{i % 500}"} for i in range(1000)]
     train = write_csv(tmp_path / "many.csv", rows)
