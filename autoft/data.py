@@ -193,8 +193,8 @@ def _check_stratified_split(config: StudyConfig, labels: list[str]) -> None:
     low = math.ceil(classes / rows * 1000) / 1000
     high = math.floor((rows - classes) / rows * 1000) / 1000
     raise UsageError(
-        f"{config.where('val_fraction')}: {config.val_fraction} of {rows} rows holds out "
-        f"{held_out}, but a stratified split needs one row of each of the {classes} classes on "
+        f"{config.where('train')}: --val-fraction {config.val_fraction} holds out {held_out} of "
+        f"{rows} rows, but a stratified split needs one row of each of the {classes} classes on "
         f"each side; use a --val-fraction from {low} to {high}, or give --validation."
     )
 

@@ -271,8 +271,8 @@ def test_more_classes_than_validation_rows(tiny_model_dir, tmp_path, capsys):
     rows = [{"text": f"good film {i}", "label": f"c{i % 500}"} for i in range(1000)]
     train = write_csv(tmp_path / "many.csv", rows)
     code, err = run_cli(search_args(tiny_model_dir, train, tmp_path), capsys)
-    assert_refused(code, err, "holds out 200", "500 classes", "from 0.5 to 0.5", "--validation",
-                   tmp_path=tmp_path)
+    assert_refused(code, err, "--val-fraction 0.2 holds out 200 of 1000", "500 classes",
+                   "from 0.5 to 0.5", "--validation", tmp_path=tmp_path)
 
 
 def test_val_fraction_too_small_to_stratify(tiny_model_dir, tiny_csv, tmp_path, capsys):
