@@ -9,6 +9,7 @@ import argparse
 import logging
 import sys
 import time
+from datetime import datetime
 from importlib.resources import files
 from pathlib import Path
 
@@ -69,6 +70,10 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
     add("--base-kind", help="base-task check: similarity, classification, masked_lm or drift")
     add("--base-data", help="base-task data file")
     add("--base-ratings", help="for the Lee layout: the matrix of similarity ratings")
+    add("--base-text-column", help="base-task table: its text column (default: text)")
+    add("--base-text-pair-column", help="base-task table of pairs: the second text column")
+    add("--base-score-column", help="base-task table of pairs: the rating (default: score)")
+    add("--base-label-column", help="base-task classification table: its labels (default: label)")
     add(
         "--base-preserve-data",
         help="unlabelled text (one a line, or a table with a text column) whose base-model "
@@ -124,6 +129,10 @@ STUDY_FLAG_FIELDS = (
     "base_data",
     "base_ratings",
     "base_preserve_data",
+    "base_text_column",
+    "base_text_pair_column",
+    "base_score_column",
+    "base_label_column",
     "base_min_retention",
 )
 
@@ -148,7 +157,14 @@ def run_search(config: StudyConfig) -> dict:
     from autoft.prepare import prepare_study
     from autoft.progress import LiveDisplay
     from autoft.report import summary_text, write_report
-    from autoft.study import budget_left, open_storage, open_study, record_study_facts, storage_url
+    from autoft.study import (
+        budget_left,
+        check_not_stopped,
+        open_storage,
+        open_study,
+        record_study_facts,
+        storage_url,
+    )
     from autoft.workers import Stop, device_slots, run_workers, time_limits
 
     slots = device_slots(config.devices, config.trials_per_gpu, config.where("devices"))
@@ -161,11 +177,14 @@ def run_search(config: StudyConfig) -> dict:
     print(f"  using {describe_settings(study.user_attrs['settings'])}")
     started = time.time()
     data = prepared.data
+    since = datetime.now()
     deferred = Stop()  # between and after the workers a signal only asks to stop
     deferred.install()
     try:
         with LiveDisplay(study, config.n_trials, data.metric, prepared.depth, len(data.train)):
             interrupted = run_workers(config, storage_url(config), slots, *time_limits(config))
+        if not interrupted:
+            check_not_stopped(study, since, config.n_trials)
         audit_reported(study)
         summary = write_report(study, config.study_dir)
         if summary["best"] is not None:

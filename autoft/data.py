@@ -4,6 +4,8 @@ check its columns and labels, split it stratified, choose metric and max length,
 
 from __future__ import annotations
 
+import itertools
+import logging
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -16,6 +18,8 @@ from sklearn.model_selection import train_test_split
 
 from autoft.config import StudyConfig
 from autoft.errors import UsageError
+
+log = logging.getLogger("autoft")
 
 IMBALANCE_RATIO = 1.5
 MAX_LENGTH_PERCENTILE = 98
@@ -102,17 +106,57 @@ def _column(table: datasets.Dataset, name: str, where: str, source: str) -> list
 
 
 def _texts(table, config: StudyConfig, where: str, source: str) -> list:
-    first = [
-        str(t) if t is not None else ""
-        for t in _column(table, config.text_column, where + " / --text-column", source)
-    ]
+    """The text of each row, or (text, pair) tuples; see `_text_column` for what is refused."""
+    first = _text_column(table, config.text_column, where + " / --text-column", source)
     if not config.text_pair_column:
         return first
-    second = [
-        str(t) if t is not None else ""
-        for t in _column(table, config.text_pair_column, where + " / --text-pair-column", source)
-    ]
+    second = _text_column(table, config.text_pair_column, where + " / --text-pair-column", source)
     return list(zip(first, second, strict=True))
+
+
+def _text_column(table, name: str, where: str, source: str) -> list[str]:
+    """A text column as strings. A row without a value is refused, naming its line (it would
+    become the text 'nan'); a column with no text at all is refused (it trains at chance); some
+    empty texts are counted in a warning."""
+    values = _column(table, name, where, source)
+    missing = next((i for i, value in enumerate(values) if _is_missing(value)), None)
+    if missing is not None:
+        raise UsageError(
+            f"{where}: {_row_name(source, missing)} of {source} has no '{name}'; give it a text "
+            f"or drop that row."
+        )
+    texts = [str(value) for value in values]
+    empty = [i for i, text in enumerate(texts) if not text.strip()]
+    if len(empty) == len(texts):
+        raise UsageError(
+            f"{where}: every '{name}' in {source} is empty, so nothing could be learned; name the "
+            f"column that holds the text."
+        )
+    if empty:
+        log.warning(
+            "%s: %d of %d texts in '%s' of %s are empty (the first on %s); those rows are "
+            "learned from no text.", where, len(empty), len(texts), name, source,
+            _row_name(source, empty[0]),
+        )
+    return texts
+
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _row_name(source: str, index: int) -> str:
+    """Where the user finds row `index` (0-based) of a table: its line in a CSV or JSON Lines
+    file (JSON Lines skips blank lines, so they are counted here), else its row number."""
+    path = Path(source)
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl" and path.is_file():
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            lines = (number for number, line in enumerate(handle, 1) if line.strip())
+            return f"line {next(itertools.islice(lines, index, None))}"
+    if suffix in (".csv", ".tsv") and path.is_file():
+        return f"line {index + 2}"
+    return f"row {index + 1}"
 
 
 def _labels(table, config: StudyConfig, where: str, source: str) -> list[str]:
@@ -136,6 +180,23 @@ def _subsample(texts: list, labels: list[str], limit: int | None, seed: int):
         texts, labels, train_size=limit, stratify=stratify, random_state=seed
     )
     return kept_texts, kept_labels
+
+
+def _check_stratified_split(config: StudyConfig, labels: list[str]) -> None:
+    """A stratified split needs every class on both sides; refused, not made another way, since
+    a validation set missing classes would score the search on a different task. (Every class has
+    two rows by now, so some fraction always works.)"""
+    rows, classes = len(labels), len(set(labels))
+    held_out = math.ceil(config.val_fraction * rows)  # as scikit-learn rounds it
+    if classes <= held_out <= rows - classes:
+        return
+    low = math.ceil(classes / rows * 1000) / 1000
+    high = math.floor((rows - classes) / rows * 1000) / 1000
+    raise UsageError(
+        f"{config.where('train')}: --val-fraction {config.val_fraction} holds out {held_out} of "
+        f"{rows} rows, but a stratified split needs one row of each of the {classes} classes on "
+        f"each side; use a --val-fraction from {low} to {high}, or give --validation."
+    )
 
 
 def load_target(config: StudyConfig) -> tuple[list, list[str], list, list[str], list[str]]:
@@ -168,6 +229,7 @@ def load_target(config: StudyConfig) -> tuple[list, list[str], list, list[str], 
                 f"{config.where('train')}: class '{rare[0]}' has a single example, too few to "
                 f"split off validation; add examples or give --validation."
             )
+        _check_stratified_split(config, train_labels)
         train_texts, val_texts, train_labels, val_labels = train_test_split(
             train_texts,
             train_labels,

@@ -35,6 +35,7 @@ __all__ = [
     "BaseScore",
     "BaseTask",
     "build_base_task",
+    "find_pair_columns",
     "linear_cka",
     "preservation_texts",
     "retention",
@@ -232,7 +233,8 @@ def _column(frame: pd.DataFrame, path: str, column: str | None, setting: str) ->
     if column not in frame.columns:
         have = ", ".join(map(str, frame.columns))
         raise UsageError(
-            f"{path} has no column '{column}' (it has {have}); set base.{setting} to one of those."
+            f"{path} has no column '{column}' (it has {have}); name one of those with "
+            f"--base-{setting.replace('_', '-')} (base.{setting} in a study file)."
         )
     return frame[column].tolist()
 
@@ -474,8 +476,9 @@ def _read_pairs(config: BaseTaskConfig) -> tuple[str, int, Callable[[list[int]],
     else:
         if not config.text_pair_column:
             raise UsageError(
-                f"Similarity on {config.data} needs pairs: set base.text_pair_column "
-                f"(a table of pairs) or base.ratings (a document × document matrix)."
+                f"Similarity on {config.data} needs pairs: name its columns with "
+                f"--base-text-column, --base-text-pair-column and --base-score-column (base.* "
+                f"in a study file), or give --base-ratings (a document × document matrix)."
             )
         frame = _read_table(config.data)
         first, second = (
@@ -495,6 +498,28 @@ def _read_pairs(config: BaseTaskConfig) -> tuple[str, int, Callable[[list[int]],
             return _pairs_from_rows(_pick(first, rows), _pick(second, rows), gold[rows])
 
         return "pairs", len(gold), take
+
+
+def find_pair_columns(config: BaseTaskConfig) -> dict[str, str] | None:
+    """A similarity table whose columns no setting names, holding exactly two text columns and
+    one numeric column: those as the pair (in the table's order) and the score; else None."""
+    if (config.kind != "similarity" or config.ratings or config.text_pair_column
+            or not _is_table(config.data)):
+        return None
+    frame = _read_table(config.data)
+    numeric = [
+        column for column in frame.columns
+        if pd.api.types.is_numeric_dtype(frame[column])
+        and not pd.api.types.is_bool_dtype(frame[column])
+    ]
+    texts = [
+        column for column in frame.columns
+        if column not in numeric and frame[column].map(lambda value: isinstance(value, str)).all()
+    ]
+    if len(texts) != 2 or len(numeric) != 1:
+        return None
+    return {"text_column": str(texts[0]), "text_pair_column": str(texts[1]),
+            "score_column": str(numeric[0])}
 
 
 def _numbers(values: list, path: str, column: str) -> np.ndarray:

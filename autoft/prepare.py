@@ -4,16 +4,19 @@ the search space, and keep it all in the study folder so workers and resumes reu
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from autoft.adapters import get_adapter
 from autoft.config import StudyConfig
 from autoft.data import load_target, tokenize_target
 from autoft.errors import UsageError
+from autoft.forgetting import find_pair_columns
 from autoft.model import load_model, model_depth
-from autoft.space import load_space
+from autoft.space import SearchSpace, load_space
 from autoft.study import Prepared, load_prepared_data, save_prepared
 
 DATA_FIELDS = (
@@ -30,22 +33,62 @@ DATA_FIELDS = (
     "max_val_samples",
     "seed",
 )
+HASHES_FILE = "file_hashes.json"
 
 
-def _file_identity(value: str | None) -> object:
-    """A path's size and modification time, so an edited data file is noticed."""
+def _file_digest(path: Path, known: dict) -> str:
+    """sha256 of a file's content, taken from `known` while its size and modification time are
+    those recorded with it (the fast path), computed and recorded otherwise."""
+    stat = path.stat()
+    stamp = [stat.st_size, stat.st_mtime_ns]
+    record = known.get(str(path))
+    if record and record[:2] == stamp:
+        return record[2]
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    known[str(path)] = [*stamp, digest.hexdigest()]
+    return digest.hexdigest()
+
+
+def _content_identity(value: str | None, known: dict) -> object:
+    """A data file or model folder by its content (a folder: every file in it but hidden ones),
+    so a file written again with the same content is the same input; a hub name as written."""
     if value is None or not Path(value).exists():
         return value
-    stat = Path(value).stat()
-    return [str(Path(value).resolve()), stat.st_size, int(stat.st_mtime)]
+    path = Path(value).resolve()
+    if path.is_file():
+        return _file_digest(path, known)
+    files = sorted(
+        file for file in path.rglob("*")
+        if file.is_file() and not any(part.startswith(".") for part in file.relative_to(path).parts)
+    )
+    return [[str(file.relative_to(path)), _file_digest(file, known)] for file in files]
 
 
-def data_fingerprint(config: StudyConfig) -> str:
-    """Identifies the prepared data: the settings that shape it and the files it came from."""
+def data_fingerprint(config: StudyConfig, known: dict) -> str:
+    """Identifies the prepared data: the settings that shape it and the content it came from
+    (content hashes reused from and added to `known`, see `_file_digest`)."""
     identity = {name: getattr(config, name) for name in DATA_FIELDS}
     for name in ("model", "train", "validation"):
-        identity[name] = _file_identity(getattr(config, name))
+        identity[name] = _content_identity(getattr(config, name), known)
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _load_hashes(folder: Path) -> dict:
+    """The content hashes recorded by an earlier run (none if the record is missing or damaged)."""
+    try:
+        known = json.loads((folder / HASHES_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def _save_hashes(folder: Path, known: dict) -> None:
+    tmp = folder / f"{HASHES_FILE}.{os.getpid()}.tmp"  # workers may write it at once
+    tmp.write_text(json.dumps(known))
+    tmp.replace(folder / HASHES_FILE)
 
 
 def prepared_folder(config: StudyConfig) -> Path:
@@ -86,6 +129,38 @@ def held_without_preservation(config: StudyConfig, space, texts: list[str], echo
     return space.fix("preserve_weight", 0.0)
 
 
+def check_eval_interval(config: StudyConfig, space: SearchSpace, train_rows: int) -> None:
+    """An interval longer than the shortest run the space allows would leave such trials with
+    no evaluation, hence no score."""
+    every = config.eval_every_samples
+    epochs = space.lowest("epochs")
+    if every is None or every <= train_rows * epochs:
+        return
+    raise UsageError(
+        f"{config.where('eval_every_samples')}: {every} samples is more than the shortest run "
+        f"the search space allows ({train_rows} training rows × {epochs} epochs = "
+        f"{train_rows * epochs}), so those trials would never be evaluated; use at most "
+        f"{train_rows * epochs}, or leave it out to evaluate after every epoch."
+    )
+
+
+def with_found_pair_columns(config: StudyConfig, echo) -> StudyConfig:
+    """A similarity base task on a table of pairs whose columns no setting names: the columns
+    found in the table (two text columns and one numeric), said on screen."""
+    named = any(f"base.{name}" in config.origins
+                for name in ("text_column", "text_pair_column", "score_column"))
+    found = None if config.base is None or named else find_pair_columns(config.base)
+    if not found:
+        return config
+    echo(
+        f"Base task: pairs from columns '{found['text_column']}' and "
+        f"'{found['text_pair_column']}' of {Path(config.base.data).name}, scores from "
+        f"'{found['score_column']}' (the table's only text and numeric columns; "
+        f"--base-text-column, --base-text-pair-column and --base-score-column choose others)."
+    )
+    return dataclasses.replace(config, base=dataclasses.replace(config.base, **found))
+
+
 def prepare_study(config: StudyConfig, echo=print) -> Prepared:
     """Check everything and prepare the data, or reuse what an earlier run of this study prepared.
 
@@ -95,17 +170,23 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
     from autoft.forgetting import preservation_texts
 
     space = load_space(config.space)
+    config = with_found_pair_columns(config, echo)
     if config.base and config.base.preserve_data:
         preservation_texts(config.base, None)  # a bad file stops here, before anything loads
     folder = prepared_folder(config)
-    fingerprint = data_fingerprint(config)
-    saved = load_prepared_data(folder)
-    stored_fingerprint = (folder / "fingerprint").read_text() if saved else None
-    if saved and stored_fingerprint != fingerprint:
+    known = _load_hashes(folder)
+    fingerprint = data_fingerprint(config, known)
+    stored = folder / "fingerprint"
+    if stored.is_file() and stored.read_text() != fingerprint:
         raise UsageError(
             f"Study '{config.name}' in {config.study_dir} was prepared from other data or model "
             f"settings; choose a new --study name, or delete that folder to start over."
         )
+    try:
+        saved = load_prepared_data(folder)
+    except ValueError as error:  # truncated or edited: prepared again from the same inputs
+        echo(f"{folder / 'target.json'} is damaged ({error}); preparing the data again.")
+        saved = None
     if saved:
         data, depth, pad_id, base = saved
         echo(f"Reusing the data prepared earlier in {folder}.")
@@ -121,8 +202,10 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
         depth = model_depth(model)
         data = tokenize_target(config, table, tokenizer, model.config)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        base = measure_base_skill(config, model, tokenizer, echo) if config.base else None
     resolved = space.resolve(depth)
+    check_eval_interval(config, resolved, len(data.train))
+    if not saved:
+        base = measure_base_skill(config, model, tokenizer, echo) if config.base else None
     needs_check = [n for n in resolved.values_of("adapter") if n != "freeze"]
     if needs_check:
         if saved:  # resumed: the model is loaded only to check the adapters it may get
@@ -138,6 +221,7 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "fingerprint").write_text(fingerprint)
         save_prepared(prepared, folder)
+    _save_hashes(folder, known)
     for note in data.notes:
         echo(f"  chose {note}")
     return prepared

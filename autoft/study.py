@@ -15,6 +15,7 @@ import os
 import socket
 import warnings
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -62,6 +63,7 @@ START = "start"
 RETRY_OF = "retry_of"
 # A config whose trial went stale this many times is not queued again: it likely kills its worker.
 MAX_ATTEMPTS = 3
+REPEATED_FAILURES = 3  # this many trials in a row failing alike stop the study
 
 
 @dataclass(frozen=True)
@@ -256,6 +258,36 @@ def budget_left(study: optuna.Study, n_trials: int) -> int:
     return n_trials - budget_used(study) - running
 
 
+def repeated_failure(study: optuna.Study, since: datetime) -> str | None:
+    """A sentence when the last REPEATED_FAILURES trials started since `since` all failed for the
+    same reason (interruptions aside): a setting or a bug, which more trials would only repeat."""
+    ended = sorted(
+        (
+            t for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL))
+            if t.datetime_start and t.datetime_start >= since and t.datetime_complete
+        ),
+        key=lambda t: t.datetime_complete,
+    )[-REPEATED_FAILURES:]
+    reasons = {t.user_attrs.get("fail_reason") if t.state == TrialState.FAIL else None
+               for t in ended}
+    reason = reasons.pop() if len(ended) == REPEATED_FAILURES and len(reasons) == 1 else None
+    if reason in (None, "interrupted"):
+        return None
+    numbers = ", ".join(str(t.number) for t in ended)
+    return (
+        f"Study '{study.study_name}' stopped: trials {numbers} all failed with \"{reason}\", so "
+        f"the next would most likely fail alike; fix that cause (each trial's log is in the "
+        f"study's logs/ folder) and run the same command again."
+    )
+
+
+def check_not_stopped(study: optuna.Study, since: datetime, n_trials: int) -> None:
+    """After the workers end: a UsageError when repeated failures, not the budget, ended them."""
+    stopped = repeated_failure(study, since)
+    if stopped and budget_left(study, n_trials) > 0:
+        raise UsageError(stopped)
+
+
 def trial_dir(config: StudyConfig, number: int) -> Path:
     return config.study_dir / "trials" / f"{number:04d}"
 
@@ -392,6 +424,8 @@ class Objective:
             self._fail(trial, str(failed))
         except torch.OutOfMemoryError:
             self._fail(trial, "out of memory")
+        if result.best is None:
+            self._fail(trial, "training ended before its first evaluation")
         if untouched is not None:
             self._interpolate(trial, model, adapter, untouched, result)
         best = self._record(trial, result)
@@ -458,8 +492,6 @@ class Objective:
     def _record(self, trial: optuna.Trial, result) -> float:
         """Store what the trial produced; its weights are saved before it counts as finished."""
         best = result.best
-        if best is None:
-            return float("nan")
         value = result.value
         path = trial_dir(self.prepared.config, trial.number) / "trainable.safetensors"
         save_trial_weights(path, result.best_state)
@@ -559,17 +591,21 @@ def save_prepared(prepared: Prepared, folder: Path) -> None:
 
 
 def load_prepared_data(folder: Path) -> tuple[TargetData, int, int, dict | None] | None:
-    """The tokenized data saved by `save_prepared`, or None when there is none yet."""
+    """The tokenized data saved by `save_prepared`, or None when there is none yet; a ValueError
+    when the file is damaged (truncated, edited)."""
     path = folder / "target.json"
     if not path.is_file():
         return None
-    content = json.loads(path.read_text())
-    data = TargetData(
-        train=Split(**content["train"]),
-        validation=Split(**content["validation"]),
-        label_names=content["label_names"],
-        metric=content["metric"],
-        max_length=content["max_length"],
-        notes=content["notes"],
-    )
-    return data, content["depth"], content["pad_id"], content.get("base")
+    try:
+        content = json.loads(path.read_text())
+        data = TargetData(
+            train=Split(**content["train"]),
+            validation=Split(**content["validation"]),
+            label_names=content["label_names"],
+            metric=content["metric"],
+            max_length=content["max_length"],
+            notes=content["notes"],
+        )
+        return data, content["depth"], content["pad_id"], content.get("base")
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{type(error).__name__}: {error}") from None

@@ -16,6 +16,7 @@ import socket
 import time
 import warnings
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import optuna
@@ -33,6 +34,7 @@ from autoft.study import (
     open_storage,
     queue_next_config,
     redact,
+    repeated_failure,
     sqlite_lock,
     to_run_again,
 )
@@ -335,8 +337,10 @@ def run_trials(
     While the rest of the budget is held by other workers' running trials, wait rather than
     leave: if one of those workers died, its trial turns stale after the grace period and this
     worker runs the retry, so the study still ends with exactly `n_trials` finished trials.
+    Trials failing alike again and again stop it too (`study.repeated_failure`): a bug cannot loop.
     """
     lock, stop = runner.lock, runner.stop
+    since = datetime.now()
     while not stop.requested:
         if deadline is not None and time.time() >= deadline:
             log.info("timeout reached: no new trials are started")
@@ -344,6 +348,8 @@ def run_trials(
         lock.acquire()
         try:
             fail_stale_trials(study)
+            if repeated_failure(study, since):
+                return  # whoever started the workers says why (study.check_not_stopped)
             if budget_left(study, n_trials) > 0:
                 queue_next_config(study)
                 study.optimize(runner, n_trials=1, catch=(Exception,), gc_after_trial=True)
@@ -535,7 +541,7 @@ def join_study(
     (deterministically, from the same data files) when this machine has none yet.
     """
     from autoft.prepare import prepare_study
-    from autoft.study import recorded_config, storage_url
+    from autoft.study import check_not_stopped, recorded_config, storage_url
 
     recorded = recorded_config(study, studies_dir, storage)
     config = dataclasses.replace(
@@ -546,7 +552,11 @@ def join_study(
     )
     slots = device_slots(config.devices, config.trials_per_gpu)
     prepare_study(config)
-    return run_workers(config, storage_url(config), slots, *time_limits(config))
+    since = datetime.now()
+    interrupted = run_workers(config, storage_url(config), slots, *time_limits(config))
+    if not interrupted:
+        check_not_stopped(study, since, config.n_trials)
+    return interrupted
 
 
 def status_text(study: optuna.Study) -> str:

@@ -4,6 +4,7 @@ no trial started: one test per kind of mistake a user makes.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -254,3 +255,48 @@ def test_lora_on_a_model_whose_blocks_have_no_linear_layers(tiny_csv, tmp_path, 
     code, err = run_cli(args, capsys)
     assert_refused(code, err, "space.yaml", "adapter lora", "Scale", "no linear layer",
                    "remove lora", tmp_path=tmp_path)
+
+
+def test_eval_interval_longer_than_the_run(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    """320 training rows × the quick space's 2 epochs: an interval of 1,000 never evaluates (every
+    trial used to fail with 'The value nan is not acceptable', uncounted, for ever)."""
+    args = search_args(tiny_model_dir, tiny_csv, tmp_path, "--space", "quick",
+                       "--eval-every-samples", "1000", "--timeout", "30s")
+    code, err = run_cli(args, capsys)
+    assert_refused(code, err, "--eval-every-samples", "320 training rows × 2 epochs = 640",
+                   "at most 640", tmp_path=tmp_path)
+
+
+def test_more_classes_than_validation_rows(tiny_model_dir, tmp_path, capsys):
+    rows = [{"text": f"good film {i}", "label": f"c{i % 500}"} for i in range(1000)]
+    train = write_csv(tmp_path / "many.csv", rows)
+    code, err = run_cli(search_args(tiny_model_dir, train, tmp_path), capsys)
+    assert_refused(code, err, "--val-fraction 0.2 holds out 200 of 1000", "500 classes",
+                   "from 0.5 to 0.5", "--validation", tmp_path=tmp_path)
+
+
+def test_val_fraction_too_small_to_stratify(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    args = search_args(tiny_model_dir, tiny_csv, tmp_path, "--val-fraction", "0.001")
+    code, err = run_cli(args, capsys)
+    assert_refused(code, err, "--val-fraction", "holds out 1", "from 0.005 to 0.995",
+                   tmp_path=tmp_path)
+
+
+def test_json_lines_row_without_text(tiny_model_dir, tmp_path, capsys):
+    """The row would have become the text 'nan'; the message names its line (blank lines
+    counted)."""
+    lines = [json.dumps(row) for row in sentiment_rows(40)]
+    lines[5] = json.dumps({"label": "pos"})
+    train = tmp_path / "rows.jsonl"
+    train.write_text("\n".join(lines[:3] + [""] + lines[3:]) + "\n")
+    code, err = run_cli(search_args(tiny_model_dir, train, tmp_path), capsys)
+    assert_refused(code, err, "--text-column", "line 7", "rows.jsonl", "no 'text'",
+                   tmp_path=tmp_path)
+
+
+def test_every_text_empty(tiny_model_dir, tmp_path, capsys):
+    rows = [{"text": " ", "label": row["label"]} for row in sentiment_rows(40)]
+    train = write_csv(tmp_path / "blank.csv", rows)
+    code, err = run_cli(search_args(tiny_model_dir, train, tmp_path), capsys)
+    assert_refused(code, err, "--text-column", "every 'text'", "blank.csv", "is empty",
+                   tmp_path=tmp_path)
