@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from autoft.config import build_config
 from autoft.prepare import prepare_study
-from autoft.study import Objective, open_study, record_study_facts
+from autoft.study import Objective, open_study, queue_next_config, record_study_facts
 
 SPACE = """\
 learning_rate: {low: 1.0e-3, high: 5.0e-3, log: true, default: 2.0e-3}
@@ -73,7 +73,8 @@ def _run_enqueued(study: optuna.Study, objective: Objective, params: dict) -> No
 
 def test_one_config_scores_the_same_first_later_and_retried(headless_model, small_csv, tmp_path):
     study, objective = _start(headless_model, small_csv, tmp_path, "positions")
-    study.optimize(objective, n_trials=1)  # trial 0: the default config
+    queue_next_config(study)  # as a worker does before each trial: trial 0 is the default
+    study.optimize(objective, n_trials=1)
     for other in OTHERS:
         _run_enqueued(study, objective, other)
     _run_enqueued(study, objective, CONFIG)

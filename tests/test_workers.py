@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import optuna
@@ -20,7 +21,7 @@ from optuna.trial import TrialState
 from autoft.cli import main
 from autoft.errors import UsageError
 from autoft.study import budget_used, queue_next_config, redact, storage_url
-from autoft.workers import Slot, device_slots
+from autoft.workers import Slot, Stop, device_slots
 
 QUICK_TRIALS = "{low: 1.0e-4, high: 1.0e-3, log: true, default: 3.0e-4}"
 
@@ -288,3 +289,24 @@ def test_the_hard_time_limit_interrupts_a_running_trial(tiny_model_dir, slow_csv
     assert [(t.user_attrs["retry_of"], t.system_attrs["fixed_params"]) for t in waiting] == [
         (0, trials[0].params)
     ]
+
+
+def test_an_interrupt_a_weakref_callback_swallowed_is_delivered_again(capfd) -> None:
+    """A signal can land while the garbage collector runs a weakref callback, whose exceptions
+    Python only prints: the interrupt must still stop the trial, and print nothing."""
+    stop = Stop()
+    stop.install()
+
+    class Thing:
+        pass
+
+    try:
+        with pytest.raises(KeyboardInterrupt), stop.trial():
+            thing = Thing()
+            ref = weakref.ref(thing, lambda _ref: stop._on_signal(signal.SIGINT, None))
+            del thing  # the callback runs now and raises, as the signal handler would there
+            assert ref() is None and stop.requested
+            time.sleep(2)  # the trial's own code, where the interrupt arrives again
+    finally:
+        stop.uninstall()
+    assert "Traceback" not in capfd.readouterr().err
