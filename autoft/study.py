@@ -500,6 +500,8 @@ class Objective:
         trial.set_user_attr("best_step", best.step)
         trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
         trial.set_user_attr("samples_per_second", round(result.samples_per_second, 1))
+        if result.head_first_seconds:
+            trial.set_user_attr("head_first_seconds", round(result.head_first_seconds, 3))
         trial.set_user_attr("cache_used", result.cache_used)
         trial.set_user_attr("cache_note", result.cache_note)
         trial.set_user_attr("cache_seconds", round(result.cache_seconds, 3))

@@ -97,6 +97,7 @@ class TrialResult:
     cache_note: str = ""
     cache_seconds: float = 0.0
     interpolated: float | None = None  # the score of the interpolation point it keeps, if any
+    head_first_seconds: float = 0.0  # LP-FT's head-only phase, apart from the trained samples
 
     @property
     def value(self) -> float:
@@ -293,6 +294,14 @@ def evaluation_points(
         yield epoch, math.ceil(within / batch_size) - 1
 
 
+def update(loss: torch.Tensor, optimizer, scheduler) -> None:
+    """One optimizer step on `loss`, the schedule advanced, the gradients freed."""
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def train_head_first(model, data: TargetData, params: TrialParams, device: torch.device,
                      pad_id: int, generator: torch.Generator, cache: PrefixCache | None) -> float:
     """LP-FT's linear probe: the head alone trains for `head_first_epochs` epochs before the chosen
@@ -319,10 +328,7 @@ def train_head_first(model, data: TargetData, params: TrialParams, device: torch
             batch = collate(data.train, batch_indices, pad_id, device)
             with autocast(device):
                 loss = forward(model, batch, batch_indices, states and states.train).loss
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            update(loss, optimizer, scheduler)
     for parameter in body:
         parameter.requires_grad_(True)
     return time.perf_counter() - started
@@ -364,8 +370,8 @@ def train_trial(
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     if params.head_first_epochs:
-        result.train_seconds += train_head_first(model, data, params, device, pad_id, generator,
-                                                 cache)
+        result.head_first_seconds = train_head_first(model, data, params, device, pad_id,
+                                                     generator, cache)
     set_train_mode(model, frozen)
     lengths = [len(ids) for ids in data.train.input_ids]
     steps_per_epoch = math.ceil(len(lengths) / params.batch_size)
@@ -387,10 +393,8 @@ def train_trial(
             with autocast(device):
                 loss = forward(model, batch, batch_indices, states and states.train).loss
                 extras = [term(model, step) for term in loss_terms]
-            sum((extra for extra in extras if extra is not None), loss).backward()
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            total = sum((extra for extra in extras if extra is not None), loss)
+            update(total, optimizer, scheduler)
             loss_sum += loss.detach()
             loss_count += 1
             step += 1
