@@ -6,7 +6,9 @@ Bad input ends with one sentence and exit code 2, before any trial starts.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
+import signal
 import sys
 import time
 from datetime import datetime
@@ -302,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     quiet_optuna()
+    # `kill -USR1 PID` prints where every thread of an autoft that seems stuck is, and goes on.
+    if sys.__stderr__ is not None:
+        faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
     try:
         return args.handler(args)
     except UsageError as error:

@@ -47,6 +47,19 @@ def wait_for_log(path: Path, pattern: str, process: subprocess.Popen, limit: flo
     raise AssertionError(f"{path} never showed {pattern!r}")
 
 
+def communicate_or_dump(process: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """The process's output once it ends; if it has not ended in `timeout`, where each of its
+    threads stood (autoft's SIGUSR1 dump), then it is killed and the test fails with that."""
+    try:
+        return process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+        process.kill()
+        out, err = process.communicate()
+        pytest.fail(f"still running {timeout} s after the signal; its threads:\n{err[-6000:]}")
+
+
 def test_sigint_during_the_default_trial_runs_its_config_again_first(
     tiny_model_dir, slow_csv, tmp_path
 ) -> None:
@@ -57,7 +70,7 @@ def test_sigint_during_the_default_trial_runs_its_config_again_first(
                                stderr=subprocess.PIPE, text=True)
     assert wait_for_trial_in_progress(studies, "again", process) == 0
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=120)
+    out, err = communicate_or_dump(process, timeout=120)
     assert process.returncode == 130, out + err
     assert "Traceback" not in out + err
     assert "interrupted; run the same command again to resume" in err
