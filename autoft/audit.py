@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import TrialState
 
 from autoft.errors import UsageError
+from autoft.trials import best_feasible, default_trial
 
 __all__ = ["BaseSplit", "audit_reported", "bootstrap_retention", "split_base"]
 
@@ -96,8 +97,6 @@ def bootstrap_retention(task, base_observed, tuned_observed, seed: int,
 def audit_reported(study: optuna.Study, echo=print) -> dict:
     """Audit the trials a report names (the best feasible and the default config), once each;
     results go to the study's user attribute `audits`, keyed by trial number."""
-    from autoft.report import best_feasible, default_trial
-
     base = study.user_attrs.get("base")
     audits = dict(study.user_attrs.get("audits") or {})
     if not base:

@@ -15,7 +15,7 @@ from transformers.utils import logging as hf_logging
 from autoft.describe import describe_params
 from autoft.errors import UsageError
 from autoft.model import load_model
-from autoft.report import best_feasible, full_params
+from autoft.trials import best_feasible, full_params
 
 
 @contextmanager

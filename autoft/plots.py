@@ -17,9 +17,9 @@ import optuna  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from autoft.describe import short_params  # noqa: E402
-from autoft.report import is_feasible  # noqa: E402
-from autoft.tradeoff import full_params as _params  # noqa: E402
-from autoft.tradeoff import last_value, search_points  # noqa: E402
+from autoft.tradeoff import search_points  # noqa: E402
+from autoft.trials import full_params as _params  # noqa: E402
+from autoft.trials import is_feasible, last_value  # noqa: E402
 
 TOP_CURVES = 5
 WIDTH, HEIGHT, DPI = 6.4, 3.6, 100

@@ -15,8 +15,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoft.describe import describe_seconds, short_params
-from autoft.report import is_feasible
-from autoft.study import counts_toward_budget
+from autoft.trials import counts_toward_budget, is_feasible
 
 POLL_SECONDS = 2.0
 STATUS_EVERY_SECONDS = 60.0

@@ -17,47 +17,17 @@ import optuna
 from optuna.trial import TrialState
 
 from autoft.describe import describe_params, describe_seconds, describe_settings, short_params
-from autoft.tradeoff import full_params, last_value, price_of_the_bar
-
-
-def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
-    return all(value <= 0 for value in trial.user_attrs.get("constraint", [0.0]))
-
-
-def default_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The finished trial that ran the space's default config (trial 0 unless it was retried):
-    a complete one, else one stopped early, which still has the score it had then."""
-    default = study.user_attrs.get("default_params")
-    for state in (TrialState.COMPLETE, TrialState.PRUNED):
-        for trial in study.get_trials(deepcopy=False, states=(state,)):
-            if default and all(full_params(trial).get(k) == v for k, v in default.items()):
-                return trial
-    return None
-
-
-def best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    feasible = [t for t in complete if is_feasible(t) and t.value is not None]
-    return max(feasible, key=lambda t: t.value, default=None)
-
-
-def least_forgetful(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    rated = [t for t in complete if t.user_attrs.get("retention") is not None]
-    return max(rated, key=lambda t: t.user_attrs["retention"], default=None)
-
-
-def counts(study: optuna.Study) -> dict[str, int]:
-    """Trials by state, under the names summary.json uses."""
-    names = {
-        TrialState.COMPLETE: "complete",
-        TrialState.PRUNED: "pruned",
-        TrialState.FAIL: "failed",
-        TrialState.RUNNING: "running",
-        TrialState.WAITING: "waiting",
-    }
-    trials = study.get_trials(deepcopy=False)
-    return {name: sum(1 for t in trials if t.state == state) for state, name in names.items()}
+from autoft.plots import study_plots
+from autoft.tradeoff import price_of_the_bar
+from autoft.trials import (
+    best_feasible,
+    counts,
+    default_trial,
+    full_params,
+    last_value,
+    least_forgetful,
+    trial_seconds,
+)
 
 
 def trial_entry(trial: optuna.trial.FrozenTrial | None, audits: dict | None = None) -> dict | None:
@@ -265,12 +235,6 @@ def summary_text(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def trial_seconds(trial: optuna.trial.FrozenTrial) -> float | None:
-    if trial.datetime_start and trial.datetime_complete:
-        return (trial.datetime_complete - trial.datetime_start).total_seconds()
-    return None
-
-
 def answer_lines(summary: dict) -> list[str]:
     """The best config, its score against the default's and its retention, in sentences."""
     metric, best, default = summary["metric"], summary["best"], summary["default"]
@@ -469,8 +433,6 @@ def _write(path: Path, text: str) -> None:
 
 def write_report(study: optuna.Study, study_dir: Path) -> dict:
     """summary.json, report.md and report.html in the study folder; returns the summary."""
-    from autoft.plots import study_plots
-
     summary = write_summary(study, study_dir)
     blocks = report_blocks(study, summary, study_plots(study))
     _write(study_dir / "report.md", render_markdown(blocks))

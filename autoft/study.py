@@ -46,6 +46,7 @@ from autoft.train import (
     train_trial,
     trial_seed,
 )
+from autoft.trials import COUNTS_TOWARD_BUDGET, FINISHED, counts_toward_budget, trial_config
 
 log = logging.getLogger("autoft")
 
@@ -54,8 +55,6 @@ log = logging.getLogger("autoft")
 # shortens both, so tests of killed workers take seconds.
 HEARTBEAT_SECONDS = int(os.environ.get("AUTOFT_HEARTBEAT_SECONDS", "30"))
 GRACE_SECONDS = 2 * HEARTBEAT_SECONDS
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-COUNTS_TOWARD_BUDGET = "counts_toward_budget"
 MIN_EVALUATIONS_WITH_BASE = 4
 # User attributes a queued trial starts with: which of the space's starts it runs (0 is the
 # default config) and which trial's config it runs again.
@@ -178,11 +177,6 @@ def open_study(config: StudyConfig, storage: RDBStorage | None = None) -> optuna
     )
 
 
-def trial_config(trial: optuna.trial.FrozenTrial) -> dict:
-    """The searched params a trial ran, or was queued to run if it stopped before asking."""
-    return {**trial.system_attrs.get("fixed_params", {}), **trial.params}
-
-
 def to_run_again(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
     """Interrupted trials (a signal or the hard time limit) whose config is not queued again yet,
     the default config's first."""
@@ -237,14 +231,6 @@ def queue_next_config(study: optuna.Study) -> None:
         if index not in taken:
             study.enqueue_trial(params, user_attrs={START: index})
             return
-
-
-def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
-    """Complete and pruned trials, and failures that were the trial's own (not interrupted or
-    stale ones, which are run again)."""
-    return trial.state in FINISHED or (
-        trial.state == TrialState.FAIL and bool(trial.user_attrs.get(COUNTS_TOWARD_BUDGET))
-    )
 
 
 def budget_used(study: optuna.Study) -> int:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from optuna.trial import FrozenTrial, TrialState
 
 from autoft.describe import describe_params
+from autoft.trials import full_params, last_value
 
 # The bars of the price table, besides the study's own; None is "no bar".
 PRICE_BARS = (1.0, 0.99, 0.90, 0.80)
@@ -31,18 +32,6 @@ class Point:
     how: str
     params: dict
     mix: float | None = None
-
-
-def full_params(trial: FrozenTrial) -> dict:
-    """Searched and fixed params alike (Optuna's `params` holds only the searched ones)."""
-    return {**trial.user_attrs.get("params", {}), **trial.params}
-
-
-def last_value(trial: FrozenTrial) -> float | None:
-    """A stopped trial's score at its last evaluation."""
-    if not trial.intermediate_values:
-        return None
-    return trial.intermediate_values[max(trial.intermediate_values)]
 
 
 def search_points(trials: list[FrozenTrial]) -> list[Point]:

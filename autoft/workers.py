@@ -26,7 +26,6 @@ from optuna.trial import TrialState
 from autoft.config import StudyConfig
 from autoft.errors import UsageError
 from autoft.study import (
-    COUNTS_TOWARD_BUDGET,
     HEARTBEAT_SECONDS,
     RETRY_OF,
     budget_left,
@@ -40,6 +39,7 @@ from autoft.study import (
     to_run_again,
 )
 from autoft.train import TrialFailed
+from autoft.trials import COUNTS_TOWARD_BUDGET
 
 log = logging.getLogger("autoft")
 

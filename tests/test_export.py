@@ -12,7 +12,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from autoft.cli import main
 from autoft.errors import UsageError
 from autoft.export import export_trial, load_trial_model
-from autoft.report import best_feasible
+from autoft.trials import best_feasible
 
 TEXTS = ["the film was good", "awful food", "very nasty show", "a lovely day"]
 

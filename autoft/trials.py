@@ -1,0 +1,84 @@
+"""Reading trials: which count toward the budget, which are feasible, the best, the default and
+the least forgetful, their params, last score and duration. Report, plots, progress, status,
+export and the trade-off table all pick trials the same way through here.
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+COUNTS_TOWARD_BUDGET = "counts_toward_budget"
+
+
+def trial_config(trial: optuna.trial.FrozenTrial) -> dict:
+    """The searched params a trial ran, or was queued to run if it stopped before asking."""
+    return {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+
+
+def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
+    """Complete and pruned trials, and failures that were the trial's own (not interrupted or
+    stale ones, which are run again)."""
+    return trial.state in FINISHED or (
+        trial.state == TrialState.FAIL and bool(trial.user_attrs.get(COUNTS_TOWARD_BUDGET))
+    )
+
+
+def full_params(trial: FrozenTrial) -> dict:
+    """Searched and fixed params alike (Optuna's `params` holds only the searched ones)."""
+    return {**trial.user_attrs.get("params", {}), **trial.params}
+
+
+def last_value(trial: FrozenTrial) -> float | None:
+    """A stopped trial's score at its last evaluation."""
+    if not trial.intermediate_values:
+        return None
+    return trial.intermediate_values[max(trial.intermediate_values)]
+
+
+def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    return all(value <= 0 for value in trial.user_attrs.get("constraint", [0.0]))
+
+
+def default_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The finished trial that ran the space's default config (trial 0 unless it was retried):
+    a complete one, else one stopped early, which still has the score it had then."""
+    default = study.user_attrs.get("default_params")
+    for state in (TrialState.COMPLETE, TrialState.PRUNED):
+        for trial in study.get_trials(deepcopy=False, states=(state,)):
+            if default and all(full_params(trial).get(k) == v for k, v in default.items()):
+                return trial
+    return None
+
+
+def best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    feasible = [t for t in complete if is_feasible(t) and t.value is not None]
+    return max(feasible, key=lambda t: t.value, default=None)
+
+
+def least_forgetful(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    rated = [t for t in complete if t.user_attrs.get("retention") is not None]
+    return max(rated, key=lambda t: t.user_attrs["retention"], default=None)
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    """Trials by state, under the names summary.json uses."""
+    names = {
+        TrialState.COMPLETE: "complete",
+        TrialState.PRUNED: "pruned",
+        TrialState.FAIL: "failed",
+        TrialState.RUNNING: "running",
+        TrialState.WAITING: "waiting",
+    }
+    trials = study.get_trials(deepcopy=False)
+    return {name: sum(1 for t in trials if t.state == state) for state, name in names.items()}
+
+
+def trial_seconds(trial: optuna.trial.FrozenTrial) -> float | None:
+    if trial.datetime_start and trial.datetime_complete:
+        return (trial.datetime_complete - trial.datetime_start).total_seconds()
+    return None
