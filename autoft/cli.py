@@ -159,14 +159,9 @@ def run_search(config: StudyConfig) -> dict:
     from autoft.prepare import prepare_study
     from autoft.progress import LiveDisplay
     from autoft.report import summary_text, write_report
-    from autoft.study import (
-        budget_left,
-        check_not_stopped,
-        open_storage,
-        open_study,
-        record_study_facts,
-        storage_url,
-    )
+    from autoft.schedule import budget_left, check_not_stopped
+    from autoft.storage import open_storage, open_study, storage_url
+    from autoft.study import record_study_facts
     from autoft.workers import Stop, device_slots, run_workers, time_limits
 
     slots = device_slots(config.devices, config.trials_per_gpu, config.where("devices"))
@@ -218,7 +213,7 @@ def command_demo(args: argparse.Namespace) -> int:
 
 def command_export(args: argparse.Namespace) -> int:
     from autoft.export import export_trial
-    from autoft.study import load_study
+    from autoft.storage import load_study
 
     study = load_study(args.study, args.studies_dir, args.storage)
     out = export_trial(study, args.trial, Path(args.out))
@@ -229,7 +224,7 @@ def command_export(args: argparse.Namespace) -> int:
 def command_report(args: argparse.Namespace) -> int:
     from autoft.audit import audit_reported
     from autoft.report import summary_text, write_report
-    from autoft.study import load_study
+    from autoft.storage import load_study
 
     study = load_study(args.study, args.studies_dir, args.storage)
     study_dir = Path(args.studies_dir) / args.study
@@ -241,7 +236,7 @@ def command_report(args: argparse.Namespace) -> int:
 
 
 def command_status(args: argparse.Namespace) -> int:
-    from autoft.study import load_study
+    from autoft.storage import load_study
     from autoft.workers import fail_stale_trials, status_text
 
     study = load_study(args.study, args.studies_dir, args.storage)
@@ -253,7 +248,7 @@ def command_status(args: argparse.Namespace) -> int:
 def command_worker(args: argparse.Namespace) -> int:
     """Run trials of an existing study here, e.g. on a second machine sharing its PostgreSQL."""
     from autoft.config import parse_duration
-    from autoft.study import load_study
+    from autoft.storage import load_study
     from autoft.workers import join_study
 
     study = load_study(args.study, args.studies_dir, args.storage)

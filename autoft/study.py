@@ -1,40 +1,32 @@
-"""The Optuna study: storage, sampler, pruner, the objective that runs one trial, the total-trial
-budget, and resuming. Everything a trial learns goes into the storage as user attributes.
+"""The objective that runs one trial (sample, load, adapt, train with reporting and pruning, record,
+save), the facts a study records once, and the prepared data kept on disk. Everything a trial
+learns goes into the storage as user attributes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import functools
-import importlib.util
 import json
 import logging
 import os
 import socket
-import warnings
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import optuna
 import torch
-from optuna.storages import RDBStorage
-from optuna.trial import TrialState
 from safetensors.torch import save_file
-from sqlalchemy.engine import make_url
 
 from autoft.adapters import get_adapter
 from autoft.cache import PrefixCache
-from autoft.config import BaseTaskConfig, StudyConfig
+from autoft.config import StudyConfig
 from autoft.data import Split, TargetData
-from autoft.errors import UsageError
 from autoft.interpolate import TUNED, MixPoint, best_mix, interpolate, mixed_state
 from autoft.model import load_model, split_parameters
 from autoft.presets import search_settings
 from autoft.space import SearchSpace
+from autoft.storage import recordable_config
 from autoft.train import (
     Evaluation,
     StopTraining,
@@ -46,23 +38,11 @@ from autoft.train import (
     train_trial,
     trial_seed,
 )
-from autoft.trials import COUNTS_TOWARD_BUDGET, FINISHED, counts_toward_budget, trial_config
+from autoft.trials import COUNTS_TOWARD_BUDGET
 
 log = logging.getLogger("autoft")
 
-# A worker's running trial writes a heartbeat this often; one silent for GRACE_SECONDS (two
-# heartbeats, Optuna's own default) is stale and its config runs again. AUTOFT_HEARTBEAT_SECONDS
-# shortens both, so tests of killed workers take seconds.
-HEARTBEAT_SECONDS = int(os.environ.get("AUTOFT_HEARTBEAT_SECONDS", "30"))
-GRACE_SECONDS = 2 * HEARTBEAT_SECONDS
 MIN_EVALUATIONS_WITH_BASE = 4
-# User attributes a queued trial starts with: which of the space's starts it runs (0 is the
-# default config) and which trial's config it runs again.
-START = "start"
-RETRY_OF = "retry_of"
-# A config whose trial went stale this many times is not queued again: it likely kills its worker.
-MAX_ATTEMPTS = 3
-REPEATED_FAILURES = 3  # this many trials in a row failing alike stop the study
 
 
 @dataclass(frozen=True)
@@ -75,203 +55,6 @@ class Prepared:
     depth: int
     pad_id: int
     base: dict | None = None
-
-
-def redact(url: str) -> str:
-    """A storage URL safe to print: any password replaced by ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def sqlite_path(study_dir: Path) -> Path:
-    """The default storage: a SQLite file in the study folder."""
-    return Path(study_dir) / "study.db"
-
-
-def storage_url(config: StudyConfig) -> str:
-    """The user's storage, or the SQLite file in the study folder."""
-    return config.storage or f"sqlite:///{sqlite_path(config.study_dir).resolve()}"
-
-
-def with_installed_driver(url: str) -> str:
-    """SQLAlchemy 2.1 reads postgresql:// as psycopg 3; use psycopg2 when only that is installed
-    (autoft's postgres extra), so the URL a user copies from Optuna's docs works."""
-    if not url.startswith("postgresql://"):
-        return url
-    if importlib.util.find_spec("psycopg") or not importlib.util.find_spec("psycopg2"):
-        return url
-    return "postgresql+psycopg2://" + url[len("postgresql://") :]
-
-
-@contextlib.contextmanager
-def sqlite_lock(database: str):
-    """An exclusive fcntl lock on a file beside a SQLite database, shared by every process of its
-    studies on this machine; the kernel frees it when its holder dies, even by kill -9."""
-    with open(f"{database}.start-lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def open_storage(url: str) -> RDBStorage:
-    """An RDB storage with heartbeats, so trials of a killed worker are found and run again.
-
-    A new SQLite file gets its tables under the file lock beside it: two processes creating
-    them at once would otherwise both insert Alembic's version row, and one would fail.
-    """
-    url = with_installed_driver(url)
-    sqlite = url.startswith("sqlite")
-    engine_kwargs = {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
-    try:
-        database = make_url(url).database if sqlite else None
-        creating = (sqlite_lock(database) if database not in (None, "", ":memory:")
-                    else contextlib.nullcontext())
-        with creating, warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=HEARTBEAT_SECONDS,
-                grace_period=GRACE_SECONDS,
-                heartbeat_stale_trial_callback=run_stale_again,
-            )
-    except Exception as error:  # SQLAlchemy raises many kinds; the user needs one sentence
-        reason = str(error).splitlines()[0]
-        raise UsageError(
-            f"Cannot open storage {redact(url)} ({reason}); check the URL and that "
-            f"the database server is running."
-        ) from None
-
-
-def make_sampler(config: StudyConfig) -> optuna.samplers.TPESampler:
-    """Seeded TPE whose random start-up fits the budget, aware of params that act together;
-    `group` models each set of params that appear together (LoRA's only under adapter lora)."""
-    startup = max(2, min(10, config.n_trials // 4))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(
-            seed=config.seed, n_startup_trials=startup, multivariate=True, group=True)
-
-
-def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
-    """Median pruning after a few complete trials, so early trials are not all cut."""
-    return optuna.pruners.MedianPruner(
-        n_startup_trials=config.pruner_startup, n_warmup_steps=config.pruner_warmup_steps
-    )
-
-
-def open_study(config: StudyConfig, storage: RDBStorage | None = None) -> optuna.Study:
-    """Create the study or load it to resume; same name and storage means the same study."""
-    return optuna.create_study(
-        storage=storage or open_storage(storage_url(config)),
-        study_name=config.name,
-        direction="maximize",
-        sampler=make_sampler(config),
-        pruner=make_pruner(config),
-        load_if_exists=True,
-    )
-
-
-def to_run_again(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
-    """Interrupted trials (a signal or the hard time limit) whose config is not queued again yet,
-    the default config's first."""
-    queued = {t.user_attrs.get(RETRY_OF) for t in trials}
-    waiting = [
-        t for t in trials
-        if t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") == "interrupted"
-        and t.number not in queued and trial_config(t)
-    ]
-    return sorted(waiting, key=lambda t: (t.user_attrs.get(START) != 0, t.number))
-
-
-def queue_again(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Queue a stopped trial's config as a new trial that starts clean: only its params and
-    where it came from, none of the stopped attempt's measurements."""
-    attrs = {RETRY_OF: trial.number}
-    if START in trial.user_attrs:
-        attrs[START] = trial.user_attrs[START]
-    study.enqueue_trial(trial_config(trial), user_attrs=attrs)
-
-
-def run_stale_again(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Optuna calls this once for each trial it finds stale (its worker died)."""
-    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-    attempts, earlier = 1, trial
-    while RETRY_OF in earlier.user_attrs and earlier.user_attrs[RETRY_OF] in by_number:
-        attempts, earlier = attempts + 1, by_number[earlier.user_attrs[RETRY_OF]]
-    if attempts >= MAX_ATTEMPTS:
-        log.warning("trial %d's worker died; workers died on its config %d times, so it is not "
-                    "run again", trial.number, attempts)
-        return
-    queue_again(study, trial)
-
-
-def queue_next_config(study: optuna.Study) -> None:
-    """Choose the config the next asked trial runs; call it under the start lock.
-
-    Optuna's ask pops waiting trials in the order they were queued, so configs are queued one
-    at a time, when none waits: an interrupted trial's config first (the default's before any
-    other), then the space's next start (the default is start 0), then none, and the sampler
-    chooses.
-    """
-    trials = study.get_trials(deepcopy=False)
-    if any(t.state == TrialState.WAITING for t in trials):
-        return
-    again = to_run_again(trials)
-    if again:
-        queue_again(study, again[0])
-        return
-    taken = {t.user_attrs.get(START) for t in trials}
-    for index, params in enumerate(study.user_attrs.get("starts", [])):
-        if index not in taken:
-            study.enqueue_trial(params, user_attrs={START: index})
-            return
-
-
-def budget_used(study: optuna.Study) -> int:
-    """Finished trials that count toward n_trials."""
-    return sum(1 for t in study.get_trials(deepcopy=False) if counts_toward_budget(t))
-
-
-def budget_left(study: optuna.Study, n_trials: int) -> int:
-    """Trials still to start: the budget minus finished and running ones."""
-    running = sum(1 for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING)
-    return n_trials - budget_used(study) - running
-
-
-def repeated_failure(study: optuna.Study, since: datetime) -> str | None:
-    """A sentence when the last REPEATED_FAILURES trials started since `since` all failed for the
-    same reason (interruptions aside): a setting or a bug, which more trials would only repeat."""
-    ended = sorted(
-        (
-            t for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL))
-            if t.datetime_start and t.datetime_start >= since and t.datetime_complete
-        ),
-        key=lambda t: t.datetime_complete,
-    )[-REPEATED_FAILURES:]
-    reasons = {t.user_attrs.get("fail_reason") if t.state == TrialState.FAIL else None
-               for t in ended}
-    reason = reasons.pop() if len(ended) == REPEATED_FAILURES and len(reasons) == 1 else None
-    if reason in (None, "interrupted"):
-        return None
-    numbers = ", ".join(str(t.number) for t in ended)
-    return (
-        f"Study '{study.study_name}' stopped: trials {numbers} all failed with \"{reason}\", so "
-        f"the next would most likely fail alike; fix that cause (each trial's log is in the "
-        f"study's logs/ folder) and run the same command again."
-    )
-
-
-def check_not_stopped(study: optuna.Study, since: datetime, n_trials: int) -> None:
-    """After the workers end: a UsageError when repeated failures, not the budget, ended them."""
-    stopped = repeated_failure(study, since)
-    if stopped and budget_left(study, n_trials) > 0:
-        raise UsageError(stopped)
 
 
 def trial_dir(config: StudyConfig, number: int) -> Path:
@@ -519,43 +302,6 @@ def record_study_facts(study: optuna.Study, prepared: Prepared) -> None:
     for key, value in facts.items():
         if study.user_attrs.get(key) != value:
             study.set_user_attr(key, value)
-
-
-def recordable_config(config: StudyConfig) -> dict:
-    """The study config as plain values for the storage, its storage password hidden."""
-    values = dataclasses.asdict(config)
-    values.pop("origins")
-    if values["storage"]:
-        values["storage"] = redact(values["storage"])
-    return values
-
-
-def recorded_config(study: optuna.Study, studies_dir: str, storage: str) -> StudyConfig:
-    """The config `autoft search` recorded in the study, for a worker joining it from anywhere."""
-    values = dict(study.user_attrs.get("config") or {})
-    if not values:
-        raise UsageError(
-            f"Study '{study.study_name}' records no config (made by an older autoft?); start it "
-            f"with autoft search."
-        )
-    base = values.pop("base")
-    values.update(studies_dir=studies_dir, storage=storage)
-    return StudyConfig(**values, base=BaseTaskConfig(**base) if base else None)
-
-
-def load_study(name: str, studies_dir: str, storage: str | None) -> optuna.Study:
-    """An existing study, for status, report and export; a clear error when there is none."""
-    path = sqlite_path(Path(studies_dir) / name)
-    url = storage or f"sqlite:///{path.resolve()}"
-    if url.startswith("sqlite") and not path.is_file():
-        raise UsageError(
-            f"No study '{name}' in {studies_dir}/ (no {name}/study.db); check "
-            f"--study and --studies-dir."
-        )
-    try:
-        return optuna.load_study(study_name=name, storage=open_storage(url))
-    except KeyError:
-        raise UsageError(f"Storage {redact(url)} holds no study '{name}'; check --study.") from None
 
 
 def save_prepared(prepared: Prepared, folder: Path) -> None:

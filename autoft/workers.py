@@ -25,18 +25,14 @@ from optuna.trial import TrialState
 
 from autoft.config import StudyConfig
 from autoft.errors import UsageError
-from autoft.study import (
+from autoft.schedule import RETRY_OF, budget_left, queue_next_config, repeated_failure, to_run_again
+from autoft.storage import (
     HEARTBEAT_SECONDS,
-    RETRY_OF,
-    budget_left,
     make_pruner,
     make_sampler,
     open_storage,
-    queue_next_config,
     redact,
-    repeated_failure,
     sqlite_lock,
-    to_run_again,
 )
 from autoft.train import TrialFailed
 from autoft.trials import COUNTS_TOWARD_BUDGET
@@ -559,7 +555,8 @@ def join_study(
     (deterministically, from the same data files) when this machine has none yet.
     """
     from autoft.prepare import prepare_study
-    from autoft.study import check_not_stopped, recorded_config, storage_url
+    from autoft.schedule import check_not_stopped
+    from autoft.storage import recorded_config, storage_url
 
     recorded = recorded_config(study, studies_dir, storage)
     config = dataclasses.replace(

@@ -20,13 +20,13 @@ import time
 
 import torch
 
+from autoft.cache import PrefixCache
 from autoft.config import build_config
 from autoft.forgetting import preservation_texts, retention
 from autoft.guard import build_task
 from autoft.model import freeze, load_model
 from autoft.prepare import prepare_study
 from autoft.preserve import Cost, Preservation
-from autoft.study import PrefixCache
 from autoft.train import TrialParams, frozen_blocks, train_trial
 
 CPU = torch.device("cpu")

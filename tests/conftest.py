@@ -92,13 +92,9 @@ def tiny_study(tmp_path_factory, tiny_model_dir, tiny_csv):
 
     from autoft.config import build_config
     from autoft.prepare import prepare_study
-    from autoft.study import (
-        Objective,
-        load_study,
-        open_study,
-        queue_next_config,
-        record_study_facts,
-    )
+    from autoft.schedule import queue_next_config
+    from autoft.storage import load_study, open_study
+    from autoft.study import Objective, record_study_facts
 
     studies = tmp_path_factory.mktemp("studies")
     flags = {"model": str(tiny_model_dir), "train": str(tiny_csv), "name": "tiny",

@@ -21,14 +21,9 @@ from conftest import sentiment_rows, write_csv
 from autoft.cli import build_parser, config_from_args
 from autoft.errors import UsageError
 from autoft.prepare import prepare_study
-from autoft.study import (
-    Objective,
-    check_not_stopped,
-    open_storage,
-    open_study,
-    record_study_facts,
-    storage_url,
-)
+from autoft.schedule import check_not_stopped
+from autoft.storage import open_storage, open_study, storage_url
+from autoft.study import Objective, record_study_facts
 from autoft.workers import Slot, StartLock, Stop, TrialRunner, run_trials
 
 

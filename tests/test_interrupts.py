@@ -26,7 +26,8 @@ from test_workers import (
 )
 
 from autoft.cli import main
-from autoft.study import budget_used, open_storage
+from autoft.schedule import budget_used
+from autoft.storage import open_storage
 
 START_1 = "starts:\n  - {learning_rate: 1.0e-3, trainable_layers: 0}\n"
 

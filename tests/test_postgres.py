@@ -17,13 +17,9 @@ from test_workers import cli_env, search_args, write_space
 
 from autoft.config import build_config
 from autoft.prepare import prepare_study
-from autoft.study import (
-    budget_used,
-    open_storage,
-    open_study,
-    record_study_facts,
-    with_installed_driver,
-)
+from autoft.schedule import budget_used
+from autoft.storage import open_storage, open_study, with_installed_driver
+from autoft.study import record_study_facts
 
 SERVER = "127.0.0.1:5432/test"
 PASSWORD = "s3cret-never-shown"

@@ -9,7 +9,7 @@ from conftest import sentiment_rows, write_csv
 from autoft.cli import main
 from autoft.config import build_config
 from autoft.errors import UsageError
-from autoft.study import make_pruner
+from autoft.storage import make_pruner
 
 
 def config(tiny_model_dir, tiny_csv, file_settings=None, **flags):

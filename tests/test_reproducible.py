@@ -19,7 +19,9 @@ from safetensors.torch import load_file
 
 from autoft.config import build_config
 from autoft.prepare import prepare_study
-from autoft.study import Objective, open_study, queue_next_config, record_study_facts
+from autoft.schedule import queue_next_config
+from autoft.storage import open_study
+from autoft.study import Objective, record_study_facts
 
 SPACE = """\
 learning_rate: {low: 1.0e-3, high: 5.0e-3, log: true, default: 2.0e-3}

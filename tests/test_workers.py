@@ -20,7 +20,8 @@ from optuna.trial import TrialState
 
 from autoft.cli import main
 from autoft.errors import UsageError
-from autoft.study import budget_used, queue_next_config, redact, storage_url
+from autoft.schedule import budget_used, queue_next_config
+from autoft.storage import redact, storage_url
 from autoft.workers import Slot, Stop, device_slots
 
 QUICK_TRIALS = "{low: 1.0e-4, high: 1.0e-3, log: true, default: 3.0e-4}"
@@ -135,7 +136,8 @@ def test_a_nan_trial_fails_alone_with_its_reason(tiny_model_dir, tiny_csv, tmp_p
     """Trial 0 trains at learning rate 1e6, so its loss overflows; trial 1 is sane."""
     from autoft.config import build_config
     from autoft.prepare import prepare_study
-    from autoft.study import open_study, record_study_facts
+    from autoft.storage import open_study
+    from autoft.study import record_study_facts
     from autoft.workers import work
 
     space = write_space(
@@ -267,7 +269,8 @@ def test_the_hard_time_limit_interrupts_a_running_trial(tiny_model_dir, slow_csv
     """Past the timeout no trial starts; past the hard limit the running one is interrupted."""
     from autoft.config import build_config
     from autoft.prepare import prepare_study
-    from autoft.study import open_study, record_study_facts
+    from autoft.storage import open_study
+    from autoft.study import record_study_facts
     from autoft.workers import work
 
     space = write_space(tmp_path / "space.yaml", epochs=500, batch=8)  # far past the limit

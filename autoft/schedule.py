@@ -1,0 +1,123 @@
+"""Which trial runs next and when the study ends: the total-trial budget (finished trials count,
+interrupted ones do not), the queue (an interrupted or stale trial's config first, the default's
+before any other, then the space's starts), and the stop when trials keep failing alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+import optuna
+from optuna.trial import TrialState
+
+from autoft.errors import UsageError
+from autoft.trials import FINISHED, counts_toward_budget, trial_config
+
+log = logging.getLogger("autoft")
+
+# User attributes a queued trial starts with: which of the space's starts it runs (0 is the
+# default config) and which trial's config it runs again.
+START = "start"
+RETRY_OF = "retry_of"
+
+# A config whose trial went stale this many times is not queued again: it likely kills its worker.
+MAX_ATTEMPTS = 3
+REPEATED_FAILURES = 3  # this many trials in a row failing alike stop the study
+
+
+def to_run_again(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """Interrupted trials (a signal or the hard time limit) whose config is not queued again yet,
+    the default config's first."""
+    queued = {t.user_attrs.get(RETRY_OF) for t in trials}
+    waiting = [
+        t for t in trials
+        if t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") == "interrupted"
+        and t.number not in queued and trial_config(t)
+    ]
+    return sorted(waiting, key=lambda t: (t.user_attrs.get(START) != 0, t.number))
+
+
+def queue_again(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue a stopped trial's config as a new trial that starts clean: only its params and
+    where it came from, none of the stopped attempt's measurements."""
+    attrs = {RETRY_OF: trial.number}
+    if START in trial.user_attrs:
+        attrs[START] = trial.user_attrs[START]
+    study.enqueue_trial(trial_config(trial), user_attrs=attrs)
+
+
+def run_stale_again(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Optuna calls this once for each trial it finds stale (its worker died)."""
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    attempts, earlier = 1, trial
+    while RETRY_OF in earlier.user_attrs and earlier.user_attrs[RETRY_OF] in by_number:
+        attempts, earlier = attempts + 1, by_number[earlier.user_attrs[RETRY_OF]]
+    if attempts >= MAX_ATTEMPTS:
+        log.warning("trial %d's worker died; workers died on its config %d times, so it is not "
+                    "run again", trial.number, attempts)
+        return
+    queue_again(study, trial)
+
+
+def queue_next_config(study: optuna.Study) -> None:
+    """Choose the config the next asked trial runs; call it under the start lock.
+
+    Optuna's ask pops waiting trials in the order they were queued, so configs are queued one
+    at a time, when none waits: an interrupted trial's config first (the default's before any
+    other), then the space's next start (the default is start 0), then none, and the sampler
+    chooses.
+    """
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == TrialState.WAITING for t in trials):
+        return
+    again = to_run_again(trials)
+    if again:
+        queue_again(study, again[0])
+        return
+    taken = {t.user_attrs.get(START) for t in trials}
+    for index, params in enumerate(study.user_attrs.get("starts", [])):
+        if index not in taken:
+            study.enqueue_trial(params, user_attrs={START: index})
+            return
+
+
+def budget_used(study: optuna.Study) -> int:
+    """Finished trials that count toward n_trials."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if counts_toward_budget(t))
+
+
+def budget_left(study: optuna.Study, n_trials: int) -> int:
+    """Trials still to start: the budget minus finished and running ones."""
+    running = sum(1 for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING)
+    return n_trials - budget_used(study) - running
+
+
+def repeated_failure(study: optuna.Study, since: datetime) -> str | None:
+    """A sentence when the last REPEATED_FAILURES trials started since `since` all failed for the
+    same reason (interruptions aside): a setting or a bug, which more trials would only repeat."""
+    ended = sorted(
+        (
+            t for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL))
+            if t.datetime_start and t.datetime_start >= since and t.datetime_complete
+        ),
+        key=lambda t: t.datetime_complete,
+    )[-REPEATED_FAILURES:]
+    reasons = {t.user_attrs.get("fail_reason") if t.state == TrialState.FAIL else None
+               for t in ended}
+    reason = reasons.pop() if len(ended) == REPEATED_FAILURES and len(reasons) == 1 else None
+    if reason in (None, "interrupted"):
+        return None
+    numbers = ", ".join(str(t.number) for t in ended)
+    return (
+        f"Study '{study.study_name}' stopped: trials {numbers} all failed with \"{reason}\", so "
+        f"the next would most likely fail alike; fix that cause (each trial's log is in the "
+        f"study's logs/ folder) and run the same command again."
+    )
+
+
+def check_not_stopped(study: optuna.Study, since: datetime, n_trials: int) -> None:
+    """After the workers end: a UsageError when repeated failures, not the budget, ended them."""
+    stopped = repeated_failure(study, since)
+    if stopped and budget_left(study, n_trials) > 0:
+        raise UsageError(stopped)

@@ -1,0 +1,166 @@
+"""Where a study lives: the storage URL (SQLite in the study folder, or the user's PostgreSQL),
+opening it with heartbeats, the file lock beside a SQLite file, the sampler and pruner a study is
+opened with, and the config recorded in the storage for workers and reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import importlib.util
+import os
+import warnings
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import optuna
+from optuna.storages import RDBStorage
+from sqlalchemy.engine import make_url
+
+from autoft.config import BaseTaskConfig, StudyConfig
+from autoft.errors import UsageError
+from autoft.schedule import run_stale_again
+
+# A worker's running trial writes a heartbeat this often; one silent for GRACE_SECONDS (two
+# heartbeats, Optuna's own default) is stale and its config runs again. AUTOFT_HEARTBEAT_SECONDS
+# shortens both, so tests of killed workers take seconds.
+HEARTBEAT_SECONDS = int(os.environ.get("AUTOFT_HEARTBEAT_SECONDS", "30"))
+GRACE_SECONDS = 2 * HEARTBEAT_SECONDS
+
+
+def redact(url: str) -> str:
+    """A storage URL safe to print: any password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def sqlite_path(study_dir: Path) -> Path:
+    """The default storage: a SQLite file in the study folder."""
+    return Path(study_dir) / "study.db"
+
+
+def storage_url(config: StudyConfig) -> str:
+    """The user's storage, or the SQLite file in the study folder."""
+    return config.storage or f"sqlite:///{sqlite_path(config.study_dir).resolve()}"
+
+
+def with_installed_driver(url: str) -> str:
+    """SQLAlchemy 2.1 reads postgresql:// as psycopg 3; use psycopg2 when only that is installed
+    (autoft's postgres extra), so the URL a user copies from Optuna's docs works."""
+    if not url.startswith("postgresql://"):
+        return url
+    if importlib.util.find_spec("psycopg") or not importlib.util.find_spec("psycopg2"):
+        return url
+    return "postgresql+psycopg2://" + url[len("postgresql://") :]
+
+
+@contextlib.contextmanager
+def sqlite_lock(database: str):
+    """An exclusive fcntl lock on a file beside a SQLite database, shared by every process of its
+    studies on this machine; the kernel frees it when its holder dies, even by kill -9."""
+    with open(f"{database}.start-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def open_storage(url: str) -> RDBStorage:
+    """An RDB storage with heartbeats, so trials of a killed worker are found and run again.
+
+    A new SQLite file gets its tables under the file lock beside it: two processes creating
+    them at once would otherwise both insert Alembic's version row, and one would fail.
+    """
+    url = with_installed_driver(url)
+    sqlite = url.startswith("sqlite")
+    engine_kwargs = {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
+    try:
+        database = make_url(url).database if sqlite else None
+        creating = (sqlite_lock(database) if database not in (None, "", ":memory:")
+                    else contextlib.nullcontext())
+        with creating, warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+                heartbeat_stale_trial_callback=run_stale_again,
+            )
+    except Exception as error:  # SQLAlchemy raises many kinds; the user needs one sentence
+        reason = str(error).splitlines()[0]
+        raise UsageError(
+            f"Cannot open storage {redact(url)} ({reason}); check the URL and that "
+            f"the database server is running."
+        ) from None
+
+
+def make_sampler(config: StudyConfig) -> optuna.samplers.TPESampler:
+    """Seeded TPE whose random start-up fits the budget, aware of params that act together;
+    `group` models each set of params that appear together (LoRA's only under adapter lora)."""
+    startup = max(2, min(10, config.n_trials // 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=config.seed, n_startup_trials=startup, multivariate=True, group=True)
+
+
+def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    """Median pruning after a few complete trials, so early trials are not all cut."""
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=config.pruner_startup, n_warmup_steps=config.pruner_warmup_steps
+    )
+
+
+def open_study(config: StudyConfig, storage: RDBStorage | None = None) -> optuna.Study:
+    """Create the study or load it to resume; same name and storage means the same study."""
+    return optuna.create_study(
+        storage=storage or open_storage(storage_url(config)),
+        study_name=config.name,
+        direction="maximize",
+        sampler=make_sampler(config),
+        pruner=make_pruner(config),
+        load_if_exists=True,
+    )
+
+
+def recordable_config(config: StudyConfig) -> dict:
+    """The study config as plain values for the storage, its storage password hidden."""
+    values = dataclasses.asdict(config)
+    values.pop("origins")
+    if values["storage"]:
+        values["storage"] = redact(values["storage"])
+    return values
+
+
+def recorded_config(study: optuna.Study, studies_dir: str, storage: str) -> StudyConfig:
+    """The config `autoft search` recorded in the study, for a worker joining it from anywhere."""
+    values = dict(study.user_attrs.get("config") or {})
+    if not values:
+        raise UsageError(
+            f"Study '{study.study_name}' records no config (made by an older autoft?); start it "
+            f"with autoft search."
+        )
+    base = values.pop("base")
+    values.update(studies_dir=studies_dir, storage=storage)
+    return StudyConfig(**values, base=BaseTaskConfig(**base) if base else None)
+
+
+def load_study(name: str, studies_dir: str, storage: str | None) -> optuna.Study:
+    """An existing study, for status, report and export; a clear error when there is none."""
+    path = sqlite_path(Path(studies_dir) / name)
+    url = storage or f"sqlite:///{path.resolve()}"
+    if url.startswith("sqlite") and not path.is_file():
+        raise UsageError(
+            f"No study '{name}' in {studies_dir}/ (no {name}/study.db); check "
+            f"--study and --studies-dir."
+        )
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(url))
+    except KeyError:
+        raise UsageError(f"Storage {redact(url)} holds no study '{name}'; check --study.") from None
