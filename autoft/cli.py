@@ -155,14 +155,16 @@ def run_search(config: StudyConfig) -> dict:
     that finished; a second signal while they are written waits until they are.
     """
     from autoft.audit import audit_reported
+    from autoft.devices import device_slots
     from autoft.export import export_trial
     from autoft.prepare import prepare_study
     from autoft.progress import LiveDisplay
     from autoft.report import summary_text, write_report
     from autoft.schedule import budget_left, check_not_stopped
+    from autoft.signals import Stop
     from autoft.storage import open_storage, open_study, storage_url
     from autoft.study import record_study_facts
-    from autoft.workers import Stop, device_slots, run_workers, time_limits
+    from autoft.workers import run_workers, time_limits
 
     slots = device_slots(config.devices, config.trials_per_gpu, config.where("devices"))
     # A storage the user named is opened before anything is loaded: a wrong URL is one sentence
@@ -236,8 +238,9 @@ def command_report(args: argparse.Namespace) -> int:
 
 
 def command_status(args: argparse.Namespace) -> int:
+    from autoft.schedule import fail_stale_trials
+    from autoft.status import status_text
     from autoft.storage import load_study
-    from autoft.workers import fail_stale_trials, status_text
 
     study = load_study(args.study, args.studies_dir, args.storage)
     fail_stale_trials(study)  # a dead worker's trial shows as such, not as running

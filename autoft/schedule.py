@@ -6,6 +6,7 @@ before any other, then the space's starts), and the stop when trials keep failin
 from __future__ import annotations
 
 import logging
+import warnings
 from datetime import datetime
 
 import optuna
@@ -121,3 +122,10 @@ def check_not_stopped(study: optuna.Study, since: datetime, n_trials: int) -> No
     stopped = repeated_failure(study, since)
     if stopped and budget_left(study, n_trials) > 0:
         raise UsageError(stopped)
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail trials whose worker stopped sending heartbeats; the storage's callback retries them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)

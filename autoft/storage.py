@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import importlib.util
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -21,6 +23,8 @@ from sqlalchemy.engine import make_url
 from autoft.config import BaseTaskConfig, StudyConfig
 from autoft.errors import UsageError
 from autoft.schedule import run_stale_again
+
+log = logging.getLogger("autoft")
 
 # A worker's running trial writes a heartbeat this often; one silent for GRACE_SECONDS (two
 # heartbeats, Optuna's own default) is stale and its config runs again. AUTOFT_HEARTBEAT_SECONDS
@@ -164,3 +168,52 @@ def load_study(name: str, studies_dir: str, storage: str | None) -> optuna.Study
         return optuna.load_study(study_name=name, storage=open_storage(url))
     except KeyError:
         raise UsageError(f"Storage {redact(url)} holds no study '{name}'; check --study.") from None
+
+
+class StartLock:
+    """Makes 'check the budget, then ask for a trial' one step across every worker of a study.
+
+    Without it two workers both see one trial left and both start one. Optuna's ask is several
+    transactions, so a database transaction cannot cover it; a lock the workers share can. For
+    SQLite (one machine) that is an fcntl lock on a file beside the database: the kernel frees
+    it when a worker dies, even by kill -9. For PostgreSQL (many machines) it is a session-level
+    advisory lock keyed by the study name: the server frees it when the worker's connection
+    closes. Other databases get no lock and may overshoot by a trial per extra worker.
+    """
+
+    def __init__(self, storage: optuna.storages.RDBStorage, study_name: str):
+        self.engine = storage.engine
+        self.dialect = storage.engine.dialect.name
+        digest = hashlib.sha256(f"autoft:{study_name}".encode()).digest()
+        self.key = int.from_bytes(digest[:8], "big", signed=True)
+        self._held: object | None = None
+        if self.dialect not in ("sqlite", "postgresql"):
+            log.warning(
+                "%s storage: trials start without a lock, so the budget may be overshot "
+                "by up to one trial per extra worker.",
+                self.dialect,
+            )
+
+    def acquire(self) -> None:
+        if self.dialect == "sqlite":
+            self._held = contextlib.ExitStack()
+            self._held.enter_context(sqlite_lock(self.engine.url.database))
+        elif self.dialect == "postgresql":
+            from sqlalchemy import text
+
+            connection = self.engine.connect()
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": self.key})
+            self._held = connection
+        else:
+            self._held = True
+
+    def release(self) -> None:
+        """Free the lock if this worker holds it; safe to call twice."""
+        held, self._held = self._held, None
+        if held is None or held is True:
+            return
+        if self.dialect == "postgresql":
+            from sqlalchemy import text
+
+            held.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
+        held.close()

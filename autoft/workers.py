@@ -1,5 +1,5 @@
-"""Worker processes: device discovery and slots, one process per slot, the loop that starts trials
-atomically within the study's budget, per-trial logs, and clean stops on signals and time limits.
+"""Worker processes: one per device slot, the loop that starts trials atomically within the study's
+budget, per-trial logs, and the parent that forwards signals to its workers and reads their ends.
 """
 
 from __future__ import annotations
@@ -10,13 +10,9 @@ import hashlib
 import logging
 import multiprocessing
 import os
-import re
 import signal
 import socket
-import sys
 import time
-import warnings
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -24,15 +20,22 @@ import optuna
 from optuna.trial import TrialState
 
 from autoft.config import StudyConfig
-from autoft.errors import UsageError
-from autoft.schedule import RETRY_OF, budget_left, queue_next_config, repeated_failure, to_run_again
+from autoft.devices import Slot, device_slots
+from autoft.schedule import (
+    RETRY_OF,
+    budget_left,
+    fail_stale_trials,
+    queue_next_config,
+    repeated_failure,
+)
+from autoft.signals import Stop
 from autoft.storage import (
     HEARTBEAT_SECONDS,
+    StartLock,
     make_pruner,
     make_sampler,
     open_storage,
     redact,
-    sqlite_lock,
 )
 from autoft.train import TrialFailed
 from autoft.trials import COUNTS_TOWARD_BUDGET
@@ -40,232 +43,8 @@ from autoft.trials import COUNTS_TOWARD_BUDGET
 log = logging.getLogger("autoft")
 
 HARD_LIMIT_FACTOR = 1.1
-CORES_PER_CPU_WORKER = 4
 WAIT_SECONDS = min(5, HEARTBEAT_SECONDS)  # how often a worker with nothing to start looks again
 INTERRUPTED_EXIT = 130
-
-
-@dataclass(frozen=True)
-class Slot:
-    """One place a trial runs: a device, the torch threads it may use, and for a GPU the value of
-    CUDA_VISIBLE_DEVICES that pins the worker to that card (it then sees it as cuda:0)."""
-
-    device: str
-    threads: int
-    visible: str | None = None
-
-    @property
-    def torch_device(self) -> str:
-        return "cpu" if self.visible is None else "cuda:0"
-
-
-def cpu_cores() -> int:
-    """The cores this process may use: its CPU affinity (a container or taskset may allow fewer
-    than exist), capped by OMP_NUM_THREADS when set, the usual way to cap a job's threads."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cap = os.environ.get("OMP_NUM_THREADS", "")
-    return max(1, min(cores or 1, int(cap))) if cap.isdigit() and int(cap) > 0 else cores or 1
-
-
-def visible_gpus() -> int:
-    """CUDA GPUs this process sees; counting them does not create a CUDA context."""
-    import torch
-
-    return torch.cuda.device_count()
-
-
-def device_slots(
-    devices: str,
-    trials_per_gpu: int = 1,
-    where: str = "--devices",
-    cores: int | None = None,
-    gpus: int | None = None,
-) -> list[Slot]:
-    """The slots for auto, cpu, cpu:N, cuda or cuda:0,cuda:2, checked against this machine.
-
-    `auto` takes every visible GPU, `trials_per_gpu` slots on each (a small model leaves a card
-    mostly idle, so several trials fill it). Without a GPU, `auto` splits the cores into workers
-    of CORES_PER_CPU_WORKER cores: one trial's small batches do not keep many threads busy, so
-    more workers finish more trials (benchmarks/workers.py on a quiet 2-core machine: one 2-thread
-    worker 807 trials/hour, two 1-thread workers 1,044), while each worker costs a process start
-    and its own copy of the model. `cpu:N` chooses N workers explicitly.
-    """
-    if trials_per_gpu < 1:
-        raise UsageError(f"--trials-per-gpu: {trials_per_gpu} must be a positive whole number.")
-    cores = cores or cpu_cores()
-    gpus = visible_gpus() if gpus is None else gpus
-    spec = devices.strip().lower().replace(" ", "")
-    if spec == "auto":
-        spec = "cuda" if gpus else f"cpu:{max(1, cores // CORES_PER_CPU_WORKER)}"
-    if spec == "cuda":
-        if not gpus:
-            raise UsageError(f"{where}: 'cuda' asks for GPUs, but none is visible; use cpu.")
-        spec = ",".join(f"cuda:{k}" for k in range(gpus))
-    cpu = re.fullmatch(r"cpu(?::(\d+))?", spec)
-    if cpu:
-        workers = int(cpu.group(1) or 1)
-        if workers < 1:
-            raise UsageError(f"{where}: '{devices}' asks for no worker; use cpu:1 or more.")
-        return [Slot("cpu", max(1, cores // workers)) for _ in range(workers)]
-    indices = [_cuda_index(part, devices, where, gpus) for part in spec.split(",")]
-    if len(set(indices)) != len(indices):
-        raise UsageError(
-            f"{where}: '{devices}' names a GPU twice; use --trials-per-gpu to run several "
-            f"trials on one card."
-        )
-    threads = max(1, cores // (len(indices) * trials_per_gpu))
-    return [
-        Slot(f"cuda:{k}", threads, _physical_gpu(k))
-        for k in indices
-        for _ in range(trials_per_gpu)
-    ]
-
-
-def _cuda_index(part: str, devices: str, where: str, gpus: int) -> int:
-    match = re.fullmatch(r"cuda:(\d+)", part)
-    if not match:
-        raise UsageError(
-            f"{where}: '{devices}' is not a device list; write auto, cpu, cpu:4, cuda or "
-            f"cuda:0,cuda:2."
-        )
-    index = int(match.group(1))
-    if index >= gpus:
-        seen = f"cuda:0 to cuda:{gpus - 1}" if gpus else "none"
-        raise UsageError(
-            f"{where}: {part} does not exist (visible CUDA GPUs: {seen}); name one of those, "
-            f"or use auto or cpu."
-        )
-    return index
-
-
-def _physical_gpu(index: int) -> str:
-    """The card the parent calls cuda:index, as CUDA_VISIBLE_DEVICES names it for a child."""
-    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
-    visible = [v for v in visible if v]
-    return visible[index] if visible else str(index)
-
-
-class StartLock:
-    """Makes 'check the budget, then ask for a trial' one step across every worker of a study.
-
-    Without it two workers both see one trial left and both start one. Optuna's ask is several
-    transactions, so a database transaction cannot cover it; a lock the workers share can. For
-    SQLite (one machine) that is an fcntl lock on a file beside the database: the kernel frees
-    it when a worker dies, even by kill -9. For PostgreSQL (many machines) it is a session-level
-    advisory lock keyed by the study name: the server frees it when the worker's connection
-    closes. Other databases get no lock and may overshoot by a trial per extra worker.
-    """
-
-    def __init__(self, storage: optuna.storages.RDBStorage, study_name: str):
-        self.engine = storage.engine
-        self.dialect = storage.engine.dialect.name
-        digest = hashlib.sha256(f"autoft:{study_name}".encode()).digest()
-        self.key = int.from_bytes(digest[:8], "big", signed=True)
-        self._held: object | None = None
-        if self.dialect not in ("sqlite", "postgresql"):
-            log.warning(
-                "%s storage: trials start without a lock, so the budget may be overshot "
-                "by up to one trial per extra worker.",
-                self.dialect,
-            )
-
-    def acquire(self) -> None:
-        if self.dialect == "sqlite":
-            self._held = contextlib.ExitStack()
-            self._held.enter_context(sqlite_lock(self.engine.url.database))
-        elif self.dialect == "postgresql":
-            from sqlalchemy import text
-
-            connection = self.engine.connect()
-            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": self.key})
-            self._held = connection
-        else:
-            self._held = True
-
-    def release(self) -> None:
-        """Free the lock if this worker holds it; safe to call twice."""
-        held, self._held = self._held, None
-        if held is None or held is True:
-            return
-        if self.dialect == "postgresql":
-            from sqlalchemy import text
-
-            held.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
-        held.close()
-
-
-class Stop:
-    """How a worker stops cleanly on SIGINT, SIGTERM or its hard time limit (SIGALRM).
-
-    During a trial the signal raises KeyboardInterrupt there and then: the TrialRunner records
-    the trial as failed with the reason `interrupted`, which does not use up the budget, and its
-    config is run again first when the study goes on. Elsewhere it only sets `requested`, so
-    asking for a trial or telling its result is never cut in half (that could leave a RUNNING
-    trial without a heartbeat, which nothing would ever find stale). `autoft search` also holds
-    one while its workers run and its report is written, so a late Ctrl-C loses neither.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
-
-    REDELIVER_SECONDS = 0.01
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.signalled = False
-        self._in_trial = False  # a signal now raises KeyboardInterrupt
-        self._trial_open = False  # inside the trial span, raised already or not
-        self._previous: dict = {}
-        self._previous_hook = None
-
-    def install(self, hard_deadline: float | None = None) -> None:
-        self._previous = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS}
-        self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._on_unraisable
-        if hard_deadline is not None:
-            signal.setitimer(signal.ITIMER_REAL, max(0.01, hard_deadline - time.time()))
-
-    def uninstall(self) -> None:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        if self._previous_hook is not None:
-            sys.unraisablehook = self._previous_hook
-
-    def _on_signal(self, signum: int, frame) -> None:
-        if signum == signal.SIGALRM and not self.requested:
-            log.warning("hard time limit reached: interrupting the running trial")
-        else:
-            self.signalled = True
-        self.requested = True
-        if self._in_trial:
-            self._in_trial = False
-            raise KeyboardInterrupt
-
-    def _on_unraisable(self, unraisable) -> None:
-        """Our KeyboardInterrupt can land in a callback whose exceptions Python only prints (a
-        weakref's or a finalizer's, run by the garbage collector): the trial would go on and a
-        traceback appear. Swallow it and deliver it again a moment later, in the trial's code."""
-        if not isinstance(unraisable.exc_value, KeyboardInterrupt) or not self._trial_open:
-            self._previous_hook(unraisable)
-            return
-        self._in_trial = True
-        signal.setitimer(signal.ITIMER_REAL, self.REDELIVER_SECONDS)
-
-    @contextlib.contextmanager
-    def trial(self):
-        """The span in which a signal interrupts at once."""
-        self._in_trial = self._trial_open = True
-        try:
-            if self.requested:
-                raise KeyboardInterrupt
-            yield
-        finally:
-            self._in_trial = self._trial_open = False
-
-    def sleep(self, seconds: float) -> None:
-        """Wait, but wake up soon after a stop is requested."""
-        end = time.time() + seconds
-        while not self.requested and time.time() < end:
-            time.sleep(min(0.2, end - time.time()))
 
 
 @contextlib.contextmanager
@@ -331,13 +110,6 @@ class TrialRunner:
                 raise
             log.info("trial %d finished: %s", trial.number, value)
             return value
-
-
-def fail_stale_trials(study: optuna.Study) -> None:
-    """Fail trials whose worker stopped sending heartbeats; the storage's callback retries them."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
 
 
 def run_trials(
@@ -574,49 +346,3 @@ def join_study(
     return interrupted
 
 
-def status_text(study: optuna.Study) -> str:
-    """The study now: counts, the best so far, and each running trial's worker and progress."""
-    from autoft.describe import describe_seconds
-    from autoft.progress import epoch_text, status_line, take_snapshot
-
-    attrs = study.user_attrs
-    trials = study.get_trials(deepcopy=False)
-    starts = [t.datetime_start.timestamp() for t in trials if t.datetime_start]
-    ends = [t.datetime_complete.timestamp() for t in trials if t.datetime_complete]
-    running = [t for t in trials if t.state == TrialState.RUNNING]
-    end = time.time() if running or not ends else max(ends)
-    elapsed = end - min(starts) if starts else 0.0
-    budget = (attrs.get("config") or {}).get("n_trials", len(trials))
-    snapshot = take_snapshot(trials, budget, elapsed, 0, attrs.get("train_examples"))
-    metric = attrs.get("metric", "value")
-    lines = [f"Study '{study.study_name}': {status_line(snapshot, metric)}"]
-    for trial, progress in zip(running, snapshot.running, strict=True):
-        worker = trial.user_attrs.get("worker") or {}
-        where = f"{worker.get('device', '?')} on {worker.get('host', '?')} pid {worker.get('pid')}"
-        value = progress.last_value
-        last = f", last {metric} {value:.4f}" if value is not None else ""
-        age = describe_seconds(time.time() - trial.datetime_start.timestamp())
-        lines.append(
-            f"  trial {trial.number}: {where}, {epoch_text(progress)}{last}, running {age}"
-        )
-    lines.extend(stopped_lines(trials))
-    return "\n".join(lines)
-
-
-def stopped_lines(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
-    """What became of trials that did not finish (interrupted, or their worker died): whose
-    config runs again, and which trial ran it."""
-    queued = [t.user_attrs[RETRY_OF] for t in trials
-              if t.state == TrialState.WAITING and RETRY_OF in t.user_attrs]
-    waiting = sorted(queued + [t.number for t in to_run_again(trials)])
-    rerun = [(t.user_attrs[RETRY_OF], t.number) for t in trials
-             if t.state != TrialState.WAITING and RETRY_OF in t.user_attrs]
-    lines = []
-    if waiting:
-        lines.append(
-            f"  did not finish: trial {', '.join(map(str, waiting))}; their configs run again, "
-            f"before any new one, when the study goes on (autoft search or autoft worker)."
-        )
-    if rerun:
-        lines.append("  run again: " + ", ".join(f"trial {a} as trial {b}" for a, b in rerun))
-    return lines

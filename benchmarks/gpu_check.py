@@ -85,7 +85,7 @@ def pack_worker(visible: str, index: int, tasks, results) -> None:
 
 
 def packing_table(packs: list[int], seconds: float) -> None:
-    from autoft.workers import device_slots
+    from autoft.devices import device_slots
 
     slots = device_slots("cuda:0", trials_per_gpu=max(packs))
     context = multiprocessing.get_context("spawn")
@@ -118,7 +118,7 @@ def every_gpu_check() -> bool:
     """A real study with --devices auto: trials must have run on every visible GPU."""
     import optuna
 
-    from autoft.workers import visible_gpus
+    from autoft.devices import visible_gpus
 
     gpus = visible_gpus()
     with tempfile.TemporaryDirectory() as folder:
@@ -156,7 +156,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="training time per row")
     parser.add_argument("--packs", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args()
-    from autoft.workers import visible_gpus
+    from autoft.devices import visible_gpus
 
     if not visible_gpus():
         raise SystemExit("gpu_check: no CUDA GPU is visible here.")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import optuna
 
-from autoft.workers import cpu_cores, device_slots
+from autoft.devices import cpu_cores, device_slots
 
 FIXED_SPACE = """\
 learning_rate: {value: 5.0e-5}

@@ -19,12 +19,14 @@ import torch
 from conftest import sentiment_rows, write_csv
 
 from autoft.cli import build_parser, config_from_args
+from autoft.devices import Slot
 from autoft.errors import UsageError
 from autoft.prepare import prepare_study
 from autoft.schedule import check_not_stopped
-from autoft.storage import open_storage, open_study, storage_url
+from autoft.signals import Stop
+from autoft.storage import StartLock, open_storage, open_study, storage_url
 from autoft.study import Objective, record_study_facts
-from autoft.workers import Slot, StartLock, Stop, TrialRunner, run_trials
+from autoft.workers import TrialRunner, run_trials
 
 
 def flags_config(model: Path, train: Path, tmp_path: Path, *extra: str):

@@ -19,10 +19,11 @@ from conftest import sentiment_rows, write_csv
 from optuna.trial import TrialState
 
 from autoft.cli import main
+from autoft.devices import Slot, device_slots
 from autoft.errors import UsageError
 from autoft.schedule import budget_used, queue_next_config
+from autoft.signals import Stop
 from autoft.storage import redact, storage_url
-from autoft.workers import Slot, Stop, device_slots
 
 QUICK_TRIALS = "{low: 1.0e-4, high: 1.0e-3, log: true, default: 3.0e-4}"
 

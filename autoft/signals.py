@@ -1,0 +1,87 @@
+"""How a worker, and `autoft search` itself, stop cleanly on SIGINT, SIGTERM or the hard time
+limit: a signal interrupts a running trial at once, and elsewhere only asks to stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+import time
+
+log = logging.getLogger("autoft")
+
+
+class Stop:
+    """How a worker stops cleanly on SIGINT, SIGTERM or its hard time limit (SIGALRM).
+
+    During a trial the signal raises KeyboardInterrupt there and then: the TrialRunner records
+    the trial as failed with the reason `interrupted`, which does not use up the budget, and its
+    config is run again first when the study goes on. Elsewhere it only sets `requested`, so
+    asking for a trial or telling its result is never cut in half (that could leave a RUNNING
+    trial without a heartbeat, which nothing would ever find stale). `autoft search` also holds
+    one while its workers run and its report is written, so a late Ctrl-C loses neither.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
+
+    REDELIVER_SECONDS = 0.01
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signalled = False
+        self._in_trial = False  # a signal now raises KeyboardInterrupt
+        self._trial_open = False  # inside the trial span, raised already or not
+        self._previous: dict = {}
+        self._previous_hook = None
+
+    def install(self, hard_deadline: float | None = None) -> None:
+        self._previous = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS}
+        self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._on_unraisable
+        if hard_deadline is not None:
+            signal.setitimer(signal.ITIMER_REAL, max(0.01, hard_deadline - time.time()))
+
+    def uninstall(self) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        if self._previous_hook is not None:
+            sys.unraisablehook = self._previous_hook
+
+    def _on_signal(self, signum: int, frame) -> None:
+        if signum == signal.SIGALRM and not self.requested:
+            log.warning("hard time limit reached: interrupting the running trial")
+        else:
+            self.signalled = True
+        self.requested = True
+        if self._in_trial:
+            self._in_trial = False
+            raise KeyboardInterrupt
+
+    def _on_unraisable(self, unraisable) -> None:
+        """Our KeyboardInterrupt can land in a callback whose exceptions Python only prints (a
+        weakref's or a finalizer's, run by the garbage collector): the trial would go on and a
+        traceback appear. Swallow it and deliver it again a moment later, in the trial's code."""
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt) or not self._trial_open:
+            self._previous_hook(unraisable)
+            return
+        self._in_trial = True
+        signal.setitimer(signal.ITIMER_REAL, self.REDELIVER_SECONDS)
+
+    @contextlib.contextmanager
+    def trial(self):
+        """The span in which a signal interrupts at once."""
+        self._in_trial = self._trial_open = True
+        try:
+            if self.requested:
+                raise KeyboardInterrupt
+            yield
+        finally:
+            self._in_trial = self._trial_open = False
+
+    def sleep(self, seconds: float) -> None:
+        """Wait, but wake up soon after a stop is requested."""
+        end = time.time() + seconds
+        while not self.requested and time.time() < end:
+            time.sleep(min(0.2, end - time.time()))

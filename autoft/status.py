@@ -1,0 +1,60 @@
+"""`autoft status`: a study's counts, its best so far, each running trial's worker and progress,
+and what became of trials that did not finish; read from the storage alone.
+"""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+from optuna.trial import TrialState
+
+from autoft.describe import describe_seconds
+from autoft.progress import epoch_text, status_line, take_snapshot
+from autoft.schedule import RETRY_OF, to_run_again
+
+
+def status_text(study: optuna.Study) -> str:
+    """The study now: counts, the best so far, and each running trial's worker and progress."""
+
+    attrs = study.user_attrs
+    trials = study.get_trials(deepcopy=False)
+    starts = [t.datetime_start.timestamp() for t in trials if t.datetime_start]
+    ends = [t.datetime_complete.timestamp() for t in trials if t.datetime_complete]
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    end = time.time() if running or not ends else max(ends)
+    elapsed = end - min(starts) if starts else 0.0
+    budget = (attrs.get("config") or {}).get("n_trials", len(trials))
+    snapshot = take_snapshot(trials, budget, elapsed, 0, attrs.get("train_examples"))
+    metric = attrs.get("metric", "value")
+    lines = [f"Study '{study.study_name}': {status_line(snapshot, metric)}"]
+    for trial, progress in zip(running, snapshot.running, strict=True):
+        worker = trial.user_attrs.get("worker") or {}
+        where = f"{worker.get('device', '?')} on {worker.get('host', '?')} pid {worker.get('pid')}"
+        value = progress.last_value
+        last = f", last {metric} {value:.4f}" if value is not None else ""
+        age = describe_seconds(time.time() - trial.datetime_start.timestamp())
+        lines.append(
+            f"  trial {trial.number}: {where}, {epoch_text(progress)}{last}, running {age}"
+        )
+    lines.extend(stopped_lines(trials))
+    return "\n".join(lines)
+
+
+def stopped_lines(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
+    """What became of trials that did not finish (interrupted, or their worker died): whose
+    config runs again, and which trial ran it."""
+    queued = [t.user_attrs[RETRY_OF] for t in trials
+              if t.state == TrialState.WAITING and RETRY_OF in t.user_attrs]
+    waiting = sorted(queued + [t.number for t in to_run_again(trials)])
+    rerun = [(t.user_attrs[RETRY_OF], t.number) for t in trials
+             if t.state != TrialState.WAITING and RETRY_OF in t.user_attrs]
+    lines = []
+    if waiting:
+        lines.append(
+            f"  did not finish: trial {', '.join(map(str, waiting))}; their configs run again, "
+            f"before any new one, when the study goes on (autoft search or autoft worker)."
+        )
+    if rerun:
+        lines.append("  run again: " + ", ".join(f"trial {a} as trial {b}" for a, b in rerun))
+    return lines
