@@ -8,6 +8,8 @@ import os
 import re
 from dataclasses import dataclass
 
+import torch
+
 from autoft.errors import UsageError
 
 CORES_PER_CPU_WORKER = 4
@@ -37,8 +39,6 @@ def cpu_cores() -> int:
 
 def visible_gpus() -> int:
     """CUDA GPUs this process sees; counting them does not create a CUDA context."""
-    import torch
-
     return torch.cuda.device_count()
 
 

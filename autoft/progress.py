@@ -13,6 +13,10 @@ from dataclasses import dataclass
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
 
 from autoft.describe import describe_seconds, short_params
 from autoft.trials import counts_toward_budget, is_feasible
@@ -164,8 +168,6 @@ class OutputAbovePanel:
 
     def start(self):
         """Divert descriptors 1 and 2; returns a rich console on the terminal itself."""
-        from rich.console import Console
-
         sys.stdout.flush()
         sys.stderr.flush()
         self._saved = [os.dup(1), os.dup(2)]
@@ -214,8 +216,6 @@ class OutputAbovePanel:
     def _print(self, line: bytes) -> None:
         """One line, as a terminal would have left it: only what follows its last carriage return
         (progress bars redraw a line that way)."""
-        from rich.text import Text
-
         self.console.print(Text.from_ansi(line.decode("utf-8", "replace").rsplit("\r", 1)[-1]))
 
 
@@ -279,9 +279,6 @@ class LiveDisplay:
         self._reported = {t.number for t in trials if t.state.is_finished()}
         self._last_status = self._started
         if self.is_terminal:
-            from rich.console import Console
-            from rich.live import Live
-
             if self.is_process_terminal:
                 self._output = OutputAbovePanel()
                 console = self._output.start()
@@ -357,10 +354,6 @@ class LiveDisplay:
 
     def render(self, snap: Snapshot):
         """The rich panel: the status line and a table of the running trials."""
-        from rich.console import Group
-        from rich.table import Table
-        from rich.text import Text
-
         table = Table(title=None, expand=False, show_edge=False)
         for column in ("trial", "config", "progress", f"last {self.metric}"):
             table.add_column(column)

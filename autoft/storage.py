@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import optuna
 from optuna.storages import RDBStorage
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from autoft.config import BaseTaskConfig, StudyConfig
@@ -199,8 +200,6 @@ class StartLock:
             self._held = contextlib.ExitStack()
             self._held.enter_context(sqlite_lock(self.engine.url.database))
         elif self.dialect == "postgresql":
-            from sqlalchemy import text
-
             connection = self.engine.connect()
             connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": self.key})
             self._held = connection
@@ -213,7 +212,5 @@ class StartLock:
         if held is None or held is True:
             return
         if self.dialect == "postgresql":
-            from sqlalchemy import text
-
             held.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
         held.close()

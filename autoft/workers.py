@@ -17,13 +17,16 @@ from datetime import datetime
 from pathlib import Path
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from autoft.config import StudyConfig
 from autoft.devices import Slot, device_slots
+from autoft.prepare import prepare_study
 from autoft.schedule import (
     RETRY_OF,
     budget_left,
+    check_not_stopped,
     fail_stale_trials,
     queue_next_config,
     repeated_failure,
@@ -35,8 +38,11 @@ from autoft.storage import (
     make_pruner,
     make_sampler,
     open_storage,
+    recorded_config,
     redact,
+    storage_url,
 )
+from autoft.study import Objective
 from autoft.train import TrialFailed
 from autoft.trials import COUNTS_TOWARD_BUDGET
 
@@ -171,11 +177,6 @@ def work(
     """
     if slot.visible is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = slot.visible  # before anything initialises CUDA
-    import torch
-
-    from autoft.prepare import prepare_study
-    from autoft.study import Objective
-
     torch.set_num_threads(slot.threads)
     stop = Stop()
     stop.install(hard_deadline)
@@ -265,7 +266,7 @@ def run_workers(
     if len(slots) == 1 and slots[0].visible is None:
         return work(config, url, slots[0], 1, deadline, hard_deadline)
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__, "autoft.prepare"])
+    context.set_forkserver_preload([__name__])  # autoft, torch and transformers, imported once
     processes = [
         context.Process(
             target=_child_main,
@@ -326,10 +327,6 @@ def join_study(
     this machine's own. The prepared data comes from the local study folder, prepared again
     (deterministically, from the same data files) when this machine has none yet.
     """
-    from autoft.prepare import prepare_study
-    from autoft.schedule import check_not_stopped
-    from autoft.storage import recorded_config, storage_url
-
     recorded = recorded_config(study, studies_dir, storage)
     config = dataclasses.replace(
         recorded,
