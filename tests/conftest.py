@@ -1,5 +1,6 @@
-"""Shared test fixtures: a tiny real BERT with its tokenizer saved to disk, and a small CSV task
-that such a model can learn in seconds (the label is which sentiment word a text contains).
+"""Shared test fixtures: a tiny real BERT with its tokenizer saved to disk, a small CSV task that
+such a model can learn in seconds (the label is which sentiment word a text contains), and the
+builders behind them, handed to tests as fixtures (no test file imports another's helpers).
 """
 
 from __future__ import annotations
@@ -7,8 +8,14 @@ from __future__ import annotations
 import csv
 import os
 import random
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -18,6 +25,12 @@ from transformers import (
     BertModel,
     PreTrainedTokenizerFast,
 )
+
+from autoft.config import build_config
+from autoft.prepare import prepare_study
+from autoft.schedule import queue_next_config
+from autoft.storage import load_study, open_study
+from autoft.study import Objective, record_study_facts
 
 # Tiny models train faster on one thread than on two (a preservation test: 16.7 s against 25.1 s
 # here), and the autoft processes the tests start inherit the setting.
@@ -74,6 +87,45 @@ def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class Words:
+    """The tiny tokenizer's vocabulary: special tokens, the sentiment words and the filler."""
+
+    special: tuple[str, ...] = tuple(SPECIAL)
+    positive: tuple[str, ...] = tuple(POSITIVE)
+    negative: tuple[str, ...] = tuple(NEGATIVE)
+    all: tuple[str, ...] = tuple(WORDS)
+
+
+@pytest.fixture(scope="session")
+def words() -> Words:
+    return Words()
+
+
+@pytest.fixture(name="build_tokenizer", scope="session")
+def build_tokenizer_fixture():
+    """build_tokenizer(): a fresh tiny tokenizer (tests may change it)."""
+    return build_tokenizer
+
+
+@pytest.fixture(name="save_tiny_bert", scope="session")
+def save_tiny_bert_fixture():
+    """save_tiny_bert(folder, layers=2, seed=0, head=True): a tiny BERT saved as a model folder."""
+    return save_tiny_bert
+
+
+@pytest.fixture(name="sentiment_rows", scope="session")
+def sentiment_rows_fixture():
+    """sentiment_rows(n, seed=0): rows of the sentiment task."""
+    return sentiment_rows
+
+
+@pytest.fixture(name="write_csv", scope="session")
+def write_csv_fixture():
+    """write_csv(path, rows): the rows as a CSV file."""
+    return write_csv
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
@@ -84,18 +136,100 @@ def tiny_csv(tmp_path_factory) -> Path:
     return write_csv(tmp_path_factory.mktemp("data") / "train.csv", sentiment_rows(400))
 
 
+QUICK_TRIALS = "{low: 1.0e-4, high: 1.0e-3, log: true, default: 3.0e-4}"
+
+
+def write_space(path: Path, learning_rate: str = QUICK_TRIALS, epochs: int = 2, batch: int = 16,
+                starts: str = "") -> Path:
+    """A space where only the learning rate and the depth are searched, so trials are short."""
+    path.write_text(
+        f"learning_rate: {learning_rate}\n"
+        "head_lr_multiplier: {value: 10}\n"
+        f"batch_size: {{value: {batch}}}\n"
+        "trainable_layers: {low: 0, high: max, default: max}\n"
+        f"epochs: {{value: {epochs}}}\n"
+        "weight_decay: {value: 0.01}\n"
+        "warmup_ratio: {value: 0.0}\n" + starts
+    )
+    return path
+
+
+def cli_env() -> dict[str, str]:
+    """One thread per worker (the machine is shared) and heartbeats fast enough for a test."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "AUTOFT_HEARTBEAT_SECONDS": "1"}
+
+
+def search_args(model: Path, train: Path, space: Path, studies: Path, name: str, n_trials: int,
+                devices: str) -> list[str]:
+    return [sys.executable, "-m", "autoft", "search", "--model", str(model), "--train", str(train),
+            "--space", str(space), "--studies-dir", str(studies), "--study", name,
+            "--n-trials", str(n_trials), "--devices", devices]
+
+
+def open_sqlite_study(studies: Path, name: str) -> optuna.Study:
+    url = f"sqlite:///{(studies / name / 'study.db').resolve()}"
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def wait_for_trial_in_progress(studies: Path, name: str, process: subprocess.Popen,
+                               limit: float = 240) -> int:
+    """The number of a trial that has evaluated once and goes on: the middle of a trial.
+
+    Read from the per-trial logs, not the storage: opening a storage that is still being
+    created would race the command creating it.
+    """
+    end = time.time() + limit
+    while time.time() < end:
+        assert process.poll() is None, process.communicate()
+        for path in sorted((studies / name / "logs").glob("trial-*.log")):
+            match = re.search(r"trial (\d+) evaluation 1 after", path.read_text())
+            if match:
+                return int(match.group(1))
+        time.sleep(0.1)
+    raise AssertionError("no trial reached its first evaluation in time")
+
+
+@pytest.fixture(scope="session")
+def slow_csv(tmp_path_factory) -> Path:
+    """Enough rows that a trial lasts a few seconds: time to signal it in the middle."""
+    return write_csv(tmp_path_factory.mktemp("slow") / "train.csv", sentiment_rows(400))
+
+
+@pytest.fixture(name="write_space", scope="session")
+def write_space_fixture():
+    """write_space(path, learning_rate=..., epochs=2, batch=16, starts=""): a short space."""
+    return write_space
+
+
+@pytest.fixture(name="cli_env", scope="session")
+def cli_env_fixture():
+    """cli_env(): the environment of an `autoft` process a test starts."""
+    return cli_env
+
+
+@pytest.fixture(name="search_args", scope="session")
+def search_args_fixture():
+    """search_args(model, train, space, studies, name, n_trials, devices): an `autoft search`
+    command line."""
+    return search_args
+
+
+@pytest.fixture(name="open_sqlite_study", scope="session")
+def open_sqlite_study_fixture():
+    """open_sqlite_study(studies, name): a study from its SQLite file."""
+    return open_sqlite_study
+
+
+@pytest.fixture(name="wait_for_trial_in_progress", scope="session")
+def wait_for_trial_in_progress_fixture():
+    """wait_for_trial_in_progress(studies, name, process): a trial's number, mid-trial."""
+    return wait_for_trial_in_progress
+
+
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory, tiny_model_dir, tiny_csv):
     """A real finished study on the tiny BERT: 3 trials run in this process, then a 4th that a
     pruner stops at its first evaluation; returns (study, study folder)."""
-    import optuna
-
-    from autoft.config import build_config
-    from autoft.prepare import prepare_study
-    from autoft.schedule import queue_next_config
-    from autoft.storage import load_study, open_study
-    from autoft.study import Objective, record_study_facts
-
     studies = tmp_path_factory.mktemp("studies")
     flags = {"model": str(tiny_model_dir), "train": str(tiny_csv), "name": "tiny",
              "studies_dir": str(studies), "space": "quick", "n_trials": 4,

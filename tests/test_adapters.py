@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import save_tiny_bert
 from test_model import ARCHS, Arch, block_index, random_batch
 from transformers import AutoModelForSequenceClassification
 from transformers.pytorch_utils import Conv1D
@@ -103,7 +102,7 @@ def test_merged_weights_give_a_fresh_plain_model_the_lora_logits(arch: Arch, tmp
 
 
 def test_lora_trial_trains_from_the_cache_of_a_freeze_trial_and_follows_the_uncached_one(
-    tmp_path: Path,
+    tmp_path: Path, save_tiny_bert,
 ) -> None:
     from test_cache import PAD, make_data  # its random-token task and padding id
 

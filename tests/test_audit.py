@@ -11,7 +11,6 @@ import random
 import numpy as np
 import optuna
 import pytest
-from conftest import WORDS, build_tokenizer
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 from transformers.models.bert import modeling_bert
@@ -130,17 +129,17 @@ def test_retention_plot_shows_pruned_trials_where_they_stopped(crafted, monkeypa
     assert [0.91, 0.78] in drawn["complete, forgot too much"]
 
 
-def base_texts(count: int) -> list[str]:
+def base_texts(count: int, words) -> list[str]:
     """Distinct 8-word texts of the tiny vocabulary (the target texts have 5 words)."""
     rng, texts = random.Random(7), set()
     while len(texts) < count:
-        texts.add(" ".join(rng.choices(WORDS, k=8)))
+        texts.add(" ".join(rng.choices(words.all, k=8)))
     return sorted(texts)
 
 
 def test_study_audits_the_best_on_data_no_trial_read(tiny_model_dir, tiny_csv, tmp_path,
-                                                     monkeypatch):
-    texts = base_texts(120)
+                                                     monkeypatch, build_tokenizer, words):
+    texts = base_texts(120, words)
     base = tmp_path / "base.txt"
     base.write_text("\n".join(texts) + "\n")
     seen = {"prepare": set(), "trial": set(), "audit": set()}

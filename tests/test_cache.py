@@ -14,7 +14,6 @@ from types import SimpleNamespace
 import optuna
 import pytest
 import torch
-from conftest import save_tiny_bert
 from torch import nn
 
 from autoft import train
@@ -49,7 +48,7 @@ def make_data(n_train: int = 48, n_val: int = 20, seed: int = 0) -> TargetData:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
+def model_dir(tmp_path_factory, save_tiny_bert) -> Path:
     return save_tiny_bert(tmp_path_factory.mktemp("bert4"), layers=DEPTH)
 
 

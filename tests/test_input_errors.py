@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import sentiment_rows, write_csv
 
 from autoft.cli import main
 from autoft.space import find_space_file
@@ -47,7 +46,7 @@ def test_unknown_text_column(tiny_model_dir, tiny_csv, tmp_path, capsys):
     assert_refused(code, err, "--text-column", "'review'", "text, label", tmp_path=tmp_path)
 
 
-def test_label_column_with_one_class(tiny_model_dir, tmp_path, capsys):
+def test_label_column_with_one_class(tiny_model_dir, tmp_path, capsys, write_csv):
     rows = [{"text": "good film", "label": "pos"} for _ in range(10)]
     train = write_csv(tmp_path / "one.csv", rows)
     code, err = run_cli(search_args(tiny_model_dir, train, tmp_path), capsys)
@@ -128,7 +127,9 @@ def test_cli_process_exits_2_without_traceback(tiny_model_dir, tmp_path):
     assert "Traceback" not in done.stderr
 
 
-def test_validation_label_unseen_in_train(tiny_model_dir, tiny_csv, tmp_path, capsys):
+def test_validation_label_unseen_in_train(
+    tiny_model_dir, tiny_csv, tmp_path, capsys, sentiment_rows, write_csv
+):
     rows = sentiment_rows(20)
     rows[0]["label"] = "meh"
     validation = write_csv(tmp_path / "val.csv", rows)
@@ -189,11 +190,10 @@ def test_unknown_adapter(tiny_model_dir, tiny_csv, tmp_path, capsys):
     assert_refused(code, err, "space.yaml", "adapter", "'dora'", "freeze, lora", tmp_path=tmp_path)
 
 
-def save_model_without_linear_layers(folder: Path) -> Path:
+def save_model_without_linear_layers(folder: Path, tokenizer) -> Path:
     """A tiny text classifier whose blocks only scale their input (no linear layer), registered
     with the Auto classes so that autoft loads it as it loads any model folder."""
     import torch
-    from conftest import build_tokenizer
     from torch import nn
     from transformers import (
         AutoConfig,
@@ -241,14 +241,15 @@ def save_model_without_linear_layers(folder: Path) -> Path:
     AutoModelForSequenceClassification.register(
         ScaleConfig, ScaleForSequenceClassification, exist_ok=True
     )
-    tokenizer = build_tokenizer()
     ScaleForSequenceClassification(ScaleConfig(vocab_size=len(tokenizer))).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
 
-def test_lora_on_a_model_whose_blocks_have_no_linear_layers(tiny_csv, tmp_path, capsys):
-    model = save_model_without_linear_layers(tmp_path / "scale-model")
+def test_lora_on_a_model_whose_blocks_have_no_linear_layers(
+    tiny_csv, tmp_path, capsys, build_tokenizer
+):
+    model = save_model_without_linear_layers(tmp_path / "scale-model", build_tokenizer())
     capsys.readouterr()  # the saving's progress bar
     space = write_space(tmp_path, **ADAPTER_LINES)
     args = search_args(model, tiny_csv, tmp_path, "--space", str(space))
@@ -267,7 +268,7 @@ def test_eval_interval_longer_than_the_run(tiny_model_dir, tiny_csv, tmp_path, c
                    "at most 640", tmp_path=tmp_path)
 
 
-def test_more_classes_than_validation_rows(tiny_model_dir, tmp_path, capsys):
+def test_more_classes_than_validation_rows(tiny_model_dir, tmp_path, capsys, write_csv):
     rows = [{"text": f"good film {i}", "label": f"c{i % 500}"} for i in range(1000)]
     train = write_csv(tmp_path / "many.csv", rows)
     code, err = run_cli(search_args(tiny_model_dir, train, tmp_path), capsys)
@@ -282,7 +283,7 @@ def test_val_fraction_too_small_to_stratify(tiny_model_dir, tiny_csv, tmp_path, 
                    tmp_path=tmp_path)
 
 
-def test_json_lines_row_without_text(tiny_model_dir, tmp_path, capsys):
+def test_json_lines_row_without_text(tiny_model_dir, tmp_path, capsys, sentiment_rows):
     """The row would have become the text 'nan'; the message names its line (blank lines
     counted)."""
     lines = [json.dumps(row) for row in sentiment_rows(40)]
@@ -294,7 +295,7 @@ def test_json_lines_row_without_text(tiny_model_dir, tmp_path, capsys):
                    tmp_path=tmp_path)
 
 
-def test_every_text_empty(tiny_model_dir, tmp_path, capsys):
+def test_every_text_empty(tiny_model_dir, tmp_path, capsys, sentiment_rows, write_csv):
     rows = [{"text": " ", "label": row["label"]} for row in sentiment_rows(40)]
     train = write_csv(tmp_path / "blank.csv", rows)
     code, err = run_cli(search_args(tiny_model_dir, train, tmp_path), capsys)

@@ -16,7 +16,6 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import sentiment_rows, write_csv
 
 from autoft.cli import build_parser, config_from_args
 from autoft.devices import Slot
@@ -74,7 +73,9 @@ def test_damaged_prepared_data_is_prepared_again(tiny_model_dir, tiny_csv, tmp_p
     assert target.read_text() == whole
 
 
-def test_some_empty_texts_are_counted_in_a_warning(tiny_model_dir, tmp_path, caplog):
+def test_some_empty_texts_are_counted_in_a_warning(
+    tiny_model_dir, tmp_path, caplog, sentiment_rows, write_csv
+):
     rows = sentiment_rows(60)
     for row in rows[::3]:
         row["text"] = ""
@@ -86,16 +87,24 @@ def test_some_empty_texts_are_counted_in_a_warning(tiny_model_dir, tmp_path, cap
         warnings
 
 
-def write_pairs(path: Path, with_id: bool = False) -> Path:
-    words = [row["text"] for row in sentiment_rows(24)]
-    rows = [{"text_a": words[i], "text_b": words[i + 1], "score": float(i % 5)}
-            for i in range(len(words) - 1)]
-    if with_id:
-        rows = [{"id": i, **row} for i, row in enumerate(rows)]
-    return write_csv(path, rows)
+@pytest.fixture
+def write_pairs(sentiment_rows, write_csv):
+    """write_pairs(path, with_id=False): a table of text pairs with a score column."""
+
+    def write(path: Path, with_id: bool = False) -> Path:
+        words = [row["text"] for row in sentiment_rows(24)]
+        rows = [{"text_a": words[i], "text_b": words[i + 1], "score": float(i % 5)}
+                for i in range(len(words) - 1)]
+        if with_id:
+            rows = [{"id": i, **row} for i, row in enumerate(rows)]
+        return write_csv(path, rows)
+
+    return write
 
 
-def test_base_pairs_table_found_from_the_command_line(tiny_model_dir, tiny_csv, tmp_path):
+def test_base_pairs_table_found_from_the_command_line(
+    tiny_model_dir, tiny_csv, tmp_path, write_pairs
+):
     pairs = write_pairs(tmp_path / "pairs.csv")
     config = flags_config(tiny_model_dir, tiny_csv, tmp_path, "--base-kind", "similarity",
                           "--base-data", str(pairs))
@@ -105,7 +114,7 @@ def test_base_pairs_table_found_from_the_command_line(tiny_model_dir, tiny_csv, 
     assert any(line.startswith("  base similarity_spearman") for line in lines), lines
 
 
-def test_base_pairs_columns_named_by_flags(tiny_model_dir, tiny_csv, tmp_path):
+def test_base_pairs_columns_named_by_flags(tiny_model_dir, tiny_csv, tmp_path, write_pairs):
     """With an id column too the table is not plain enough to guess: the flags name the columns."""
     pairs = write_pairs(tmp_path / "pairs.csv", with_id=True)
     base = ["--base-kind", "similarity", "--base-data", str(pairs)]

@@ -15,27 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import sentiment_rows, write_csv
 from optuna.trial import TrialState
-from test_workers import (
-    cli_env,
-    open_sqlite_study,
-    search_args,
-    wait_for_trial_in_progress,
-    write_space,
-)
 
 from autoft.cli import main
 from autoft.schedule import budget_used
 from autoft.storage import open_storage
 
 START_1 = "starts:\n  - {learning_rate: 1.0e-3, trainable_layers: 0}\n"
-
-
-@pytest.fixture(scope="module")
-def slow_csv(tmp_path_factory) -> Path:
-    """Enough rows that a trial lasts a few seconds: time to signal it in the middle."""
-    return write_csv(tmp_path_factory.mktemp("slow") / "train.csv", sentiment_rows(400))
 
 
 def wait_for_log(path: Path, pattern: str, process: subprocess.Popen, limit: float = 240) -> None:
@@ -62,7 +48,8 @@ def communicate_or_dump(process: subprocess.Popen, timeout: float) -> tuple[str,
 
 
 def test_sigint_during_the_default_trial_runs_its_config_again_first(
-    tiny_model_dir, slow_csv, tmp_path
+    tiny_model_dir, slow_csv, tmp_path, cli_env, open_sqlite_study, search_args,
+    wait_for_trial_in_progress, write_space
 ) -> None:
     space = write_space(tmp_path / "space.yaml", epochs=3, batch=8, starts=START_1)
     studies = tmp_path / "studies"
@@ -97,7 +84,7 @@ def test_sigint_during_the_default_trial_runs_its_config_again_first(
 
 
 def test_a_sigint_after_the_last_trial_still_writes_the_report_and_best_model(
-    tiny_model_dir, tiny_csv, tmp_path
+    tiny_model_dir, tiny_csv, tmp_path, cli_env, open_sqlite_study, search_args, write_space
 ) -> None:
     space = write_space(tmp_path / "space.yaml", epochs=1)
     studies = tmp_path / "studies"
@@ -139,7 +126,7 @@ def test_processes_creating_one_sqlite_storage_at_once_all_succeed(tmp_path) -> 
 
 
 def test_two_searches_creating_the_same_study_at_once_both_finish(
-    tiny_model_dir, tiny_csv, tmp_path
+    tiny_model_dir, tiny_csv, tmp_path, cli_env, open_sqlite_study, search_args, write_space
 ) -> None:
     space = write_space(tmp_path / "space.yaml", epochs=1, starts=START_1)
     studies = tmp_path / "studies"
@@ -169,7 +156,7 @@ def test_a_bad_storage_url_stops_before_anything_is_loaded(
 
 
 def test_a_relative_model_path_is_recorded_absolute_and_exports_from_elsewhere(
-    tiny_model_dir, tiny_csv, tmp_path, monkeypatch
+    tiny_model_dir, tiny_csv, tmp_path, monkeypatch, open_sqlite_study, write_space
 ) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a path taken for a hub name fails at once
     space = write_space(tmp_path / "space.yaml", epochs=1)

@@ -12,8 +12,6 @@ import uuid
 
 import optuna
 import pytest
-from conftest import sentiment_rows, write_csv
-from test_workers import cli_env, search_args, write_space
 
 from autoft.config import build_config
 from autoft.prepare import prepare_study
@@ -60,7 +58,8 @@ def postgres_url():
 
 
 def test_search_and_a_second_machine_s_workers_share_a_postgres_study(
-    postgres_url, tiny_model_dir, tmp_path
+    postgres_url, tiny_model_dir, tmp_path, sentiment_rows, write_csv, cli_env, search_args,
+    write_space
 ) -> None:
     """The study is made first (as `autoft search` makes it), then a resumed search with two
     workers and `autoft worker` with one, from another studies folder, run it together."""
@@ -109,14 +108,14 @@ def test_search_and_a_second_machine_s_workers_share_a_postgres_study(
 
 
 def test_an_interrupted_default_runs_again_first_on_postgres_with_two_workers(
-    postgres_url, tiny_model_dir, tmp_path
+    postgres_url, tiny_model_dir, tmp_path, sentiment_rows, write_csv, cli_env, search_args,
+    wait_for_trial_in_progress, write_space
 ) -> None:
     """Ctrl-C during trial 0 (the default config); the resumed search's two workers take the
     next trials under the advisory lock: the default's config exactly once, and first."""
     import signal
 
     from optuna.trial import TrialState
-    from test_workers import wait_for_trial_in_progress
 
     url, name, storage = postgres_url
     train = write_csv(tmp_path / "train.csv", sentiment_rows(400))

@@ -12,7 +12,6 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import build_tokenizer, sentiment_rows, write_csv
 from transformers import BertConfig, BertForMaskedLM
 
 from autoft.audit import split_base
@@ -29,8 +28,14 @@ HARD = TrialParams(learning_rate=1e-2, head_lr_multiplier=1.0, batch_size=16, tr
                    epochs=2, weight_decay=0.0, warmup_ratio=0.0)
 
 
-def texts(n: int, seed: int) -> list[str]:
-    return [row["text"] for row in sentiment_rows(n, seed=seed)]
+@pytest.fixture(scope="module")
+def texts(sentiment_rows):
+    """texts(n, seed): the sentiment task's texts without their labels."""
+
+    def make(n: int, seed: int) -> list[str]:
+        return [row["text"] for row in sentiment_rows(n, seed=seed)]
+
+    return make
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:
@@ -39,7 +44,7 @@ def write_lines(path: Path, lines: list[str]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_mlm_dir(tmp_path_factory) -> Path:
+def tiny_mlm_dir(tmp_path_factory, build_tokenizer) -> Path:
     """A tiny BERT saved with a masked-LM head, for the masked_lm kind."""
     folder = tmp_path_factory.mktemp("tiny-mlm")
     torch.manual_seed(1)
@@ -52,8 +57,14 @@ def tiny_mlm_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def base_config(kind: str, folder: Path) -> BaseTaskConfig:
-    """A base task of each kind on texts of the tiny vocabulary, with a preservation file."""
+@pytest.fixture
+def base_config(texts, write_csv):
+    """base_config(kind, folder): a base task of each kind on texts of the tiny vocabulary, with
+    a preservation file."""
+    return lambda kind, folder: make_base_config(kind, folder, texts, write_csv)
+
+
+def make_base_config(kind: str, folder: Path, texts, write_csv) -> BaseTaskConfig:
     base = texts(40, seed=3)
     preserve = write_lines(folder / "preserve.txt", texts(64, seed=5))
     if kind == "similarity":
@@ -80,7 +91,7 @@ def target(tmp_path_factory, tiny_model_dir, tiny_csv):
 
 @pytest.mark.parametrize("kind", ["similarity", "drift", "classification", "masked_lm"])
 def test_preservation_keeps_what_the_base_task_reads_closer(
-    kind, tiny_model_dir, tiny_mlm_dir, target, tmp_path
+    kind, tiny_model_dir, tiny_mlm_dir, target, tmp_path, build_tokenizer, base_config, texts
 ):
     data, pad_id = target
     model_dir = tiny_mlm_dir if kind == "masked_lm" else tiny_model_dir
@@ -136,7 +147,7 @@ def search(tmp_path: Path, model: Path, train: Path, space: str, study: str, n: 
                              storage=f"sqlite:///{tmp_path / 's' / study / 'study.db'}")
 
 
-def test_targets_are_computed_once_per_study_and_reused(tiny_model_dir, tiny_csv, tmp_path):
+def test_targets_are_computed_once_per_study_and_reused(tiny_model_dir, tiny_csv, tmp_path, texts):
     preserve = write_lines(tmp_path / "preserve.txt", texts(40, seed=5))
     space = PRESERVING_SPACE + "preserve_weight: {value: 1}\n"
     flags = ("--base-preserve-data", str(preserve))
@@ -153,7 +164,9 @@ def test_targets_are_computed_once_per_study_and_reused(tiny_model_dir, tiny_csv
     assert study.trials[3].user_attrs["preserve_targets"] == "computed", "damage is recomputed"
 
 
-def test_weight_zero_trains_exactly_as_without_preservation(tiny_model_dir, tiny_csv, tmp_path):
+def test_weight_zero_trains_exactly_as_without_preservation(
+    tiny_model_dir, tiny_csv, tmp_path, texts
+):
     preserve = write_lines(tmp_path / "preserve.txt", texts(40, seed=5))
     before = search(tmp_path, tiny_model_dir, tiny_csv, PRESERVING_SPACE, "plain", 1)
     off = search(tmp_path, tiny_model_dir, tiny_csv,
@@ -177,7 +190,7 @@ def test_preserve_weight_is_held_at_zero_without_texts_to_preserve(tiny_model_di
     assert summary["best"] is not None
 
 
-def test_without_a_file_only_base_texts_the_check_never_scores_are_used(tmp_path):
+def test_without_a_file_only_base_texts_the_check_never_scores_are_used(tmp_path, texts):
     lines = texts(30, seed=3)
     data = write_lines(tmp_path / "base.txt", lines)
     config = BaseTaskConfig("drift", str(data), max_examples=20)
@@ -186,7 +199,7 @@ def test_without_a_file_only_base_texts_the_check_never_scores_are_used(tmp_path
     assert set(free) <= set(lines[20:])
 
 
-def test_preservation_never_reads_what_the_audit_holds_back(tmp_path):
+def test_preservation_never_reads_what_the_audit_holds_back(tmp_path, texts):
     lines = texts(300, seed=4)
     config = BaseTaskConfig("drift", str(write_lines(tmp_path / "base.txt", lines)),
                             max_examples=100)

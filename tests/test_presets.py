@@ -4,7 +4,6 @@ settings win), and `autoft search --model M --train FILE` says what it chose and
 from pathlib import Path
 
 import pytest
-from conftest import sentiment_rows, write_csv
 
 from autoft.cli import main
 from autoft.config import build_config
@@ -45,7 +44,7 @@ def test_unknown_preset_names_the_flag_and_the_choices(tiny_model_dir, tiny_csv)
 
 
 def test_model_and_train_alone_choose_validation_metric_and_length_and_say_why(
-    tiny_model_dir, tmp_path: Path, monkeypatch, capsys
+    tiny_model_dir, tmp_path: Path, monkeypatch, capsys, sentiment_rows, write_csv
 ) -> None:
     rows = sentiment_rows(120)
     unbalanced = [r for r in rows if r["label"] == "pos"] + [

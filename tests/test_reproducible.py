@@ -12,7 +12,6 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import save_tiny_bert, sentiment_rows, write_csv
 from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 from safetensors.torch import load_file
@@ -40,12 +39,12 @@ OTHERS = [
 
 
 @pytest.fixture(scope="module")
-def headless_model(tmp_path_factory) -> Path:
+def headless_model(tmp_path_factory, save_tiny_bert) -> Path:
     return save_tiny_bert(tmp_path_factory.mktemp("headless"), head=False)
 
 
 @pytest.fixture(scope="module")
-def small_csv(tmp_path_factory) -> Path:
+def small_csv(tmp_path_factory, sentiment_rows, write_csv) -> Path:
     return write_csv(tmp_path_factory.mktemp("small") / "train.csv", sentiment_rows(120))
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import NEGATIVE, POSITIVE, SPECIAL, WORDS, save_tiny_bert, write_csv
 from transformers import BertTokenizerFast
 
 from autoft.cache import PrefixCache, cache_key
@@ -29,24 +28,26 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def pair_bert(tmp_path_factory) -> Path:
+def pair_bert(tmp_path_factory, save_tiny_bert, words) -> Path:
     """The tiny BERT (3 layers, its saved head included) with a real BERT tokenizer, which gives
     [CLS] a [SEP] b [SEP] and segment ids 0 for a, 1 for b."""
     folder = save_tiny_bert(tmp_path_factory.mktemp("pair-bert"), layers=3)
-    vocab = {token: i for i, token in enumerate(SPECIAL + WORDS)}
+    vocab = {token: i for i, token in enumerate(words.special + words.all)}
     BertTokenizerFast(vocab=vocab, model_max_length=32).save_pretrained(folder)
     return folder
 
 
 @pytest.fixture(scope="module")
-def pair_csv(tmp_path_factory) -> Path:
+def pair_csv(tmp_path_factory, words, write_csv) -> Path:
     """Two short texts a row; the label says whether they carry the same sentiment."""
     rng = random.Random(0)
     rows = []
+    sentiment = words.positive + words.negative
     for i in range(96):
-        a, b = rng.choice(POSITIVE + NEGATIVE), rng.choice(POSITIVE + NEGATIVE)
+        a, b = rng.choice(sentiment), rng.choice(sentiment)
+        same = (a in words.positive) == (b in words.positive)
         rows.append({"text": f"the film was {a}", "text_b": f"{b} day {'so ' * (i % 3)}".strip(),
-                     "label": "same" if (a in POSITIVE) == (b in POSITIVE) else "different"})
+                     "label": "same" if same else "different"})
     return write_csv(tmp_path_factory.mktemp("pairs") / "pairs.csv", rows)
 
 
@@ -113,7 +114,7 @@ def test_data_prepared_before_segment_ids_loads_without_them(pair_bert, pair_csv
     assert any("segment ids" in line for line in lines), lines
 
 
-def test_a_classification_check_on_pairs_reads_their_segment_ids(pair_bert, tmp_path):
+def test_a_classification_check_on_pairs_reads_their_segment_ids(pair_bert, tmp_path, write_csv):
     rows = [{"premise": "the film was good", "hypothesis": "a lovely day", "label": str(i % 2)}
             for i in range(12)]
     table = write_csv(tmp_path / "base.csv", rows)

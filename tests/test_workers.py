@@ -4,18 +4,13 @@ exact, survive kill -9 and SIGINT, and fail a NaN trial alone.
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 import subprocess
 import sys
 import time
 import weakref
-from pathlib import Path
 
-import optuna
 import pytest
-from conftest import sentiment_rows, write_csv
 from optuna.trial import TrialState
 
 from autoft.cli import main
@@ -24,64 +19,6 @@ from autoft.errors import UsageError
 from autoft.schedule import budget_used, queue_next_config
 from autoft.signals import Stop
 from autoft.storage import redact, storage_url
-
-QUICK_TRIALS = "{low: 1.0e-4, high: 1.0e-3, log: true, default: 3.0e-4}"
-
-
-def write_space(path: Path, learning_rate: str = QUICK_TRIALS, epochs: int = 2, batch: int = 16,
-                starts: str = "") -> Path:
-    """A space where only the learning rate and the depth are searched, so trials are short."""
-    path.write_text(
-        f"learning_rate: {learning_rate}\n"
-        "head_lr_multiplier: {value: 10}\n"
-        f"batch_size: {{value: {batch}}}\n"
-        "trainable_layers: {low: 0, high: max, default: max}\n"
-        f"epochs: {{value: {epochs}}}\n"
-        "weight_decay: {value: 0.01}\n"
-        "warmup_ratio: {value: 0.0}\n" + starts
-    )
-    return path
-
-
-def cli_env() -> dict[str, str]:
-    """One thread per worker (the machine is shared) and heartbeats fast enough for a test."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "AUTOFT_HEARTBEAT_SECONDS": "1"}
-
-
-def search_args(model: Path, train: Path, space: Path, studies: Path, name: str, n_trials: int,
-                devices: str) -> list[str]:
-    return [sys.executable, "-m", "autoft", "search", "--model", str(model), "--train", str(train),
-            "--space", str(space), "--studies-dir", str(studies), "--study", name,
-            "--n-trials", str(n_trials), "--devices", devices]
-
-
-def open_sqlite_study(studies: Path, name: str) -> optuna.Study:
-    url = f"sqlite:///{(studies / name / 'study.db').resolve()}"
-    return optuna.load_study(study_name=name, storage=url)
-
-
-def wait_for_trial_in_progress(studies: Path, name: str, process: subprocess.Popen,
-                               limit: float = 240) -> int:
-    """The number of a trial that has evaluated once and goes on: the middle of a trial.
-
-    Read from the per-trial logs, not the storage: opening a storage that is still being
-    created would race the command creating it.
-    """
-    end = time.time() + limit
-    while time.time() < end:
-        assert process.poll() is None, process.communicate()
-        for path in sorted((studies / name / "logs").glob("trial-*.log")):
-            match = re.search(r"trial (\d+) evaluation 1 after", path.read_text())
-            if match:
-                return int(match.group(1))
-        time.sleep(0.1)
-    raise AssertionError("no trial reached its first evaluation in time")
-
-
-@pytest.fixture(scope="module")
-def slow_csv(tmp_path_factory) -> Path:
-    """Enough rows that a trial lasts a few seconds: time to signal it in the middle."""
-    return write_csv(tmp_path_factory.mktemp("slow") / "train.csv", sentiment_rows(400))
 
 
 def test_auto_on_a_cpu_machine_is_one_worker_with_every_core() -> None:
@@ -133,7 +70,9 @@ def test_redact_hides_only_the_password() -> None:
     assert redact("sqlite:////tmp/x/study.db") == "sqlite:////tmp/x/study.db"
 
 
-def test_a_nan_trial_fails_alone_with_its_reason(tiny_model_dir, tiny_csv, tmp_path) -> None:
+def test_a_nan_trial_fails_alone_with_its_reason(
+    tiny_model_dir, tiny_csv, tmp_path, open_sqlite_study, write_space
+) -> None:
     """Trial 0 trains at learning rate 1e6, so its loss overflows; trial 1 is sane."""
     from autoft.config import build_config
     from autoft.prepare import prepare_study
@@ -163,8 +102,10 @@ def test_a_nan_trial_fails_alone_with_its_reason(tiny_model_dir, tiny_csv, tmp_p
     assert "trial 0 failed: training loss became" in log_text
 
 
-def test_three_workers_end_with_exactly_the_budget(tiny_model_dir, tiny_csv, tmp_path,
-                                                   capsys) -> None:
+def test_three_workers_end_with_exactly_the_budget(
+    tiny_model_dir, tiny_csv, tmp_path, capsys, cli_env, open_sqlite_study, search_args,
+    write_space
+) -> None:
     space = write_space(tmp_path / "space.yaml", epochs=6)  # long enough for every worker to join
     studies = tmp_path / "studies"
     result = subprocess.run(
@@ -189,7 +130,8 @@ def test_three_workers_end_with_exactly_the_budget(tiny_model_dir, tiny_csv, tmp
 
 
 def test_a_killed_lone_worker_s_trial_is_seen_stale_at_once_and_retried_clean(
-    tiny_model_dir, slow_csv, tmp_path
+    tiny_model_dir, slow_csv, tmp_path, cli_env, open_sqlite_study, search_args,
+    wait_for_trial_in_progress, write_space
 ) -> None:
     """kill -9 of the only worker: within two heartbeats `autoft status` shows its trial as not
     finished, not running; on resume its config runs again with none of its measurements (the
@@ -232,7 +174,8 @@ def test_a_killed_lone_worker_s_trial_is_seen_stale_at_once_and_retried_clean(
 
 
 def test_sigint_marks_running_trials_interrupted_and_the_study_resumes(
-    tiny_model_dir, slow_csv, tmp_path
+    tiny_model_dir, slow_csv, tmp_path, cli_env, open_sqlite_study, search_args,
+    wait_for_trial_in_progress, write_space
 ) -> None:
     space = write_space(tmp_path / "space.yaml", epochs=3, batch=8)
     studies = tmp_path / "studies"
@@ -266,7 +209,9 @@ def test_sigint_marks_running_trials_interrupted_and_the_study_resumes(
     assert all("retry_of" in t.user_attrs for t in resumed[:len(rerun)]), "retries come first"
 
 
-def test_the_hard_time_limit_interrupts_a_running_trial(tiny_model_dir, slow_csv, tmp_path) -> None:
+def test_the_hard_time_limit_interrupts_a_running_trial(
+    tiny_model_dir, slow_csv, tmp_path, open_sqlite_study, write_space
+) -> None:
     """Past the timeout no trial starts; past the hard limit the running one is interrupted."""
     from autoft.config import build_config
     from autoft.prepare import prepare_study
