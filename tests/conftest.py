@@ -27,10 +27,13 @@ from transformers import (
 )
 
 from autoft.config import build_config
+from autoft.data import Split, TargetData
+from autoft.model import freeze, load_model
 from autoft.prepare import prepare_study
 from autoft.schedule import queue_next_config
 from autoft.storage import load_study, open_study
 from autoft.study import Objective, record_study_facts
+from autoft.train import TrialParams
 
 # Tiny models train faster on one thread than on two (a preservation test: 16.7 s against 25.1 s
 # here), and the autoft processes the tests start inherit the setting.
@@ -124,6 +127,65 @@ def sentiment_rows_fixture():
 def write_csv_fixture():
     """write_csv(path, rows): the rows as a CSV file."""
     return write_csv
+
+
+# A random-token task for the training loop and the cache: ids of the tiny vocabulary's range,
+# padded with PAD; tests get its builders as the fixtures below.
+PAD = 0
+
+
+def make_data(n_train: int = 48, n_val: int = 20, seed: int = 0) -> TargetData:
+    """Random token ids of lengths 3 to 14 (so batches pad), labels from the second token."""
+    rng = random.Random(seed)
+
+    def split(n: int) -> Split:
+        ids = [[2] + [rng.randrange(5, 25) for _ in range(rng.randrange(2, 14))] for _ in range(n)]
+        return Split(ids, [int(x[1] >= 15) for x in ids])
+
+    return TargetData(split(n_train), split(n_val), ["neg", "pos"], "accuracy", 16, [])
+
+
+def fresh_model(model_dir: Path, trainable_layers: int):
+    torch.manual_seed(1)  # the same new head every time
+    model, _ = load_model(str(model_dir), ["neg", "pos"])
+    freeze(model, trainable_layers)
+    return model
+
+
+PARAMS = TrialParams(
+    learning_rate=1e-3,
+    head_lr_multiplier=5.0,
+    batch_size=8,
+    trainable_layers=1,
+    epochs=2,
+    weight_decay=0.01,
+    warmup_ratio=0.1,
+)
+
+
+@pytest.fixture(scope="session")
+def pad_id() -> int:
+    """The random-token task's padding id."""
+    return PAD
+
+
+@pytest.fixture(name="make_data", scope="session")
+def make_data_fixture():
+    """make_data(n_train=48, n_val=20, seed=0): the random-token task."""
+    return make_data
+
+
+@pytest.fixture(name="fresh_model", scope="session")
+def fresh_model_fixture():
+    """fresh_model(model_dir, trainable_layers): the folder's model with the same new head each
+    time, frozen below the top trainable_layers."""
+    return fresh_model
+
+
+@pytest.fixture(scope="session")
+def trial_params() -> TrialParams:
+    """A short trial's params (top 1 layer, 2 epochs, batch 8) to vary with dataclasses.replace."""
+    return PARAMS
 
 
 @pytest.fixture(scope="session")

@@ -102,9 +102,8 @@ def test_merged_weights_give_a_fresh_plain_model_the_lora_logits(arch: Arch, tmp
 
 
 def test_lora_trial_trains_from_the_cache_of_a_freeze_trial_and_follows_the_uncached_one(
-    tmp_path: Path, save_tiny_bert,
+    tmp_path: Path, save_tiny_bert, pad_id, make_data,
 ) -> None:
-    from test_cache import PAD, make_data  # its random-token task and padding id
 
     folder = save_tiny_bert(tmp_path / "bert", layers=3)
     data = make_data()
@@ -116,7 +115,7 @@ def test_lora_trial_trains_from_the_cache_of_a_freeze_trial_and_follows_the_unca
         model, _ = load_model(str(folder), ["neg", "pos"])
         get_adapter(params.adapter).apply(model, params.trainable_layers, params)
         evaluations = []
-        result = train_trial(model, data, params, torch.device("cpu"), PAD, seed=3,
+        result = train_trial(model, data, params, torch.device("cpu"), pad_id, seed=3,
                              on_evaluation=evaluations.append, eval_every_samples=16, cache=cache)
         return result, evaluations
 

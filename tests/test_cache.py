@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import random
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,24 +26,12 @@ from autoft.cache import (
 )
 from autoft.cli import build_parser, config_from_args
 from autoft.cli import main as cli_main
-from autoft.data import Split, TargetData
-from autoft.model import find_blocks, freeze, load_model
-from autoft.train import TrialParams, collate, set_train_mode, train_trial
+from autoft.data import Split
+from autoft.model import find_blocks
+from autoft.train import collate, set_train_mode, train_trial
 
 DEPTH = 4
-PAD = 0
 CPU = torch.device("cpu")
-
-
-def make_data(n_train: int = 48, n_val: int = 20, seed: int = 0) -> TargetData:
-    """Random token ids of lengths 3 to 14 (so batches pad), labels from the second token."""
-    rng = random.Random(seed)
-
-    def split(n: int) -> Split:
-        ids = [[2] + [rng.randrange(5, 25) for _ in range(rng.randrange(2, 14))] for _ in range(n)]
-        return Split(ids, [int(x[1] >= 15) for x in ids])
-
-    return TargetData(split(n_train), split(n_val), ["neg", "pos"], "accuracy", 16, [])
 
 
 @pytest.fixture(scope="module")
@@ -52,44 +39,33 @@ def model_dir(tmp_path_factory, save_tiny_bert) -> Path:
     return save_tiny_bert(tmp_path_factory.mktemp("bert4"), layers=DEPTH)
 
 
-def fresh_model(model_dir: Path, trainable_layers: int):
-    torch.manual_seed(1)  # the same new head every time
-    model, _ = load_model(str(model_dir), ["neg", "pos"])
-    freeze(model, trainable_layers)
-    return model
+@pytest.fixture
+def run(pad_id):
+    """run(model, data, params, cache, evaluations): a trial evaluated every 16 samples."""
 
+    def run_trial(model, data, params, cache, evaluations):
+        return train_trial(
+            model,
+            data,
+            params,
+            torch.device("cpu"),
+            pad_id,
+            seed=3,
+            on_evaluation=evaluations.append,
+            eval_every_samples=16,
+            cache=cache,
+        )
 
-PARAMS = TrialParams(
-    learning_rate=1e-3,
-    head_lr_multiplier=5.0,
-    batch_size=8,
-    trainable_layers=1,
-    epochs=2,
-    weight_decay=0.01,
-    warmup_ratio=0.1,
-)
-
-
-def run(model, data, params, cache, evaluations):
-    return train_trial(
-        model,
-        data,
-        params,
-        torch.device("cpu"),
-        PAD,
-        seed=3,
-        on_evaluation=evaluations.append,
-        eval_every_samples=16,
-        cache=cache,
-    )
+    return run_trial
 
 
 @pytest.mark.parametrize("trainable_layers", [0, 1, 3])
 def test_training_from_the_cache_follows_the_uncached_trajectory(
-    model_dir: Path, tmp_path: Path, trainable_layers: int
+    model_dir: Path, tmp_path: Path, trainable_layers: int, trial_params, fresh_model, make_data,
+    run
 ) -> None:
     data = make_data()
-    params = replace(PARAMS, trainable_layers=trainable_layers)
+    params = replace(trial_params, trainable_layers=trainable_layers)
     plain, cached = [], []
     model_a = fresh_model(model_dir, trainable_layers)
     result_a = run(model_a, data, params, None, plain)
@@ -107,7 +83,7 @@ def test_training_from_the_cache_follows_the_uncached_trajectory(
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), name
 
 
-def test_the_frozen_prefix_runs_in_eval_mode(model_dir: Path) -> None:
+def test_the_frozen_prefix_runs_in_eval_mode(model_dir: Path, fresh_model) -> None:
     model = fresh_model(model_dir, 2)
     set_train_mode(model, DEPTH - 2)
     blocks = find_blocks(model)
@@ -118,13 +94,13 @@ def test_the_frozen_prefix_runs_in_eval_mode(model_dir: Path) -> None:
 
 
 def test_cached_logits_equal_uncached_logits_on_padded_batches(
-    model_dir: Path, tmp_path: Path
+    model_dir: Path, tmp_path: Path, pad_id, fresh_model, make_data
 ) -> None:
     data = make_data()
     model = fresh_model(model_dir, 1).eval()
-    use = PrefixCache(tmp_path).states_for(model, data, DEPTH - 1, torch.device("cpu"), PAD)
+    use = PrefixCache(tmp_path).states_for(model, data, DEPTH - 1, torch.device("cpu"), pad_id)
     indices = [0, 5, 7, 11, 19]  # mixed lengths: every row but one is padded
-    batch = collate(data.validation, indices, PAD, torch.device("cpu"))
+    batch = collate(data.validation, indices, pad_id, torch.device("cpu"))
     assert (batch["attention_mask"] == 0).any()
     with torch.no_grad():
         expected = model(**batch).logits
@@ -136,7 +112,7 @@ def test_cached_logits_equal_uncached_logits_on_padded_batches(
 
 
 def test_the_cache_is_built_under_training_s_autocast(
-    model_dir: Path, tmp_path: Path, monkeypatch
+    model_dir: Path, tmp_path: Path, monkeypatch, pad_id, trial_params, fresh_model, make_data, run
 ) -> None:
     """On a GPU training runs under bf16 autocast: the cache's build and replay proof must run
     under the same, or a cached trial computes another function (built in float32, weights here
@@ -145,14 +121,14 @@ def test_the_cache_is_built_under_training_s_autocast(
     data = make_data()
     plain, cached = [], []
     model_a = fresh_model(model_dir, 1)
-    run(model_a, data, PARAMS, None, plain)
+    run(model_a, data, trial_params, None, plain)
     model_b = fresh_model(model_dir, 1)
-    result = run(model_b, data, PARAMS, PrefixCache(tmp_path), cached)
+    result = run(model_b, data, trial_params, PrefixCache(tmp_path), cached)
     assert result.cache_used, result.cache_note
     assert [e.value for e in plain] == [e.value for e in cached]
     for (name, a), b in zip(model_a.named_parameters(), model_b.parameters(), strict=True):
         assert torch.allclose(a, b, rtol=0, atol=1e-5), name
-    batch = collate(data.train, [0, 1], PAD, CPU)
+    batch = collate(data.train, [0, 1], pad_id, CPU)
     batch.pop("labels")
     with train.autocast(CPU):  # a BERT block ends in a LayerNorm, which autocast keeps float32
         given = capture(model_b, find_blocks(model_b), (3,), batch)[3].dtype
@@ -161,21 +137,25 @@ def test_the_cache_is_built_under_training_s_autocast(
     assert header["dtype"] == str(given).removeprefix("torch.")
 
 
-def test_states_keep_the_dtype_their_blocks_give(model_dir: Path, tmp_path: Path) -> None:
+def test_states_keep_the_dtype_their_blocks_give(
+    model_dir: Path, tmp_path: Path, pad_id, fresh_model, make_data
+) -> None:
     """A bf16 model's states are stored as bf16 (numpy has no such type: its bits go as int16)
     and replay to the model's own logits."""
     data = make_data()
     model = fresh_model(model_dir, 1).to(torch.bfloat16).eval()
-    use = PrefixCache(tmp_path).states_for(model, data, DEPTH - 1, CPU, PAD)
+    use = PrefixCache(tmp_path).states_for(model, data, DEPTH - 1, CPU, pad_id)
     assert use.states.train.flat.dtype == torch.bfloat16
     indices = [0, 5, 7, 11, 19]
-    batch = collate(data.validation, indices, PAD, CPU)
+    batch = collate(data.validation, indices, pad_id, CPU)
     with torch.no_grad():
         assert torch.equal(model(**batch).logits,
                            use.states.validation.forward(model, batch, indices).logits)
 
 
-def test_the_key_follows_weights_data_max_length_and_depth(model_dir: Path) -> None:
+def test_the_key_follows_weights_data_max_length_and_depth(
+    model_dir: Path, fresh_model, make_data
+) -> None:
     data = make_data()
     model = fresh_model(model_dir, 1)
     key = cache_key(model, data, 3, CPU)
@@ -195,31 +175,33 @@ def test_the_key_follows_weights_data_max_length_and_depth(model_dir: Path) -> N
         assert cache_key(model, data, 2, CPU) != cache_key(fresh_model(model_dir, 1), data, 2, CPU)
 
 
-def test_one_build_serves_every_freeze_depth(model_dir: Path, tmp_path: Path) -> None:
+def test_one_build_serves_every_freeze_depth(
+    model_dir: Path, tmp_path: Path, pad_id, fresh_model, make_data
+) -> None:
     """A study samples many depths: the first build writes them all, later depths reuse them."""
     data = make_data()
     cache = PrefixCache(tmp_path)
     device = torch.device("cpu")
-    assert cache.states_for(fresh_model(model_dir, 1), data, 3, device, PAD).note == "built"
+    assert cache.states_for(fresh_model(model_dir, 1), data, 3, device, pad_id).note == "built"
     assert len(list(tmp_path.glob("*.states"))) == 4
     for frozen in (1, 2, 4):
-        use = cache.states_for(fresh_model(model_dir, 1), data, frozen, device, PAD)
+        use = cache.states_for(fresh_model(model_dir, 1), data, frozen, device, pad_id)
         assert use.note == "reused" and use.states is not None
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "header"])
 def test_a_damaged_cache_file_is_found_and_rebuilt(
-    model_dir: Path, tmp_path: Path, damage: str
+    model_dir: Path, tmp_path: Path, damage: str, pad_id, fresh_model, make_data
 ) -> None:
     data = make_data()
     model = fresh_model(model_dir, 1)
     cache = PrefixCache(tmp_path)
     device = torch.device("cpu")
-    first = cache.states_for(model, data, 3, device, PAD)
+    first = cache.states_for(model, data, 3, device, pad_id)
     assert first.note == "built"
     path = tmp_path / f"{cache_key(model, data, 3, CPU)}.states"
     good = path.read_bytes()
-    assert cache.states_for(model, data, 3, device, PAD).note == "reused"
+    assert cache.states_for(model, data, 3, device, pad_id).note == "reused"
     broken = bytearray(good)
     if damage == "flip":
         broken[-7] ^= 0xFF
@@ -228,30 +210,32 @@ def test_a_damaged_cache_file_is_found_and_rebuilt(
     else:
         broken[:10] = b"not json!!"
     path.write_bytes(bytes(broken))
-    again = cache.states_for(model, data, 3, device, PAD)
+    again = cache.states_for(model, data, 3, device, pad_id)
     assert again.note == "built" and again.states is not None
     assert path.read_bytes() == good
     assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_a_cache_over_its_budget_is_skipped_and_the_trial_still_trains(
-    model_dir: Path, tmp_path: Path, caplog
+    model_dir: Path, tmp_path: Path, caplog, trial_params, fresh_model, make_data, run
 ) -> None:
     data = make_data()
     model = fresh_model(model_dir, 1)
     evaluations = []
-    result = run(model, data, PARAMS, PrefixCache(tmp_path, max_bytes=10_000), evaluations)
+    result = run(model, data, trial_params, PrefixCache(tmp_path, max_bytes=10_000), evaluations)
     assert not result.cache_used
     assert "budget" in result.cache_note and "GiB" in result.cache_note
     assert "without the prefix cache" in caplog.text
     assert len(evaluations) == 6 and not list(tmp_path.glob("*.states"))
 
 
-def test_full_fine_tuning_does_not_touch_the_cache(model_dir: Path, tmp_path: Path) -> None:
+def test_full_fine_tuning_does_not_touch_the_cache(
+    model_dir: Path, tmp_path: Path, trial_params, fresh_model, make_data, run
+) -> None:
     result = run(
         fresh_model(model_dir, DEPTH),
         make_data(),
-        replace(PARAMS, trainable_layers=DEPTH),
+        replace(trial_params, trainable_layers=DEPTH),
         PrefixCache(tmp_path),
         [],
     )
@@ -286,24 +270,27 @@ class TupleModel(nn.Module):
         return SimpleNamespace(logits=self.head(hidden[:, 0]))
 
 
-def test_an_architecture_that_does_not_replay_is_refused() -> None:
+def test_an_architecture_that_does_not_replay_is_refused(pad_id, make_data) -> None:
     model = TupleModel().eval()
     with pytest.raises(Exception, match="return tuple, not a hidden-state tensor"):
-        check_replay(model, model.layers, 1, make_data().train, PAD, torch.device("cpu"))
+        check_replay(model, model.layers, 1, make_data().train, pad_id, torch.device("cpu"))
 
 
-def _build_in_child(model_dir: str, folder: str, queue) -> None:
+def _build_in_child(model_dir: str, folder: str, queue, fresh_model, data, pad_id) -> None:
     torch.set_num_threads(1)
     model = fresh_model(Path(model_dir), 1)
-    use = PrefixCache(Path(folder)).states_for(model, make_data(), 3, torch.device("cpu"), PAD)
+    use = PrefixCache(Path(folder)).states_for(model, data, 3, torch.device("cpu"), pad_id)
     queue.put(use.note)
 
 
-def test_concurrent_workers_build_once_and_share(model_dir: Path, tmp_path: Path) -> None:
+def test_concurrent_workers_build_once_and_share(
+    model_dir: Path, tmp_path: Path, fresh_model, make_data, pad_id
+) -> None:
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     workers = [
-        context.Process(target=_build_in_child, args=(str(model_dir), str(tmp_path), queue))
+        context.Process(target=_build_in_child, args=(str(model_dir), str(tmp_path), queue,
+                                                      fresh_model, make_data(), pad_id))
         for _ in range(2)
     ]
     for worker in workers:
@@ -349,9 +336,11 @@ def test_cache_off_reaches_the_config_and_a_bad_value_is_refused(tiny_model_dir,
     assert caught.value.code == 2
 
 
-def test_the_memo_replays_fixed_batches_and_refuses_a_model_it_cannot_replay(model_dir) -> None:
+def test_the_memo_replays_fixed_batches_and_refuses_a_model_it_cannot_replay(
+    model_dir, pad_id, fresh_model, make_data
+) -> None:
     model = fresh_model(model_dir, 1).eval()
-    batch = collate(make_data().train, [0, 1, 2, 3], PAD, torch.device("cpu"))
+    batch = collate(make_data().train, [0, 1, 2, 3], pad_id, torch.device("cpu"))
     batch.pop("labels")
     memo = PrefixMemo()
     expected = model(**batch).logits

@@ -7,26 +7,29 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 import torch
-from test_cache import PAD, PARAMS, fresh_model, make_data
 
 from autoft.interpolate import MixPoint, best_mix, interpolate, mixed_state
 from autoft.model import split_parameters
 from autoft.train import evaluate, train_trial
 
 
-def trained(model_dir):
-    model = fresh_model(model_dir, 2)
+@pytest.fixture
+def trained(tiny_model_dir, fresh_model, make_data, trial_params, pad_id):
+    """The tiny BERT trained 2 epochs with both layers: model, data, untouched and tuned weights
+    of what trained, and the head's names."""
+    model = fresh_model(tiny_model_dir, 2)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     untouched = {n: p.detach().clone() for n, p in model.named_parameters() if n in names}
     data = make_data(n_train=64, n_val=32)
-    params = replace(PARAMS, trainable_layers=2, epochs=2, learning_rate=3e-3)
-    result = train_trial(model, data, params, torch.device("cpu"), PAD, 0, lambda e: None)
+    params = replace(trial_params, trainable_layers=2, epochs=2, learning_rate=3e-3)
+    result = train_trial(model, data, params, torch.device("cpu"), pad_id, 0, lambda e: None)
     return model, data, untouched, result.best_state, frozenset(split_parameters(model).head)
 
 
-def test_mixed_weights_move_the_body_and_keep_the_tuned_head(tiny_model_dir) -> None:
-    _, _, untouched, tuned, head = trained(tiny_model_dir)
+def test_mixed_weights_move_the_body_and_keep_the_tuned_head(trained) -> None:
+    _, _, untouched, tuned, head = trained
     body = [n for n in tuned if n not in head]
     assert body and head & set(tuned)
     half = mixed_state(untouched, tuned, head, 0.5)
@@ -38,12 +41,12 @@ def test_mixed_weights_move_the_body_and_keep_the_tuned_head(tiny_model_dir) -> 
         assert torch.equal(half[name], tuned[name]) and torch.equal(start[name], tuned[name])
 
 
-def test_a_grid_is_scored_and_the_model_is_left_tuned(tiny_model_dir) -> None:
-    model, data, untouched, tuned, head = trained(tiny_model_dir)
+def test_a_grid_is_scored_and_the_model_is_left_tuned(pad_id, trained) -> None:
+    model, data, untouched, tuned, head = trained
     mixes = []
 
     def score() -> float:
-        return evaluate(model, data.validation, "accuracy", PAD, torch.device("cpu"))
+        return evaluate(model, data.validation, "accuracy", pad_id, torch.device("cpu"))
 
     def check() -> tuple[float, bool]:
         name = next(n for n in tuned if n not in head)
@@ -116,16 +119,18 @@ def test_an_interpolating_trial_keeps_its_best_passing_point_and_exports_it(
     assert evaluate(model, data.validation, data.metric, 0, torch.device("cpu")) == trial.value
 
 
-def test_the_head_trains_alone_first_and_the_layers_after(tiny_model_dir) -> None:
+def test_the_head_trains_alone_first_and_the_layers_after(
+    tiny_model_dir, pad_id, trial_params, fresh_model, make_data
+) -> None:
     from autoft.train import train_head_first
 
     model = fresh_model(tiny_model_dir, 2)
     head = set(split_parameters(model).head)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    params = replace(PARAMS, trainable_layers=2, head_first_epochs=2, learning_rate=3e-3)
+    params = replace(trial_params, trainable_layers=2, head_first_epochs=2, learning_rate=3e-3)
     seconds = train_head_first(model, make_data(n_train=64, n_val=32), params,
-                               torch.device("cpu"), PAD, torch.Generator().manual_seed(0), None)
+                               torch.device("cpu"), pad_id, torch.Generator().manual_seed(0), None)
     assert seconds > 0
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and changed <= head, "only the head moved"

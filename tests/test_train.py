@@ -9,7 +9,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-from test_cache import PAD, PARAMS, fresh_model, make_data
 
 from autoft.train import (
     TrialFailed,
@@ -37,12 +36,14 @@ def test_evaluation_points_every_epoch_and_every_n_samples() -> None:
     assert list(evaluation_points(100, 32, 2, 50)) == [(0, 1), (0, 3), (1, 1), (1, 3)]
 
 
-def test_a_trial_reports_each_evaluation_and_learns(tiny_model_dir) -> None:
+def test_a_trial_reports_each_evaluation_and_learns(
+    tiny_model_dir, pad_id, trial_params, fresh_model, make_data
+) -> None:
     data = make_data(n_train=64, n_val=32)
     model = fresh_model(tiny_model_dir, 2)
     seen = []
-    params = replace(PARAMS, trainable_layers=2, epochs=4, learning_rate=3e-3)
-    result = train_trial(model, data, params, torch.device("cpu"), PAD, 0, seen.append)
+    params = replace(trial_params, trainable_layers=2, epochs=4, learning_rate=3e-3)
+    result = train_trial(model, data, params, torch.device("cpu"), pad_id, 0, seen.append)
     assert [e.step for e in seen] == [1, 2, 3, 4]
     assert [e.samples_seen for e in seen] == [64, 128, 192, 256]
     assert seen[-1].train_loss < seen[0].train_loss
@@ -51,7 +52,9 @@ def test_a_trial_reports_each_evaluation_and_learns(tiny_model_dir) -> None:
     assert result.samples_per_second > 0 and not result.cache_used and result.cache_note == "off"
 
 
-def test_a_pruned_trial_keeps_its_result(tiny_model_dir) -> None:
+def test_a_pruned_trial_keeps_its_result(
+    tiny_model_dir, pad_id, trial_params, fresh_model, make_data
+) -> None:
     class Pruned(Exception):
         pass
 
@@ -60,31 +63,39 @@ def test_a_pruned_trial_keeps_its_result(tiny_model_dir) -> None:
 
     with pytest.raises(Pruned) as caught:
         train_trial(
-            fresh_model(tiny_model_dir, 1), make_data(), PARAMS, torch.device("cpu"), PAD, 0, prune
+            fresh_model(tiny_model_dir, 1), make_data(), trial_params, torch.device("cpu"), pad_id,
+            0, prune,
         )
     assert len(caught.value.result.evaluations) == 1 and caught.value.result.best_state
 
 
-def test_a_non_finite_loss_fails_the_trial(tiny_model_dir) -> None:
-    params = replace(PARAMS, learning_rate=math.inf)
+def test_a_non_finite_loss_fails_the_trial(
+    tiny_model_dir, pad_id, trial_params, fresh_model, make_data
+) -> None:
+    params = replace(trial_params, learning_rate=math.inf)
     with pytest.raises(TrialFailed, match="not finite"):
         train_trial(
-            fresh_model(tiny_model_dir, 1), make_data(), params, torch.device("cpu"), PAD, 0, print
+            fresh_model(tiny_model_dir, 1), make_data(), params, torch.device("cpu"), pad_id, 0,
+            print,
         )
 
 
-def test_evaluate_restores_every_module_mode(tiny_model_dir) -> None:
+def test_evaluate_restores_every_module_mode(
+    tiny_model_dir, pad_id, fresh_model, make_data
+) -> None:
     model = fresh_model(tiny_model_dir, 1).train()
     model.bert.embeddings.eval()
-    value = evaluate(model, make_data().validation, "accuracy", PAD, torch.device("cpu"))
+    value = evaluate(model, make_data().validation, "accuracy", pad_id, torch.device("cpu"))
     assert 0.0 <= value <= 1.0
     assert model.training and not model.bert.embeddings.training
     assert model.bert.encoder.training
 
 
-def test_a_trial_keeps_its_best_keepable_evaluation_not_its_best(tiny_model_dir) -> None:
+def test_a_trial_keeps_its_best_keepable_evaluation_not_its_best(
+    tiny_model_dir, pad_id, trial_params, fresh_model, make_data
+) -> None:
     model = fresh_model(tiny_model_dir, 2)
-    params = replace(PARAMS, trainable_layers=2, epochs=4, learning_rate=3e-3)
+    params = replace(trial_params, trainable_layers=2, epochs=4, learning_rate=3e-3)
     trained = [n for n, p in model.named_parameters() if p.requires_grad]
     data = make_data(n_train=128, n_val=32)
     at_first = {}
@@ -95,7 +106,7 @@ def test_a_trial_keeps_its_best_keepable_evaluation_not_its_best(tiny_model_dir)
                              if n in trained})
 
     answers = iter([True, False, False, False])
-    result = train_trial(model, data, params, torch.device("cpu"), PAD, 0, remember_first,
+    result = train_trial(model, data, params, torch.device("cpu"), pad_id, 0, remember_first,
                          keepable=lambda: next(answers))
     assert [e.keepable for e in result.evaluations] == [True, False, False, False]
     assert max(e.value for e in result.evaluations) > result.evaluations[0].value, "it learned"
@@ -103,10 +114,12 @@ def test_a_trial_keeps_its_best_keepable_evaluation_not_its_best(tiny_model_dir)
     assert all(torch.equal(result.best_state[n], at_first[n]) for n in trained)
 
 
-def test_without_a_keepable_evaluation_the_best_of_all_is_kept(tiny_model_dir) -> None:
+def test_without_a_keepable_evaluation_the_best_of_all_is_kept(
+    tiny_model_dir, pad_id, trial_params, fresh_model, make_data
+) -> None:
     model = fresh_model(tiny_model_dir, 2)
-    params = replace(PARAMS, trainable_layers=2, epochs=3, learning_rate=3e-3)
+    params = replace(trial_params, trainable_layers=2, epochs=3, learning_rate=3e-3)
     result = train_trial(model, make_data(n_train=64, n_val=32), params, torch.device("cpu"),
-                         PAD, 0, lambda e: None, keepable=lambda: False)
+                         pad_id, 0, lambda e: None, keepable=lambda: False)
     assert not result.has_keepable
     assert result.best == max(result.evaluations, key=lambda e: e.value)
