@@ -18,6 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     BertConfig,
@@ -186,6 +187,178 @@ def fresh_model_fixture():
 def trial_params() -> TrialParams:
     """A short trial's params (top 1 layer, 2 epochs, batch 8) to vary with dataclasses.replace."""
     return PARAMS
+
+
+# Tiny random models of many architectures (test_model, test_adapters), with the name patterns
+# that say where each parameter belongs, written independently of autoft's structural search.
+VOCAB = 50
+TEXT = {"vocab_size": VOCAB, "num_labels": 3, "max_position_embeddings": 32}
+BERTLIKE = {
+    **TEXT,
+    "hidden_size": 32,
+    "num_attention_heads": 2,
+    "intermediate_size": 37,
+}
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A tiny model to build, and how its parameter names say where each one belongs."""
+
+    model_class: str
+    config_class: str
+    config: dict
+    depth: int
+    block: str  # regex whose group 1 is the block index
+    head: tuple[str, ...]  # name prefixes of the head
+
+    def build(self) -> transformers.PreTrainedModel:
+        """A fresh random model, the same for every call."""
+        torch.manual_seed(0)
+        config = getattr(transformers, self.config_class)(**self.config)
+        return getattr(transformers, self.model_class)(config)
+
+    def block_index(self, name: str) -> int:
+        """Which block a parameter name belongs to by the pattern; -1 for none."""
+        match = re.match(self.block, name)
+        return int(match[1]) if match else -1
+
+    @staticmethod
+    def random_batch(model: transformers.PreTrainedModel) -> dict[str, torch.Tensor]:
+        """Two random examples with labels, in the model's kind of input."""
+        generator = torch.Generator().manual_seed(1)
+        labels = torch.randint(0, 3, (2,), generator=generator)
+        if model.main_input_name == "pixel_values":
+            return {"pixel_values": torch.randn(2, 3, 8, 8, generator=generator),
+                    "labels": labels}
+        ids = torch.randint(3, VOCAB - 1, (2, 6), generator=generator)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+ARCHS = {
+    "bert": Arch(
+        "BertForSequenceClassification",
+        "BertConfig",
+        {**BERTLIKE, "num_hidden_layers": 3},
+        3,
+        r"bert\.encoder\.layer\.(\d+)\.",
+        ("bert.pooler.", "classifier."),
+    ),
+    "roberta": Arch(
+        "RobertaForSequenceClassification",
+        "RobertaConfig",
+        {**BERTLIKE, "num_hidden_layers": 2, "pad_token_id": 1},
+        2,
+        r"roberta\.encoder\.layer\.(\d+)\.",
+        ("classifier.",),
+    ),
+    "distilbert": Arch(
+        "DistilBertForSequenceClassification",
+        "DistilBertConfig",
+        {**TEXT, "dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 37},
+        2,
+        r"distilbert\.transformer\.layer\.(\d+)\.",
+        ("pre_classifier.", "classifier."),
+    ),
+    "albert": Arch(
+        "AlbertForSequenceClassification",
+        "AlbertConfig",
+        {**BERTLIKE, "embedding_size": 16, "num_hidden_layers": 3},
+        1,
+        r"albert\.encoder\.albert_layer_groups\.(\d+)\.",
+        ("albert.pooler.", "classifier."),
+    ),
+    "deberta-v2": Arch(  # v3-style: relative attention, and a conv that runs after block 0
+        "DebertaV2ForSequenceClassification",
+        "DebertaV2Config",
+        {
+            **BERTLIKE,
+            "num_hidden_layers": 2,
+            "relative_attention": True,
+            "pos_att_type": ["p2c", "c2p"],
+            "position_biased_input": False,
+            "position_buckets": 8,
+            "norm_rel_ebd": "layer_norm",
+            "conv_kernel_size": 3,
+        },
+        2,
+        r"deberta\.encoder\.layer\.(\d+)\.",
+        ("pooler.", "classifier."),
+    ),
+    "electra": Arch(
+        "ElectraForSequenceClassification",
+        "ElectraConfig",
+        {**BERTLIKE, "embedding_size": 16, "num_hidden_layers": 2},
+        2,
+        r"electra\.encoder\.layer\.(\d+)\.",
+        ("classifier.",),
+    ),
+    "gpt2": Arch(
+        "GPT2ForSequenceClassification",
+        "GPT2Config",
+        {
+            **TEXT,
+            "n_embd": 32,
+            "n_layer": 2,
+            "n_head": 2,
+            "pad_token_id": 0,
+            "bos_token_id": VOCAB - 1,
+            "eos_token_id": VOCAB - 1,
+        },
+        2,
+        r"transformer\.h\.(\d+)\.",
+        ("transformer.ln_f.", "score."),
+    ),
+    "llama": Arch(
+        "LlamaForSequenceClassification",
+        "LlamaConfig",
+        {
+            **BERTLIKE,
+            "num_hidden_layers": 2,
+            "num_key_value_heads": 1,
+            "pad_token_id": 0,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+        },
+        2,
+        r"model\.layers\.(\d+)\.",
+        ("model.norm.", "score."),
+    ),
+    "vit": Arch(
+        "ViTForImageClassification",
+        "ViTConfig",
+        {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 37,
+            "image_size": 8,
+            "patch_size": 4,
+            "num_labels": 3,
+        },
+        2,
+        r"vit\.layers\.(\d+)\.",
+        ("vit.layernorm.", "classifier."),
+    ),
+}
+
+
+@pytest.fixture(params=list(ARCHS))
+def arch(request) -> Arch:
+    """Each architecture in turn; `@pytest.mark.parametrize("arch", names, indirect=True)`
+    picks some."""
+    return ARCHS[request.param]
+
+
+@pytest.fixture(scope="session")
+def archs() -> dict[str, Arch]:
+    return ARCHS
+
+
+@pytest.fixture(scope="session")
+def vocab_size() -> int:
+    """The tiny text architectures' vocabulary size."""
+    return VOCAB
 
 
 @pytest.fixture(scope="session")

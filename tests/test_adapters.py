@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_model import ARCHS, Arch, block_index, random_batch
 from transformers import AutoModelForSequenceClassification
 from transformers.pytorch_utils import Conv1D
 
@@ -28,44 +27,44 @@ from autoft.cli import main
 from autoft.model import load_model
 from autoft.train import TrialParams, train_trial
 
-LORA_ARCHS = {name: ARCHS[name] for name in ("bert", "roberta", "distilbert", "gpt2", "llama")}
+LORA_ARCHS = ("bert", "roberta", "distilbert", "gpt2", "llama")
 PARAMS = TrialParams(1e-2, 1.0, 8, 1, 1, 0.0, 0.0, adapter="lora", lora_rank=4, lora_alpha=8.0)
 
 
-def lora_model(arch: Arch, k: int):
+def lora_model(arch, k: int):
     model = arch.build()
     get_adapter("lora").apply(model, k, replace(PARAMS, trainable_layers=k))
     return model
 
 
-def expected_trainable(arch: Arch, names: list[str], k: int) -> set[str]:
+def expected_trainable(arch, names: list[str], k: int) -> set[str]:
     """LoRA matrices of the top k blocks and the head, by the name patterns."""
     head = {n for n in names if n.startswith(arch.head)}
-    top = {n for n in names if block_index(arch, n) >= arch.depth - k and ".lora_" in n}
+    top = {n for n in names if arch.block_index(n) >= arch.depth - k and ".lora_" in n}
     return head | top
 
 
-def linear_count(arch: Arch, k: int) -> int:
+def linear_count(arch, k: int) -> int:
     """Linear layers in the top k blocks of an untouched model, by the name patterns."""
     model = arch.build()
     return sum(
-        isinstance(m, (torch.nn.Linear, Conv1D)) and block_index(arch, name + ".") >= arch.depth - k
+        isinstance(m, (torch.nn.Linear, Conv1D)) and arch.block_index(name + ".") >= arch.depth - k
         for name, m in model.named_modules()
     )
 
 
-def steps(model, count: int = 2) -> None:
+def steps(arch, model, count: int = 2) -> None:
     """AdamW steps on a random batch: LoRA's B starts at zero, so A moves from the second on."""
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(count):
-        model(**random_batch(model)).loss.backward()
+        model(**arch.random_batch(model)).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
 
 
-@pytest.mark.parametrize("arch", LORA_ARCHS.values(), ids=LORA_ARCHS.keys())
-def test_lora_trains_exactly_the_top_blocks_low_rank_matrices_and_the_head(arch: Arch) -> None:
+@pytest.mark.parametrize("arch", LORA_ARCHS, indirect=True)
+def test_lora_trains_exactly_the_top_blocks_low_rank_matrices_and_the_head(arch) -> None:
     for k in range(arch.depth + 1):
         model = lora_model(arch, k)
         names = [n for n, _ in model.named_parameters()]
@@ -73,18 +72,18 @@ def test_lora_trains_exactly_the_top_blocks_low_rank_matrices_and_the_head(arch:
         assert trainable == expected_trainable(arch, names, k), k
         assert len(lora_layers(model)) == linear_count(arch, k), "every linear layer, no other"
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        steps(model)
+        steps(arch, model)
         for name, param in model.named_parameters():
             assert (not torch.equal(param, before[name])) == (name in trainable), (k, name)
 
 
-@pytest.mark.parametrize("arch", LORA_ARCHS.values(), ids=LORA_ARCHS.keys())
-def test_merged_weights_give_a_fresh_plain_model_the_lora_logits(arch: Arch, tmp_path) -> None:
+@pytest.mark.parametrize("arch", LORA_ARCHS, indirect=True)
+def test_merged_weights_give_a_fresh_plain_model_the_lora_logits(arch, tmp_path) -> None:
     arch.build().save_pretrained(tmp_path)
     adapter = get_adapter("lora")
     model = lora_model(arch, 1)
-    steps(model)
-    batch = {k: v for k, v in random_batch(model).items() if k != "labels"}
+    steps(arch, model)
+    batch = {k: v for k, v in arch.random_batch(model).items() if k != "labels"}
     model.eval()
     with torch.no_grad():
         expected = model(**batch).logits

@@ -4,13 +4,10 @@ Expected parameter names come from name patterns per architecture written here, 
 the structural search the library does.
 """
 
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
@@ -25,188 +22,34 @@ from autoft.model import (
     split_parameters,
 )
 
-VOCAB = 50
-TEXT = {"vocab_size": VOCAB, "num_labels": 3, "max_position_embeddings": 32}
-BERTLIKE = {
-    **TEXT,
-    "hidden_size": 32,
-    "num_attention_heads": 2,
-    "intermediate_size": 37,
-}
 
-
-@dataclass(frozen=True)
-class Arch:
-    """A tiny model to build, and how its parameter names say where each one belongs."""
-
-    model_class: str
-    config_class: str
-    config: dict
-    depth: int
-    block: str  # regex whose group 1 is the block index
-    head: tuple[str, ...]  # name prefixes of the head
-
-    def build(self) -> transformers.PreTrainedModel:
-        """A fresh random model, the same for every call."""
-        torch.manual_seed(0)
-        config = getattr(transformers, self.config_class)(**self.config)
-        return getattr(transformers, self.model_class)(config)
-
-
-ARCHS = {
-    "bert": Arch(
-        "BertForSequenceClassification",
-        "BertConfig",
-        {**BERTLIKE, "num_hidden_layers": 3},
-        3,
-        r"bert\.encoder\.layer\.(\d+)\.",
-        ("bert.pooler.", "classifier."),
-    ),
-    "roberta": Arch(
-        "RobertaForSequenceClassification",
-        "RobertaConfig",
-        {**BERTLIKE, "num_hidden_layers": 2, "pad_token_id": 1},
-        2,
-        r"roberta\.encoder\.layer\.(\d+)\.",
-        ("classifier.",),
-    ),
-    "distilbert": Arch(
-        "DistilBertForSequenceClassification",
-        "DistilBertConfig",
-        {**TEXT, "dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 37},
-        2,
-        r"distilbert\.transformer\.layer\.(\d+)\.",
-        ("pre_classifier.", "classifier."),
-    ),
-    "albert": Arch(
-        "AlbertForSequenceClassification",
-        "AlbertConfig",
-        {**BERTLIKE, "embedding_size": 16, "num_hidden_layers": 3},
-        1,
-        r"albert\.encoder\.albert_layer_groups\.(\d+)\.",
-        ("albert.pooler.", "classifier."),
-    ),
-    "deberta-v2": Arch(  # v3-style: relative attention, and a conv that runs after block 0
-        "DebertaV2ForSequenceClassification",
-        "DebertaV2Config",
-        {
-            **BERTLIKE,
-            "num_hidden_layers": 2,
-            "relative_attention": True,
-            "pos_att_type": ["p2c", "c2p"],
-            "position_biased_input": False,
-            "position_buckets": 8,
-            "norm_rel_ebd": "layer_norm",
-            "conv_kernel_size": 3,
-        },
-        2,
-        r"deberta\.encoder\.layer\.(\d+)\.",
-        ("pooler.", "classifier."),
-    ),
-    "electra": Arch(
-        "ElectraForSequenceClassification",
-        "ElectraConfig",
-        {**BERTLIKE, "embedding_size": 16, "num_hidden_layers": 2},
-        2,
-        r"electra\.encoder\.layer\.(\d+)\.",
-        ("classifier.",),
-    ),
-    "gpt2": Arch(
-        "GPT2ForSequenceClassification",
-        "GPT2Config",
-        {
-            **TEXT,
-            "n_embd": 32,
-            "n_layer": 2,
-            "n_head": 2,
-            "pad_token_id": 0,
-            "bos_token_id": VOCAB - 1,
-            "eos_token_id": VOCAB - 1,
-        },
-        2,
-        r"transformer\.h\.(\d+)\.",
-        ("transformer.ln_f.", "score."),
-    ),
-    "llama": Arch(
-        "LlamaForSequenceClassification",
-        "LlamaConfig",
-        {
-            **BERTLIKE,
-            "num_hidden_layers": 2,
-            "num_key_value_heads": 1,
-            "pad_token_id": 0,
-            "bos_token_id": 1,
-            "eos_token_id": 2,
-        },
-        2,
-        r"model\.layers\.(\d+)\.",
-        ("model.norm.", "score."),
-    ),
-    "vit": Arch(
-        "ViTForImageClassification",
-        "ViTConfig",
-        {
-            "hidden_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "intermediate_size": 37,
-            "image_size": 8,
-            "patch_size": 4,
-            "num_labels": 3,
-        },
-        2,
-        r"vit\.layers\.(\d+)\.",
-        ("vit.layernorm.", "classifier."),
-    ),
-}
-
-
-def block_index(arch: Arch, name: str) -> int:
-    """Which block a parameter name belongs to by the pattern; -1 for none."""
-    match = re.match(arch.block, name)
-    return int(match[1]) if match else -1
-
-
-def expected_trainable(arch: Arch, names: list[str], k: int) -> set[str]:
+def expected_trainable(arch, names: list[str], k: int) -> set[str]:
     """The names that must train at depth k, from the name patterns alone."""
     if k == arch.depth:
         return set(names)
     head = {n for n in names if n.startswith(arch.head)}
-    return head | {n for n in names if block_index(arch, n) >= arch.depth - k}
+    return head | {n for n in names if arch.block_index(n) >= arch.depth - k}
 
 
-def random_batch(model: transformers.PreTrainedModel) -> dict[str, torch.Tensor]:
-    """Two random examples with labels, in the model's kind of input."""
-    generator = torch.Generator().manual_seed(1)
-    labels = torch.randint(0, 3, (2,), generator=generator)
-    if model.main_input_name == "pixel_values":
-        return {"pixel_values": torch.randn(2, 3, 8, 8, generator=generator), "labels": labels}
-    ids = torch.randint(3, VOCAB - 1, (2, 6), generator=generator)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
-
-
-@pytest.mark.parametrize("arch", ARCHS.values(), ids=ARCHS.keys())
-def test_depth_is_the_configured_layer_count(arch: Arch) -> None:
+def test_depth_is_the_configured_layer_count(arch) -> None:
     model = arch.build()
     assert model_depth(model) == arch.depth
     assert len(find_blocks(model)) == arch.depth
 
 
-@pytest.mark.parametrize("arch", ARCHS.values(), ids=ARCHS.keys())
-def test_groups_partition_the_names_as_the_patterns_say(arch: Arch) -> None:
+def test_groups_partition_the_names_as_the_patterns_say(arch) -> None:
     model = arch.build()
     names = [n for n, _ in model.named_parameters()]
     groups = split_parameters(model)
     assert sorted(groups.prefix + groups.head + sum(groups.blocks, ())) == sorted(names)
     assert set(groups.head) == {n for n in names if n.startswith(arch.head)}
     for index, block in enumerate(groups.blocks):
-        assert set(block) == {n for n in names if block_index(arch, n) == index}
+        assert set(block) == {n for n in names if arch.block_index(n) == index}
     assert groups.prefix, "the embeddings belong to the prefix"
     assert split_parameters(model) is groups
 
 
-@pytest.mark.parametrize("arch", ARCHS.values(), ids=ARCHS.keys())
-def test_freeze_trains_exactly_head_and_top_blocks(arch: Arch) -> None:
+def test_freeze_trains_exactly_head_and_top_blocks(arch) -> None:
     model = arch.build()
     names = [n for n, _ in model.named_parameters()]
     sizes = dict((n, p.numel()) for n, p in model.named_parameters())
@@ -218,8 +61,7 @@ def test_freeze_trains_exactly_head_and_top_blocks(arch: Arch) -> None:
     assert count_parameters(model) == count_parameters(model, trainable_only=True)
 
 
-@pytest.mark.parametrize("arch", ARCHS.values(), ids=ARCHS.keys())
-def test_adamw_step_changes_exactly_the_trainable_parameters(arch: Arch) -> None:
+def test_adamw_step_changes_exactly_the_trainable_parameters(arch) -> None:
     model = arch.build()
     model.train()
     for k in range(arch.depth + 1):
@@ -227,7 +69,7 @@ def test_adamw_step_changes_exactly_the_trainable_parameters(arch: Arch) -> None
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=1e-2)
-        model(**random_batch(model)).loss.backward()
+        model(**arch.random_batch(model)).loss.backward()
         optimizer.step()
         for name, param in model.named_parameters():
             changed = not torch.equal(param, before[name])
@@ -236,13 +78,13 @@ def test_adamw_step_changes_exactly_the_trainable_parameters(arch: Arch) -> None
 
 
 @pytest.mark.parametrize("k", [-1, 4])
-def test_freeze_rejects_depth_out_of_range(k: int) -> None:
+def test_freeze_rejects_depth_out_of_range(k: int, archs) -> None:
     with pytest.raises(ValueError, match="0..3"):
-        freeze(ARCHS["bert"].build(), k)
+        freeze(archs["bert"].build(), k)
 
 
-def test_split_runs_in_eval_mode_and_restores_training_flags() -> None:
-    model = ARCHS["bert"].build()
+def test_split_runs_in_eval_mode_and_restores_training_flags(archs) -> None:
+    model = archs["bert"].build()
     model.train()
     model.bert.pooler.eval()
     split_parameters(model)
@@ -250,9 +92,9 @@ def test_split_runs_in_eval_mode_and_restores_training_flags() -> None:
     assert all(m.training for m in model.bert.encoder.modules())
 
 
-def save_tokenizer(folder: Path, **special: str) -> None:
+def save_tokenizer(folder: Path, vocab_size: int, **special: str) -> None:
     """A WordLevel tokenizer over a tiny vocabulary, saved as transformers saves one."""
-    vocab = {"[PAD]": 0, "[UNK]": 1, "good": 2, "bad": 3, "movie": 4, "</s>": VOCAB - 1}
+    vocab = {"[PAD]": 0, "[UNK]": 1, "good": 2, "bad": 3, "movie": 4, "</s>": vocab_size - 1}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(
@@ -260,10 +102,10 @@ def save_tokenizer(folder: Path, **special: str) -> None:
     ).save_pretrained(folder)
 
 
-def test_load_model_round_trips_a_saved_bert(tmp_path: Path) -> None:
-    saved = ARCHS["bert"].build()  # saved with a 3-label head, loaded with 2 labels
+def test_load_model_round_trips_a_saved_bert(tmp_path: Path, archs, vocab_size) -> None:
+    saved = archs["bert"].build()  # saved with a 3-label head, loaded with 2 labels
     saved.save_pretrained(tmp_path)
-    save_tokenizer(tmp_path, pad_token="[PAD]")
+    save_tokenizer(tmp_path, vocab_size, pad_token="[PAD]")
     model, tokenizer = load_model(str(tmp_path), ["neg", "pos"])
     assert model.config.num_labels == 2
     assert model.config.id2label == {0: "neg", 1: "pos"}
@@ -275,19 +117,21 @@ def test_load_model_round_trips_a_saved_bert(tmp_path: Path) -> None:
     assert model(**batch).logits.shape == (2, 2)
 
 
-def test_load_model_pads_with_eos_when_tokenizer_has_no_pad(tmp_path: Path) -> None:
-    ARCHS["gpt2"].build().save_pretrained(tmp_path)
-    save_tokenizer(tmp_path, eos_token="</s>")
+def test_load_model_pads_with_eos_when_tokenizer_has_no_pad(
+    tmp_path: Path, archs, vocab_size
+) -> None:
+    archs["gpt2"].build().save_pretrained(tmp_path)
+    save_tokenizer(tmp_path, vocab_size, eos_token="</s>")
     model, tokenizer = load_model(str(tmp_path), ["a", "b", "c"])
     assert tokenizer.pad_token == "</s>"
-    assert model.config.pad_token_id == tokenizer.pad_token_id == VOCAB - 1
+    assert model.config.pad_token_id == tokenizer.pad_token_id == vocab_size - 1
     batch = tokenizer(["good movie", "bad"], padding=True, return_tensors="pt")
     assert model(**batch).logits.shape == (2, 3)
 
 
-def test_load_model_is_quiet_and_restores_logging(tmp_path: Path, capfd) -> None:
-    ARCHS["bert"].build().base_model.save_pretrained(tmp_path)  # no head: a new one is made
-    save_tokenizer(tmp_path, pad_token="[PAD]")
+def test_load_model_is_quiet_and_restores_logging(tmp_path: Path, capfd, archs, vocab_size) -> None:
+    archs["bert"].build().base_model.save_pretrained(tmp_path)  # no head: a new one is made
+    save_tokenizer(tmp_path, vocab_size, pad_token="[PAD]")
     capfd.readouterr()
     verbosity = hf_logging.get_verbosity()
     load_model(str(tmp_path), ["a", "b", "c"])
