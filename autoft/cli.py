@@ -185,7 +185,8 @@ def run_search(config: StudyConfig) -> dict:
     deferred.install()
     try:
         with LiveDisplay(study, config.n_trials, data.metric, prepared.depth, len(data.train)):
-            interrupted = run_workers(config, storage_url(config), slots, *time_limits(config))
+            interrupted = run_workers(config, storage_url(config), slots,
+                                      *time_limits(config.timeout))
         if not interrupted:
             check_not_stopped(study, since, config.n_trials)
         audit_reported(study)

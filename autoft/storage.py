@@ -105,21 +105,20 @@ def open_storage(url: str) -> RDBStorage:
         ) from None
 
 
-def make_sampler(config: StudyConfig) -> optuna.samplers.TPESampler:
+def make_sampler(seed: int, n_trials: int) -> optuna.samplers.TPESampler:
     """Seeded TPE whose random start-up fits the budget, aware of params that act together;
     `group` models each set of params that appear together (LoRA's only under adapter lora)."""
-    startup = max(2, min(10, config.n_trials // 4))
+    startup = max(2, min(10, n_trials // 4))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(
-            seed=config.seed, n_startup_trials=startup, multivariate=True, group=True)
+            seed=seed, n_startup_trials=startup, multivariate=True, group=True)
 
 
-def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+def make_pruner(startup_trials: int, warmup_steps: int) -> optuna.pruners.BasePruner:
     """Median pruning after a few complete trials, so early trials are not all cut."""
-    return optuna.pruners.MedianPruner(
-        n_startup_trials=config.pruner_startup, n_warmup_steps=config.pruner_warmup_steps
-    )
+    return optuna.pruners.MedianPruner(n_startup_trials=startup_trials,
+                                       n_warmup_steps=warmup_steps)
 
 
 def open_study(config: StudyConfig, storage: RDBStorage | None = None) -> optuna.Study:
@@ -128,8 +127,8 @@ def open_study(config: StudyConfig, storage: RDBStorage | None = None) -> optuna
         storage=storage or open_storage(storage_url(config)),
         study_name=config.name,
         direction="maximize",
-        sampler=make_sampler(config),
-        pruner=make_pruner(config),
+        sampler=make_sampler(config.seed, config.n_trials),
+        pruner=make_pruner(config.pruner_startup, config.pruner_warmup_steps),
         load_if_exists=True,
     )
 

@@ -67,8 +67,8 @@ def trial_log(path: Path):
         handler.close()
 
 
-def trial_log_path(config: StudyConfig, number: int) -> Path:
-    return config.study_dir / "logs" / f"trial-{number:04d}.log"
+def trial_log_path(study_dir: Path, number: int) -> Path:
+    return study_dir / "logs" / f"trial-{number:04d}.log"
 
 
 class TrialRunner:
@@ -76,9 +76,9 @@ class TrialRunner:
     labels the trial with its worker, logs to the trial's file, and makes an unexpected error
     fail only that trial, with its reason, counting toward the budget so a bug cannot loop."""
 
-    def __init__(self, objective, config: StudyConfig, slot: Slot, lock: StartLock, stop: Stop):
+    def __init__(self, objective, study_dir: Path, slot: Slot, lock: StartLock, stop: Stop):
         self.objective = objective
-        self.config = config
+        self.study_dir = study_dir
         self.lock = lock
         self.stop = stop
         self.worker = {"host": socket.gethostname(), "pid": os.getpid(), "device": slot.device}
@@ -87,7 +87,7 @@ class TrialRunner:
         self.lock.release()
         trial.set_user_attr("worker", self.worker)
         retry_of = trial.user_attrs.get(RETRY_OF)
-        with trial_log(trial_log_path(self.config, trial.number)):
+        with trial_log(trial_log_path(self.study_dir, trial.number)):
             log.info(
                 "trial %d started on %s (pid %d)%s",
                 trial.number,
@@ -153,12 +153,12 @@ def run_trials(
         stop.sleep(WAIT_SECONDS)
 
 
-def sampler_seed(config: StudyConfig, slots: int) -> int:
+def sampler_seed(seed: int, lone: bool) -> int:
     """The study's seed for a lone worker (reproducible); otherwise one per process, so
     parallel workers do not all draw the same random start-up configs."""
-    if slots == 1 and not config.storage:
-        return config.seed
-    identity = f"{config.seed}:{socket.gethostname()}:{os.getpid()}"
+    if lone:
+        return seed
+    identity = f"{seed}:{socket.gethostname()}:{os.getpid()}"
     return int.from_bytes(hashlib.sha256(identity.encode()).digest()[:4], "big")
 
 
@@ -188,11 +188,13 @@ def work(
             study = optuna.load_study(
                 study_name=config.name,
                 storage=storage,
-                sampler=make_sampler(dataclasses.replace(config, seed=sampler_seed(config, slots))),
-                pruner=make_pruner(config),
+                sampler=make_sampler(sampler_seed(config.seed, slots == 1 and not config.storage),
+                                     config.n_trials),
+                pruner=make_pruner(config.pruner_startup, config.pruner_warmup_steps),
             )
             objective = Objective(prepared, torch.device(slot.torch_device))
-            runner = TrialRunner(objective, config, slot, StartLock(storage, config.name), stop)
+            runner = TrialRunner(objective, config.study_dir, slot, StartLock(storage, config.name),
+                                 stop)
             run_trials(study, runner, config.n_trials, deadline)
         except KeyboardInterrupt:
             pass  # raised by Stop inside a trial, which is already recorded as interrupted
@@ -304,13 +306,13 @@ def run_workers(
     return bool(signalled) or any(p.exitcode == INTERRUPTED_EXIT for p in processes)
 
 
-def time_limits(config: StudyConfig) -> tuple[float | None, float | None]:
+def time_limits(timeout: float | None) -> tuple[float | None, float | None]:
     """When to stop starting trials (the timeout) and when to interrupt running ones (the
     timeout plus 10%), as clock times shared by every worker of this run."""
-    if not config.timeout:
+    if not timeout:
         return None, None
     now = time.time()
-    return now + config.timeout, now + config.timeout * HARD_LIMIT_FACTOR
+    return now + timeout, now + timeout * HARD_LIMIT_FACTOR
 
 
 def join_study(
@@ -337,7 +339,7 @@ def join_study(
     slots = device_slots(config.devices, config.trials_per_gpu)
     prepare_study(config)
     since = datetime.now()
-    interrupted = run_workers(config, storage_url(config), slots, *time_limits(config))
+    interrupted = run_workers(config, storage_url(config), slots, *time_limits(config.timeout))
     if not interrupted:
         check_not_stopped(study, since, config.n_trials)
     return interrupted

@@ -139,7 +139,7 @@ def test_a_failure_repeating_stops_the_study(tiny_model_dir, tiny_csv, tmp_path)
         prepared, config=dataclasses.replace(config, eval_every_samples=10**6))
     objective = Objective(broken, torch.device("cpu"))
     lock = StartLock(storage, config.name)
-    runner = TrialRunner(objective, config, Slot("cpu", 1), lock, Stop())
+    runner = TrialRunner(objective, config.study_dir, Slot("cpu", 1), lock, Stop())
     since = datetime.now()
     run_trials(study, runner, config.n_trials, deadline=time.time() + 90)
     failed = [t for t in study.get_trials() if t.state.name == "FAIL"]
