@@ -121,12 +121,14 @@ def make_pruner(startup_trials: int, warmup_steps: int) -> optuna.pruners.BasePr
                                        n_warmup_steps=warmup_steps)
 
 
-def open_study(config: StudyConfig, storage: RDBStorage | None = None) -> optuna.Study:
-    """Create the study or load it to resume; same name and storage means the same study."""
+def open_study(config: StudyConfig, storage: RDBStorage | None = None,
+               direction: str = "maximize") -> optuna.Study:
+    """Create the study or load it to resume; same name and storage means the same study.
+    `direction` is the target metric's (Prepared.direction): RMSE is minimized."""
     return optuna.create_study(
         storage=storage or open_storage(storage_url(config)),
         study_name=config.name,
-        direction="maximize",
+        direction=direction,
         sampler=make_sampler(config.seed, config.n_trials),
         pruner=make_pruner(config.pruner_startup, config.pruner_warmup_steps),
         load_if_exists=True,

@@ -53,10 +53,16 @@ def default_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     return None
 
 
+def score_sign(study: optuna.Study) -> int:
+    """1 where a higher score is better, -1 where lower is (RMSE): multiply before max()."""
+    return -1 if study.direction == optuna.study.StudyDirection.MINIMIZE else 1
+
+
 def best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     feasible = [t for t in complete if is_feasible(t) and t.value is not None]
-    return max(feasible, key=lambda t: t.value, default=None)
+    sign = score_sign(study)
+    return max(feasible, key=lambda t: sign * t.value, default=None)
 
 
 def least_forgetful(study: optuna.Study) -> optuna.trial.FrozenTrial | None:

@@ -28,12 +28,13 @@ from transformers import (
 )
 
 from autoft.config import build_config
-from autoft.data import Split, TargetData
+from autoft.data import TargetData
 from autoft.model import freeze, load_model
 from autoft.prepare import prepare_study
 from autoft.schedule import queue_next_config
 from autoft.storage import load_study, open_study
 from autoft.study import Objective, record_study_facts
+from autoft.tasks.text import Split
 from autoft.train import TrialParams
 
 # Tiny models train faster on one thread than on two (a preservation test: 16.7 s against 25.1 s

@@ -26,9 +26,10 @@ from autoft.cache import (
 )
 from autoft.cli import build_parser, config_from_args
 from autoft.cli import main as cli_main
-from autoft.data import Split
 from autoft.model import find_blocks
-from autoft.train import collate, set_train_mode, train_trial
+from autoft.tasks import get_task
+from autoft.tasks.text import Split, collate
+from autoft.train import set_train_mode, train_trial
 
 DEPTH = 4
 CPU = torch.device("cpu")
@@ -273,7 +274,8 @@ class TupleModel(nn.Module):
 def test_an_architecture_that_does_not_replay_is_refused(pad_id, make_data) -> None:
     model = TupleModel().eval()
     with pytest.raises(Exception, match="return tuple, not a hidden-state tensor"):
-        check_replay(model, model.layers, 1, make_data().train, pad_id, torch.device("cpu"))
+        check_replay(model, model.layers, 1, get_task("text-classification"), make_data().train,
+                     pad_id, torch.device("cpu"))
 
 
 def _build_in_child(model_dir: str, folder: str, queue, fresh_model, data, pad_id) -> None:

@@ -10,9 +10,9 @@ from dataclasses import replace
 import pytest
 import torch
 
+from autoft.tasks.text import bucketed_batches
 from autoft.train import (
     TrialFailed,
-    bucketed_batches,
     evaluate,
     evaluation_points,
     train_trial,
@@ -85,7 +85,7 @@ def test_evaluate_restores_every_module_mode(
 ) -> None:
     model = fresh_model(tiny_model_dir, 1).train()
     model.bert.embeddings.eval()
-    value = evaluate(model, make_data().validation, "accuracy", pad_id, torch.device("cpu"))
+    value = evaluate(model, make_data(), pad_id, torch.device("cpu"))
     assert 0.0 <= value <= 1.0
     assert model.training and not model.bert.embeddings.training
     assert model.bert.encoder.training
