@@ -19,7 +19,7 @@ from datetime import datetime
 from importlib.resources import files
 from pathlib import Path
 
-from autoft.config import StudyConfig, build_config, load_yaml
+from autoft.config import StudyConfig, build_config, load_yaml, parse_duration
 from autoft.describe import describe_settings
 from autoft.errors import UsageError
 
@@ -259,7 +259,6 @@ def command_status(args: argparse.Namespace) -> int:
 
 def command_worker(args: argparse.Namespace) -> int:
     """Run trials of an existing study here, e.g. on a second machine sharing its PostgreSQL."""
-    from autoft.config import parse_duration
     from autoft.storage import load_study
     from autoft.workers import join_study
 

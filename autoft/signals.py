@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
+import threading
 import time
 
 log = logging.getLogger("autoft")
@@ -20,8 +21,9 @@ class Stop:
     the trial as failed with the reason `interrupted`, which does not use up the budget, and its
     config is run again first when the study goes on. Elsewhere it only sets `requested`, so
     asking for a trial or telling its result is never cut in half (that could leave a RUNNING
-    trial without a heartbeat, which nothing would ever find stale). `autoft search` also holds
-    one while its workers run and its report is written, so a late Ctrl-C loses neither.
+    trial without a heartbeat, which nothing would ever find stale). Nor is a storage call
+    inside the trial (`shielded`): the interrupt comes when it returns. `autoft search` also
+    holds one while its workers run and its report is written, so a late Ctrl-C loses neither.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
@@ -33,6 +35,7 @@ class Stop:
         self.signalled = False
         self._in_trial = False  # a signal now raises KeyboardInterrupt
         self._trial_open = False  # inside the trial span, raised already or not
+        self._shields = 0  # inside a call that a signal must not cut in half
         self._previous: dict = {}
         self._previous_hook = None
 
@@ -55,7 +58,7 @@ class Stop:
         else:
             self.signalled = True
         self.requested = True
-        if self._in_trial:
+        if self._in_trial and not self._shields:
             self._in_trial = False
             raise KeyboardInterrupt
 
@@ -79,6 +82,26 @@ class Stop:
             yield
         finally:
             self._in_trial = self._trial_open = False
+
+    @contextlib.contextmanager
+    def shielded(self):
+        """A call that a signal must not cut in half, such as a storage call: a KeyboardInterrupt
+        raised inside SQLAlchemy, between a statement and the end of its transaction, left the
+        SQLite connection holding the database's write lock, so every later write (the trial's
+        own FAIL, its heartbeat, the next process's) waited out the busy timeout and failed. A
+        signal during the call interrupts when it returns. Signals reach the main thread only,
+        so other threads need no shield."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self._shields += 1
+        try:
+            yield
+        finally:
+            self._shields -= 1
+        if self._in_trial and not self._shields and self.requested:
+            self._in_trial = False
+            raise KeyboardInterrupt
 
     def sleep(self, seconds: float) -> None:
         """Wait, but wake up soon after a stop is requested."""

@@ -8,8 +8,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import importlib.util
+import inspect
 import logging
 import os
 import warnings
@@ -24,6 +26,7 @@ from sqlalchemy.engine import make_url
 from autoft.config import BaseTaskConfig, StudyConfig
 from autoft.errors import UsageError
 from autoft.schedule import run_stale_again
+from autoft.signals import Stop
 
 log = logging.getLogger("autoft")
 
@@ -75,8 +78,30 @@ def sqlite_lock(database: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def open_storage(url: str) -> RDBStorage:
-    """An RDB storage with heartbeats, so trials of a killed worker are found and run again.
+class ShieldedStorage(RDBStorage):
+    """An RDB storage whose every call runs whole under a worker's Stop (Stop.shielded): a
+    signal during a trial's storage call interrupts the trial when the call returns."""
+
+    stop: Stop | None = None  # set once built: RDBStorage.__init__ calls its own methods
+
+
+def _shielded(method):
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        with self.stop.shielded() if self.stop else contextlib.nullcontext():
+            return method(self, *args, **kwargs)
+
+    return call
+
+
+for _name, _method in vars(RDBStorage).items():
+    if inspect.isfunction(_method) and not _name.startswith("__"):
+        setattr(ShieldedStorage, _name, _shielded(_method))
+
+
+def open_storage(url: str, stop: Stop | None = None) -> RDBStorage:
+    """An RDB storage with heartbeats, so trials of a killed worker are found and run again;
+    with a worker's Stop, one whose calls a signal does not cut in half (ShieldedStorage).
 
     A new SQLite file gets its tables under the file lock beside it: two processes creating
     them at once would otherwise both insert Alembic's version row, and one would fail.
@@ -90,7 +115,7 @@ def open_storage(url: str) -> RDBStorage:
                     else contextlib.nullcontext())
         with creating, warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
+            storage = (RDBStorage if stop is None else ShieldedStorage)(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=HEARTBEAT_SECONDS,
@@ -103,6 +128,9 @@ def open_storage(url: str) -> RDBStorage:
             f"Cannot open storage {redact(url)} ({reason}); check the URL and that "
             f"the database server is running."
         ) from None
+    if stop is not None:
+        storage.stop = stop
+    return storage
 
 
 def make_sampler(seed: int, n_trials: int) -> optuna.samplers.TPESampler:

@@ -184,7 +184,7 @@ def work(
     try:
         try:
             prepared = prepare_study(config, echo=log.debug)
-            storage = open_storage(url)
+            storage = open_storage(url, stop)  # a signal never cuts a storage call in half
             study = optuna.load_study(
                 study_name=config.name,
                 storage=storage,

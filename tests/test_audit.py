@@ -20,8 +20,9 @@ import autoft.plots
 from autoft.audit import BaseSplit, split_base
 from autoft.cli import main
 from autoft.plots import retention_plot
-from autoft.report import build_summary, summary_text, write_report
+from autoft.report import summary_text, write_report
 from autoft.study import Objective
+from autoft.summary import build_summary
 
 DISTRIBUTIONS = {"learning_rate": FloatDistribution(1e-5, 1e-2, log=True),
                  "trainable_layers": IntDistribution(0, 6)}

@@ -10,7 +10,8 @@ import optuna
 from optuna.trial import TrialState, create_trial
 
 from autoft.cli import main
-from autoft.report import build_summary, summary_text
+from autoft.report import summary_text
+from autoft.summary import build_summary
 
 FORGETFUL_SPACE = """\
 learning_rate: {low: 1.0e-3, high: 1.0e-2, log: true, default: 1.0e-2}

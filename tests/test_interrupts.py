@@ -1,6 +1,7 @@
 """Stopping and starting a study with real processes on real SQLite: an interrupted config runs
 again (the default first), Ctrl-C still writes the report, a new study can be created by two
-processes at once, a bad storage URL stops before anything is loaded, recorded paths are absolute.
+processes at once, a bad storage URL stops before anything is loaded, recorded paths are absolute,
+a signal never cuts a storage call in half.
 """
 
 from __future__ import annotations
@@ -14,11 +15,15 @@ import subprocess
 import time
 from pathlib import Path
 
+import optuna
 import pytest
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
+from sqlalchemy import event
 
 from autoft.cli import main
 from autoft.schedule import budget_used
+from autoft.signals import Stop
 from autoft.storage import open_storage
 
 START_1 = "starts:\n  - {learning_rate: 1.0e-3, trainable_layers: 0}\n"
@@ -172,3 +177,44 @@ def test_a_relative_model_path_is_recorded_absolute_and_exports_from_elsewhere(
     monkeypatch.chdir(tmp_path)
     assert main(["export", "--study", "rel", "--studies-dir", str(studies), "out"]) == 0
     assert (tmp_path / "out" / "config.json").is_file()
+
+
+def test_a_signal_inside_a_storage_call_interrupts_when_it_returns(tmp_path) -> None:
+    """SIGINT lands, as it may, inside SQLAlchemy while a trial reports: right after a SELECT of
+    the report's transaction. Raised there, the KeyboardInterrupt left the SQLite connection
+    holding the write lock: the trial stayed RUNNING and every later write waited out the 60 s
+    busy timeout and failed (a search that had not ended 120 s after Ctrl-C). Now the report is
+    written whole, the trial is interrupted as it returns, and the database stays writable."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    stop = Stop()
+    storage = open_storage(url, stop)
+    study = optuna.create_study(storage=storage, study_name="shield")
+    armed, landed = [], []
+
+    @event.listens_for(storage.engine, "after_cursor_execute")
+    def signal_here(conn, cursor, statement, *args) -> None:
+        if armed and not landed and statement.lstrip().upper().startswith("SELECT"):
+            landed.append(statement)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def objective(trial: optuna.Trial) -> float:
+        with stop.trial():
+            trial.report(0.5, 0)
+            armed.append(True)
+            trial.report(0.6, 1)
+            time.sleep(30)  # not reached: the interrupt comes as the report returns
+        return 1.0
+
+    stop.install()
+    started = time.time()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            study.optimize(objective, n_trials=1)
+    finally:
+        stop.uninstall()
+    assert landed and time.time() - started < 10
+    trial = study.get_trials()[0]
+    assert trial.state == TrialState.FAIL and trial.intermediate_values == {0: 0.5, 1: 0.6}
+    other = RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 1}})
+    other.set_study_user_attr(study._study_id, "written", True)  # "database is locked" before
+

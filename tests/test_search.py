@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
 from autoft.cli import main
-from autoft.report import build_summary
+from autoft.summary import build_summary
 
 LEARNABLE_SPACE = """\
 learning_rate: {low: 1.0e-3, high: 5.0e-3, log: true, default: 2.0e-3}

@@ -1,0 +1,119 @@
+"""summary.json: the study's outcome as data, read from the storage alone (the best feasible
+trial, the default config's, the counts, the retention front and the price of the bar).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from autoft.tradeoff import price_of_the_bar
+from autoft.trials import (
+    best_feasible,
+    counts,
+    default_trial,
+    full_params,
+    last_value,
+    least_forgetful,
+    score_sign,
+)
+
+
+def trial_entry(trial: optuna.trial.FrozenTrial | None, audits: dict | None = None) -> dict | None:
+    """A trial in summary.json; a pruned one's value is the score it had when it was stopped, and
+    `audit` is its retention on the held-out base data (autoft.audit), when it was audited."""
+    if trial is None:
+        return None
+    attrs = trial.user_attrs
+    stopped = trial.state == TrialState.PRUNED
+    return {
+        "number": trial.number,
+        "state": trial.state.name.lower(),
+        "value": last_value(trial) if stopped else trial.value,
+        "stopped": attrs.get("prune_reason", "pruned") if stopped else None,
+        "params": full_params(trial),
+        "retention": attrs.get("retention"),
+        "base_score": attrs.get("base_score"),
+        "audit": (audits or {}).get(str(trial.number)),
+        "train_seconds": attrs.get("train_seconds"),
+        "checkpoint": attrs.get("checkpoint"),
+        "mix": attrs.get("mix"),
+    }
+
+
+def retention_front(study: optuna.Study) -> list[dict]:
+    """Complete trials not beaten on both target score and retention (the trade-off curve)."""
+    sign = score_sign(study)
+    rated = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("retention") is not None and t.value is not None
+    ]
+    front = [
+        t
+        for t in rated
+        if not any(
+            sign * o.value >= sign * t.value
+            and o.user_attrs["retention"] >= t.user_attrs["retention"]
+            and (sign * o.value > sign * t.value
+                 or o.user_attrs["retention"] > t.user_attrs["retention"])
+            for o in rated
+        )
+    ]
+    return [
+        {"number": t.number, "value": t.value, "retention": t.user_attrs["retention"]}
+        for t in sorted(front, key=lambda t: t.value)
+    ]
+
+
+def build_summary(study: optuna.Study) -> dict:
+    """Everything a person or a script needs to know about the study's outcome."""
+    attrs = study.user_attrs
+    best = best_feasible(study)
+    trials = study.get_trials(deepcopy=False)
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete]
+    audits = attrs.get("audits")
+    summary = {
+        "study": study.study_name,
+        "metric": attrs.get("metric"),
+        "direction": study.direction.name.lower(),
+        "depth": attrs.get("depth"),
+        "best": trial_entry(best, audits),
+        "default": trial_entry(default_trial(study), audits),
+        "counts": counts(study),
+        "seconds": (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0,
+        "notes": attrs.get("notes", []),
+    }
+    if attrs.get("base"):
+        summary["base"] = base_entry(attrs["base"])
+        summary["front"] = retention_front(study)
+        summary["price"] = price_of_the_bar(trials, attrs["base"]["min_retention"],
+                                            attrs.get("depth") or 0, score_sign(study))
+        if best is None:
+            summary["least_forgetful"] = trial_entry(least_forgetful(study))
+    return summary
+
+
+def base_entry(base: dict) -> dict:
+    """The base facts for summary.json: the split described, not its list of indices."""
+    split = base.get("split")
+    if not split:
+        return base
+    audit_part = {"unit": split["unit"], "total": split["total"],
+                  "held_out": len(split["audit"]), "note": split["note"]}
+    return {key: value for key, value in base.items() if key != "split"} | {
+        "audit_part": audit_part}
+
+
+def write_summary(study: optuna.Study, study_dir: Path) -> dict:
+    """summary.json in the study folder (written whole, then moved into place)."""
+    summary = build_summary(study)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    tmp = study_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    tmp.replace(study_dir / "summary.json")
+    return summary
