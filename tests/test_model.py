@@ -27,6 +27,7 @@ from autoft.model import (
 
 VOCAB = 50
 TEXT = {"vocab_size": VOCAB, "num_labels": 3, "max_position_embeddings": 32}
+IMAGE = {"image_size": 8, "num_labels": 3}
 BERTLIKE = {
     **TEXT,
     "hidden_size": 32,
@@ -43,8 +44,10 @@ class Arch:
     config_class: str
     config: dict
     depth: int
-    block: str  # regex whose group 1 is the block index
+    block: str  # regex whose group 1 is the block index (see stage_depths)
     head: tuple[str, ...]  # name prefixes of the head
+    stage_depths: tuple[int, ...] = ()  # a staged model: groups stage, layer (none: the
+    # stage's own parts, which feed its first block) and next (parts feeding the next stage)
 
     def build(self) -> transformers.PreTrainedModel:
         """A fresh random model, the same for every call."""
@@ -158,13 +161,48 @@ ARCHS = {
         r"vit\.layers\.(\d+)\.",
         ("vit.layernorm.", "classifier."),
     ),
+    "resnet": Arch(
+        "ResNetForImageClassification",
+        "ResNetConfig",
+        {**IMAGE, "embedding_size": 8, "hidden_sizes": [8, 16], "depths": [2, 1],
+         "layer_type": "basic"},
+        3,
+        r"resnet\.encoder\.stages\.(?P<stage>\d+)\.layers\.(?P<layer>\d+)\.",
+        ("classifier.",),
+        (2, 1),
+    ),
+    "convnext": Arch(
+        "ConvNextForImageClassification",
+        "ConvNextConfig",
+        {**IMAGE, "num_stages": 2, "hidden_sizes": [8, 16], "depths": [2, 1], "patch_size": 2},
+        3,
+        r"convnext\.encoder\.stages\.(?P<stage>\d+)\.(?:layers\.(?P<layer>\d+)|downsampling)",
+        ("convnext.layernorm.", "classifier."),
+        (2, 1),
+    ),
+    "swin": Arch(
+        "SwinForImageClassification",
+        "SwinConfig",
+        {**IMAGE, "patch_size": 2, "embed_dim": 8, "depths": [2, 1], "num_heads": [1, 2],
+         "window_size": 2},
+        3,
+        r"swin\.encoder\.layers\.(?:(?P<stage>\d+)\.blocks\.(?P<layer>\d+)|(?P<next>\d+)\.down)",
+        ("swin.layernorm.", "classifier."),
+        (2, 1),
+    ),
 }
 
 
 def block_index(arch: Arch, name: str) -> int:
     """Which block a parameter name belongs to by the pattern; -1 for none."""
     match = re.match(arch.block, name)
-    return int(match[1]) if match else -1
+    if not match:
+        return -1
+    if not arch.stage_depths:
+        return int(match[1])
+    found = match.groupdict()
+    stage = int(found["stage"]) if found["stage"] is not None else int(found["next"]) + 1
+    return sum(arch.stage_depths[:stage]) + int(found.get("layer") or 0)
 
 
 def expected_trainable(arch: Arch, names: list[str], k: int) -> set[str]:
