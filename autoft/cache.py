@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from autoft.data import Split, TargetData
-from autoft.model import evaluating, find_blocks, split_parameters
+from autoft.model import Blocks, evaluating, find_blocks, split_parameters
 from autoft.train import autocast, autocast_dtype, collate, eval_batches
 
 __all__ = ["CacheUse", "PrefixCache", "PrefixMemo", "PrefixStates", "SplitStates", "cache_key"]
@@ -63,7 +63,7 @@ class SplitStates:
 
     flat: torch.Tensor
     offsets: np.ndarray
-    blocks: nn.ModuleList
+    blocks: Blocks
     frozen: int
 
     def forward(self, model: nn.Module, batch: dict, indices: list[int]):
@@ -104,35 +104,46 @@ class CacheUse:
     seconds: float = 0.0
 
 
-class _Skip(nn.Module):
-    """Stands in for a frozen block below the last one: passes its input on, computes nothing."""
-
-    def forward(self, *args, **kwargs):
-        return args[0] if args else kwargs["hidden_states"]
+_TUPLE_LENGTHS: dict[type, int] = {}  # block classes that return a tuple (Swin: the state and
+# its attention weights), with its length, seen by `hidden_state`
 
 
-class _Replay(nn.Module):
-    """Stands in for the last frozen block: returns the cached output of that block."""
+def hidden_state(block: nn.Module, output):
+    """The hidden state in a block's output: the output, or the first item of a tuple, whose
+    length is remembered for the block's class so that its stand-ins return the same form."""
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+        _TUPLE_LENGTHS[type(block)] = len(output)
+        return output[0]
+    return output
 
-    def __init__(self, state: torch.Tensor):
+
+class _StandIn(nn.Module):
+    """Takes a frozen block's place: returns `state`, or for a block below the last frozen one
+    (state None) its own input, in the form the block returns (a tensor, or a tuple with empty
+    extras such as attention weights)."""
+
+    def __init__(self, block: nn.Module, state: torch.Tensor | None):
         super().__init__()
         self.state = state
+        self.length = _TUPLE_LENGTHS.get(type(block), 0)
 
     def forward(self, *args, **kwargs):
-        return self.state
+        state = self.state
+        if state is None:
+            state = args[0] if args else kwargs["hidden_states"]
+        return (state,) + (None,) * (self.length - 1) if self.length else state
 
 
 @contextlib.contextmanager
-def replaying(blocks: nn.ModuleList, frozen: int, state: torch.Tensor) -> Iterator[None]:
+def replaying(blocks: Blocks, frozen: int, state: torch.Tensor) -> Iterator[None]:
     """Swap the bottom `frozen` blocks for stand-ins, so a normal forward call starts from `state`.
 
     The stack keeps its length, so layer indices, attention masks and whatever runs between blocks
     stay as the model computes them; only the frozen blocks' work is skipped.
     """
     originals = [blocks[i] for i in range(frozen)]
-    for i in range(frozen - 1):
-        blocks[i] = _Skip()
-    blocks[frozen - 1] = _Replay(state)
+    for i, block in enumerate(originals):
+        blocks[i] = _StandIn(block, state if i == frozen - 1 else None)
     try:
         yield
     finally:
@@ -169,7 +180,9 @@ class PrefixMemo:
             with replaying(blocks, frozen, self.states[key]):
                 return model(**batch)
         seen = []
-        handle = blocks[frozen - 1].register_forward_hook(lambda _m, _a, out: seen.append(out))
+        handle = blocks[frozen - 1].register_forward_hook(
+            lambda m, _a, out: seen.append(hidden_state(m, out))
+        )
         try:
             output = model(**batch)
         finally:
@@ -195,7 +208,7 @@ class _Stop(Exception):
 
 @torch.no_grad()
 def capture(
-    model: nn.Module, blocks: nn.ModuleList, depths: tuple[int, ...], batch: dict
+    model: nn.Module, blocks: Blocks, depths: tuple[int, ...], batch: dict
 ) -> dict[int, torch.Tensor]:
     """The output of block `d - 1` for every depth `d`, on a padded batch; eval mode required.
 
@@ -205,7 +218,7 @@ def capture(
     outputs: dict[int, list] = {depth: [] for depth in depths}
     handles = [
         blocks[depth - 1].register_forward_hook(
-            lambda _m, _a, out, depth=depth: outputs[depth].append(out)
+            lambda m, _a, out, depth=depth: outputs[depth].append(hidden_state(m, out))
         )
         for depth in depths
     ]
