@@ -120,12 +120,14 @@ def _audit(study: optuna.Study, base: dict, trials: list, echo):
     from autoft.config import BaseTaskConfig
     from autoft.export import load_trial_model
     from autoft.forgetting import build_base_task
-    from autoft.model import load_model
+    from autoft.tasks import recorded_task
 
     attrs = study.user_attrs
     config = attrs["config"]
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_model(attrs["model"], attrs["label_names"], config["trust_remote_code"])
+    kind = recorded_task(attrs)
+    model, tokenizer = kind.load_model(attrs["model"], attrs["label_names"],
+                                       config["trust_remote_code"])
     split = BaseSplit.from_dict(base.get("split"))
     task = build_base_task(BaseTaskConfig(**config["base"]), attrs["model"], tokenizer,
                            base["max_length"], config["trust_remote_code"], split=split,
@@ -135,7 +137,7 @@ def _audit(study: optuna.Study, base: dict, trials: list, echo):
     base_observed = task.observe(model.to(device), device)
     for trial in trials:
         try:
-            tuned, _ = load_trial_model(attrs["model"], attrs["label_names"], trial,
+            tuned, _ = load_trial_model(kind, attrs["model"], attrs["label_names"], trial,
                                         config["trust_remote_code"])
         except UsageError as error:
             echo(f"  trial {trial.number} not audited: {error}")

@@ -31,9 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoft.data import Split, TargetData
+from autoft.data import TargetData
 from autoft.model import Blocks, evaluating, find_blocks, split_parameters
-from autoft.train import autocast, autocast_dtype, collate, eval_batches
+from autoft.tasks import Task, get_task
+from autoft.train import autocast, autocast_dtype
 
 __all__ = ["CacheUse", "PrefixCache", "PrefixMemo", "PrefixStates", "SplitStates", "cache_key"]
 
@@ -246,9 +247,9 @@ def cache_key(model: nn.Module, data: TargetData, frozen: int, device: torch.dev
     """A fingerprint of everything the cached states depend on.
 
     The weights and buffers that run below the first trainable block, the model's class and config
-    (minus its folder, labels and loss, which the first forward with labels sets), every token id
-    and segment id, the max length, the freeze depth, and the device type and autocast dtype the
-    states are computed under.
+    (minus its folder, labels and loss, which the first forward with labels sets), every input
+    the task feeds the model (token ids and segment ids for text), the max length, the freeze
+    depth, and the device type and autocast dtype the states are computed under.
     """
     digest = hashlib.sha256()
     config = {
@@ -265,16 +266,10 @@ def cache_key(model: nn.Module, data: TargetData, frozen: int, device: torch.dev
     for name, tensor in sorted(tensors + list(model.named_buffers())):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    task = get_task(data.task)
     for split in (data.train, data.validation):
-        lengths = np.array([len(ids) for ids in split.input_ids], dtype=np.int64)
-        digest.update(lengths.tobytes())
-        for per_token in (split.input_ids, split.token_type_ids):
-            digest.update(b"-" if per_token is None else _flat(per_token).tobytes())
+        task.digest_inputs(split, digest)
     return digest.hexdigest()[:32]
-
-
-def _flat(per_token: list[list[int]]) -> np.ndarray:
-    return np.fromiter((t for ids in per_token for t in ids), np.int64)
 
 
 class PrefixCache:
@@ -310,7 +305,8 @@ class PrefixCache:
         with evaluating(model):
             key = cache_key(model, data, frozen, device)
             if key not in _REPLAYED:  # the same key means the same architecture, depth and weights
-                _REPLAYED[key] = check_replay(model, blocks, frozen, data.train, pad_id, device)
+                _REPLAYED[key] = check_replay(model, blocks, frozen, get_task(data.task),
+                                              data.train, pad_id, device)
             hidden, dtype = _REPLAYED[key]
             path = self.folder / f"{key}.states"
             header = _open_valid(path, data, warn=False)
@@ -356,14 +352,15 @@ class PrefixCache:
 
     def _room(self, data: TargetData, hidden: int, dtype: torch.dtype) -> tuple[int, int]:
         """Bytes one depth's states take, and bytes the folder may still grow by."""
-        tokens = sum(len(ids) for split in (data.train, data.validation) for ids in split.input_ids)
+        task = get_task(data.task)
+        tokens = sum(sum(task.sizes(split)) for split in (data.train, data.validation))
         size = HEADER_BYTES + tokens * hidden * torch.finfo(dtype).bits // 8
         self.folder.mkdir(parents=True, exist_ok=True)
         used = sum(f.stat().st_size for f in self.folder.glob("*.states"))
         return size, min(self.max_bytes - used, self._free())
 
 
-def check_replay(model, blocks, frozen, split: Split, pad_id: int, device):
+def check_replay(model, blocks, frozen, task: Task, split, pad_id: int, device):
     """Prove on real examples, on `device` and under training's autocast, that replaying cached
     states gives the model's own logits.
 
@@ -372,9 +369,10 @@ def check_replay(model, blocks, frozen, split: Split, pad_id: int, device):
     raises CacheUnusable if the architecture does not replay exactly (its blocks return something
     else, or the logits differ).
     """
-    order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]))
+    sizes = task.sizes(split)
+    order = sorted(range(len(split)), key=lambda i: sizes[i])
     picks = sorted(set(order[: CHECK_EXAMPLES // 2] + order[-(CHECK_EXAMPLES // 2) :]))
-    batch = collate(split, picks, pad_id, device)
+    batch = task.collate(split, picks, pad_id, device)
     batch.pop("labels")
     name = type(model).__name__
     try:
@@ -383,9 +381,7 @@ def check_replay(model, blocks, frozen, split: Split, pad_id: int, device):
             state = capture(model, blocks, (frozen,), batch)[frozen]
             mask = batch["attention_mask"].bool()
             rows = state[mask]
-            flat = SplitStates(
-                rows, _offsets([len(split.input_ids[i]) for i in picks]), blocks, frozen
-            )
+            flat = SplitStates(rows, _offsets([sizes[i] for i in picks]), blocks, frozen)
             replayed = flat.forward(model, batch, list(range(len(picks)))).logits
     except CacheUnusable as error:
         raise CacheUnusable(f"{name} cannot be replayed from a cache: {error}") from None
@@ -420,7 +416,7 @@ def _build(paths: dict[int, Path], model, blocks, data, pad_id, device, dtype, h
     """Run the frozen prefix once over both splits and write the states of every depth asked for,
     each to a temp file, then renamed into place.
 
-    Batches go shortest examples first (train.eval_batches), so they pad little (in the data's
+    Batches go shortest examples first (the task's eval_batches), so they pad little (in the data's
     order every batch of short tweets padded to its longest: twice the work); each example's rows
     still land at its place in the file.
     """
@@ -430,7 +426,8 @@ def _build(paths: dict[int, Path], model, blocks, data, pad_id, device, dtype, h
         ", ".join(map(str, depths)),
         next(iter(paths.values())).parent,
     )
-    lengths = {name: [len(ids) for ids in getattr(data, name).input_ids] for name in _SPLITS}
+    task = get_task(data.task)
+    lengths = {name: task.sizes(getattr(data, name)) for name in _SPLITS}
     rows = {name: sum(lengths[name]) for name in _SPLITS}
     shape = (sum(rows.values()), hidden)
     element = _stored_as(dtype)
@@ -442,9 +439,9 @@ def _build(paths: dict[int, Path], model, blocks, data, pad_id, device, dtype, h
         }
         first_row = 0
         for name in _SPLITS:
-            split: Split = getattr(data, name)
+            split = getattr(data, name)
             starts = _offsets(lengths[name]) + first_row
-            for indices, batch in eval_batches(split, pad_id, device):
+            for indices, batch in task.eval_batches(split, pad_id, device):
                 with autocast(device):
                     states = capture(model, blocks, depths, batch)
                 for depth, state in states.items():
@@ -521,7 +518,8 @@ def _inspect(path: Path, data: TargetData) -> tuple[str | None, dict]:
     stat = path.stat()
     if stat.st_size != HEADER_BYTES + header.get("payload_bytes", -1):
         return f"{stat.st_size} bytes where the header promises more or less", header
-    expected = {name: sum(map(len, getattr(data, name).input_ids)) for name in _SPLITS}
+    task = get_task(data.task)
+    expected = {name: sum(task.sizes(getattr(data, name))) for name in _SPLITS}
     if header.get("rows") != expected or header.get("version") != FORMAT_VERSION:
         return "rows or version do not match the data", header
     if header.get("dtype") not in _DTYPES:
@@ -546,7 +544,7 @@ def _load(path, header, data, blocks, frozen, device) -> PrefixStates:
         flat = torch.from_numpy(whole[start : start + count]).view(dtype)
         if device.type != "cpu":
             flat = flat.to(device)
-        lengths = [len(ids) for ids in getattr(data, name).input_ids]
-        splits[name] = SplitStates(flat, _offsets(lengths), blocks, frozen)
+        sizes = get_task(data.task).sizes(getattr(data, name))
+        splits[name] = SplitStates(flat, _offsets(sizes), blocks, frozen)
         start += count
     return PrefixStates(**splits)

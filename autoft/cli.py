@@ -32,12 +32,15 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
         help="training data: .csv, .tsv, .jsonl, .json, .parquet, a saved datasets "
         "folder, or a hub name",
     )
+    add("--task", help="text-classification or text-regression (default: auto, from the "
+        "data: a label column of many distinct numbers is a regression)")
     add("--validation", help="validation data (default: a stratified split of --train)")
     add("--val-fraction", type=float, help="share of train kept for validation (default 0.2)")
     add("--text-column", help="column with the text (default: text)")
     add("--text-pair-column", help="a second text column, for sentence pairs")
     add("--label-column", help="column with the label (default: label)")
-    add("--metric", help="accuracy or macro_f1 (default: auto, macro_f1 for unbalanced classes)")
+    add("--metric", help="classification: accuracy or macro_f1 (default: auto, macro_f1 for "
+        "unbalanced classes); regression: spearman (default), pearson or rmse")
     add("--max-length", type=int, help="tokens per text (default: from the data's lengths)")
     add("--max-train-samples", type=int, help="use at most this many training rows")
     add("--max-val-samples", type=int, help="use at most this many validation rows")
@@ -104,6 +107,7 @@ STUDY_FLAG_FIELDS = (
     "devices",
     "trials_per_gpu",
     "model",
+    "task",
     "train",
     "validation",
     "val_fraction",

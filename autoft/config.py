@@ -18,7 +18,6 @@ import yaml
 from autoft.errors import UsageError
 from autoft.presets import apply_preset
 
-METRICS = ("accuracy", "macro_f1")
 BASE_KINDS = ("similarity", "classification", "masked_lm", "drift")
 DATA_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -49,6 +48,7 @@ class StudyConfig:
     model: str
     train: str
     name: str = "study"
+    task: str = "auto"  # an autoft.tasks name; auto: detected from the data (prepare_study)
     validation: str | None = None
     val_fraction: float = 0.2
     text_column: str = "text"
@@ -258,11 +258,6 @@ def _build_base(values: dict[str, Any], origins: dict[str, str]) -> BaseTaskConf
 
 def validate(config: StudyConfig) -> None:
     """Check every value that can be checked without loading the model or the data."""
-    if config.metric not in (*METRICS, "auto"):
-        raise UsageError(
-            f"{config.where('metric')}: unknown metric '{config.metric}'; "
-            f"use one of {', '.join(METRICS)} (or auto)."
-        )
     if not 0.0 < config.val_fraction < 1.0:
         raise UsageError(
             f"{config.where('val_fraction')}: {config.val_fraction} must lie between 0 and 1 "

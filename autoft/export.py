@@ -14,8 +14,8 @@ from transformers.utils import logging as hf_logging
 
 from autoft.describe import describe_params
 from autoft.errors import UsageError
-from autoft.model import load_model
 from autoft.report import best_feasible, full_params
+from autoft.tasks import Task, recorded_task
 
 
 @contextmanager
@@ -31,19 +31,21 @@ def quiet_progress_bars():
 
 
 def load_trial_model(
+    task: Task,
     model_source: str,
     label_names: list[str],
     trial: optuna.trial.FrozenTrial,
     trust_remote_code: bool = False,
 ):
-    """The base model with the trial's trained parameters put back; returns model and tokenizer."""
+    """The base model with the task's head and the trial's trained parameters put back; returns
+    model and processor."""
     checkpoint = trial.user_attrs.get("checkpoint")
     if not checkpoint or not Path(checkpoint).is_file():
         raise UsageError(
             f"Trial {trial.number} has no saved weights on this machine ({checkpoint or 'none'}); "
             f"export a finished trial, on the machine whose worker ran it."
         )
-    model, tokenizer = load_model(model_source, label_names, trust_remote_code)
+    model, processor = task.load_model(model_source, label_names, trust_remote_code)
     trained = load_file(checkpoint)
     missing = set(trained) - set(dict(model.named_parameters()))
     if missing:
@@ -52,7 +54,7 @@ def load_trial_model(
             f"was the study's model changed?"
         )
     model.load_state_dict(trained, strict=False)
-    return model, tokenizer
+    return model, processor
 
 
 def score_line(trial: optuna.trial.FrozenTrial, metric: str) -> str:
@@ -95,6 +97,8 @@ def model_card(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
         "",
         f"Fine-tuned by autoft from {attrs.get('model')} on {attrs.get('data_description')}.",
         "",
+        f"- Task: {recorded_task(attrs).name}",
+        *recorded_task(attrs).card_lines(attrs["label_names"]),
         f"- Config: {describe_params(params, attrs['depth'])}",
         f"- {score_line(trial, attrs['metric'])}",
         f"- {retention_line(trial, attrs.get('base'))}",
@@ -107,7 +111,7 @@ def model_card(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
     lines += [f"| {name} | {value} |" for name, value in sorted(params.items())]
     lines += [
         "",
-        "Load it with `AutoModelForSequenceClassification.from_pretrained(this_folder)`.",
+        f"Load it with `{recorded_task(attrs).auto_class}.from_pretrained(this_folder)`.",
         "",
     ]
     return "\n".join(lines)
@@ -131,12 +135,13 @@ def export_trial(study: optuna.Study, trial_number: int | None, out_dir: Path) -
             f"`autoft status` lists its trials."
         )
     trial = trials[trial_number]
-    model, tokenizer = load_trial_model(
-        attrs["model"], attrs["label_names"], trial, attrs.get("trust_remote_code", False)
+    task = recorded_task(attrs)
+    model, processor = load_trial_model(
+        task, attrs["model"], attrs["label_names"], trial, attrs.get("trust_remote_code", False)
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     with quiet_progress_bars():
         model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    task.save_processor(processor, out_dir)
     (out_dir / "README.md").write_text(model_card(study, trial))
     return out_dir

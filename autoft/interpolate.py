@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from autoft.tasks.base import MAXIMIZE
+
 TUNED = 1.0
 
 
@@ -40,11 +42,13 @@ def mixed_state(
     }
 
 
-def best_mix(points: Iterable[MixPoint]) -> MixPoint:
-    """The best point that passes the bar, or the best of all when none does."""
+def best_mix(points: Iterable[MixPoint], direction: str = MAXIMIZE) -> MixPoint:
+    """The best point (by the metric's `direction`) that passes the bar, or the best of all when
+    none does; ties go to the point nearer the tuned weights."""
     points = list(points)
     keepable = [p for p in points if p.keepable]
-    return max(keepable or points, key=lambda p: (p.value, p.mix))
+    sign = 1 if direction == MAXIMIZE else -1
+    return max(keepable or points, key=lambda p: (sign * p.value, p.mix))
 
 
 def interpolate(

@@ -31,6 +31,7 @@ __all__ = [
     "find_blocks",
     "freeze",
     "load_model",
+    "load_tokenizer",
     "model_depth",
     "split_parameters",
 ]
@@ -40,21 +41,27 @@ _DUMMY_IMAGE_SIZE = 64
 
 
 def load_model(
-    source: str, label_names: list[str], trust_remote_code: bool = False
+    source: str,
+    label_names: list[str],
+    trust_remote_code: bool = False,
+    problem_type: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load `source` (a hub name or a saved folder) with a fresh head for `label_names`.
+    """Load `source` (a hub name or a saved folder) with a fresh head for `label_names` (one
+    output per name; a regression head has one name and `problem_type` 'regression').
 
     A head of another size in the checkpoint is replaced (`ignore_mismatched_sizes`), weights come
     from safetensors where the checkpoint has them, and a tokenizer without a pad token (GPT-2)
     pads with its end-of-sequence token so that batches of several texts work.
     """
-    _check_labels(label_names)
+    if problem_type != "regression":
+        _check_labels(label_names)
     _check_model_folder(source)
     try:
         with _quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+            tokenizer = load_tokenizer(source, trust_remote_code)
             model = AutoModelForSequenceClassification.from_pretrained(
                 source,
+                problem_type=problem_type,
                 num_labels=len(label_names),
                 id2label=dict(enumerate(label_names)),
                 label2id={name: i for i, name in enumerate(label_names)},
@@ -70,6 +77,11 @@ def load_model(
         ) from error
     _ensure_pad_token(model, tokenizer)
     return model, tokenizer
+
+
+def load_tokenizer(source: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The model's tokenizer alone (workers' base-task checks need it without the model)."""
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
 
 
 def _check_labels(label_names: list[str]) -> None:

@@ -10,16 +10,22 @@ import json
 import os
 from pathlib import Path
 
+import torch
+
 from autoft.adapters import get_adapter
+from autoft.audit import BaseSplit
 from autoft.config import StudyConfig
-from autoft.data import load_target, tokenize_target
 from autoft.errors import UsageError
-from autoft.forgetting import find_pair_columns
-from autoft.model import load_model, model_depth
+from autoft.forgetting import find_pair_columns, preservation_texts
+from autoft.guard import BASE_MAX_LENGTH, build_task, measure_base
+from autoft.model import model_depth
 from autoft.space import SearchSpace, load_space
 from autoft.study import Prepared, load_prepared_data, save_prepared
+from autoft.tasks import DataSettings, Task, detect_task, get_task
+from autoft.tasks.text import model_length_limit
 
 DATA_FIELDS = (
+    "task",
     "model",
     "train",
     "validation",
@@ -97,11 +103,6 @@ def prepared_folder(config: StudyConfig) -> Path:
 
 def measure_base_skill(config: StudyConfig, model, tokenizer, echo) -> dict:
     """The untouched model's base-task score, measured once and kept with the study."""
-    import torch
-
-    from autoft.data import model_length_limit
-    from autoft.guard import BASE_MAX_LENGTH, build_task, measure_base
-
     source = Path(config.base.data).name
     echo(f"Measuring the base model's {config.base.kind} skill on {source} ...")
     limit = min(BASE_MAX_LENGTH, model_length_limit(tokenizer, model.config))
@@ -161,14 +162,26 @@ def with_found_pair_columns(config: StudyConfig, echo) -> StudyConfig:
     return dataclasses.replace(config, base=dataclasses.replace(config.base, **found))
 
 
+def check_task_settings(task: Task, config: StudyConfig) -> None:
+    """The metric and the base-task check must be ones the task has."""
+    names = [metric.name for metric in task.metrics]
+    if config.metric != "auto" and config.metric not in names:
+        raise UsageError(
+            f"{config.where('metric')}: unknown metric '{config.metric}' for {task.name}; use "
+            f"one of {', '.join(names)} (or auto)."
+        )
+    if config.base and config.base.kind not in task.base_kinds:
+        raise UsageError(
+            f"{config.where('base.kind')}: {task.name} has no '{config.base.kind}' base-task "
+            f"check; use one of {', '.join(task.base_kinds)}."
+        )
+
+
 def prepare_study(config: StudyConfig, echo=print) -> Prepared:
     """Check everything and prepare the data, or reuse what an earlier run of this study prepared.
 
     Every input problem surfaces here, as a UsageError, before any trial runs.
     """
-    from autoft.audit import BaseSplit
-    from autoft.forgetting import preservation_texts
-
     space = load_space(config.space)
     config = with_found_pair_columns(config, echo)
     if config.base and config.base.preserve_data:
@@ -189,27 +202,33 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
         saved = None
     if saved:
         data, depth, pad_id, base = saved
+        task = get_task(data.task)
         echo(f"Reusing the data prepared earlier in {folder}.")
         if config.text_pair_column and data.train.token_type_ids is None:
             echo("  note: it was prepared before autoft kept segment ids, so its text pairs train "
                  "without them, as its earlier trials did; start a new study to use them.")
     else:
+        settings = DataSettings.from_config(config)
+        task, task_note = detect_task(config.task, settings)
+        check_task_settings(task, config)
         echo(f"Reading {config.train} ...")
-        table = load_target(config)
-        label_names = sorted(set(table[1]))
+        rows = task.read(settings)
+        if task_note:
+            rows = dataclasses.replace(rows, notes=[task_note, *rows.notes])
         echo(f"Loading model {config.model} ...")
-        model, tokenizer = load_model(config.model, label_names, config.trust_remote_code)
+        model, processor = task.load_model(config.model, task.label_names(rows, settings),
+                                           config.trust_remote_code)
         depth = model_depth(model)
-        data = tokenize_target(config, table, tokenizer, model.config)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        data = task.encode(rows, processor, model.config, settings)
+        pad_id = getattr(processor, "pad_token_id", None) or 0
     resolved = space.resolve(depth)
     check_eval_interval(config, resolved, len(data.train))
     if not saved:
-        base = measure_base_skill(config, model, tokenizer, echo) if config.base else None
+        base = measure_base_skill(config, model, processor, echo) if config.base else None
     needs_check = [n for n in resolved.values_of("adapter") if n != "freeze"]
     if needs_check:
         if saved:  # resumed: the model is loaded only to check the adapters it may get
-            model, _ = load_model(config.model, data.label_names, config.trust_remote_code)
+            model, _ = task.load_model(config.model, data.label_names, config.trust_remote_code)
         for name in needs_check:
             get_adapter(name).check(model, resolved.source)
     preserved = (preservation_texts(config.base, BaseSplit.from_dict(base["split"]))

@@ -29,12 +29,13 @@ from sqlalchemy.engine import make_url
 from autoft.adapters import get_adapter
 from autoft.cache import PrefixCache
 from autoft.config import BaseTaskConfig, StudyConfig
-from autoft.data import Split, TargetData
+from autoft.data import TargetData
 from autoft.errors import UsageError
 from autoft.interpolate import TUNED, MixPoint, best_mix, interpolate, mixed_state
-from autoft.model import load_model, split_parameters
+from autoft.model import split_parameters
 from autoft.presets import search_settings
 from autoft.space import SearchSpace
+from autoft.tasks import DEFAULT_TASK, MAXIMIZE, Task, get_task
 from autoft.train import (
     Evaluation,
     StopTraining,
@@ -76,6 +77,16 @@ class Prepared:
     depth: int
     pad_id: int
     base: dict | None = None
+
+    @property
+    def task(self) -> Task:
+        """The task kind its data was prepared for (autoft.tasks)."""
+        return get_task(self.data.task)
+
+    @property
+    def direction(self) -> str:
+        """Whether the search maximizes or minimizes its target metric."""
+        return self.task.metric(self.data.metric).direction
 
 
 def redact(url: str) -> str:
@@ -166,12 +177,14 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     )
 
 
-def open_study(config: StudyConfig, storage: RDBStorage | None = None) -> optuna.Study:
-    """Create the study or load it to resume; same name and storage means the same study."""
+def open_study(config: StudyConfig, storage: RDBStorage | None = None,
+               direction: str = MAXIMIZE) -> optuna.Study:
+    """Create the study or load it to resume; same name and storage means the same study.
+    `direction` is the target metric's (Prepared.direction): RMSE is minimized."""
     return optuna.create_study(
         storage=storage or open_storage(storage_url(config)),
         study_name=config.name,
-        direction="maximize",
+        direction=direction,
         sampler=make_sampler(config),
         pruner=make_pruner(config),
         load_if_exists=True,
@@ -300,12 +313,6 @@ def save_trial_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
     tmp.replace(path)
 
 
-def load_tokenizer(config: StudyConfig):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(config.model, trust_remote_code=config.trust_remote_code)
-
-
 def make_guard(prepared: Prepared):
     """This worker's forgetting guard, built from the base facts measured once for the study."""
     from autoft.audit import BaseSplit
@@ -313,8 +320,8 @@ def make_guard(prepared: Prepared):
 
     config = prepared.config
     split = BaseSplit.from_dict(prepared.base.get("split"))
-    return ForgettingGuard(build_task(config, load_tokenizer(config), prepared.base["max_length"],
-                                      split),
+    processor = prepared.task.load_processor(config.model, config.trust_remote_code)
+    return ForgettingGuard(build_task(config, processor, prepared.base["max_length"], split),
                            prepared.base)
 
 
@@ -326,7 +333,8 @@ def make_preservation(prepared: Prepared, task):
 
     config = prepared.config
     split = BaseSplit.from_dict(prepared.base["split"])
-    return Preservation(task, preservation_texts(config.base, split), load_tokenizer(config),
+    processor = prepared.task.load_processor(config.model, config.trust_remote_code)
+    return Preservation(task, preservation_texts(config.base, split), processor,
                         config.study_dir / "preserve", config.model)
 def evaluation_interval(prepared: Prepared) -> int | None:
     """Samples between evaluations: the user's setting; with a base task, at least
@@ -362,7 +370,8 @@ class Objective:
         trial.set_user_attr("threads", torch.get_num_threads())  # CPU sums depend on it
         torch.manual_seed(seed)  # the new head's initial weights, whatever ran before
         trial.set_user_attr("adapter", params.adapter)
-        model, _ = load_model(config.model, data.label_names, config.trust_remote_code)
+        model, _ = self.prepared.task.load_model(config.model, data.label_names,
+                                                 config.trust_remote_code)
         adapter = get_adapter(params.adapter)
         trial.set_user_attr(
             "trainable_parameters", adapter.apply(model, params.trainable_layers, params)
@@ -388,14 +397,14 @@ class Objective:
                 evaluation.value,
                 evaluation.train_loss,
             )
-            trial.report(evaluation.value, evaluation.step)
+            trial.report(evaluation.value, evaluation.step)  # the pruner knows the direction
             if guard is not None:
                 guard.after_evaluation(trial, any(e["keepable"] for e in evaluations))
             if trial.should_prune():
-                trial.set_user_attr("prune_reason", "below the median of earlier trials")
+                trial.set_user_attr("prune_reason", "worse than the median of earlier trials")
                 raise optuna.TrialPruned(
                     f"{data.metric} {evaluation.value:.4f} at step "
-                    f"{evaluation.step} is below the median"
+                    f"{evaluation.step} is worse than the median"
                 )
 
         try:
@@ -464,8 +473,7 @@ class Objective:
         prepared, guard = self.prepared, self.base_check
 
         def score() -> float:
-            data = prepared.data
-            return evaluate(model, data.validation, data.metric, prepared.pad_id, self.device)
+            return evaluate(model, prepared.data, prepared.pad_id, self.device)
 
         def check() -> tuple[float | None, bool]:
             if guard is None:
@@ -475,7 +483,7 @@ class Objective:
 
         points = [MixPoint(TUNED, result.best.value, *check()),
                   *interpolate(model, untouched, tuned, head, prepared.space.mixes, score, check)]
-        chosen = best_mix(points)
+        chosen = best_mix(points, prepared.direction)
         trial.set_user_attr("interpolation", [dataclasses.asdict(p) for p in points])
         trial.set_user_attr("mix", chosen.mix)
         if chosen.mix != TUNED:
@@ -513,9 +521,11 @@ def record_study_facts(study: optuna.Study, prepared: Prepared) -> None:
     config, data = prepared.config, prepared.data
     facts = {
         "model": config.model,
+        "task": data.task,
         "label_names": data.label_names,
         "depth": prepared.depth,
         "metric": data.metric,
+        "direction": prepared.direction,
         "notes": data.notes,
         "trust_remote_code": config.trust_remote_code,
         "default_params": prepared.space.default_params(),
@@ -526,7 +536,7 @@ def record_study_facts(study: optuna.Study, prepared: Prepared) -> None:
         "train_examples": len(data.train),
         "data_description": (
             f"{Path(config.train).name} ({len(data.train)} training and "
-            f"{len(data.validation)} validation examples, labels "
+            f"{len(data.validation)} validation examples, {data.task}, labels "
             f"{', '.join(data.label_names)})"
         ),
     }
@@ -577,6 +587,7 @@ def save_prepared(prepared: Prepared, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     data = prepared.data
     content = {
+        "task": data.task,
         "train": dataclasses.asdict(data.train),
         "validation": dataclasses.asdict(data.validation),
         "label_names": data.label_names,
@@ -600,13 +611,16 @@ def load_prepared_data(folder: Path) -> tuple[TargetData, int, int, dict | None]
         return None
     try:
         content = json.loads(path.read_text())
+        task = content.get("task", DEFAULT_TASK)  # prepared before tasks: classification
+        split = get_task(task).split_class
         data = TargetData(
-            train=Split(**content["train"]),
-            validation=Split(**content["validation"]),
+            train=split(**content["train"]),
+            validation=split(**content["validation"]),
             label_names=content["label_names"],
             metric=content["metric"],
             max_length=content["max_length"],
             notes=content["notes"],
+            task=task,
         )
         return data, content["depth"], content["pad_id"], content.get("base")
     except (KeyError, TypeError) as error:

@@ -1,5 +1,5 @@
-"""One trial's fine-tuning loop in plain PyTorch: AdamW with warmup and linear decay, length-
-bucketed dynamic padding, an evaluation every epoch (or N samples) passed to a pruning callback.
+"""One trial's fine-tuning loop in plain PyTorch: AdamW with warmup and linear decay, the task's
+batches (autoft.tasks), an evaluation every epoch (or N samples) passed to a pruning callback.
 
 The frozen prefix always runs in eval mode, so training from the prefix cache (autoft.cache) and
 without it compute the same thing. No host synchronisation per step: the loss is summed on the
@@ -18,18 +18,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import torch
-from sklearn.metrics import accuracy_score, f1_score
 
 from autoft.adapters import get_adapter
-from autoft.data import Split, TargetData
+from autoft.data import TargetData
 from autoft.model import evaluating, find_blocks, split_parameters
+from autoft.tasks import MAXIMIZE, get_task
 
 if TYPE_CHECKING:
     from autoft.cache import PrefixCache, SplitStates
-
-BUCKET_BATCHES = 50
-EVAL_BATCH_SIZE = 128
-
 
 class TrialFailed(Exception):
     """The trial cannot go on (NaN loss, out of memory); its message is the recorded reason."""
@@ -98,6 +94,7 @@ class TrialResult:
     cache_seconds: float = 0.0
     interpolated: float | None = None  # the score of the interpolation point it keeps, if any
     head_first_seconds: float = 0.0  # LP-FT's head-only phase, apart from the trained samples
+    direction: str = MAXIMIZE  # the metric's: which evaluation is best
 
     @property
     def value(self) -> float:
@@ -108,7 +105,8 @@ class TrialResult:
     @property
     def best(self) -> Evaluation | None:
         keepable = [e for e in self.evaluations if e.keepable]
-        return max(keepable or self.evaluations, key=lambda e: e.value, default=None)
+        sign = 1 if self.direction == MAXIMIZE else -1
+        return max(keepable or self.evaluations, key=lambda e: sign * e.value, default=None)
 
     @property
     def has_keepable(self) -> bool:
@@ -117,47 +115,6 @@ class TrialResult:
     @property
     def samples_per_second(self) -> float:
         return self.samples_seen / self.train_seconds if self.train_seconds else 0.0
-
-
-def score(metric: str, labels: list[int], predictions: list[int]) -> float:
-    """The target metric: accuracy or macro-averaged F1."""
-    if metric == "macro_f1":
-        return float(f1_score(labels, predictions, average="macro", zero_division=0))
-    return float(accuracy_score(labels, predictions))
-
-
-def bucketed_batches(
-    lengths: list[int], batch_size: int, generator: torch.Generator
-) -> list[list[int]]:
-    """Shuffled batches of similar-length examples, so dynamic padding pads little."""
-    order = torch.randperm(len(lengths), generator=generator).tolist()
-    chunk = batch_size * BUCKET_BATCHES
-    batches = []
-    for start in range(0, len(order), chunk):
-        bucket = sorted(order[start : start + chunk], key=lambda i: lengths[i])
-        batches += [bucket[i : i + batch_size] for i in range(0, len(bucket), batch_size)]
-    shuffled = torch.randperm(len(batches), generator=generator).tolist()
-    return [batches[i] for i in shuffled]
-
-
-def collate(split: Split, indices: list[int], pad_id: int, device: torch.device) -> dict:
-    """Pad one batch to its longest example; the mask marks the real tokens. Segment ids, where
-    the split has them, pad with 0 (padding is masked out)."""
-    width = max(len(split.input_ids[i]) for i in indices)
-    ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(indices), width), dtype=torch.long)
-    segments = None if split.token_type_ids is None else torch.zeros_like(ids)
-    for row, i in enumerate(indices):
-        tokens = split.input_ids[i]
-        ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-        mask[row, : len(tokens)] = 1
-        if segments is not None:
-            segments[row, : len(tokens)] = torch.tensor(split.token_type_ids[i], dtype=torch.long)
-    batch = {"input_ids": ids, "attention_mask": mask}
-    if segments is not None:
-        batch["token_type_ids"] = segments
-    batch["labels"] = torch.tensor([split.labels[i] for i in indices], dtype=torch.long)
-    return {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
@@ -244,36 +201,25 @@ def forward(model, batch: dict, indices: list[int], prefix: SplitStates | None):
     return model(**batch) if prefix is None else prefix.forward(model, batch, indices)
 
 
-def eval_batches(split: Split, pad_id: int, device: torch.device) -> Iterator[tuple[list, dict]]:
-    """(indices, inputs) of batches for a pass without training: shortest examples first, so
-    each batch pads little; no labels."""
-    lengths = [len(ids) for ids in split.input_ids]
-    order = sorted(range(len(split)), key=lambda i: lengths[i])
-    for start in range(0, len(order), EVAL_BATCH_SIZE):
-        indices = order[start : start + EVAL_BATCH_SIZE]
-        batch = collate(split, indices, pad_id, device)
-        batch.pop("labels")
-        yield indices, batch
-
-
 @torch.no_grad()
 def evaluate(
     model,
-    split: Split,
-    metric: str,
+    data: TargetData,
     pad_id: int,
     device: torch.device,
     prefix: SplitStates | None = None,
 ) -> float:
-    """The metric on a split, in eval mode; restores every module's mode after."""
-    predictions = [0] * len(split)
+    """The data's metric on its validation split, in eval mode, as its task predicts and scores;
+    restores every module's mode after."""
+    task, split = get_task(data.task), data.validation
+    predictions = [None] * len(split)
     with evaluating(model):
-        for indices, batch in eval_batches(split, pad_id, device):
+        for indices, batch in task.eval_batches(split, pad_id, device):
             with autocast(device):
                 logits = forward(model, batch, indices, prefix).logits
-            for i, prediction in zip(indices, logits.argmax(-1).tolist(), strict=True):
+            for i, prediction in zip(indices, task.predictions(logits), strict=True):
                 predictions[i] = prediction
-    return score(metric, split.labels, predictions)
+    return task.score(data.metric, split.labels, predictions)
 
 
 def evaluation_points(
@@ -319,13 +265,13 @@ def train_head_first(model, data: TargetData, params: TrialParams, device: torch
     depth = len(find_blocks(model))
     states = cache.states_for(model, data, depth, device, pad_id).states if cache else None
     set_train_mode(model, depth)
-    lengths = [len(ids) for ids in data.train.input_ids]
+    task = get_task(data.task)
     optimizer = build_optimizer(model, params)
-    steps = math.ceil(len(lengths) / params.batch_size) * params.head_first_epochs
+    steps = math.ceil(len(data.train) / params.batch_size) * params.head_first_epochs
     scheduler = linear_schedule(optimizer, steps, params.warmup_ratio)
     for _ in range(params.head_first_epochs):
-        for batch_indices in bucketed_batches(lengths, params.batch_size, generator):
-            batch = collate(data.train, batch_indices, pad_id, device)
+        for batch_indices in task.train_batches(data.train, params.batch_size, generator):
+            batch = task.collate(data.train, batch_indices, pad_id, device)
             with autocast(device):
                 loss = forward(model, batch, batch_indices, states and states.train).loss
             update(loss, optimizer, scheduler)
@@ -360,8 +306,10 @@ def train_trial(
     loss that trains; the reported train loss stays the task's own, comparable across trials.
     """
     model.to(device)
+    task = get_task(data.task)
     frozen = frozen_blocks(model, params.trainable_layers)
-    result = TrialResult(cache_note="off" if cache is None else "nothing frozen")
+    result = TrialResult(cache_note="off" if cache is None else "nothing frozen",
+                         direction=task.metric(data.metric).direction)
     states = None
     if cache is not None and frozen > 0:
         use = cache.states_for(model, data, frozen, device, pad_id)
@@ -373,13 +321,11 @@ def train_trial(
         result.head_first_seconds = train_head_first(model, data, params, device, pad_id,
                                                      generator, cache)
     set_train_mode(model, frozen)
-    lengths = [len(ids) for ids in data.train.input_ids]
-    steps_per_epoch = math.ceil(len(lengths) / params.batch_size)
+    rows = len(data.train)
+    steps_per_epoch = math.ceil(rows / params.batch_size)
     optimizer = build_optimizer(model, params)
     scheduler = linear_schedule(optimizer, steps_per_epoch * params.epochs, params.warmup_ratio)
-    points = set(
-        evaluation_points(len(lengths), params.batch_size, params.epochs, eval_every_samples)
-    )
+    points = set(evaluation_points(rows, params.batch_size, params.epochs, eval_every_samples))
     adapter = get_adapter(params.adapter)
     loss_sum = torch.zeros((), device=device)
     loss_count = 0
@@ -387,9 +333,9 @@ def train_trial(
     step = 0
     for epoch in range(params.epochs):
         for index, batch_indices in enumerate(
-            bucketed_batches(lengths, params.batch_size, generator)
+            task.train_batches(data.train, params.batch_size, generator)
         ):
-            batch = collate(data.train, batch_indices, pad_id, device)
+            batch = task.collate(data.train, batch_indices, pad_id, device)
             with autocast(device):
                 loss = forward(model, batch, batch_indices, states and states.train).loss
                 extras = [term(model, step) for term in loss_terms]
@@ -426,7 +372,7 @@ def _evaluate_and_report(
     if not math.isfinite(train_loss):
         raise TrialFailed(f"training loss became {train_loss} (not finite)")
     began = time.perf_counter()
-    value = evaluate(model, data.validation, data.metric, pad_id, device, prefix)
+    value = evaluate(model, data, pad_id, device, prefix)
     evaluation = Evaluation(
         step=len(result.evaluations) + 1,
         samples_seen=result.samples_seen,

@@ -28,9 +28,11 @@ from autoft.cache import (
 )
 from autoft.cli import build_parser, config_from_args
 from autoft.cli import main as cli_main
-from autoft.data import Split, TargetData
+from autoft.data import TargetData
 from autoft.model import find_blocks, freeze, load_model
-from autoft.train import TrialParams, collate, set_train_mode, train_trial
+from autoft.tasks import get_task
+from autoft.tasks.text import Split, collate
+from autoft.train import TrialParams, set_train_mode, train_trial
 
 DEPTH = 4
 PAD = 0
@@ -290,7 +292,8 @@ class DictModel(nn.Module):
 def test_an_architecture_that_does_not_replay_is_refused() -> None:
     model = DictModel().eval()
     with pytest.raises(Exception, match="return dict, not a hidden-state tensor"):
-        check_replay(model, model.layers, 1, make_data().train, PAD, torch.device("cpu"))
+        check_replay(model, model.layers, 1, get_task("text-classification"), make_data().train,
+                     PAD, torch.device("cpu"))
 
 
 def _build_in_child(model_dir: str, folder: str, queue) -> None:

@@ -13,6 +13,7 @@ from autoft.cli import main
 from autoft.errors import UsageError
 from autoft.export import export_trial, load_trial_model
 from autoft.report import best_feasible
+from autoft.tasks import recorded_task
 
 TEXTS = ["the film was good", "awful food", "very nasty show", "a lovely day"]
 
@@ -31,7 +32,8 @@ def test_exported_best_trial_predicts_like_its_weights(tiny_study, tmp_path: Pat
     exported = AutoModelForSequenceClassification.from_pretrained(tmp_path / "best")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "best")
     attrs = study.user_attrs
-    expected, expected_tokenizer = load_trial_model(attrs["model"], attrs["label_names"], best)
+    expected, expected_tokenizer = load_trial_model(recorded_task(attrs), attrs["model"],
+                                                    attrs["label_names"], best)
     torch.testing.assert_close(logits(exported, tokenizer), logits(expected, expected_tokenizer))
     assert exported.config.id2label == dict(enumerate(attrs["label_names"]))
     card = (tmp_path / "best" / "README.md").read_text()
@@ -47,7 +49,8 @@ def test_export_of_a_pruned_trial_says_where_it_stopped(tiny_study, tmp_path: Pa
     out = export_trial(study, pruned.number, tmp_path / "pruned")
     exported = AutoModelForSequenceClassification.from_pretrained(out)
     base, tokenizer = load_trial_model(
-        study.user_attrs["model"], study.user_attrs["label_names"], pruned
+        recorded_task(study.user_attrs), study.user_attrs["model"],
+        study.user_attrs["label_names"], pruned
     )
     torch.testing.assert_close(logits(exported, tokenizer), logits(base, tokenizer))
     card = (out / "README.md").read_text()

@@ -12,6 +12,7 @@ from test_cache import PAD, PARAMS, fresh_model, make_data
 
 from autoft.interpolate import MixPoint, best_mix, interpolate, mixed_state
 from autoft.model import split_parameters
+from autoft.tasks import get_task
 from autoft.train import evaluate, train_trial
 
 
@@ -43,7 +44,7 @@ def test_a_grid_is_scored_and_the_model_is_left_tuned(tiny_model_dir) -> None:
     mixes = []
 
     def score() -> float:
-        return evaluate(model, data.validation, "accuracy", PAD, torch.device("cpu"))
+        return evaluate(model, data, PAD, torch.device("cpu"))
 
     def check() -> tuple[float, bool]:
         name = next(n for n in tuned if n not in head)
@@ -112,8 +113,9 @@ def test_an_interpolating_trial_keeps_its_best_passing_point_and_exports_it(
                                      "studies_dir": str(tmp_path / "s"), "base_kind": "drift",
                                      "base_data": str(tiny_csv), "base_min_retention": 0.99})
     data = prepare_study(config, echo=lambda line: None).data
-    model, _ = load_trial_model(str(tiny_model_dir), data.label_names, trial)
-    assert evaluate(model, data.validation, data.metric, 0, torch.device("cpu")) == trial.value
+    model, _ = load_trial_model(get_task(data.task), str(tiny_model_dir), data.label_names,
+                                trial)
+    assert evaluate(model, data, 0, torch.device("cpu")) == trial.value
 
 
 def test_the_head_trains_alone_first_and_the_layers_after(tiny_model_dir) -> None:

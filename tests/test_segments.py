@@ -21,7 +21,8 @@ from autoft.forgetting import build_base_task
 from autoft.model import freeze, load_model
 from autoft.prepare import prepare_study, prepared_folder
 from autoft.study import load_prepared_data
-from autoft.train import TrialParams, collate, train_trial
+from autoft.tasks.text import collate
+from autoft.train import TrialParams, train_trial
 
 PARAMS = TrialParams(learning_rate=3e-3, head_lr_multiplier=5.0, batch_size=8,
                      trainable_layers=1, epochs=2, weight_decay=0.0, warmup_ratio=0.0)

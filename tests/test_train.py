@@ -11,9 +11,9 @@ import pytest
 import torch
 from test_cache import PAD, PARAMS, fresh_model, make_data
 
+from autoft.tasks.text import bucketed_batches
 from autoft.train import (
     TrialFailed,
-    bucketed_batches,
     evaluate,
     evaluation_points,
     train_trial,
@@ -76,7 +76,7 @@ def test_a_non_finite_loss_fails_the_trial(tiny_model_dir) -> None:
 def test_evaluate_restores_every_module_mode(tiny_model_dir) -> None:
     model = fresh_model(tiny_model_dir, 1).train()
     model.bert.embeddings.eval()
-    value = evaluate(model, make_data().validation, "accuracy", PAD, torch.device("cpu"))
+    value = evaluate(model, make_data(), PAD, torch.device("cpu"))
     assert 0.0 <= value <= 1.0
     assert model.training and not model.bert.embeddings.training
     assert model.bert.encoder.training

@@ -1,0 +1,184 @@
+"""The Task interface: everything one kind of fine-tuning task does its own way (reading and
+checking the data, the model class and its processor, batches, loss and metrics, what the prefix
+cache stores, the base-task checks it supports, what export saves). Study, workers, guard,
+pruning, report and export call a Task and know no kind.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+MAXIMIZE, MINIMIZE = "maximize", "minimize"
+EVAL_BATCH_SIZE = 128
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """The settings that shape a study's target data (a slice of StudyConfig), with where each
+    came from, for error messages."""
+
+    train: str
+    validation: str | None = None
+    val_fraction: float = 0.2
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    metric: str = "auto"
+    max_length: int | None = None
+    max_train_samples: int | None = None
+    max_val_samples: int | None = None
+    seed: int = 0
+    origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_config(cls, config) -> DataSettings:
+        """The data settings of a StudyConfig (or anything with the same fields)."""
+        names = [name for name in cls.__dataclass_fields__ if name != "origins"]
+        return cls(**{name: getattr(config, name) for name in names}, origins=config.origins)
+
+    def where(self, name: str) -> str:
+        """Where a field's value came from ('--train', 'x.yaml field train')."""
+        return self.origins.get(name, f"setting '{name}'")
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The target data as read and checked, before the processor: inputs and labels of each
+    split (inputs are whatever the task reads: texts, text pairs, image paths), and notes on
+    the choices made (said on screen)."""
+
+    train_inputs: list
+    train_labels: list
+    val_inputs: list
+    val_labels: list
+    notes: list[str]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A target metric: its name as the user writes it, whether higher is better, and words for
+    the report ('macro-F1', 'RMSE, lower is better')."""
+
+    name: str
+    direction: str  # MAXIMIZE or MINIMIZE
+    words: str
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether `a` beats `b`."""
+        return a > b if self.direction == MAXIMIZE else a < b
+
+
+class Task(ABC):
+    """One kind of task. Subclasses set the class attributes and implement the abstract methods;
+    the defaults suit tasks whose examples have a length (text)."""
+
+    name: ClassVar[str]  # 'text-classification': the value of `task:` and --task
+    metrics: ClassVar[tuple[Metric, ...]]  # the first is the default unless choose_metric says
+    base_kinds: ClassVar[tuple[str, ...]]  # forgetting checks it supports (config.BASE_KINDS)
+    cache_layout: ClassVar[str]  # 'per_token' (unpadded rows + offsets) or 'fixed' (one shape)
+    split_class: ClassVar[type]  # a dataclass of plain lists: prepared/ keeps it as JSON
+    auto_class: ClassVar[str]  # the transformers class that loads the exported model
+
+    # reading and checking the data
+
+    @classmethod
+    def detect(cls, settings: DataSettings) -> str | None:
+        """Why the training data plainly holds this kind of task, in words for the screen ("the
+        label column 'score' holds 812 distinct numbers"); None when it does not say so.
+        detect_task asks each kind in turn; it must not fail on data of another kind."""
+        return None
+
+    @abstractmethod
+    def read(self, settings: DataSettings) -> Rows:
+        """Read train (and validation, or split it off train), checked: a bad row is a
+        UsageError naming the file, the row and the fix."""
+
+    # the model
+
+    @abstractmethod
+    def load_model(self, source: str, label_names: list[str], trust_remote_code: bool):
+        """The pretrained model with a new head for this task, and its processor (tokenizer or
+        image processor); a model that cannot do this task is a UsageError."""
+
+    @abstractmethod
+    def load_processor(self, source: str, trust_remote_code: bool):
+        """The processor alone (workers' base-task checks need it, not the model)."""
+
+    @abstractmethod
+    def label_names(self, rows: Rows, settings: DataSettings) -> list[str]:
+        """The names of the head's outputs (classes; the label column for one regression output)."""
+
+    # encoding and batches
+
+    @abstractmethod
+    def encode(self, rows: Rows, processor, model_config, settings: DataSettings):
+        """Everything trials share about the target data (data.TargetData), computed once; the
+        chosen metric and other choices are appended to its notes."""
+
+    @abstractmethod
+    def collate(self, split, indices: list[int], pad_id: int, device: torch.device) -> dict:
+        """The model's inputs for examples `indices` of `split`, with `labels`, on `device`."""
+
+    @abstractmethod
+    def sizes(self, split) -> list[int]:
+        """Rows each example's hidden state takes (text: its tokens; fixed shapes: 1); the
+        batches group by it and the prefix cache lays its file out by it."""
+
+    @abstractmethod
+    def digest_inputs(self, split, digest) -> None:
+        """Feed `digest` (a hashlib object) every input of `split` the model's hidden states
+        depend on: part of the prefix cache's key."""
+
+    def train_batches(self, split, batch_size: int, generator: torch.Generator) -> list[list[int]]:
+        """One epoch's batches of indices, shuffled by `generator`."""
+        order = torch.randperm(len(split), generator=generator).tolist()
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+    def eval_batches(self, split, pad_id: int, device: torch.device,
+                     size: int = EVAL_BATCH_SIZE) -> Iterator[tuple[list[int], dict]]:
+        """(indices, inputs without labels) of batches for a pass without training, smallest
+        examples first, so each batch pads little."""
+        sizes = self.sizes(split)
+        order = sorted(range(len(split)), key=lambda i: sizes[i])
+        for start in range(0, len(order), size):
+            indices = order[start : start + size]
+            batch = self.collate(split, indices, pad_id, device)
+            batch.pop("labels")
+            yield indices, batch
+
+    # scoring
+
+    @abstractmethod
+    def predictions(self, logits: torch.Tensor) -> list:
+        """What the model predicts for each row of `logits` (a class index, a number)."""
+
+    @abstractmethod
+    def score(self, metric: str, labels: list, predictions: list) -> float:
+        """The value of `metric` for `predictions` against `labels`."""
+
+    def choose_metric(self, settings: DataSettings, labels: list) -> tuple[str, str | None]:
+        """The metric the search optimizes, and a note saying why when it was chosen here."""
+        if settings.metric != "auto":
+            return settings.metric, None
+        return self.metrics[0].name, None
+
+    @classmethod
+    def metric(cls, name: str) -> Metric:
+        """The Metric called `name` (config validation checked that it is one of this task's)."""
+        return next(metric for metric in cls.metrics if metric.name == name)
+
+    # export
+
+    def save_processor(self, processor, folder: Path) -> None:
+        """Save what turns raw inputs into model inputs beside the exported model."""
+        processor.save_pretrained(folder)
+
+    def card_lines(self, label_names: list[str]) -> list[str]:
+        """Lines the exported model's card adds about what the head outputs."""
+        return [f"- Labels: {', '.join(label_names)}"]

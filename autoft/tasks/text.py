@@ -1,0 +1,248 @@
+"""What the text kinds share: texts (or text pairs) read from a table, tokenized once with a max
+length chosen from the data, length-bucketed batches padded per batch, and the prefix cache's
+per-token layout. text_classification and text_regression differ only in their labels.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from autoft.data import TargetData, column, read_table, text_column
+from autoft.model import load_model, load_tokenizer
+from autoft.tasks.base import DataSettings, Rows, Task
+
+BUCKET_BATCHES = 50
+MAX_LENGTH_PERCENTILE = 98
+
+
+@dataclass(frozen=True)
+class Split:
+    """One tokenized split: token ids per example (unpadded), labels (class indices or numbers),
+    and the segment ids of each token where the tokenizer gives them (BERT-style pairs: 0 for the
+    first text, 1 for the second); None where it gives none, or in data prepared before autoft
+    kept them."""
+
+    input_ids: list[list[int]]
+    labels: list
+    token_type_ids: list[list[int]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def bucketed_batches(
+    lengths: list[int], batch_size: int, generator: torch.Generator
+) -> list[list[int]]:
+    """Shuffled batches of similar-length examples, so dynamic padding pads little."""
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    chunk = batch_size * BUCKET_BATCHES
+    batches = []
+    for start in range(0, len(order), chunk):
+        bucket = sorted(order[start : start + chunk], key=lambda i: lengths[i])
+        batches += [bucket[i : i + batch_size] for i in range(0, len(bucket), batch_size)]
+    shuffled = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffled]
+
+
+def collate(split: Split, indices: list[int], pad_id: int, device: torch.device) -> dict:
+    """Pad one batch to its longest example; the mask marks the real tokens. Segment ids, where
+    the split has them, pad with 0 (padding is masked out). Labels keep their type: class
+    indices become a long tensor, numbers a float one."""
+    width = max(len(split.input_ids[i]) for i in indices)
+    ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(indices), width), dtype=torch.long)
+    segments = None if split.token_type_ids is None else torch.zeros_like(ids)
+    for row, i in enumerate(indices):
+        tokens = split.input_ids[i]
+        ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        mask[row, : len(tokens)] = 1
+        if segments is not None:
+            segments[row, : len(tokens)] = torch.tensor(split.token_type_ids[i], dtype=torch.long)
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if segments is not None:
+        batch["token_type_ids"] = segments
+    batch["labels"] = torch.tensor([split.labels[i] for i in indices])
+    return {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
+
+
+def tokenize(tokenizer, texts: list, max_length: int | None) -> dict[str, list[list[int]]]:
+    """The tokenizer's outputs per text (input_ids, and token_type_ids where it makes them),
+    truncated; padding and the attention mask happen per batch in training."""
+    if texts and isinstance(texts[0], tuple):
+        first, second = zip(*texts, strict=True)
+        return tokenizer(
+            list(first), list(second), truncation=max_length is not None, max_length=max_length
+        )
+    return tokenizer(list(texts), truncation=max_length is not None, max_length=max_length)
+
+
+def tokenize_split(tokenizer, texts: list, labels: list, max_length: int) -> Split:
+    """A split as training reads it: every per-token input the tokenizer makes for the model."""
+    encoded = tokenize(tokenizer, texts, max_length)
+    return Split(encoded["input_ids"], labels, encoded.get("token_type_ids"))
+
+
+def model_length_limit(tokenizer, model_config) -> int:
+    """The longest input the model accepts (tokenizers often report a huge placeholder)."""
+    limits = [
+        getattr(model_config, "max_position_embeddings", None),
+        getattr(model_config, "n_positions", None),
+        tokenizer.model_max_length,
+    ]
+    usable = [limit for limit in limits if isinstance(limit, int) and 0 < limit < 100_000]
+    return min(usable) if usable else 512
+
+
+def choose_max_length(settings: DataSettings, lengths: list[int], model_limit: int):
+    """Cover nearly every example without padding everything to the model's limit."""
+    if settings.max_length is not None:
+        return min(settings.max_length, model_limit), None
+    covering = int(np.percentile(lengths, MAX_LENGTH_PERCENTILE))
+    chosen = min(model_limit, max(16, 8 * math.ceil(covering / 8)))
+    return chosen, (
+        f"max_length: {chosen} tokens, which covers {MAX_LENGTH_PERCENTILE}% of the "
+        f"training texts whole (model limit {model_limit})"
+    )
+
+
+def texts_of(table, settings: DataSettings, where: str, source: str) -> list:
+    """The text of each row, or (text, pair) tuples; see data.text_column for what is refused."""
+    first = text_column(table, settings.text_column, where + " / --text-column", source)
+    if not settings.text_pair_column:
+        return first
+    second = text_column(table, settings.text_pair_column, where + " / --text-pair-column",
+                         source)
+    return list(zip(first, second, strict=True))
+
+
+def subsample(inputs: list, labels: list, limit: int | None, seed: int, stratify: bool):
+    """Keep at most `limit` rows; stratified where asked and possible, so the class mix stays."""
+    if limit is None or len(labels) <= limit:
+        return inputs, labels
+    counts = Counter(labels) if stratify else {}
+    by = labels if counts and min(counts.values()) >= 2 and limit >= len(counts) else None
+    kept_inputs, _, kept_labels, _ = train_test_split(
+        inputs, labels, train_size=limit, stratify=by, random_state=seed
+    )
+    return kept_inputs, kept_labels
+
+
+class TextTask(Task):
+    """A task on texts or text pairs with AutoModelForSequenceClassification and a tokenizer;
+    subclasses say what a label is and how it is split and scored."""
+
+    cache_layout = "per_token"
+    split_class = Split
+    auto_class = "AutoModelForSequenceClassification"
+    stratified: ClassVar[bool]  # whether splits and subsamples keep the label mix
+
+    @abstractmethod
+    def parse_labels(self, values: list, settings: DataSettings, where: str, source: str) -> list:
+        """The label column's values as this task's labels; a bad one is a UsageError naming
+        its row."""
+
+    @abstractmethod
+    def check_train_labels(self, labels: list, settings: DataSettings) -> None:
+        """Refuse training labels the task cannot learn from (one class, one number)."""
+
+    @abstractmethod
+    def split_off_validation(self, inputs: list, labels: list, settings: DataSettings):
+        """(train inputs, validation inputs, train labels, validation labels, how) out of
+        train; `how` is words for the note (', stratified')."""
+
+    @abstractmethod
+    def encode_labels(self, labels: list, label_names: list[str]) -> list:
+        """Labels as the model's loss reads them (class indices, floats)."""
+
+    @abstractmethod
+    def check_validation_labels(self, labels: list, train_labels: list,
+                                settings: DataSettings) -> None:
+        """Refuse validation labels the trained head cannot output."""
+
+    def _read_split(self, source: str, settings: DataSettings, field_name: str, split: str):
+        where = settings.where(field_name)
+        table = read_table(source, where, split)
+        values = column(table, settings.label_column, where + " / --label-column", source)
+        labels = self.parse_labels(values, settings, where, source)
+        return texts_of(table, settings, where, source), labels
+
+    def read(self, settings: DataSettings) -> Rows:
+        notes: list[str] = []
+        train_inputs, train_labels = self._read_split(settings.train, settings, "train", "train")
+        self.check_train_labels(train_labels, settings)
+        if settings.validation:
+            val_inputs, val_labels = self._read_split(settings.validation, settings,
+                                                      "validation", "validation")
+            self.check_validation_labels(val_labels, train_labels, settings)
+        else:
+            train_inputs, val_inputs, train_labels, val_labels, how = self.split_off_validation(
+                train_inputs, train_labels, settings)
+        train_inputs, train_labels = subsample(
+            train_inputs, train_labels, settings.max_train_samples, settings.seed, self.stratified)
+        val_inputs, val_labels = subsample(
+            val_inputs, val_labels, settings.max_val_samples, settings.seed, self.stratified)
+        if not settings.validation:
+            capped = f", at most {settings.max_val_samples}" if settings.max_val_samples else ""
+            notes.append(
+                f"validation: {len(val_labels)} rows held out of {Path(settings.train).name}"
+                f"{how} ({settings.val_fraction:.0%}{capped}), since no --validation was given"
+            )
+        return Rows(train_inputs, train_labels, val_inputs, val_labels, notes)
+
+    def load_model(self, source: str, label_names: list[str], trust_remote_code: bool):
+        return load_model(source, label_names, trust_remote_code, **self.head_settings())
+
+    def head_settings(self) -> dict:
+        """How the new head is configured beyond its labels (problem_type)."""
+        return {}
+
+    def load_processor(self, source: str, trust_remote_code: bool):
+        return load_tokenizer(source, trust_remote_code)
+
+    def encode(self, rows: Rows, processor, model_config, settings: DataSettings) -> TargetData:
+        label_names = self.label_names(rows, settings)
+        metric, metric_note = self.choose_metric(settings, rows.train_labels)
+        limit = model_length_limit(processor, model_config)
+        untruncated = tokenize(processor, rows.train_inputs[:5000], None)["input_ids"]
+        max_length, length_note = choose_max_length(settings, [len(i) for i in untruncated],
+                                                    limit)
+        notes = rows.notes + [note for note in (metric_note, length_note) if note]
+        return TargetData(
+            train=tokenize_split(processor, rows.train_inputs,
+                                 self.encode_labels(rows.train_labels, label_names), max_length),
+            validation=tokenize_split(processor, rows.val_inputs,
+                                      self.encode_labels(rows.val_labels, label_names),
+                                      max_length),
+            label_names=label_names,
+            metric=metric,
+            max_length=max_length,
+            notes=notes,
+            task=self.name,
+        )
+
+    def collate(self, split: Split, indices: list[int], pad_id: int, device: torch.device) -> dict:
+        return collate(split, indices, pad_id, device)
+
+    def sizes(self, split: Split) -> list[int]:
+        return [len(ids) for ids in split.input_ids]
+
+    def digest_inputs(self, split: Split, digest) -> None:
+        """Lengths, token ids and segment ids."""
+        digest.update(np.array(self.sizes(split), dtype=np.int64).tobytes())
+        for per_token in (split.input_ids, split.token_type_ids):
+            digest.update(b"-" if per_token is None else
+                          np.fromiter((t for ids in per_token for t in ids), np.int64).tobytes())
+
+    def train_batches(self, split: Split, batch_size: int, generator: torch.Generator
+                      ) -> list[list[int]]:
+        return bucketed_batches(self.sizes(split), batch_size, generator)
+

@@ -1,0 +1,119 @@
+"""text-regression: one number per text (or text pair), one output trained with MSE; a random
+validation split; Spearman (default) or Pearson correlation, higher is better, or RMSE, lower is
+better. Detected when the label column holds numbers with many distinct values or fractions.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from scipy.stats import ConstantInputWarning, pearsonr, spearmanr
+from sklearn.model_selection import train_test_split
+
+from autoft.data import column, is_missing, read_table, row_name
+from autoft.errors import UsageError
+from autoft.tasks.base import MAXIMIZE, MINIMIZE, DataSettings, Metric, Rows
+from autoft.tasks.text import TextTask
+
+# Integer labels with at most this many distinct values are classes, not amounts.
+MAX_CLASS_VALUES = 20
+
+
+def as_number(value) -> float | None:
+    """`value` as a finite number, or None when it is not one (a bool is not a number here)."""
+    if isinstance(value, bool) or is_missing(value):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+class TextRegression(TextTask):
+    """A number per text or text pair (a rating, a similarity score)."""
+
+    name = "text-regression"
+    metrics = (
+        Metric("spearman", MAXIMIZE, "Spearman correlation"),
+        Metric("pearson", MAXIMIZE, "Pearson correlation"),
+        Metric("rmse", MINIMIZE, "RMSE, lower is better"),
+    )
+    base_kinds = ("similarity", "classification", "masked_lm", "drift")
+    stratified = False
+
+    @classmethod
+    def detect(cls, settings: DataSettings) -> str | None:
+        """Numbers in every row of the label column, more than MAX_CLASS_VALUES distinct ones
+        or some with a fraction."""
+        try:
+            table = read_table(settings.train, settings.where("train"))
+            values = column(table, settings.label_column, "", settings.train)
+        except UsageError:
+            return None  # the reading that follows says what is wrong
+        numbers = [as_number(value) for value in values]
+        if any(number is None for number in numbers):
+            return None
+        distinct = len(set(numbers))
+        fractions = any(not number.is_integer() for number in numbers)
+        if distinct <= MAX_CLASS_VALUES and not fractions:
+            return None
+        kind = "numbers with fractions" if fractions else "whole numbers"
+        return (f"the label column '{settings.label_column}' holds {distinct} distinct {kind}")
+
+    def parse_labels(self, values: list, settings: DataSettings, where: str, source: str):
+        numbers = [as_number(value) for value in values]
+        bad = next((i for i, number in enumerate(numbers) if number is None), None)
+        if bad is not None:
+            raise UsageError(
+                f"{where}: {row_name(source, bad)} of {source} has the label "
+                f"{str(values[bad])!r} in column '{settings.label_column}', which is not a "
+                f"number; text-regression needs a number in every row: fix or drop that row, "
+                f"or set --task text-classification."
+            )
+        return numbers
+
+    def check_train_labels(self, labels: list, settings: DataSettings) -> None:
+        if len(set(labels)) < 2:
+            raise UsageError(
+                f"{settings.where('train')}: column '{settings.label_column}' of "
+                f"{settings.train} holds one value ({labels[0]}) in every row; a regression "
+                f"needs labels that vary."
+            )
+
+    def check_validation_labels(self, labels: list, train_labels: list,
+                                settings: DataSettings) -> None:
+        """Any number can be predicted."""
+
+    def split_off_validation(self, inputs: list, labels: list, settings: DataSettings):
+        parts = train_test_split(inputs, labels, test_size=settings.val_fraction,
+                                 random_state=settings.seed)
+        return (*parts, ", at random")
+
+    def label_names(self, rows: Rows, settings: DataSettings) -> list[str]:
+        return [settings.label_column]
+
+    def encode_labels(self, labels: list, label_names: list[str]) -> list[float]:
+        return [float(label) for label in labels]
+
+    def head_settings(self) -> dict:
+        return {"problem_type": "regression"}
+
+    def predictions(self, logits) -> list[float]:
+        return logits.float().squeeze(-1).tolist()
+
+    def score(self, metric: str, labels: list, predictions: list) -> float:
+        """The metric; a correlation with predictions that do not vary (an untrained head can
+        give one value) is 0, not NaN, so the trial gets a score."""
+        if metric == "rmse":
+            return float(np.sqrt(np.mean((np.array(labels) - np.array(predictions)) ** 2)))
+        correlate = spearmanr if metric == "spearman" else pearsonr
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConstantInputWarning)
+            value = float(correlate(labels, predictions)[0])
+        return value if math.isfinite(value) else 0.0
+
+    def card_lines(self, label_names: list[str]) -> list[str]:
+        return [f"- Output: one number, the '{label_names[0]}' column (regression)"]
