@@ -1,11 +1,12 @@
 """The frozen-prefix cache: the hidden states leaving the frozen bottom blocks, computed once per
 model, data, max length and depth, kept memory-mapped in the study folder and replayed in training.
 
-Layout: one file per key, `<key>.states`: a 4 KiB JSON header (dtype, hidden size, token rows per
-split, payload size, SHA-256 of the payload) and then every example's states unpadded, one row per
-real token, train first and validation after, in the data's order. Offsets come from the token
-counts, so padding is rebuilt per batch (zeros, masked out) and never stored. Files appear only by
-rename, under a lock, so concurrent workers either build or reuse, and a damaged file is rebuilt.
+Layout: one file per key, `<key>.states`: a 4 KiB JSON header (dtype, row width, rows per split,
+payload size, SHA-256 of the payload, and for fixed-shape states the shape of one) and then every
+example's states, train first and validation after, in the data's order: text's unpadded, one row
+per real token (offsets come from the token counts, so padding is rebuilt per batch: zeros, masked
+out), an image's as one row (the task's cache_layout says which). Files appear only by rename,
+under a lock, so concurrent workers either build or reuse, and a damaged file is rebuilt.
 
 Precision: the cache is built under the autocast training runs under (train.autocast: bf16 on GPUs
 that have it, none on CPU) and stores each state in the dtype the block gave there, unrounded, so a
@@ -20,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -60,19 +62,28 @@ class CacheUnusable(Exception):
 
 @dataclass
 class SplitStates:
-    """One split's cached states: a flat (tokens × hidden) tensor and where each example starts."""
+    """One split's cached states: a flat (rows × width) tensor and where each example starts; for
+    the fixed layout (images) the shape of one example's state, which is its one row."""
 
     flat: torch.Tensor
     offsets: np.ndarray
     blocks: Blocks
     frozen: int
+    shape: tuple[int, ...] | None = None
 
     def forward(self, model: nn.Module, batch: dict, indices: list[int]):
-        """The model's output on a padded batch, with the frozen prefix replaced by the cache.
+        """The model's output on a batch, with the frozen prefix replaced by the cache.
 
-        `collate` pads on the right, so row r's tokens are at positions 0..length of that row; the
-        padding keeps zeros, which the attention mask hides from every real token.
+        Per token: `collate` pads on the right, so row r's tokens are at positions 0..length of
+        that row; the padding keeps zeros, which the attention mask hides from every real token.
+        Fixed: each example's row, in its shape.
         """
+        if self.shape is not None:
+            device = self.flat.device
+            rows = self.flat.index_select(0, torch.tensor(indices, device=device))
+            state = rows.view(len(indices), *self.shape).to(next(iter(batch.values())).device)
+            with replaying(self.blocks, self.frozen, state):
+                return model(**batch)
         shape = batch["attention_mask"].shape
         spans = [(self.offsets[i], self.offsets[i + 1]) for i in indices]
         source = np.concatenate([np.arange(start, end) for start, end in spans])
@@ -301,6 +312,9 @@ class PrefixCache:
         return CacheUse(states, note, time.perf_counter() - started)
 
     def _states(self, model, data, frozen, device, pad_id) -> tuple[PrefixStates, str]:
+        refusal = get_task(data.task).cache_refusal(data.train)
+        if refusal:
+            raise CacheUnusable(refusal)
         blocks = find_blocks(model)
         with evaluating(model):
             key = cache_key(model, data, frozen, device)
@@ -318,7 +332,7 @@ class PrefixCache:
                         paths = {frozen: path} | self._spare_depths(
                             model, data, frozen, len(blocks), hidden, dtype, device
                         )
-                        _build(paths, model, blocks, data, pad_id, device, dtype, hidden)
+                        _build(paths, model, blocks, data, pad_id, device, dtype)
                         header = _open_valid(path, data, warn=True)
                         note = "built"
         if header is None:
@@ -364,8 +378,9 @@ def check_replay(model, blocks, frozen, task: Task, split, pad_id: int, device):
     """Prove on real examples, on `device` and under training's autocast, that replaying cached
     states gives the model's own logits.
 
-    The examples have different lengths, so the batch is padded and the states are stored unpadded
-    and re-padded with zeros, as in training. Returns the hidden size and the dtype of the states;
+    Text examples have different lengths, so the batch is padded and the states are stored
+    unpadded and re-padded with zeros, as in training; fixed-shape states (images) are stored one
+    row per example. Returns the row width and the dtype of the states;
     raises CacheUnusable if the architecture does not replay exactly (its blocks return something
     else, or the logits differ).
     """
@@ -379,9 +394,9 @@ def check_replay(model, blocks, frozen, task: Task, split, pad_id: int, device):
         with torch.no_grad(), autocast(device):
             expected = model(**batch).logits
             state = capture(model, blocks, (frozen,), batch)[frozen]
-            mask = batch["attention_mask"].bool()
-            rows = state[mask]
-            flat = SplitStates(rows, _offsets([sizes[i] for i in picks]), blocks, frozen)
+            shape = tuple(state.shape[1:]) if task.cache_layout == "fixed" else None
+            rows = _rows(state, batch, shape)
+            flat = SplitStates(rows, _offsets([sizes[i] for i in picks]), blocks, frozen, shape)
             replayed = flat.forward(model, batch, list(range(len(picks)))).logits
     except CacheUnusable as error:
         raise CacheUnusable(f"{name} cannot be replayed from a cache: {error}") from None
@@ -392,7 +407,12 @@ def check_replay(model, blocks, frozen, task: Task, split, pad_id: int, device):
         raise CacheUnusable(
             f"{name} gives other logits when replayed from a cache (off by {gap:.2g})"
         )
-    return state.shape[-1], state.dtype
+    return rows.shape[-1], state.dtype
+
+
+def _rows(state: torch.Tensor, batch: dict, shape: tuple[int, ...] | None) -> torch.Tensor:
+    """A batch's states as stored: a row per real token, or for fixed shapes a row per example."""
+    return state.flatten(1) if shape is not None else state[batch["attention_mask"].bool()]
 
 
 def _offsets(lengths: list[int]) -> np.ndarray:
@@ -412,9 +432,10 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 @torch.no_grad()
-def _build(paths: dict[int, Path], model, blocks, data, pad_id, device, dtype, hidden) -> None:
+def _build(paths: dict[int, Path], model, blocks, data, pad_id, device, dtype) -> None:
     """Run the frozen prefix once over both splits and write the states of every depth asked for,
-    each to a temp file, then renamed into place.
+    each to a temp file, then renamed into place. A file is sized on its depth's first batch: in
+    a model built in stages (ResNet) each depth's states have their own shape.
 
     Batches go shortest examples first (the task's eval_batches), so they pad little (in the data's
     order every batch of short tweets padded to its longest: twice the work); each example's rows
@@ -429,14 +450,13 @@ def _build(paths: dict[int, Path], model, blocks, data, pad_id, device, dtype, h
     task = get_task(data.task)
     lengths = {name: task.sizes(getattr(data, name)) for name in _SPLITS}
     rows = {name: sum(lengths[name]) for name in _SPLITS}
-    shape = (sum(rows.values()), hidden)
+    total = sum(rows.values())
+    fixed = task.cache_layout == "fixed"
     element = _stored_as(dtype)
     tmps = {d: p.with_name(f"{p.name}.{os.getpid()}.tmp") for d, p in paths.items()}
+    files: dict[int, np.memmap] = {}
+    shapes: dict[int, list[int] | None] = {}
     try:
-        files = {
-            d: np.memmap(tmps[d], dtype=element, mode="w+", offset=HEADER_BYTES, shape=shape)
-            for d in depths
-        }
         first_row = 0
         for name in _SPLITS:
             split = getattr(data, name)
@@ -445,6 +465,13 @@ def _build(paths: dict[int, Path], model, blocks, data, pad_id, device, dtype, h
                 with autocast(device):
                     states = capture(model, blocks, depths, batch)
                 for depth, state in states.items():
+                    if depth not in files:
+                        shapes[depth] = list(state.shape[1:]) if fixed else None
+                        width = math.prod(state.shape[1:]) if fixed else state.shape[-1]
+                        files[depth] = np.memmap(tmps[depth], dtype=element, mode="w+",
+                                                 offset=HEADER_BYTES, shape=(total, width))
+                    if fixed:
+                        state = state.flatten(1).unsqueeze(1)  # one row per example
                     state = _to_numpy(state.to(dtype))  # already `dtype`: proven by check_replay
                     for row, i in enumerate(indices):
                         files[depth][starts[i] : starts[i + 1]] = state[row, : lengths[name][i]]
@@ -454,9 +481,10 @@ def _build(paths: dict[int, Path], model, blocks, data, pad_id, device, dtype, h
             header = {
                 "version": FORMAT_VERSION,
                 "dtype": str(dtype).removeprefix("torch."),
-                "hidden": hidden,
+                "hidden": states.shape[1],
+                "shape": shapes[depth],
                 "rows": rows,
-                "payload_bytes": shape[0] * hidden * element.itemsize,
+                "payload_bytes": states.size * element.itemsize,
                 "sha256": _payload_digest(tmps[depth]),
             }
             with open(tmps[depth], "r+b") as out:
@@ -545,6 +573,7 @@ def _load(path, header, data, blocks, frozen, device) -> PrefixStates:
         if device.type != "cpu":
             flat = flat.to(device)
         sizes = get_task(data.task).sizes(getattr(data, name))
-        splits[name] = SplitStates(flat, _offsets(sizes), blocks, frozen)
+        shape = tuple(header["shape"]) if header.get("shape") else None
+        splits[name] = SplitStates(flat, _offsets(sizes), blocks, frozen, shape)
         start += count
     return PrefixStates(**splits)

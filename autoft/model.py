@@ -32,8 +32,10 @@ __all__ = [
     "freeze",
     "load_model",
     "load_tokenizer",
+    "loading",
     "model_depth",
     "split_parameters",
+    "with_new_head",
 ]
 
 _DUMMY_LENGTH = 4
@@ -55,28 +57,45 @@ def load_model(
     """
     if problem_type != "regression":
         _check_labels(label_names)
+    with loading(source):
+        tokenizer = load_tokenizer(source, trust_remote_code)
+        model = with_new_head(AutoModelForSequenceClassification, source, label_names,
+                              trust_remote_code, problem_type=problem_type)
+    _ensure_pad_token(model, tokenizer)
+    return model, tokenizer
+
+
+@contextlib.contextmanager
+def loading(source: str) -> Iterator[None]:
+    """Around loading a model and its processor: a missing folder is named, transformers' expected
+    reports are hidden, and a load that fails is one sentence."""
     _check_model_folder(source)
     try:
         with _quiet_transformers():
-            tokenizer = load_tokenizer(source, trust_remote_code)
-            model = AutoModelForSequenceClassification.from_pretrained(
-                source,
-                problem_type=problem_type,
-                num_labels=len(label_names),
-                id2label=dict(enumerate(label_names)),
-                label2id={name: i for i, name in enumerate(label_names)},
-                ignore_mismatched_sizes=True,
-                trust_remote_code=trust_remote_code,
-                use_safetensors=None,  # None: safetensors when present, else torch weights_only
-            )
+            yield
     except (OSError, ValueError) as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
         raise UsageError(
             f"Could not load model {source!r} ({reason}): check the --model name, the network, "
             "or trust_remote_code."
         ) from error
-    _ensure_pad_token(model, tokenizer)
-    return model, tokenizer
+
+
+def with_new_head(auto_class, source: str, label_names: list[str], trust_remote_code: bool,
+                  **settings) -> PreTrainedModel:
+    """`source` loaded as `auto_class` with a fresh head for `label_names`, inside `loading`: a
+    head of another size in the checkpoint is replaced, weights come from safetensors where the
+    checkpoint has them."""
+    return auto_class.from_pretrained(
+        source,
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={name: i for i, name in enumerate(label_names)},
+        ignore_mismatched_sizes=True,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=None,  # None: safetensors when present, else torch weights_only
+        **settings,
+    )
 
 
 def load_tokenizer(source: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:

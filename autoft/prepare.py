@@ -38,6 +38,7 @@ DATA_FIELDS = (
     "max_train_samples",
     "max_val_samples",
     "seed",
+    "augment",
 )
 HASHES_FILE = "file_hashes.json"
 

@@ -34,6 +34,7 @@ class DataSettings:
     max_train_samples: int | None = None
     max_val_samples: int | None = None
     seed: int = 0
+    augment: bool = False
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -151,6 +152,11 @@ class Task(ABC):
             batch = self.collate(split, indices, pad_id, device)
             batch.pop("labels")
             yield indices, batch
+
+    def cache_refusal(self, split) -> str | None:
+        """Why the prefix cache cannot serve training on `split` (its inputs change between
+        epochs: augmentation), in words for the screen; None when it can."""
+        return None
 
     # scoring
 

@@ -30,12 +30,14 @@ SHIFT_FRACTION = 0.1  # augmentation: the largest shift, as a fraction of the im
 class ImageSplit:
     """One split: where each image is (a file path, or [saved datasets folder, split, row] for
     an image stored in a table), its label, and the model folder or hub name whose image
-    processor turns it into pixel values, with the colour mode the model takes."""
+    processor turns it into pixel values, with the colour mode the model takes; whether its
+    images are augmented in training."""
 
     images: list
     labels: list
     processor: str
     mode: str = "RGB"
+    augment: bool = False  # training images flipped and shifted at random (autoft --augment)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -179,9 +181,10 @@ def pixel_values(split: ImageSplit, indices: list[int]) -> torch.Tensor:
     return torch.stack([kept[i] for i in indices])
 
 
-def augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def augment(pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Light augmentation of a batch: each image flipped left-right with chance 1/2 and shifted
-    by up to SHIFT_FRACTION of its side (edges repeated), drawn from `generator`."""
+    by up to SHIFT_FRACTION of its side (edges repeated), drawn from `generator` (default: torch's
+    global one, which the trial seeds)."""
     count, _, height, width = pixels.shape
     pad_y, pad_x = max(1, round(height * SHIFT_FRACTION)), max(1, round(width * SHIFT_FRACTION))
     padded = functional.pad(pixels, (pad_x, pad_x, pad_y, pad_y), mode="replicate")
