@@ -116,3 +116,46 @@ def tiny_study(tmp_path_factory, tiny_model_dir, tiny_csv):
                                pruner=optuna.pruners.ThresholdPruner(upper=-1.0))
     always.optimize(objective, n_trials=1, catch=(Exception,))
     return load_study("tiny", str(studies), None), studies / "tiny"
+
+
+def write_digit_folder(folder: Path, digits: tuple[int, ...], per_class: int,
+                       skip: int = 0) -> Path:
+    """Real handwritten digits (scikit-learn's 8×8 scans) as PNG files, one folder per digit;
+    `skip` leaves out each digit's first images (another set of the same digits)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    scans = load_digits()
+    for digit in digits:
+        rows = [i for i, target in enumerate(scans.target) if target == digit]
+        (folder / str(digit)).mkdir(parents=True, exist_ok=True)
+        for i in rows[skip : skip + per_class]:
+            pixels = (scans.images[i] * (255 / 16)).astype("uint8")
+            Image.fromarray(pixels).save(folder / str(digit) / f"{i}.png")
+    return folder
+
+
+def save_tiny_resnet(folder: Path, labels: list[str], seed: int = 0) -> Path:
+    """A tiny random ResNet (2 blocks in 2 stages) for 8×8 images, saved with its processor."""
+    from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessorPil
+
+    torch.manual_seed(seed)
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                          layer_type="basic", num_labels=len(labels),
+                          id2label=dict(enumerate(labels)),
+                          label2id={name: i for i, name in enumerate(labels)})
+    ResNetForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": 8, "width": 8}, image_mean=[0.5] * 3,
+                         image_std=[0.5] * 3).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def digit_folder(tmp_path_factory) -> Path:
+    """Digits 0, 1 and 2, 30 real scans each, as class folders of PNG files."""
+    return write_digit_folder(tmp_path_factory.mktemp("digits"), (0, 1, 2), 30)
+
+
+@pytest.fixture(scope="session")
+def tiny_resnet_dir(tmp_path_factory) -> Path:
+    return save_tiny_resnet(tmp_path_factory.mktemp("resnet"), ["0", "1", "2"])

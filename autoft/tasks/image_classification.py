@@ -70,11 +70,11 @@ class ImageClassification(TextClassification):
         try:
             with loading(source):
                 return load_image_processor(source, trust_remote_code)
-        except UsageError as error:
+        except UsageError:
             raise UsageError(
-                f"Model {source} has no image processor, so it is not an image model "
-                f"({error.__cause__}); give --task image-classification an image classifier "
-                "(ViT, ResNet, ConvNeXt, Swin) saved with its processor, or choose another --task."
+                f"Model {source} has no image processor (preprocessor_config.json), so it is not "
+                "an image model; give --task image-classification an image classifier (ViT, "
+                "ResNet, ConvNeXt, Swin) saved with its processor, or choose another --task."
             ) from None
 
     def encode(self, rows: Rows, processor, model_config, settings: DataSettings) -> TargetData:
