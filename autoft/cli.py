@@ -187,7 +187,7 @@ def run_search(config: StudyConfig) -> dict:
     # and leaves nothing behind. The default SQLite file is made once the data proved good.
     storage = open_storage(config.storage) if config.storage else None
     prepared = prepare_study(config)
-    study = open_study(config, storage)
+    study = open_study(config, storage, prepared.direction)
     record_study_facts(study, prepared)
     print(f"  using {describe_settings(study.user_attrs['settings'])}")
     started = time.time()

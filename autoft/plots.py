@@ -17,7 +17,7 @@ import optuna  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from autoft.describe import short_params  # noqa: E402
-from autoft.report import is_feasible  # noqa: E402
+from autoft.report import is_feasible, score_sign  # noqa: E402
 from autoft.tradeoff import full_params as _params  # noqa: E402
 from autoft.tradeoff import last_value, search_points  # noqa: E402
 
@@ -54,7 +54,8 @@ def complete_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
 
 
-def history_plot(trials: list[FrozenTrial], metric: str) -> Plot:
+def history_plot(trials: list[FrozenTrial], metric: str, sign: int = 1) -> Plot:
+    """Scores by trial number and the best so far (`sign` -1: lower is better)."""
     title = "Optimization history"
     complete = complete_trials(trials)
     pruned = [t for t in trials if t.state == TrialState.PRUNED and last_value(t) is not None]
@@ -73,7 +74,7 @@ def history_plot(trials: list[FrozenTrial], metric: str) -> Plot:
                    marker="x", label="pruned (score when stopped)", zorder=3)
     best, xs, ys = None, [], []
     for t in sorted(feasible, key=lambda t: t.number):
-        best = t.value if best is None else max(best, t.value)
+        best = t.value if best is None else sign * max(sign * best, sign * t.value)
         xs.append(t.number)
         ys.append(best)
     if xs:  # drawn on to the last trial, so a single feasible trial still shows as a line
@@ -219,7 +220,7 @@ def study_plots(study: optuna.Study) -> list[Plot]:
     depth = attrs.get("depth")
     base = attrs.get("base") or {}
     return [
-        history_plot(trials, metric),
+        history_plot(trials, metric, score_sign(study)),
         importance_plot(study),
         layers_plot(trials, metric, depth),
         retention_plot(trials, metric, base.get("min_retention")),

@@ -76,6 +76,7 @@ def take_snapshot(
     elapsed: float,
     finished_before: int,
     train_size: int | None = None,
+    direction: str = "maximize",
 ) -> Snapshot:
     """Counts, running trials, the best feasible value and a rate-based time estimate.
 
@@ -84,7 +85,8 @@ def take_snapshot(
     """
     by_state = {state: [t for t in trials if t.state == state] for state in TrialState}
     complete = [t for t in by_state[TrialState.COMPLETE] if t.value is not None]
-    best = max((t for t in complete if is_feasible(t)), key=lambda t: t.value, default=None)
+    sign = -1 if direction == "minimize" else 1
+    best = max((t for t in complete if is_feasible(t)), key=lambda t: sign * t.value, default=None)
     used = sum(1 for t in trials if counts_toward_budget(t))
     done_now = used - finished_before
     remaining = None
@@ -315,6 +317,7 @@ class LiveDisplay:
             time.time() - self._started,
             self._finished_before,
             self.train_size,
+            self.study.direction.name.lower(),
         )
 
     def _run(self) -> None:
@@ -330,6 +333,7 @@ class LiveDisplay:
                 time.time() - self._started,
                 self._finished_before,
                 self.train_size,
+                self.study.direction.name.lower(),
             )
         except Exception as error:  # a busy or lost storage must not stop the study
             if self._poll_error is None:

@@ -35,10 +35,16 @@ def default_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     return None
 
 
+def score_sign(study: optuna.Study) -> int:
+    """1 where a higher score is better, -1 where lower is (RMSE): multiply before max()."""
+    return -1 if study.direction == optuna.study.StudyDirection.MINIMIZE else 1
+
+
 def best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     feasible = [t for t in complete if is_feasible(t) and t.value is not None]
-    return max(feasible, key=lambda t: t.value, default=None)
+    sign = score_sign(study)
+    return max(feasible, key=lambda t: sign * t.value, default=None)
 
 
 def least_forgetful(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
@@ -84,6 +90,7 @@ def trial_entry(trial: optuna.trial.FrozenTrial | None, audits: dict | None = No
 
 def retention_front(study: optuna.Study) -> list[dict]:
     """Complete trials not beaten on both target score and retention (the trade-off curve)."""
+    sign = score_sign(study)
     rated = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -93,9 +100,10 @@ def retention_front(study: optuna.Study) -> list[dict]:
         t
         for t in rated
         if not any(
-            o.value >= t.value
+            sign * o.value >= sign * t.value
             and o.user_attrs["retention"] >= t.user_attrs["retention"]
-            and (o.value > t.value or o.user_attrs["retention"] > t.user_attrs["retention"])
+            and (sign * o.value > sign * t.value
+                 or o.user_attrs["retention"] > t.user_attrs["retention"])
             for o in rated
         )
     ]
@@ -116,6 +124,7 @@ def build_summary(study: optuna.Study) -> dict:
     summary = {
         "study": study.study_name,
         "metric": attrs.get("metric"),
+        "direction": study.direction.name.lower(),
         "depth": attrs.get("depth"),
         "best": trial_entry(best, audits),
         "default": trial_entry(default_trial(study), audits),
@@ -127,7 +136,7 @@ def build_summary(study: optuna.Study) -> dict:
         summary["base"] = base_entry(attrs["base"])
         summary["front"] = retention_front(study)
         summary["price"] = price_of_the_bar(trials, attrs["base"]["min_retention"],
-                                            attrs.get("depth") or 0)
+                                            attrs.get("depth") or 0, score_sign(study))
         if best is None:
             summary["least_forgetful"] = trial_entry(least_forgetful(study))
     return summary
@@ -220,9 +229,22 @@ def price_rows(summary: dict) -> list[list[str]]:
     return rows
 
 
+def metric_words(summary: dict) -> str:
+    """The metric's name, saying so where lower is better (RMSE)."""
+    lower = summary.get("direction") == "minimize"
+    return f"{summary['metric']} (lower is better)" if lower else summary["metric"]
+
+
+def improvement(summary: dict, best: float, default: float) -> str:
+    """How much better `best` is than `default`, in the metric's direction."""
+    if summary.get("direction") == "minimize":
+        return f"lowered it by {default - best:.4f}"
+    return f"gained {best - default:+.4f}"
+
+
 def summary_text(summary: dict) -> str:
     """The few lines a person reads in the morning."""
-    metric, depth = summary["metric"], summary["depth"]
+    metric, depth = metric_words(summary), summary["depth"]
     c = summary["counts"]
     lines = [
         f"Study '{summary['study']}': {c['complete']} completed, {c['pruned']} pruned, "
@@ -273,7 +295,7 @@ def trial_seconds(trial: optuna.trial.FrozenTrial) -> float | None:
 
 def answer_lines(summary: dict) -> list[str]:
     """The best config, its score against the default's and its retention, in sentences."""
-    metric, best, default = summary["metric"], summary["best"], summary["default"]
+    metric, best, default = metric_words(summary), summary["best"], summary["default"]
     base = summary.get("base")
     if best is None:
         return summary_text(summary).splitlines()[1:]
@@ -302,10 +324,9 @@ def answer_lines(summary: dict) -> list[str]:
             f"{default_forgot(summary)}, so it could not be the answer."
         )
     else:
-        gain = best["value"] - default["value"]
         score += (
             f"; the default config (trial {default['number']}) reached {default['value']:.4f}, "
-            f"so tuning gained {gain:+.4f}."
+            f"so tuning {improvement(summary, best['value'], default['value'])}."
         )
     lines.append(score)
     if best.get("retention") is not None and base:

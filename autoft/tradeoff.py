@@ -71,14 +71,15 @@ def price_bars(min_retention: float) -> list[float | None]:
     return [*sorted({*PRICE_BARS, min_retention}, reverse=True), None]
 
 
-def price_of_the_bar(trials: list[FrozenTrial], min_retention: float, depth: int) -> list[dict]:
-    """For each bar, the best score among points that kept at least that much, with its config
-    in words; None where no point reached the bar."""
+def price_of_the_bar(trials: list[FrozenTrial], min_retention: float, depth: int,
+                     sign: int = 1) -> list[dict]:
+    """For each bar, the best score (the highest, or with `sign` -1 the lowest) among points that
+    kept at least that much, with its config in words; None where no point reached the bar."""
     points = search_points(trials)
     rows = []
     for bar in price_bars(min_retention):
         kept = [p for p in points if bar is None or p.retention >= bar - _TOLERANCE]
-        best = max(kept, key=lambda p: (p.value, -p.number), default=None)
+        best = max(kept, key=lambda p: (sign * p.value, -p.number), default=None)
         row = {"bar": bar, "users_bar": bar == min_retention, "value": None}
         if best is not None:
             row |= {"value": best.value, "retention": best.retention, "number": best.number,

@@ -590,7 +590,8 @@ def status_text(study: optuna.Study) -> str:
     end = time.time() if running or not ends else max(ends)
     elapsed = end - min(starts) if starts else 0.0
     budget = (attrs.get("config") or {}).get("n_trials", len(trials))
-    snapshot = take_snapshot(trials, budget, elapsed, 0, attrs.get("train_examples"))
+    snapshot = take_snapshot(trials, budget, elapsed, 0, attrs.get("train_examples"),
+                             study.direction.name.lower())
     metric = attrs.get("metric", "value")
     lines = [f"Study '{study.study_name}': {status_line(snapshot, metric)}"]
     for trial, progress in zip(running, snapshot.running, strict=True):
