@@ -21,7 +21,12 @@ import pandas as pd
 import torch
 from scipy.stats import pearsonr, spearmanr
 from torch.func import functional_call
-from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
+from transformers import (
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+)
 
 from autoft.adapters import plain_state_dict
 from autoft.audit import BaseSplit, split_base
@@ -30,6 +35,7 @@ from autoft.config import BaseTaskConfig
 from autoft.data import read_frame
 from autoft.errors import UsageError
 from autoft.model import evaluating
+from autoft.tasks.images import colour_mode, processed, read_images
 
 __all__ = [
     "BaseScore",
@@ -255,7 +261,7 @@ def preservation_texts(config: BaseTaskConfig, split: BaseSplit | None) -> list[
     shares a text with a scored pair). Without a split yet, nothing but the file is free."""
     if config.preserve_data:
         return _read_preserve_data(config)
-    if split is None:
+    if split is None or Path(config.data).is_dir():  # a folder of images holds no texts
         return []
     items = _text_items(config)
     parts = split.parts(config.max_examples, config.check_examples)
@@ -316,6 +322,22 @@ def _tokenize(
         )
         for start in range(0, len(texts), size)
     ]
+
+
+def _takes_images(processor) -> bool:
+    """Whether the model reads images: its processor makes pixel values, not token ids."""
+    return "pixel_values" in getattr(processor, "model_input_names", ())
+
+
+def _batches(processor, items: list, max_length: int, pairs: list[str] | None = None,
+             config=None) -> list:
+    """Fixed batches of base-task items: texts tokenized (`_tokenize`), or images turned into
+    pixel values in the colour mode of the model whose `config` is given."""
+    if not _takes_images(processor):
+        return _tokenize(processor, items, max_length, pairs=pairs)
+    mode = colour_mode(config)
+    return [processed(processor, items[start : start + BATCH_SIZE], mode)
+            for start in range(0, len(items), BATCH_SIZE)]
 
 
 # Models -----------------------------------------------------------------------------------------
@@ -382,6 +404,14 @@ def _mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tens
     return (hidden.float() * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
+def _pool(hidden: torch.Tensor, batch) -> torch.Tensor:
+    """One vector per example: the mean over its real tokens (text), or over positions (images:
+    patches, or a feature map's height and width)."""
+    if "attention_mask" in batch:
+        return _mean_pool(hidden, batch["attention_mask"])
+    return hidden.float().flatten(2).mean(-1) if hidden.dim() == 4 else hidden.float().mean(1)
+
+
 def _pooled(
     encoder, batches: list, device: str, every_layer: bool, memo: PrefixMemo | None = None,
     frozen: int = 0,
@@ -397,7 +427,7 @@ def _pooled(
             else:
                 output = memo.run(encoder, batch, frozen) if memo else encoder(**batch)
                 layers = (output.last_hidden_state,)
-            per_batch.append([_mean_pool(layer, batch["attention_mask"]) for layer in layers])
+            per_batch.append([_pool(layer, batch) for layer in layers])
     return [torch.cat(layer) for layer in zip(*per_batch, strict=True)]
 
 
@@ -641,33 +671,34 @@ class ClassificationTask(BaseTask):
         split: BaseSplit | None = None,
         seed: int = 0,
     ):
-        if not _is_table(config.data):
+        images = _takes_images(tokenizer)
+        if not images and not _is_table(config.data):
             raise UsageError(
                 f"Base-task kind 'classification' needs a table with text and label "
                 f"columns, not {config.data}; give a CSV, JSONL or Parquet file."
             )
-        self.original_ = _load_with_head(
-            AutoModelForSequenceClassification, model_source, "classification", trust_remote_code
-        )
-        frame = _read_table(config.data)
-        texts = [
-            str(text) for text in _column(frame, config.data, config.text_column, "text_column")
-        ]
-        pairs = config.text_pair_column and [
-            str(text)
-            for text in _column(frame, config.data, config.text_pair_column, "text_pair_column")
-        ]
-        labels = _label_ids(
-            _column(frame, config.data, config.label_column, "label_column"),
-            self.original_.config,
-            config.data,
-            config.label_column,
-        )
+        auto_class = AutoModelForImageClassification if images else (
+            AutoModelForSequenceClassification)
+        self.original_ = _load_with_head(auto_class, model_source, "classification",
+                                         trust_remote_code)
+        if images:
+            texts, names = read_images(config.data, "base.data", config.label_column)
+            pairs = None
+        else:
+            frame = _read_table(config.data)
+            texts = [str(text) for text in
+                     _column(frame, config.data, config.text_column, "text_column")]
+            pairs = config.text_pair_column and [
+                str(text)
+                for text in _column(frame, config.data, config.text_pair_column, "text_pair_column")
+            ]
+            names = _column(frame, config.data, config.label_column, "label_column")
+        labels = _label_ids(names, self.original_.config, config.data, config.label_column)
         parts = self._parts(config, len(texts), "examples", split, seed)
         self.labels_ = {part: labels[rows] for part, rows in parts.items()}
         self.batches_ = {
-            part: _tokenize(tokenizer, _pick(texts, rows), max_length,
-                            pairs=pairs and _pick(pairs, rows))
+            part: _batches(tokenizer, _pick(texts, rows), max_length,
+                           pairs=pairs and _pick(pairs, rows), config=self.original_.config)
             for part, rows in parts.items()
         }
         self.memo_ = PrefixMemo()
@@ -862,17 +893,20 @@ class DriftTask(BaseTask):
         split: BaseSplit | None = None,
         seed: int = 0,
     ):
-        texts = _read_texts(config)
-        parts = self._parts(config, len(texts), "examples", split, seed)
-        self.batches_ = {
-            part: _tokenize(tokenizer, _pick(texts, rows), max_length)
-            for part, rows in parts.items()
-        }
         self._load_base = partial(
             AutoModel.from_pretrained, model_source, dtype=torch.float32,
             trust_remote_code=trust_remote_code,
         )
         self._base = self._load_base()
+        if _takes_images(tokenizer):
+            texts = read_images(config.data, "base.data", None)[0]
+        else:
+            texts = _read_texts(config)
+        parts = self._parts(config, len(texts), "examples", split, seed)
+        self.batches_ = {
+            part: _batches(tokenizer, _pick(texts, rows), max_length, config=self._base.config)
+            for part, rows in parts.items()
+        }
         self.reference_: dict[str, list[torch.Tensor]] = {}
 
     @torch.no_grad()
@@ -893,7 +927,7 @@ class DriftTask(BaseTask):
         """Every layer's mean-pooled states (texts × layers × hidden), the model run whole: the
         check compares every layer."""
         layers = model.base_model(**batch, output_hidden_states=True).hidden_states
-        return torch.stack([_mean_pool(layer, batch["attention_mask"]) for layer in layers], 1)
+        return torch.stack([_pool(layer, batch) for layer in layers], 1)
 
     def distance(self, tuned: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Squared distance relative to the untouched state's size, summed over layers (frozen

@@ -17,6 +17,7 @@ from autoft.tasks.images import (
     ImageSplit,
     augment,
     check_images,
+    colour_mode,
     is_image_folder,
     load_image_processor,
     pixel_values,
@@ -80,7 +81,7 @@ class ImageClassification(TextClassification):
     def encode(self, rows: Rows, processor, model_config, settings: DataSettings) -> TargetData:
         label_names = self.label_names(rows, settings)
         metric, metric_note = self.choose_metric(settings, rows.train_labels)
-        mode = "L" if getattr(model_config, "num_channels", 3) == 1 else "RGB"
+        mode = colour_mode(model_config)
 
         def split(images: list, labels: list, augmented: bool) -> ImageSplit:
             return ImageSplit(images, self.encode_labels(labels, label_names),

@@ -75,11 +75,12 @@ def read_image_folder(source: str, where: str) -> tuple[list[str], list[str]]:
     return images, labels
 
 
-def read_image_table(source: str, where: str, split: str, label_column: str):
+def read_image_table(source: str, where: str, split: str, label_column: str | None):
     """(image references, raw labels, image column) of a table: its one image column, an Image
-    feature or strings ending in an image suffix (relative paths: from the table's folder)."""
+    feature or strings ending in an image suffix (relative paths: from the table's folder);
+    labels None where no label column is asked for."""
     table = read_table(source, where, split)
-    labels = column(table, label_column, where + " / --label-column", source)
+    labels = label_column and column(table, label_column, where + " / label column", source)
     name = _image_column(table, label_column, where, source)
     if isinstance(table.features[name], datasets.Image):
         return [[str(Path(source).resolve()), split, i] for i in range(len(table))], labels, name
@@ -87,7 +88,7 @@ def read_image_table(source: str, where: str, split: str, label_column: str):
     return [str(folder / str(value)) for value in table[name]], labels, name
 
 
-def _image_column(table, label_column: str, where: str, source: str) -> str:
+def _image_column(table, label_column: str | None, where: str, source: str) -> str:
     """The column holding the images: an Image feature, else the one column whose first values
     all name image files."""
     found = [name for name, kind in table.features.items() if isinstance(kind, datasets.Image)]
@@ -160,6 +161,32 @@ _PIXELS: weakref.WeakKeyDictionary[ImageSplit, dict[int, torch.Tensor]] = (
 )
 
 
+def colour_mode(model_config) -> str:
+    """The Pillow mode of the images a model takes: grayscale for one channel, else RGB."""
+    return "L" if getattr(model_config, "num_channels", 3) == 1 else "RGB"
+
+
+def read_images(source: str, where: str, label_column: str | None):
+    """(image references, labels or None) of a folder of class folders (labels: the folder
+    names) or a table with an image column, every image checked to open."""
+    if is_image_folder(source):
+        images, labels = read_image_folder(source, where)
+    else:
+        images, labels, _ = read_image_table(source, where, "train", label_column)
+    check_images(images, where, source)
+    return images, labels and [str(label) for label in labels]
+
+
+def processed(processor, images: list, mode: str = "RGB"):
+    """The model's inputs (a BatchFeature with `pixel_values`) for the images behind `images`,
+    converted to the colour mode the model takes."""
+    opened = []
+    for ref in images:
+        with open_image(ref) as image:
+            opened.append(image.convert(mode))
+    return processor(images=opened, return_tensors="pt")
+
+
 def pixel_values(split: ImageSplit, indices: list[int]) -> torch.Tensor:
     """The processed images `indices` of `split`, stacked; each image is processed once per
     process and kept while the split's memory stays under MAX_PIXEL_BYTES."""
@@ -168,11 +195,8 @@ def pixel_values(split: ImageSplit, indices: list[int]) -> torch.Tensor:
     if missing:
         if split.processor not in _PROCESSORS:
             _PROCESSORS[split.processor] = load_image_processor(split.processor)
-        images = []
-        for i in missing:
-            with open_image(split.images[i]) as image:
-                images.append(image.convert(split.mode))
-        made = _PROCESSORS[split.processor](images=images, return_tensors="pt")["pixel_values"]
+        made = processed(_PROCESSORS[split.processor], [split.images[i] for i in missing],
+                         split.mode)["pixel_values"]
         room = MAX_PIXEL_BYTES - sum(t.nbytes for t in kept.values())
         fresh = dict(zip(missing, made, strict=True))
         if room >= made.nbytes:
