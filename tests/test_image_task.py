@@ -15,12 +15,14 @@ import pandas as pd
 import torch
 from transformers import AutoModelForImageClassification
 
+from autoft.adapters import get_adapter
 from autoft.cache import PrefixCache
 from autoft.cli import main as cli_main
 from autoft.model import freeze
+from autoft.study import load_prepared_data
 from autoft.tasks import DataSettings, get_task
 from autoft.tasks.image_classification import ImageClassification
-from autoft.train import TrialParams, train_trial
+from autoft.train import TrialParams, evaluate, train_trial
 
 CPU = torch.device("cpu")
 TASK = get_task("image-classification")
@@ -53,6 +55,9 @@ def test_a_search_on_an_image_folder_runs_end_to_end(digit_folder, tiny_resnet_d
     assert (exported / "preprocessor_config.json").is_file()
     model = AutoModelForImageClassification.from_pretrained(exported)
     assert sorted(model.config.label2id) == ["0", "1", "2"]
+    data = load_prepared_data(tmp_path / "digits" / "prepared")[0]
+    # the export scores what its trial did: BatchNorm statistics travel with the weights
+    assert evaluate(model, data, 0, CPU) == study.best_value
 
 
 def test_tables_and_saved_datasets_read_as_the_folder_does(digit_folder, tiny_resnet_dir,
@@ -124,3 +129,22 @@ def test_augmentation_changes_training_images_and_turns_the_cache_off(
     assert not result.cache_used
     assert result.cache_note == "augmentation changes the training images every epoch"
     assert "training without the prefix cache: augmentation" in caplog.text
+
+
+def test_a_trial_s_kept_weights_carry_its_batchnorm_statistics(digit_folder,
+                                                               tiny_resnet_dir) -> None:
+    """A trained BatchNorm's weights only work with the running statistics it trained with: the
+    weights a trial keeps (and saves, and exports) put both back."""
+    model, data = prepared(tiny_resnet_dir, digit_folder)
+    freeze(model, 1)
+    result = train_trial(model, data, PARAMS, CPU, 0, seed=3, on_evaluation=lambda e: None)
+    adapter = get_adapter("freeze")
+    adapter.restore(model, result.best_state)
+    fresh, _ = prepared(tiny_resnet_dir, digit_folder)
+    statistics = [n for n in result.best_state if n.endswith("running_mean")]
+    assert statistics and all(  # they moved in training
+        not torch.equal(result.best_state[n], fresh.state_dict()[n]) for n in statistics)
+    adapter.restore(fresh, result.best_state)
+    batch = TASK.collate(data.validation, list(range(8)), 0, CPU)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(**batch).logits, fresh.eval()(**batch).logits)
