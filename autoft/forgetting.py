@@ -261,7 +261,7 @@ def preservation_texts(config: BaseTaskConfig, split: BaseSplit | None) -> list[
     shares a text with a scored pair). Without a split yet, nothing but the file is free."""
     if config.preserve_data:
         return _read_preserve_data(config)
-    if split is None or Path(config.data).is_dir():  # a folder of images holds no texts
+    if split is None:
         return []
     items = _text_items(config)
     parts = split.parts(config.max_examples, config.check_examples)

@@ -117,14 +117,15 @@ def measure_base_skill(config: StudyConfig, model, tokenizer, echo) -> dict:
     return base
 
 
-def held_without_preservation(config: StudyConfig, space, texts: list[str], echo):
+def held_without_preservation(config: StudyConfig, space, texts: list[str], echo, task: Task):
     """The space, with preserve_weight held at 0 where there is nothing to preserve (`texts`, from
-    forgetting.preservation_texts, is empty): no base task, or base data the check scores whole
-    and no base.preserve_data."""
+    forgetting.preservation_texts, is empty): no base task, a task without the preservation loss,
+    or base data the check scores whole and no base.preserve_data."""
     weight = next(p for p in space.parameters if p.name == "preserve_weight")
     if texts or weight.value == 0:
         return space
     reason = ("there is no base task" if config.base is None else
+              f"{task.name} has no preservation loss" if not task.preserves else
               f"every text of {Path(config.base.data).name} is scored by the check and no "
               f"base.preserve_data is set")
     echo(f"  preserve_weight held at 0: {reason}.")
@@ -175,6 +176,11 @@ def check_task_settings(task: Task, config: StudyConfig) -> None:
         raise UsageError(
             f"{config.where('base.kind')}: {task.name} has no '{config.base.kind}' base-task "
             f"check; use one of {', '.join(task.base_kinds)}."
+        )
+    if config.base and config.base.preserve_data and not task.preserves:
+        raise UsageError(
+            f"{config.where('base.preserve_data')}: {task.name} has no preservation loss; "
+            "drop base.preserve_data (--base-preserve-data)."
         )
 
 
@@ -233,8 +239,8 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
         for name in needs_check:
             get_adapter(name).check(model, resolved.source)
     preserved = (preservation_texts(config.base, BaseSplit.from_dict(base["split"]))
-                 if config.base and base else [])
-    resolved = held_without_preservation(config, resolved, preserved, echo)
+                 if config.base and base and task.preserves else [])
+    resolved = held_without_preservation(config, resolved, preserved, echo, task)
     prepared = Prepared(config=config, data=data, space=resolved, depth=depth, pad_id=pad_id,
                         base=base)
     if not saved:

@@ -339,3 +339,13 @@ def test_image_task_with_a_text_model(digit_folder, tiny_model_dir, tmp_path, ca
     args = search_args(tiny_model_dir, digit_folder, tmp_path, "--task", "image-classification")
     code, err = run_cli(args, capsys)
     assert_refused(code, err, str(tiny_model_dir), "not an image model", tmp_path=tmp_path)
+
+
+def test_image_task_with_preservation_data(digit_folder, tiny_resnet_dir, tmp_path, capsys):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("some base-side text\nanother one\n")
+    args = search_args(tiny_resnet_dir, digit_folder, tmp_path, "--base-kind", "drift",
+                       "--base-data", str(digit_folder), "--base-preserve-data", str(texts))
+    code, err = run_cli(args, capsys)
+    assert_refused(code, err, "image-classification has no preservation loss",
+                   "--base-preserve-data", tmp_path=tmp_path)

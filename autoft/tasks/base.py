@@ -84,6 +84,7 @@ class Task(ABC):
     base_kinds: ClassVar[tuple[str, ...]]  # forgetting checks it supports (config.BASE_KINDS)
     cache_layout: ClassVar[str]  # 'per_token' (unpadded rows + offsets) or 'fixed' (one shape)
     split_class: ClassVar[type]  # a dataclass of plain lists: prepared/ keeps it as JSON
+    preserves: ClassVar[bool] = True  # whether it has the preservation loss (base-side texts)
     auto_class: ClassVar[str]  # the transformers class that loads the exported model
 
     # reading and checking the data

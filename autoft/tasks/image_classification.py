@@ -37,6 +37,7 @@ class ImageClassification(TextClassification):
     cache_layout = "fixed"
     split_class = ImageSplit
     auto_class = "AutoModelForImageClassification"
+    preserves = False  # the preservation loss reads texts
 
     @classmethod
     def detect(cls, settings: DataSettings) -> str | None:
