@@ -12,33 +12,24 @@ import numpy as np
 import optuna
 import torch
 
-from autoft.audit import BaseSplit
-from autoft.config import StudyConfig
-from autoft.forgetting import BaseScore, BaseTask, build_base_task, retention
+from autoft.config import BaseTaskConfig
+from autoft.forgetting import BaseScore, BaseTask, retention
 from autoft.train import StopTraining
 
 PRUNE_MARGIN = 0.10
-BASE_MAX_LENGTH = 256
+BASE_MAX_LENGTH = 256  # base texts keep their own max length: they are often longer
 
 
-def build_task(config: StudyConfig, tokenizer, max_length: int,
-               split: BaseSplit | None = None) -> BaseTask:
-    """The study's base task; it keeps its own max length (base texts are often longer), and
-    the study's split of its data (made now, from the study's seed, when there is none yet)."""
-    return build_base_task(config.base, config.model, tokenizer, max_length,
-                           config.trust_remote_code, split, config.seed)
-
-
-def measure_base(task: BaseTask, model, config: StudyConfig, device: torch.device) -> dict:
+def measure_base(task: BaseTask, model, config: BaseTaskConfig, device: torch.device) -> dict:
     """The untouched model's base-task skill on the searched part, on its quick slice and on the
     audit part, with the split itself; stored in the study."""
     full = task.score(model, str(device))
     quick = task.score(model, str(device), quick=True)
     audit = task.statistic(task.observe(model, str(device)), np.arange(task.audit_units_))
-    return {"kind": config.base.kind, "name": task.name, "measures": task.measures,
+    return {"kind": config.kind, "name": task.name, "measures": task.measures,
             "higher_is_better": task.higher_is_better, "score": full.value,
             "details": full.details, "quick_score": quick.value, "audit_score": audit,
-            "split": task.split_.to_dict(), "min_retention": config.base.min_retention}
+            "split": task.split_.to_dict(), "min_retention": config.min_retention}
 
 
 class ForgettingGuard:

@@ -16,8 +16,8 @@ from autoft.adapters import get_adapter
 from autoft.audit import BaseSplit
 from autoft.config import StudyConfig
 from autoft.errors import UsageError
-from autoft.forgetting import find_pair_columns, preservation_texts
-from autoft.guard import BASE_MAX_LENGTH, build_task, measure_base
+from autoft.forgetting import build_base_task, find_pair_columns, preservation_texts
+from autoft.guard import BASE_MAX_LENGTH, measure_base
 from autoft.model import model_depth
 from autoft.space import SearchSpace, load_space
 from autoft.study import Prepared, load_prepared_data, save_prepared
@@ -107,9 +107,10 @@ def measure_base_skill(config: StudyConfig, model, tokenizer, echo) -> dict:
     source = Path(config.base.data).name
     echo(f"Measuring the base model's {config.base.kind} skill on {source} ...")
     limit = min(BASE_MAX_LENGTH, model_length_limit(tokenizer, model.config))
-    task = build_task(config, tokenizer, limit)
+    task = build_base_task(config.base, config.model, tokenizer, limit, config.trust_remote_code,
+                           seed=config.seed)
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    base = measure_base(task, model.to(device), config, device) | {"max_length": limit}
+    base = measure_base(task, model.to(device), config.base, device) | {"max_length": limit}
     echo(f"  base {task.name}: {base['score']:.4f} ({task.measures})")
     split = task.split_
     echo(f"  {split.note}" if split.note else

@@ -27,12 +27,16 @@ from safetensors.torch import save_file
 from sqlalchemy.engine import make_url
 
 from autoft.adapters import get_adapter
+from autoft.audit import BaseSplit
 from autoft.cache import PrefixCache
 from autoft.config import BaseTaskConfig, StudyConfig
 from autoft.data import TargetData
 from autoft.errors import UsageError
+from autoft.forgetting import build_base_task, preservation_texts
+from autoft.guard import ForgettingGuard
 from autoft.interpolate import TUNED, MixPoint, best_mix, interpolate, mixed_state
 from autoft.model import split_parameters
+from autoft.preserve import Preservation
 from autoft.presets import search_settings
 from autoft.space import SearchSpace
 from autoft.tasks import DEFAULT_TASK, MAXIMIZE, Task, get_task
@@ -314,23 +318,18 @@ def save_trial_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
 
 
 def make_guard(prepared: Prepared):
-    """This worker's forgetting guard, built from the base facts measured once for the study."""
-    from autoft.audit import BaseSplit
-    from autoft.guard import ForgettingGuard, build_task
-
+    """This worker's forgetting guard, built from the base facts measured once for the study
+    (the base task keeps its own max length, and the study's split of its data)."""
     config = prepared.config
     split = BaseSplit.from_dict(prepared.base.get("split"))
     processor = prepared.task.load_processor(config.model, config.trust_remote_code)
-    return ForgettingGuard(build_task(config, processor, prepared.base["max_length"], split),
-                           prepared.base)
+    task = build_base_task(config.base, config.model, processor, prepared.base["max_length"],
+                           config.trust_remote_code, split, config.seed)
+    return ForgettingGuard(task, prepared.base)
 
 
 def make_preservation(prepared: Prepared, task):
     """This worker's preservation batches, with the study's stored targets (autoft.preserve)."""
-    from autoft.audit import BaseSplit
-    from autoft.forgetting import preservation_texts
-    from autoft.preserve import Preservation
-
     config = prepared.config
     split = BaseSplit.from_dict(prepared.base["split"])
     processor = prepared.task.load_processor(config.model, config.trust_remote_code)

@@ -50,9 +50,10 @@ from sklearn.model_selection import train_test_split
 from autoft.cli import DEMO_FILE
 from autoft.config import BaseTaskConfig, load_yaml, resolve_path
 from autoft.data import read_frame
-from autoft.forgetting import _mean_pool, retention
+from autoft.forgetting import retention
+from autoft.forgetting.encoders import mean_pool
 from autoft.space import find_space_file
-from autoft.train import score
+from autoft.tasks import get_task
 
 # The value that turns each anti-forgetting parameter off, for space (a).
 METHODS_OFF = {"adapter": "freeze", "preserve_weight": 0, "interpolate": False,
@@ -252,7 +253,7 @@ def word_similarity(model_dir: Path, pairs: tuple[list[str], list[str], np.ndarr
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     encoder = transformers.AutoModel.from_pretrained(model_dir).eval()
     batch = tokenizer(words, padding=True, return_tensors="pt")
-    pooled = _mean_pool(encoder(**batch).last_hidden_state, batch["attention_mask"])
+    pooled = mean_pool(encoder(**batch).last_hidden_state, batch["attention_mask"])
     unit = torch.nn.functional.normalize(pooled, dim=-1)
     row = {word: i for i, word in enumerate(words)}
     cosine = (unit[[row[w] for w in left]] * unit[[row[w] for w in right]]).sum(-1)
@@ -279,7 +280,8 @@ def test_score(model_dir: Path, test_file: Path, metric: str, max_length: int) -
         batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length,
                           return_tensors="pt")
         predicted += model(**batch).logits.argmax(-1).tolist()
-    return score(metric, [ids[label] for label in frame["label"].astype(str)], predicted)
+    labels = [ids[label] for label in frame["label"].astype(str)]
+    return get_task("text-classification").score(metric, labels, predicted)
 
 
 # --- the table ---------------------------------------------------------------------------------

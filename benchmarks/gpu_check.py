@@ -41,9 +41,9 @@ def pack_worker(visible: str, index: int, tasks, results) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = visible  # before torch touches CUDA
     import torch
 
-    from autoft.data import Split
     from autoft.model import freeze, load_model, model_depth
-    from autoft.train import TrialParams, autocast, build_optimizer, collate
+    from autoft.tasks.text import Split, collate
+    from autoft.train import TrialParams, autocast, build_optimizer
 
     device = torch.device("cuda:0")
     with open(TWEETS, newline="") as handle:

@@ -29,8 +29,8 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
 from autoft.cache import PrefixCache
 from autoft.config import build_config
-from autoft.data import load_target, tokenize_target
 from autoft.model import find_blocks, freeze, load_model
+from autoft.tasks import DataSettings, get_task
 from autoft.train import TrialParams, train_trial
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -52,9 +52,10 @@ def prepare(samples: int, seed: int):
         None,
         {},
     )
-    table = load_target(config)
-    model, tokenizer = load_model(config.model, sorted(set(table[1])))
-    return config, tokenize_target(config, table, tokenizer, model.config), tokenizer
+    task, settings = get_task("text-classification"), DataSettings.from_config(config)
+    rows = task.read(settings)
+    model, tokenizer = task.load_model(config.model, task.label_names(rows, settings), False)
+    return config, task.encode(rows, tokenizer, model.config, settings), tokenizer
 
 
 def fresh_model(config, data, trainable_layers: int):

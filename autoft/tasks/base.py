@@ -63,16 +63,11 @@ class Rows:
 
 @dataclass(frozen=True)
 class Metric:
-    """A target metric: its name as the user writes it, whether higher is better, and words for
-    the report ('macro-F1', 'RMSE, lower is better')."""
+    """A target metric: its name as the user writes it, and whether the search maximizes or
+    minimizes it (the study's direction, which the pruner and every 'best' follow)."""
 
     name: str
     direction: str  # MAXIMIZE or MINIMIZE
-    words: str
-
-    def better(self, a: float, b: float) -> bool:
-        """Whether `a` beats `b`."""
-        return a > b if self.direction == MAXIMIZE else a < b
 
 
 class Task(ABC):

@@ -40,8 +40,8 @@ class TextClassification(TextTask):
 
     name = "text-classification"
     metrics = (
-        Metric("accuracy", MAXIMIZE, "accuracy"),
-        Metric("macro_f1", MAXIMIZE, "macro-F1"),
+        Metric("accuracy", MAXIMIZE),
+        Metric("macro_f1", MAXIMIZE),
     )
     base_kinds = ("similarity", "classification", "masked_lm", "drift")
     stratified = True

@@ -37,9 +37,9 @@ class TextRegression(TextTask):
 
     name = "text-regression"
     metrics = (
-        Metric("spearman", MAXIMIZE, "Spearman correlation"),
-        Metric("pearson", MAXIMIZE, "Pearson correlation"),
-        Metric("rmse", MINIMIZE, "RMSE, lower is better"),
+        Metric("spearman", MAXIMIZE),
+        Metric("pearson", MAXIMIZE),
+        Metric("rmse", MINIMIZE),
     )
     base_kinds = ("similarity", "classification", "masked_lm", "drift")
     stratified = False
