@@ -19,7 +19,7 @@ from autoft.errors import UsageError
 from autoft.forgetting import build_base_task, find_pair_columns, preservation_texts
 from autoft.guard import BASE_MAX_LENGTH, measure_base
 from autoft.model import model_depth
-from autoft.space import SearchSpace, load_space
+from autoft.space import SPACES_DIR, SearchSpace, load_space
 from autoft.study import Prepared, load_prepared_data, save_prepared
 from autoft.tasks import DataSettings, Task, detect_task, get_task
 from autoft.tasks.text import model_length_limit
@@ -133,6 +133,20 @@ def held_without_preservation(config: StudyConfig, space, texts: list[str], echo
     return space.fix("preserve_weight", 0.0)
 
 
+def checked_adapter(space: SearchSpace, name: str, model, echo) -> SearchSpace:
+    """The space, if adapter `name` fits the model; a space autoft ships that offers it anyway
+    (the default offers LoRA, which a ResNet's convolutions cannot take) holds the adapter at
+    freeze and says so; a space file of the user's that asks for it is refused."""
+    try:
+        get_adapter(name).check(model, space.source)
+    except UsageError:
+        if Path(space.source).parent != Path(str(SPACES_DIR)):
+            raise
+        echo(f"  adapter held at freeze: {name} does not fit {type(model).__name__}.")
+        return space.fix("adapter", "freeze")
+    return space
+
+
 def check_eval_interval(config: StudyConfig, space: SearchSpace, train_rows: int) -> None:
     """An interval longer than the shortest run the space allows would leave such trials with
     no evaluation, hence no score."""
@@ -238,7 +252,7 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
         if saved:  # resumed: the model is loaded only to check the adapters it may get
             model, _ = task.load_model(config.model, data.label_names, config.trust_remote_code)
         for name in needs_check:
-            get_adapter(name).check(model, resolved.source)
+            resolved = checked_adapter(resolved, name, model, echo)
     preserved = (preservation_texts(config.base, BaseSplit.from_dict(base["split"]))
                  if config.base and base and task.preserves else [])
     resolved = held_without_preservation(config, resolved, preserved, echo, task)

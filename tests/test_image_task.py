@@ -18,7 +18,9 @@ from transformers import AutoModelForImageClassification
 from autoft.adapters import get_adapter
 from autoft.cache import PrefixCache
 from autoft.cli import main as cli_main
+from autoft.config import build_config
 from autoft.model import freeze
+from autoft.prepare import prepare_study
 from autoft.study import load_prepared_data
 from autoft.tasks import DataSettings, get_task
 from autoft.tasks.image_classification import ImageClassification
@@ -148,3 +150,14 @@ def test_a_trial_s_kept_weights_carry_its_batchnorm_statistics(digit_folder,
     batch = TASK.collate(data.validation, list(range(8)), 0, CPU)
     with torch.no_grad():
         assert torch.equal(model.eval()(**batch).logits, fresh.eval()(**batch).logits)
+
+
+def test_the_default_space_holds_lora_at_freeze_for_a_model_of_convolutions(
+    digit_folder, tiny_resnet_dir, tmp_path
+) -> None:
+    config = build_config({}, None, {"model": str(tiny_resnet_dir), "train": str(digit_folder),
+                                     "studies_dir": str(tmp_path), "space": "default"})
+    lines = []
+    prepared_study = prepare_study(config, echo=lines.append)
+    assert "  adapter held at freeze: lora does not fit ResNetForImageClassification." in lines
+    assert prepared_study.space.values_of("adapter") == ("freeze",)
