@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import optuna
 import torch
 from test_cache import PAD, PARAMS, fresh_model, make_data
 
 from autoft.interpolate import MixPoint, best_mix, interpolate, mixed_state
 from autoft.model import split_parameters
+from autoft.plots import retention_plot
 from autoft.tasks import get_task
+from autoft.tradeoff import search_points
 from autoft.train import evaluate, train_trial
 
 
@@ -132,3 +135,16 @@ def test_the_head_trains_alone_first_and_the_layers_after(tiny_model_dir) -> Non
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and changed <= head, "only the head moved"
     assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable
+
+
+def test_interpolated_points_without_a_base_task_leave_the_retention_plot_empty() -> None:
+    """Without a base task an interpolating trial's points have no retention: the plot of
+    retention has nothing to draw (it failed on them, ending the report of a whole study)."""
+    trial = optuna.trial.create_trial(
+        value=0.3, params={}, distributions={},
+        user_attrs={"params": {"trainable_layers": 1}, "interpolation": [
+            {"mix": 1.0, "value": 0.3, "retention": None, "keepable": True},
+            {"mix": 0.5, "value": 0.2, "retention": None, "keepable": True}]})
+    assert search_points([trial]) == []
+    assert retention_plot([trial], "spearman", None).png is None
+

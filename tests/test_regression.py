@@ -145,3 +145,20 @@ def test_detection_reads_the_label_column(tmp_path, labels, detected) -> None:
     assert (note is not None) == (detected is not None)
     assert task.name == (detected or "text-classification")
 
+
+
+def test_the_study_file_names_the_task_and_an_unknown_one_is_refused(
+    word_model, tmp_path, capsys
+) -> None:
+    rows = [{"text": f"{a} {b}", "label": str(i % 3)}
+            for i, (a, b) in enumerate(zip("abcdefghij" * 3, "klmnopqrst" * 3, strict=True))]
+    train = write_csv(tmp_path / "small.csv", rows)
+    study = tmp_path / "study.yaml"
+    study.write_text(f"model: {word_model}\ntrain: {train}\ntask: text-regresion\n")
+    code = main(["search", str(study), "--studies-dir", str(tmp_path / "studies")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "field task: unknown task 'text-regresion'" in err and "text-regression" in err
+    # Three integer classes would stay a classification; named, they are a regression.
+    task, note = detect_task("text-regression", DataSettings(train=str(train)))
+    assert task.name == "text-regression" and note is None
