@@ -19,9 +19,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from autoft.cache import CacheUnusable, _locked, capture, replaying
+from autoft.cache import locked
 from autoft.forgetting import BaseTask, Replay, no_replay
 from autoft.model import Blocks, evaluating, find_blocks
+from autoft.replay import CacheUnusable, capture, replaying
 
 __all__ = ["Cost", "Preservation", "PreservationLoss"]
 
@@ -68,7 +69,7 @@ class Preservation:
         targets = self._read()
         if targets is not None:
             return targets, "reused"
-        with _locked(self.path.with_suffix(".lock")):
+        with locked(self.path.with_suffix(".lock")):
             targets = self._read()
             if targets is not None:
                 return targets, "reused"

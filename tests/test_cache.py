@@ -18,18 +18,12 @@ from conftest import save_tiny_bert
 from torch import nn
 
 from autoft import train
-from autoft.cache import (
-    HEADER_BYTES,
-    PrefixCache,
-    PrefixMemo,
-    cache_key,
-    capture,
-    check_replay,
-)
+from autoft.cache import HEADER_BYTES, PrefixCache, cache_key
 from autoft.cli import build_parser, config_from_args
 from autoft.cli import main as cli_main
 from autoft.data import TargetData
 from autoft.model import find_blocks, freeze, load_model
+from autoft.replay import PrefixMemo, capture, check_replay
 from autoft.tasks import get_task
 from autoft.tasks.text import Split, collate
 from autoft.train import TrialParams, set_train_mode, train_trial

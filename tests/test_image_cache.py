@@ -9,8 +9,8 @@ import pytest
 import torch
 import transformers
 
-from autoft.cache import capture, replaying
 from autoft.model import find_blocks, freeze
+from autoft.replay import capture, replaying
 from autoft.train import set_train_mode
 
 IMAGE = {"image_size": 8, "num_labels": 3}

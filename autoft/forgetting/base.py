@@ -58,7 +58,7 @@ class BaseTask(ABC):
 
         quick=True scores the fixed first `check_examples` items, for the per-evaluation check.
         `frozen` says how many bottom blocks are still the base model's: their output on the fixed
-        base batches is computed once per task and depth and replayed (autoft.cache.PrefixMemo).
+        base batches is computed once per task and depth and replayed (autoft.replay.PrefixMemo).
         The model's train/eval modes and requires_grad flags are left as the caller set them.
         """
 

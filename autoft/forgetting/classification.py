@@ -8,7 +8,6 @@ import torch
 from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
 
 from autoft.audit import BaseSplit
-from autoft.cache import PrefixMemo
 from autoft.config import BaseTaskConfig
 from autoft.errors import UsageError
 from autoft.forgetting.base import (
@@ -28,6 +27,7 @@ from autoft.forgetting.encoders import (
     load_with_head,
 )
 from autoft.forgetting.readers import is_table, read_table, table_column
+from autoft.replay import PrefixMemo
 from autoft.tasks.images import read_images
 
 

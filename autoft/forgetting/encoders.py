@@ -9,10 +9,10 @@ import torch
 from torch.func import functional_call
 
 from autoft.adapters import plain_state_dict
-from autoft.cache import PrefixMemo
 from autoft.errors import UsageError
 from autoft.forgetting.base import Replay
 from autoft.model import evaluating
+from autoft.replay import PrefixMemo
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
