@@ -103,6 +103,11 @@ class Task(ABC):
         """The pretrained model with a new head for this task, and its processor (tokenizer or
         image processor); a model that cannot do this task is a UsageError."""
 
+    def start_head(self, model, data) -> None:
+        """Set the new head's starting point from the training data (data.TargetData), after its
+        random initialization; by default it starts as initialized."""
+        return None
+
     @abstractmethod
     def load_processor(self, source: str, trust_remote_code: bool):
         """The processor alone (workers' base-task checks need it, not the model)."""
