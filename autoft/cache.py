@@ -1,11 +1,12 @@
 """The frozen-prefix cache: the hidden states leaving the frozen bottom blocks, computed once per
 model, data, max length and depth, kept memory-mapped in the study folder and replayed in training.
 
-Layout: one file per key, `<key>.states`: a 4 KiB JSON header (dtype, hidden size, token rows per
-split, payload size, SHA-256 of the payload) and then every example's states unpadded, one row per
-real token, train first and validation after, in the data's order. Offsets come from the token
-counts, so padding is rebuilt per batch (zeros, masked out) and never stored. Files appear only by
-rename, under a lock, so concurrent workers either build or reuse, and a damaged file is rebuilt.
+Layout: one file per key, `<key>.states`: a 4 KiB JSON header (dtype, row width, rows per split,
+payload size, SHA-256 of the payload, and for fixed-shape states the shape of one) and then every
+example's states, train first and validation after, in the data's order: text's unpadded, one row
+per real token (offsets come from the token counts, so padding is rebuilt per batch: zeros, masked
+out), an image's as one row (the task's cache_layout says which). Files appear only by rename,
+under a lock, so concurrent workers either build or reuse, and a damaged file is rebuilt.
 
 Precision: the cache is built under the autocast training runs under (train.autocast: bf16 on GPUs
 that have it, none on CPU) and stores each state in the dtype the block gave there, unrounded, so a
@@ -20,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -33,59 +35,23 @@ from torch import nn
 
 from autoft.data import TargetData
 from autoft.model import evaluating, find_blocks, split_parameters
-from autoft.tasks import Task, get_task
+from autoft.replay import CacheUnusable, SplitStates, capture, check_replay, offsets
+from autoft.tasks import get_task
 from autoft.train import autocast, autocast_dtype
 
-__all__ = ["CacheUse", "PrefixCache", "PrefixMemo", "PrefixStates", "SplitStates", "cache_key"]
+__all__ = ["CacheUse", "PrefixCache", "PrefixStates", "cache_key", "locked"]
 
 log = logging.getLogger("autoft")
 
 FORMAT_VERSION = 2
 HEADER_BYTES = 4096
 MAX_CACHE_BYTES = 4 * 2**30  # the whole cache folder of a study
-MAX_MEMO_BYTES = 2**29  # a worker's in-memory states of the base task's fixed batches
 FREE_DISK_MARGIN = 2**30
-CHECK_EXAMPLES = 6
-CHECK_TOLERANCE = 1e-4
 _SPLITS = ("train", "validation")
 _DTYPES = ("float32", "bfloat16", "float16")  # what blocks give under training's autocast
 _VERIFIED: set[tuple[str, int, int]] = set()  # files whose checksum this process has checked
 _REPLAYED: dict[str, tuple[int, torch.dtype]] = {}  # keys whose replay this process has proven,
 # with the hidden size and dtype of the states
-
-
-class CacheUnusable(Exception):
-    """The cache cannot serve this trial; the message says why, and the trial trains uncached."""
-
-
-@dataclass
-class SplitStates:
-    """One split's cached states: a flat (tokens × hidden) tensor and where each example starts."""
-
-    flat: torch.Tensor
-    offsets: np.ndarray
-    blocks: nn.ModuleList
-    frozen: int
-
-    def forward(self, model: nn.Module, batch: dict, indices: list[int]):
-        """The model's output on a padded batch, with the frozen prefix replaced by the cache.
-
-        `collate` pads on the right, so row r's tokens are at positions 0..length of that row; the
-        padding keeps zeros, which the attention mask hides from every real token.
-        """
-        shape = batch["attention_mask"].shape
-        spans = [(self.offsets[i], self.offsets[i + 1]) for i in indices]
-        source = np.concatenate([np.arange(start, end) for start, end in spans])
-        target = np.concatenate(
-            [row * shape[1] + np.arange(end - start) for row, (start, end) in enumerate(spans)]
-        )  # index arithmetic on the host: no boolean mask, so no device sync
-        device = self.flat.device
-        rows = self.flat.index_select(0, torch.from_numpy(source).to(device, non_blocking=True))
-        state = torch.zeros((shape[0] * shape[1], rows.shape[1]), dtype=rows.dtype, device=device)
-        state.index_copy_(0, torch.from_numpy(target).to(device), rows)
-        state = state.view(*shape, rows.shape[1]).to(batch["attention_mask"].device)
-        with replaying(self.blocks, self.frozen, state):
-            return model(**batch)
 
 
 @dataclass
@@ -103,131 +69,6 @@ class CacheUse:
     states: PrefixStates | None
     note: str
     seconds: float = 0.0
-
-
-class _Skip(nn.Module):
-    """Stands in for a frozen block below the last one: passes its input on, computes nothing."""
-
-    def forward(self, *args, **kwargs):
-        return args[0] if args else kwargs["hidden_states"]
-
-
-class _Replay(nn.Module):
-    """Stands in for the last frozen block: returns the cached output of that block."""
-
-    def __init__(self, state: torch.Tensor):
-        super().__init__()
-        self.state = state
-
-    def forward(self, *args, **kwargs):
-        return self.state
-
-
-@contextlib.contextmanager
-def replaying(blocks: nn.ModuleList, frozen: int, state: torch.Tensor) -> Iterator[None]:
-    """Swap the bottom `frozen` blocks for stand-ins, so a normal forward call starts from `state`.
-
-    The stack keeps its length, so layer indices, attention masks and whatever runs between blocks
-    stay as the model computes them; only the frozen blocks' work is skipped.
-    """
-    originals = [blocks[i] for i in range(frozen)]
-    for i in range(frozen - 1):
-        blocks[i] = _Skip()
-    blocks[frozen - 1] = _Replay(state)
-    try:
-        yield
-    finally:
-        for i, block in enumerate(originals):
-            blocks[i] = block
-
-
-class PrefixMemo:
-    """The frozen prefix's output on fixed batches (a base task's), kept in memory and replayed.
-
-    Every trial of a study leaves its bottom blocks as the base model's, so their output on the
-    base task's batches is the same in every check: computed once per worker and depth, then each
-    check runs only the blocks the trial trains. Proven on first use, as the disk cache is: a
-    model whose replayed output differs from its own is simply run whole.
-    """
-
-    def __init__(self, max_bytes: int = MAX_MEMO_BYTES):
-        self.max_bytes = max_bytes
-        self.states: dict[tuple[int, int], torch.Tensor] = {}
-        self.refused: set[tuple[str, int]] = set()  # (model class, depth) that failed the proof
-
-    @torch.no_grad()
-    def run(self, model: nn.Module, batch, frozen: int):
-        """`model(**batch)` in eval mode, with its bottom `frozen` blocks replayed when they can be.
-
-        `batch` must be the same object each time (a task's fixed batch): it is the key.
-        """
-        name = type(model).__name__
-        if frozen == 0 or (name, frozen) in self.refused:
-            return model(**batch)
-        blocks = find_blocks(model)
-        key = (id(batch), frozen)
-        if key in self.states:
-            with replaying(blocks, frozen, self.states[key]):
-                return model(**batch)
-        seen = []
-        handle = blocks[frozen - 1].register_forward_hook(lambda _m, _a, out: seen.append(out))
-        try:
-            output = model(**batch)
-        finally:
-            handle.remove()
-        state = seen[-1] if seen else None
-        if isinstance(state, torch.Tensor) and self._room() >= state.nbytes:
-            with replaying(blocks, frozen, state):
-                replayed = model(**batch)
-            gap = (replayed[0] - output[0]).abs().max().item()
-            if gap <= CHECK_TOLERANCE * max(1.0, output[0].abs().max().item()):
-                self.states[key] = state
-            else:
-                self.refused.add((name, frozen))
-        return output
-
-    def _room(self) -> int:
-        return self.max_bytes - sum(state.nbytes for state in self.states.values())
-
-
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once the states are captured."""
-
-
-@torch.no_grad()
-def capture(
-    model: nn.Module, blocks: nn.ModuleList, depths: tuple[int, ...], batch: dict
-) -> dict[int, torch.Tensor]:
-    """The output of block `d - 1` for every depth `d`, on a padded batch; eval mode required.
-
-    One pass serves every depth, stopping where block `max(depths)` would start; a block that runs
-    several times (ALBERT's shared layer) keeps its last output.
-    """
-    outputs: dict[int, list] = {depth: [] for depth in depths}
-    handles = [
-        blocks[depth - 1].register_forward_hook(
-            lambda _m, _a, out, depth=depth: outputs[depth].append(out)
-        )
-        for depth in depths
-    ]
-    if max(depths) < len(blocks):
-
-        def stop(_module, _args):
-            raise _Stop
-
-        handles.append(blocks[max(depths)].register_forward_pre_hook(stop))
-    try:
-        model(**batch)
-    except _Stop:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
-    for seen in outputs.values():
-        if not seen or not isinstance(seen[-1], torch.Tensor):
-            kind = type(seen[-1]).__name__ if seen else "nothing"
-            raise CacheUnusable(f"its blocks return {kind}, not a hidden-state tensor")
-    return {depth: seen[-1] for depth, seen in outputs.items()}
 
 
 def cache_key(model: nn.Module, data: TargetData, frozen: int, device: torch.device) -> str:
@@ -288,6 +129,9 @@ class PrefixCache:
         return CacheUse(states, note, time.perf_counter() - started)
 
     def _states(self, model, data, frozen, device, pad_id) -> tuple[PrefixStates, str]:
+        refusal = get_task(data.task).cache_refusal(data.train)
+        if refusal:
+            raise CacheUnusable(refusal)
         blocks = find_blocks(model)
         with evaluating(model):
             key = cache_key(model, data, frozen, device)
@@ -299,13 +143,13 @@ class PrefixCache:
             header = _open_valid(path, data, warn=False)
             note = "reused"
             if header is None:
-                with _locked(path.with_suffix(".lock")):
+                with locked(path.with_suffix(".lock")):
                     header = _open_valid(path, data, warn=True)
                     if header is None:
                         paths = {frozen: path} | self._spare_depths(
                             model, data, frozen, len(blocks), hidden, dtype, device
                         )
-                        _build(paths, model, blocks, data, pad_id, device, dtype, hidden)
+                        _build(paths, model, blocks, data, pad_id, device, dtype)
                         header = _open_valid(path, data, warn=True)
                         note = "built"
         if header is None:
@@ -347,47 +191,8 @@ class PrefixCache:
         return size, min(self.max_bytes - used, self._free())
 
 
-def check_replay(model, blocks, frozen, task: Task, split, pad_id: int, device):
-    """Prove on real examples, on `device` and under training's autocast, that replaying cached
-    states gives the model's own logits.
-
-    The examples have different lengths, so the batch is padded and the states are stored unpadded
-    and re-padded with zeros, as in training. Returns the hidden size and the dtype of the states;
-    raises CacheUnusable if the architecture does not replay exactly (its blocks return something
-    else, or the logits differ).
-    """
-    sizes = task.sizes(split)
-    order = sorted(range(len(split)), key=lambda i: sizes[i])
-    picks = sorted(set(order[: CHECK_EXAMPLES // 2] + order[-(CHECK_EXAMPLES // 2) :]))
-    batch = task.collate(split, picks, pad_id, device)
-    batch.pop("labels")
-    name = type(model).__name__
-    try:
-        with torch.no_grad(), autocast(device):
-            expected = model(**batch).logits
-            state = capture(model, blocks, (frozen,), batch)[frozen]
-            mask = batch["attention_mask"].bool()
-            rows = state[mask]
-            flat = SplitStates(rows, _offsets([sizes[i] for i in picks]), blocks, frozen)
-            replayed = flat.forward(model, batch, list(range(len(picks)))).logits
-    except CacheUnusable as error:
-        raise CacheUnusable(f"{name} cannot be replayed from a cache: {error}") from None
-    except Exception as error:  # an architecture that breaks under the stand-ins: train uncached
-        raise CacheUnusable(f"{name} fails when replayed from a cache ({error})") from None
-    gap = (replayed - expected).abs().max().item()
-    if not gap <= CHECK_TOLERANCE * max(1.0, expected.abs().max().item()):
-        raise CacheUnusable(
-            f"{name} gives other logits when replayed from a cache (off by {gap:.2g})"
-        )
-    return state.shape[-1], state.dtype
-
-
-def _offsets(lengths: list[int]) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
-
-
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """One builder per key across processes; the others wait, then reuse what it wrote."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
@@ -399,9 +204,10 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 @torch.no_grad()
-def _build(paths: dict[int, Path], model, blocks, data, pad_id, device, dtype, hidden) -> None:
+def _build(paths: dict[int, Path], model, blocks, data, pad_id, device, dtype) -> None:
     """Run the frozen prefix once over both splits and write the states of every depth asked for,
-    each to a temp file, then renamed into place.
+    each to a temp file, then renamed into place. A file is sized on its depth's first batch: in
+    a model built in stages (ResNet) each depth's states have their own shape.
 
     Batches go shortest examples first (the task's eval_batches), so they pad little (in the data's
     order every batch of short tweets padded to its longest: twice the work); each example's rows
@@ -416,22 +222,28 @@ def _build(paths: dict[int, Path], model, blocks, data, pad_id, device, dtype, h
     task = get_task(data.task)
     lengths = {name: task.sizes(getattr(data, name)) for name in _SPLITS}
     rows = {name: sum(lengths[name]) for name in _SPLITS}
-    shape = (sum(rows.values()), hidden)
+    total = sum(rows.values())
+    fixed = task.cache_layout == "fixed"
     element = _stored_as(dtype)
     tmps = {d: p.with_name(f"{p.name}.{os.getpid()}.tmp") for d, p in paths.items()}
+    files: dict[int, np.memmap] = {}
+    shapes: dict[int, list[int] | None] = {}
     try:
-        files = {
-            d: np.memmap(tmps[d], dtype=element, mode="w+", offset=HEADER_BYTES, shape=shape)
-            for d in depths
-        }
         first_row = 0
         for name in _SPLITS:
             split = getattr(data, name)
-            starts = _offsets(lengths[name]) + first_row
+            starts = offsets(lengths[name]) + first_row
             for indices, batch in task.eval_batches(split, pad_id, device):
                 with autocast(device):
                     states = capture(model, blocks, depths, batch)
                 for depth, state in states.items():
+                    if depth not in files:
+                        shapes[depth] = list(state.shape[1:]) if fixed else None
+                        width = math.prod(state.shape[1:]) if fixed else state.shape[-1]
+                        files[depth] = np.memmap(tmps[depth], dtype=element, mode="w+",
+                                                 offset=HEADER_BYTES, shape=(total, width))
+                    if fixed:
+                        state = state.flatten(1).unsqueeze(1)  # one row per example
                     state = _to_numpy(state.to(dtype))  # already `dtype`: proven by check_replay
                     for row, i in enumerate(indices):
                         files[depth][starts[i] : starts[i + 1]] = state[row, : lengths[name][i]]
@@ -441,9 +253,10 @@ def _build(paths: dict[int, Path], model, blocks, data, pad_id, device, dtype, h
             header = {
                 "version": FORMAT_VERSION,
                 "dtype": str(dtype).removeprefix("torch."),
-                "hidden": hidden,
+                "hidden": states.shape[1],
+                "shape": shapes[depth],
                 "rows": rows,
-                "payload_bytes": shape[0] * hidden * element.itemsize,
+                "payload_bytes": states.size * element.itemsize,
                 "sha256": _payload_digest(tmps[depth]),
             }
             with open(tmps[depth], "r+b") as out:
@@ -532,6 +345,7 @@ def _load(path, header, data, blocks, frozen, device) -> PrefixStates:
         if device.type != "cpu":
             flat = flat.to(device)
         sizes = get_task(data.task).sizes(getattr(data, name))
-        splits[name] = SplitStates(flat, _offsets(sizes), blocks, frozen)
+        shape = tuple(header["shape"]) if header.get("shape") else None
+        splits[name] = SplitStates(flat, offsets(sizes), blocks, frozen, shape)
         start += count
     return PrefixStates(**splits)

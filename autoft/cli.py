@@ -36,8 +36,9 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
         help="training data: .csv, .tsv, .jsonl, .json, .parquet, a saved datasets "
         "folder, or a hub name",
     )
-    add("--task", help="text-classification or text-regression (default: auto, from the "
-        "data: a label column of many distinct numbers is a regression)")
+    add("--task", help="text-classification, text-regression or image-classification (default: "
+        "auto, from the data: a folder of class folders of images or a table with an image "
+        "column is image-classification, a label column of many distinct numbers a regression)")
     add("--validation", help="validation data (default: a stratified split of --train)")
     add("--val-fraction", type=float, help="share of train kept for validation (default 0.2)")
     add("--text-column", help="column with the text (default: text)")
@@ -69,6 +70,13 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
         action="store_const",
         const=True,
         help="allow the model's own Python code to run (off by default)",
+    )
+    add(
+        "--augment",
+        action="store_const",
+        const=True,
+        help="image-classification: flip and shift training images at random (off by default; "
+        "turns the prefix cache off)",
     )
     add(
         "--cache",
@@ -134,6 +142,7 @@ STUDY_FLAG_FIELDS = (
     "studies_dir",
     "storage",
     "trust_remote_code",
+    "augment",
     "cache",
     "base_kind",
     "base_data",

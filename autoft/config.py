@@ -65,6 +65,7 @@ class StudyConfig:
     studies_dir: str = "studies"
     storage: str | None = None
     trust_remote_code: bool = False
+    augment: bool = False  # image-classification: random flips and shifts of training images
     eval_every_samples: int | None = None
     devices: str = "auto"
     trials_per_gpu: int = 1

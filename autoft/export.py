@@ -47,7 +47,7 @@ def load_trial_model(
         )
     model, processor = task.load_model(model_source, label_names, trust_remote_code)
     trained = load_file(checkpoint)
-    missing = set(trained) - set(dict(model.named_parameters()))
+    missing = set(trained) - set(model.state_dict())  # parameters, and BatchNorm statistics
     if missing:
         raise UsageError(
             f"{checkpoint} holds parameters the model lacks ({sorted(missing)[0]}); "

@@ -35,9 +35,11 @@ def mixed_state(
     head: frozenset[str],
     mix: float,
 ) -> dict[str, torch.Tensor]:
-    """The tuned weights with every body tensor moved to untouched + mix × (tuned − untouched)."""
+    """The tuned weights with every body tensor moved to untouched + mix × (tuned − untouched);
+    a count (a BatchNorm's batches tracked) stays as tuned."""
     return {
-        name: value if name in head else torch.lerp(untouched[name], value, mix)
+        name: value if name in head or not value.is_floating_point()
+        else torch.lerp(untouched[name], value, mix)
         for name, value in tuned.items()
     }
 

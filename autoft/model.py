@@ -9,7 +9,7 @@ import contextlib
 import itertools
 import os
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,17 +25,21 @@ from transformers.utils import logging as hf_logging
 from autoft.errors import UsageError
 
 __all__ = [
+    "Blocks",
     "ParameterGroups",
     "count_parameters",
     "find_blocks",
     "freeze",
     "load_model",
     "load_tokenizer",
+    "loading",
     "model_depth",
     "split_parameters",
+    "with_new_head",
 ]
 
 _DUMMY_LENGTH = 4
+_DUMMY_IMAGE_SIZE = 64
 
 
 def load_model(
@@ -53,28 +57,45 @@ def load_model(
     """
     if problem_type != "regression":
         _check_labels(label_names)
+    with loading(source):
+        tokenizer = load_tokenizer(source, trust_remote_code)
+        model = with_new_head(AutoModelForSequenceClassification, source, label_names,
+                              trust_remote_code, problem_type=problem_type)
+    _ensure_pad_token(model, tokenizer)
+    return model, tokenizer
+
+
+@contextlib.contextmanager
+def loading(source: str) -> Iterator[None]:
+    """Around loading a model and its processor: a missing folder is named, transformers' expected
+    reports are hidden, and a load that fails is one sentence."""
     _check_model_folder(source)
     try:
         with _quiet_transformers():
-            tokenizer = load_tokenizer(source, trust_remote_code)
-            model = AutoModelForSequenceClassification.from_pretrained(
-                source,
-                problem_type=problem_type,
-                num_labels=len(label_names),
-                id2label=dict(enumerate(label_names)),
-                label2id={name: i for i, name in enumerate(label_names)},
-                ignore_mismatched_sizes=True,
-                trust_remote_code=trust_remote_code,
-                use_safetensors=None,  # None: safetensors when present, else torch weights_only
-            )
+            yield
     except (OSError, ValueError) as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
         raise UsageError(
             f"Could not load model {source!r} ({reason}): check the --model name, the network, "
             "or trust_remote_code."
         ) from error
-    _ensure_pad_token(model, tokenizer)
-    return model, tokenizer
+
+
+def with_new_head(auto_class, source: str, label_names: list[str], trust_remote_code: bool,
+                  **settings) -> PreTrainedModel:
+    """`source` loaded as `auto_class` with a fresh head for `label_names`, inside `loading`: a
+    head of another size in the checkpoint is replaced, weights come from safetensors where the
+    checkpoint has them."""
+    return auto_class.from_pretrained(
+        source,
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={name: i for i, name in enumerate(label_names)},
+        ignore_mismatched_sizes=True,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=None,  # None: safetensors when present, else torch weights_only
+        **settings,
+    )
 
 
 def load_tokenizer(source: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
@@ -134,36 +155,84 @@ def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         model.config.pad_token_id = tokenizer.pad_token_id
 
 
-def find_blocks(model: nn.Module) -> nn.ModuleList:
-    """Return the stack of identical blocks inside `model.base_model`, bottom block first.
+class Blocks(Sequence[nn.Module]):
+    """A model's blocks in run order, bottom first, wherever each one sits.
 
-    Found by structure, so new architectures need no table: among the ModuleLists whose children
-    all share one class and own parameters, the one holding the most parameters (the outermost on
-    a tie). Parameters, not child count, decide, so that a mixture-of-experts list with more experts
-    than the model has layers is not mistaken for the stack.
+    Most models keep them in one list; models built in stages (ResNet, ConvNeXt, Swin) keep each
+    stage's blocks in a list of that stage. Assigning `blocks[i] = stand_in` puts the stand-in in
+    the block's own slot, so the prefix cache can swap blocks in either case. `stages` is the list
+    of stages, or None for a single stack.
+    """
+
+    def __init__(self, slots: list[tuple[nn.Module, int]], stages: nn.Module | None = None):
+        self._slots = slots
+        self.stages = stages
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        container, position = self._slots[index]
+        return container[position]
+
+    def __setitem__(self, index: int, module: nn.Module) -> None:
+        container, position = self._slots[index]
+        container[position] = module
+
+
+def find_blocks(model: nn.Module) -> Blocks:
+    """Return the blocks inside `model.base_model`, in the order they run, bottom block first.
+
+    Found by structure, so new architectures need no table. A stack is a list (ModuleList or
+    Sequential) whose children share one class and own parameters; the stack holding the most
+    parameters (the outermost on a tie) is taken. Parameters, not child count, decide, so that a
+    mixture-of-experts list with more experts than the model has layers is not mistaken for it.
+    When its members differ in shape (a CNN's or Swin's stages: widths and depths change between
+    them), they are stages, not blocks: the blocks are then the members of each stage's own
+    largest stack, stage after stage.
 
     ALBERT shares one block across all its layers: its stack holds one layer group, so its depth is
     1 and `trainable_layers` is 0 (head only) or 1 (everything).
     """
     base = getattr(model, "base_model", model)
+    stack = _largest_stack(base)
+    if stack is None:
+        raise UsageError(
+            f"Found no stack of repeated blocks in {type(model).__name__}: autoft can only "
+            "fine-tune models built from repeated layers (BERT-, GPT-, ViT- or ResNet-like)."
+        )
+    if not _alike(stack):
+        inner = [_largest_stack(stage) for stage in stack]
+        if all(inner):
+            return Blocks([(s, i) for s in inner for i in range(len(s))], stages=stack)
+    return Blocks([(stack, i) for i in range(len(stack))])
+
+
+def _largest_stack(root: nn.Module) -> nn.Module | None:
+    """The stack under `root` (itself excluded) with the most parameters, outermost on a tie."""
     best, best_size = None, 0
-    for module in base.modules():
-        if isinstance(module, nn.ModuleList) and _is_stack(module):
+    for module in root.modules():
+        if module is not root and _is_stack(module):
             size = count_parameters(module)
             if size > best_size:
                 best, best_size = module, size
-    if best is None:
-        raise UsageError(
-            f"Found no stack of identical blocks in {type(model).__name__}: autoft can only "
-            "fine-tune models built from repeated layers (BERT-, GPT- or Llama-like)."
-        )
     return best
 
 
-def _is_stack(modules: nn.ModuleList) -> bool:
-    """A stack of blocks: non-empty, one class throughout, and every block has weights."""
+def _is_stack(modules: nn.Module) -> bool:
+    """A stack of blocks: a non-empty list, one class throughout, and every block has weights."""
+    if not isinstance(modules, nn.ModuleList | nn.Sequential) or len(modules) == 0:
+        return False
     kinds = {type(child) for child in modules}
     return len(kinds) == 1 and all(count_parameters(child) > 0 for child in modules)
+
+
+def _alike(stack: nn.Module) -> bool:
+    """Whether every member of `stack` has the same parameters (names and shapes)."""
+    shapes = [[(n, p.shape) for n, p in child.named_parameters()] for child in stack]
+    return all(shape == shapes[0] for shape in shapes)
 
 
 def model_depth(model: nn.Module) -> int:
@@ -203,7 +272,9 @@ def split_parameters(model: PreTrainedModel) -> ParameterGroups:
     Prefix and head are told apart by one forward pass on a dummy input rather than by names: a
     parameter whose module first starts after the last block has finished is head, anything else
     outside the blocks (it ran before or between blocks, or never ran) is prefix, so it stays frozen
-    until everything trains. Parameters outside `model.base_model` are always head.
+    until everything trains. Parameters outside `model.base_model` are always head. In a model
+    built in stages, a stage's own parts between blocks (ConvNeXt's and Swin's downsampling) go
+    with the block they feed: they train when it does, and the prefix cache stores what feeds them.
     """
     if model not in _GROUPS_CACHE:
         _GROUPS_CACHE[model] = _split_parameters(model)
@@ -216,6 +287,7 @@ def _split_parameters(model: PreTrainedModel) -> ParameterGroups:
     names = {id(param): name for name, param in model.named_parameters()}  # tied weights once
     block_of = _block_of_each_parameter(blocks)
     starts, stack_end = _first_starts(model, blocks)
+    block_of |= _stage_parts(blocks, block_of, starts, stack_end)
     in_base = {id(param) for param in getattr(model, "base_model", model).parameters()}
     prefix, head = [], []
     per_block: list[list[str]] = [[] for _ in blocks]
@@ -229,7 +301,7 @@ def _split_parameters(model: PreTrainedModel) -> ParameterGroups:
     return ParameterGroups(tuple(prefix), tuple(tuple(b) for b in per_block), tuple(head))
 
 
-def _block_of_each_parameter(blocks: nn.ModuleList) -> dict[int, int]:
+def _block_of_each_parameter(blocks: Blocks) -> dict[int, int]:
     """Map each block parameter (by identity) to its block; a shared one goes to the lowest."""
     block_of: dict[int, int] = {}
     for index, block in enumerate(blocks):
@@ -238,7 +310,27 @@ def _block_of_each_parameter(blocks: nn.ModuleList) -> dict[int, int]:
     return block_of
 
 
-def _first_starts(model: PreTrainedModel, blocks: nn.ModuleList) -> tuple[dict[int, int], int]:
+def _stage_parts(
+    blocks: Blocks, block_of: dict[int, int], starts: dict[int, int], stack_end: int
+) -> dict[int, int]:
+    """Map each parameter of the stages that lies outside every block and runs within the stack
+    to the first block that starts after it; empty for a model without stages."""
+    if blocks.stages is None:
+        return {}
+    block_starts = [
+        min(starts.get(id(p), stack_end) for p in block.parameters()) for block in blocks
+    ]
+    parts = {}
+    for param in blocks.stages.parameters():
+        start = starts.get(id(param), -1)
+        if id(param) not in block_of and 0 <= start < stack_end:
+            parts[id(param)] = next(
+                (i for i, first in enumerate(block_starts) if first > start), len(blocks) - 1
+            )
+    return parts
+
+
+def _first_starts(model: PreTrainedModel, blocks: Blocks) -> tuple[dict[int, int], int]:
     """Run a dummy forward pass; return when each parameter's module first started, by parameter
     identity, and when the last block last finished, on one clock.
 
@@ -297,7 +389,7 @@ def _dummy_input(model: PreTrainedModel) -> dict[str, torch.Tensor]:
     """A one-example input the model accepts: token ids for text, a blank image for vision."""
     param = next(model.parameters())
     if model.main_input_name == "pixel_values":
-        size = model.config.image_size
+        size = getattr(model.config, "image_size", _DUMMY_IMAGE_SIZE)  # CNNs (ResNet) take any
         height, width = (size, size) if isinstance(size, int) else size
         shape = (1, model.config.num_channels, height, width)
         return {"pixel_values": torch.zeros(shape, dtype=param.dtype, device=param.device)}

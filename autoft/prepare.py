@@ -19,7 +19,7 @@ from autoft.errors import UsageError
 from autoft.forgetting import build_base_task, find_pair_columns, preservation_texts
 from autoft.guard import BASE_MAX_LENGTH, measure_base
 from autoft.model import model_depth
-from autoft.space import SearchSpace, load_space
+from autoft.space import SPACES_DIR, SearchSpace, load_space
 from autoft.study import Prepared, load_prepared_data, save_prepared
 from autoft.tasks import DataSettings, Task, detect_task, get_task
 from autoft.tasks.text import model_length_limit
@@ -38,6 +38,7 @@ DATA_FIELDS = (
     "max_train_samples",
     "max_val_samples",
     "seed",
+    "augment",
 )
 HASHES_FILE = "file_hashes.json"
 
@@ -117,18 +118,33 @@ def measure_base_skill(config: StudyConfig, model, tokenizer, echo) -> dict:
     return base
 
 
-def held_without_preservation(config: StudyConfig, space, texts: list[str], echo):
+def held_without_preservation(config: StudyConfig, space, texts: list[str], echo, task: Task):
     """The space, with preserve_weight held at 0 where there is nothing to preserve (`texts`, from
-    forgetting.preservation_texts, is empty): no base task, or base data the check scores whole
-    and no base.preserve_data."""
+    forgetting.preservation_texts, is empty): no base task, a task without the preservation loss,
+    or base data the check scores whole and no base.preserve_data."""
     weight = next(p for p in space.parameters if p.name == "preserve_weight")
     if texts or weight.value == 0:
         return space
     reason = ("there is no base task" if config.base is None else
+              f"{task.name} has no preservation loss" if not task.preserves else
               f"every text of {Path(config.base.data).name} is scored by the check and no "
               f"base.preserve_data is set")
     echo(f"  preserve_weight held at 0: {reason}.")
     return space.fix("preserve_weight", 0.0)
+
+
+def checked_adapter(space: SearchSpace, name: str, model, echo) -> SearchSpace:
+    """The space, if adapter `name` fits the model; a space autoft ships that offers it anyway
+    (the default offers LoRA, which a ResNet's convolutions cannot take) holds the adapter at
+    freeze and says so; a space file of the user's that asks for it is refused."""
+    try:
+        get_adapter(name).check(model, space.source)
+    except UsageError:
+        if Path(space.source).parent != Path(str(SPACES_DIR)):
+            raise
+        echo(f"  adapter held at freeze: {name} does not fit {type(model).__name__}.")
+        return space.fix("adapter", "freeze")
+    return space
 
 
 def check_eval_interval(config: StudyConfig, space: SearchSpace, train_rows: int) -> None:
@@ -175,6 +191,11 @@ def check_task_settings(task: Task, config: StudyConfig) -> None:
         raise UsageError(
             f"{config.where('base.kind')}: {task.name} has no '{config.base.kind}' base-task "
             f"check; use one of {', '.join(task.base_kinds)}."
+        )
+    if config.base and config.base.preserve_data and not task.preserves:
+        raise UsageError(
+            f"{config.where('base.preserve_data')}: {task.name} has no preservation loss; "
+            "drop base.preserve_data (--base-preserve-data)."
         )
 
 
@@ -231,10 +252,10 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
         if saved:  # resumed: the model is loaded only to check the adapters it may get
             model, _ = task.load_model(config.model, data.label_names, config.trust_remote_code)
         for name in needs_check:
-            get_adapter(name).check(model, resolved.source)
+            resolved = checked_adapter(resolved, name, model, echo)
     preserved = (preservation_texts(config.base, BaseSplit.from_dict(base["split"]))
-                 if config.base and base else [])
-    resolved = held_without_preservation(config, resolved, preserved, echo)
+                 if config.base and base and task.preserves else [])
+    resolved = held_without_preservation(config, resolved, preserved, echo, task)
     prepared = Prepared(config=config, data=data, space=resolved, depth=depth, pad_id=pad_id,
                         base=base)
     if not saved:

@@ -19,9 +19,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from autoft.cache import CacheUnusable, _locked, capture, replaying
+from autoft.cache import locked
 from autoft.forgetting import BaseTask, Replay, no_replay
-from autoft.model import evaluating, find_blocks
+from autoft.model import Blocks, evaluating, find_blocks
+from autoft.replay import CacheUnusable, capture, replaying
 
 __all__ = ["Cost", "Preservation", "PreservationLoss"]
 
@@ -68,7 +69,7 @@ class Preservation:
         targets = self._read()
         if targets is not None:
             return targets, "reused"
-        with _locked(self.path.with_suffix(".lock")):
+        with locked(self.path.with_suffix(".lock")):
             targets = self._read()
             if targets is not None:
                 return targets, "reused"
@@ -123,7 +124,7 @@ class PreservationLoss:
         self.frozen = frozen
         self.every = cost.every_steps
         self.prefix: dict[int, torch.Tensor] = {}
-        self.stacks: dict[int, torch.nn.ModuleList] = {}
+        self.stacks: dict[int, Blocks] = {}
         self.replays = frozen > 0 and task.replays_prefix
 
     def __call__(self, model, step: int) -> torch.Tensor | None:
@@ -158,7 +159,7 @@ class PreservationLoss:
         state = self.prefix[index]
         return lambda module: replaying(self._blocks(module), self.frozen, state)
 
-    def _blocks(self, module) -> torch.nn.ModuleList:
+    def _blocks(self, module) -> Blocks:
         """The module's stack of blocks, found once (find_blocks walks the whole model)."""
         if id(module) not in self.stacks:
             self.stacks[id(module)] = find_blocks(module)

@@ -138,6 +138,7 @@ class Objective:
         trial.set_user_attr("adapter", params.adapter)
         model, _ = self.prepared.task.load_model(config.model, data.label_names,
                                                  config.trust_remote_code)
+        self.prepared.task.start_head(model, data)
         adapter = get_adapter(params.adapter)
         trial.set_user_attr(
             "trainable_parameters", adapter.apply(model, params.trainable_layers, params)

@@ -25,7 +25,8 @@ from autoft.model import evaluating, find_blocks, split_parameters
 from autoft.tasks import MAXIMIZE, get_task
 
 if TYPE_CHECKING:
-    from autoft.cache import PrefixCache, SplitStates
+    from autoft.cache import PrefixCache
+    from autoft.replay import SplitStates
 
 class TrialFailed(Exception):
     """The trial cannot go on (NaN loss, out of memory); its message is the recorded reason."""

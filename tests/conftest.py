@@ -194,6 +194,7 @@ def trial_params() -> TrialParams:
 # that say where each parameter belongs, written independently of autoft's structural search.
 VOCAB = 50
 TEXT = {"vocab_size": VOCAB, "num_labels": 3, "max_position_embeddings": 32}
+IMAGE = {"image_size": 8, "num_labels": 3}
 BERTLIKE = {
     **TEXT,
     "hidden_size": 32,
@@ -210,8 +211,10 @@ class Arch:
     config_class: str
     config: dict
     depth: int
-    block: str  # regex whose group 1 is the block index
+    block: str  # regex whose group 1 is the block index (see stage_depths)
     head: tuple[str, ...]  # name prefixes of the head
+    stage_depths: tuple[int, ...] = ()  # a staged model: groups stage, layer (none: the
+    # stage's own parts, which feed its first block) and next (parts feeding the next stage)
 
     def build(self) -> transformers.PreTrainedModel:
         """A fresh random model, the same for every call."""
@@ -222,7 +225,13 @@ class Arch:
     def block_index(self, name: str) -> int:
         """Which block a parameter name belongs to by the pattern; -1 for none."""
         match = re.match(self.block, name)
-        return int(match[1]) if match else -1
+        if not match:
+            return -1
+        if not self.stage_depths:
+            return int(match[1])
+        found = match.groupdict()
+        stage = int(found["stage"]) if found["stage"] is not None else int(found["next"]) + 1
+        return sum(self.stage_depths[:stage]) + int(found.get("layer") or 0)
 
     @staticmethod
     def random_batch(model: transformers.PreTrainedModel) -> dict[str, torch.Tensor]:
@@ -340,6 +349,35 @@ ARCHS = {
         2,
         r"vit\.layers\.(\d+)\.",
         ("vit.layernorm.", "classifier."),
+    ),
+    "resnet": Arch(
+        "ResNetForImageClassification",
+        "ResNetConfig",
+        {**IMAGE, "embedding_size": 8, "hidden_sizes": [8, 16], "depths": [2, 1],
+         "layer_type": "basic"},
+        3,
+        r"resnet\.encoder\.stages\.(?P<stage>\d+)\.layers\.(?P<layer>\d+)\.",
+        ("classifier.",),
+        (2, 1),
+    ),
+    "convnext": Arch(
+        "ConvNextForImageClassification",
+        "ConvNextConfig",
+        {**IMAGE, "num_stages": 2, "hidden_sizes": [8, 16], "depths": [2, 1], "patch_size": 2},
+        3,
+        r"convnext\.encoder\.stages\.(?P<stage>\d+)\.(?:layers\.(?P<layer>\d+)|downsampling)",
+        ("convnext.layernorm.", "classifier."),
+        (2, 1),
+    ),
+    "swin": Arch(
+        "SwinForImageClassification",
+        "SwinConfig",
+        {**IMAGE, "patch_size": 2, "embed_dim": 8, "depths": [2, 1], "num_heads": [1, 2],
+         "window_size": 2},
+        3,
+        r"swin\.encoder\.layers\.(?:(?P<stage>\d+)\.blocks\.(?P<layer>\d+)|(?P<next>\d+)\.down)",
+        ("swin.layernorm.", "classifier."),
+        (2, 1),
     ),
 }
 
@@ -482,3 +520,46 @@ def tiny_study(tmp_path_factory, tiny_model_dir, tiny_csv):
                                pruner=optuna.pruners.ThresholdPruner(upper=-1.0))
     always.optimize(objective, n_trials=1, catch=(Exception,))
     return load_study("tiny", str(studies), None), studies / "tiny"
+
+
+def write_digit_folder(folder: Path, digits: tuple[int, ...], per_class: int,
+                       skip: int = 0) -> Path:
+    """Real handwritten digits (scikit-learn's 8×8 scans) as PNG files, one folder per digit;
+    `skip` leaves out each digit's first images (another set of the same digits)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    scans = load_digits()
+    for digit in digits:
+        rows = [i for i, target in enumerate(scans.target) if target == digit]
+        (folder / str(digit)).mkdir(parents=True, exist_ok=True)
+        for i in rows[skip : skip + per_class]:
+            pixels = (scans.images[i] * (255 / 16)).astype("uint8")
+            Image.fromarray(pixels).save(folder / str(digit) / f"{i}.png")
+    return folder
+
+
+def save_tiny_resnet(folder: Path, labels: list[str], seed: int = 0) -> Path:
+    """A tiny random ResNet (2 blocks in 2 stages) for 8×8 images, saved with its processor."""
+    from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessorPil
+
+    torch.manual_seed(seed)
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                          layer_type="basic", num_labels=len(labels),
+                          id2label=dict(enumerate(labels)),
+                          label2id={name: i for i, name in enumerate(labels)})
+    ResNetForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": 8, "width": 8}, image_mean=[0.5] * 3,
+                         image_std=[0.5] * 3).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def digit_folder(tmp_path_factory) -> Path:
+    """Digits 0, 1 and 2, 30 real scans each, as class folders of PNG files."""
+    return write_digit_folder(tmp_path_factory.mktemp("digits"), (0, 1, 2), 30)
+
+
+@pytest.fixture(scope="session")
+def tiny_resnet_dir(tmp_path_factory) -> Path:
+    return save_tiny_resnet(tmp_path_factory.mktemp("resnet"), ["0", "1", "2"])

@@ -16,17 +16,11 @@ import torch
 from torch import nn
 
 from autoft import train
-from autoft.cache import (
-    HEADER_BYTES,
-    PrefixCache,
-    PrefixMemo,
-    cache_key,
-    capture,
-    check_replay,
-)
+from autoft.cache import HEADER_BYTES, PrefixCache, cache_key
 from autoft.cli import build_parser, config_from_args
 from autoft.cli import main as cli_main
 from autoft.model import find_blocks
+from autoft.replay import PrefixMemo, capture, check_replay
 from autoft.tasks import get_task
 from autoft.tasks.text import Split, collate
 from autoft.train import set_train_mode, train_trial
@@ -244,36 +238,36 @@ def test_full_fine_tuning_does_not_touch_the_cache(
     assert not list(tmp_path.iterdir())
 
 
-class TupleBlock(nn.Module):
-    """A block that returns a tuple, as older transformers layers did."""
+class DictBlock(nn.Module):
+    """A block that returns a dict: no hidden state the cache can find in it."""
 
     def __init__(self):
         super().__init__()
         self.linear = nn.Linear(8, 8)
 
     def forward(self, hidden, mask):
-        return (self.linear(hidden) * mask[..., None],)
+        return {"hidden": self.linear(hidden) * mask[..., None]}
 
 
-class TupleModel(nn.Module):
+class DictModel(nn.Module):
     """A toy model whose stack the cache cannot replay: it must refuse, not guess."""
 
     def __init__(self):
         super().__init__()
         self.embed = nn.Embedding(30, 8)
-        self.layers = nn.ModuleList([TupleBlock(), TupleBlock()])
+        self.layers = nn.ModuleList([DictBlock(), DictBlock()])
         self.head = nn.Linear(8, 2)
 
     def forward(self, input_ids, attention_mask):
         hidden = self.embed(input_ids)
         for layer in self.layers:
-            hidden = layer(hidden, attention_mask)[0]
+            hidden = layer(hidden, attention_mask)["hidden"]
         return SimpleNamespace(logits=self.head(hidden[:, 0]))
 
 
 def test_an_architecture_that_does_not_replay_is_refused(pad_id, make_data) -> None:
-    model = TupleModel().eval()
-    with pytest.raises(Exception, match="return tuple, not a hidden-state tensor"):
+    model = DictModel().eval()
+    with pytest.raises(Exception, match="return dict, not a hidden-state tensor"):
         check_replay(model, model.layers, 1, get_task("text-classification"), make_data().train,
                      pad_id, torch.device("cpu"))
 

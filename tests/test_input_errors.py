@@ -301,3 +301,54 @@ def test_every_text_empty(tiny_model_dir, tmp_path, capsys, sentiment_rows, writ
     code, err = run_cli(search_args(tiny_model_dir, train, tmp_path), capsys)
     assert_refused(code, err, "--text-column", "every 'text'", "blank.csv", "is empty",
                    tmp_path=tmp_path)
+
+
+def test_image_path_that_does_not_exist(digit_folder, tiny_resnet_dir, tmp_path, capsys,
+                                        write_csv):
+    table = tmp_path / "images.csv"
+    files = sorted(str(f) for f in digit_folder.glob("*/*.png"))[:6]
+    rows = [{"image": f, "label": Path(f).parent.name} for f in files]
+    rows[3]["image"] = str(tmp_path / "gone.png")
+    write_csv(table, rows)
+    code, err = run_cli(search_args(tiny_resnet_dir, table, tmp_path), capsys)
+    assert_refused(code, err, "line 5", "gone.png", "does not exist", tmp_path=tmp_path)
+
+
+def test_image_path_that_is_not_an_image(digit_folder, tiny_resnet_dir, tmp_path, capsys,
+                                         write_csv):
+    table = tmp_path / "images.csv"
+    files = sorted(str(f) for f in digit_folder.glob("*/*.png"))[:6]
+    rows = [{"image": f, "label": Path(f).parent.name} for f in files]
+    (tmp_path / "notes.png").write_text("not a picture")
+    rows[1]["image"] = "notes.png"  # relative: read from the table's folder
+    write_csv(table, rows)
+    code, err = run_cli(search_args(tiny_resnet_dir, table, tmp_path), capsys)
+    assert_refused(code, err, "line 3", "notes.png", "is not an image", tmp_path=tmp_path)
+
+
+def test_class_folder_without_images(digit_folder, tiny_resnet_dir, tmp_path, capsys):
+    train = tmp_path / "classes"
+    for digit in ("0", "1"):
+        (train / digit).mkdir(parents=True)
+        for f in list((digit_folder / digit).glob("*.png"))[:4]:
+            (train / digit / f.name).write_bytes(f.read_bytes())
+    (train / "2").mkdir()
+    (train / "2" / "readme.txt").write_text("images to come")
+    code, err = run_cli(search_args(tiny_resnet_dir, train, tmp_path), capsys)
+    assert_refused(code, err, str(train / "2"), "holds no images", tmp_path=tmp_path)
+
+
+def test_image_task_with_a_text_model(digit_folder, tiny_model_dir, tmp_path, capsys):
+    args = search_args(tiny_model_dir, digit_folder, tmp_path, "--task", "image-classification")
+    code, err = run_cli(args, capsys)
+    assert_refused(code, err, str(tiny_model_dir), "not an image model", tmp_path=tmp_path)
+
+
+def test_image_task_with_preservation_data(digit_folder, tiny_resnet_dir, tmp_path, capsys):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("some base-side text\nanother one\n")
+    args = search_args(tiny_resnet_dir, digit_folder, tmp_path, "--base-kind", "drift",
+                       "--base-data", str(digit_folder), "--base-preserve-data", str(texts))
+    code, err = run_cli(args, capsys)
+    assert_refused(code, err, "image-classification has no preservation loss",
+                   "--base-preserve-data", tmp_path=tmp_path)

@@ -22,9 +22,11 @@ from transformers import (
 )
 
 from autoft.cli import main
+from autoft.data import TargetData
 from autoft.report import build_summary
 from autoft.study import load_prepared_data
-from autoft.tasks import DataSettings, detect_task
+from autoft.tasks import DataSettings, detect_task, get_task
+from autoft.tasks.text import Split
 from autoft.train import evaluate
 
 GENSIM = Path(importlib.util.find_spec("gensim").submodule_search_locations[0])
@@ -162,3 +164,16 @@ def test_the_study_file_names_the_task_and_an_unknown_one_is_refused(
     # Three integer classes would stay a classification; named, they are a regression.
     task, note = detect_task("text-regression", DataSettings(train=str(train)))
     assert task.name == "text-regression" and note is None
+
+
+def test_a_regression_head_starts_at_the_mean_label(word_model) -> None:
+    task = get_task("text-regression")
+    torch.manual_seed(0)
+    model, _ = task.load_model(str(word_model), ["score"], False)
+    split = Split([[2, 5 + i, 3] for i in range(4)], [1.0, 3.0, 5.0, 7.0])
+    task.start_head(model, TargetData(split, split, ["score"], "spearman", 16, [],
+                                      "text-regression"))
+    model.eval()
+    with torch.no_grad():
+        outputs = model(input_ids=torch.tensor(split.input_ids)).logits.squeeze(-1)
+    assert outputs.sub(4.0).abs().max() < 0.3  # the mean, give or take the small random weights

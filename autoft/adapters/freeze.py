@@ -21,11 +21,17 @@ class FreezeAdapter(Adapter):
         return freeze(model, trainable_layers)
 
     def kept_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return {
-            name: p.detach().to("cpu", copy=True)
-            for name, p in model.named_parameters()
-            if p.requires_grad
-        }
+        """The trained parameters, and the buffers of the modules that own them: a BatchNorm's
+        running statistics move while it trains, and its weights are only right with them."""
+        kept = {}
+        for prefix, module in model.named_modules():
+            own = dict(module.named_parameters(recurse=False))
+            if any(p.requires_grad for p in own.values()):
+                own |= dict(module.named_buffers(recurse=False))
+                kept |= {f"{prefix}.{name}".lstrip("."): tensor.detach().to("cpu", copy=True)
+                         for name, tensor in own.items()
+                         if not isinstance(tensor, nn.Parameter) or tensor.requires_grad}
+        return kept
 
     def restore(self, model: nn.Module, kept: dict[str, torch.Tensor]) -> None:
         model.load_state_dict(kept, strict=False)

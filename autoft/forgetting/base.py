@@ -16,6 +16,7 @@ import torch
 from autoft.audit import BaseSplit, split_base
 from autoft.config import BaseTaskConfig
 from autoft.errors import UsageError
+from autoft.tasks.images import colour_mode, processed
 
 BATCH_SIZE = 32
 MASK_FRACTION = 0.15
@@ -57,7 +58,7 @@ class BaseTask(ABC):
 
         quick=True scores the fixed first `check_examples` items, for the per-evaluation check.
         `frozen` says how many bottom blocks are still the base model's: their output on the fixed
-        base batches is computed once per task and depth and replayed (autoft.cache.PrefixMemo).
+        base batches is computed once per task and depth and replayed (autoft.replay.PrefixMemo).
         The model's train/eval modes and requires_grad flags are left as the caller set them.
         """
 
@@ -160,3 +161,19 @@ def tokenize_texts(
         )
         for start in range(0, len(texts), size)
     ]
+
+
+def takes_images(processor) -> bool:
+    """Whether the model reads images: its processor makes pixel values, not token ids."""
+    return "pixel_values" in getattr(processor, "model_input_names", ())
+
+
+def base_batches(processor, items: list, max_length: int, pairs: list[str] | None = None,
+                 config=None) -> list:
+    """Fixed batches of base-task items: texts tokenized (`tokenize_texts`), or images (their
+    paths) turned into pixel values in the colour mode of the model whose `config` is given."""
+    if not takes_images(processor):
+        return tokenize_texts(processor, items, max_length, pairs=pairs)
+    mode = colour_mode(config)
+    return [processed(processor, items[start : start + BATCH_SIZE], mode)
+            for start in range(0, len(items), BATCH_SIZE)]

@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
 
 from autoft.audit import BaseSplit
-from autoft.cache import PrefixMemo
 from autoft.config import BaseTaskConfig
 from autoft.errors import UsageError
 from autoft.forgetting.base import (
     BaseScore,
     BaseTask,
     Replay,
+    base_batches,
     no_replay,
     pick,
     scored_part,
-    tokenize_texts,
+    takes_images,
 )
 from autoft.forgetting.encoders import (
     copy_encoder,
@@ -27,6 +27,8 @@ from autoft.forgetting.encoders import (
     load_with_head,
 )
 from autoft.forgetting.readers import is_table, read_table, table_column
+from autoft.replay import PrefixMemo
+from autoft.tasks.images import read_images
 
 
 class ClassificationTask(BaseTask):
@@ -47,33 +49,35 @@ class ClassificationTask(BaseTask):
         split: BaseSplit | None = None,
         seed: int = 0,
     ):
-        if not is_table(config.data):
+        images = takes_images(tokenizer)
+        if not images and not is_table(config.data):
             raise UsageError(
                 f"Base-task kind 'classification' needs a table with text and label "
                 f"columns, not {config.data}; give a CSV, JSONL or Parquet file."
             )
-        self.original_ = load_with_head(
-            AutoModelForSequenceClassification, model_source, "classification", trust_remote_code
-        )
-        frame = read_table(config.data)
-        texts = [str(text) for text in
-                 table_column(frame, config.data, config.text_column, "text_column")]
-        pairs = config.text_pair_column and [
-            str(text)
-            for text in table_column(frame, config.data, config.text_pair_column,
-                                     "text_pair_column")
-        ]
-        labels = _label_ids(
-            table_column(frame, config.data, config.label_column, "label_column"),
-            self.original_.config,
-            config.data,
-            config.label_column,
-        )
+        auto_class = (AutoModelForImageClassification if images
+                      else AutoModelForSequenceClassification)
+        self.original_ = load_with_head(auto_class, model_source, "classification",
+                                        trust_remote_code)
+        pairs = None
+        if images:  # a folder of class folders, or a table with image and label columns
+            texts, names = read_images(config.data, "base.data", config.label_column)
+        else:
+            frame = read_table(config.data)
+            texts = [str(text) for text in
+                     table_column(frame, config.data, config.text_column, "text_column")]
+            pairs = config.text_pair_column and [
+                str(text)
+                for text in table_column(frame, config.data, config.text_pair_column,
+                                         "text_pair_column")
+            ]
+            names = table_column(frame, config.data, config.label_column, "label_column")
+        labels = _label_ids(names, self.original_.config, config.data, config.label_column)
         parts = self._parts(config, len(texts), "examples", split, seed)
         self.labels_ = {part: labels[rows] for part, rows in parts.items()}
         self.batches_ = {
-            part: tokenize_texts(tokenizer, pick(texts, rows), max_length,
-                            pairs=pairs and pick(pairs, rows))
+            part: base_batches(tokenizer, pick(texts, rows), max_length,
+                               pairs=pairs and pick(pairs, rows), config=self.original_.config)
             for part, rows in parts.items()
         }
         self.memo_ = PrefixMemo()

@@ -16,18 +16,20 @@ from autoft.forgetting.base import (
     BaseScore,
     BaseTask,
     Replay,
+    base_batches,
     no_replay,
     pick,
     scored_part,
-    tokenize_texts,
+    takes_images,
 )
 from autoft.forgetting.encoders import (
     hidden_states_read_trained,
     linear_cka,
-    mean_pool,
+    pool,
     pooled,
 )
 from autoft.forgetting.readers import read_texts
+from autoft.tasks.images import read_images
 
 
 class DriftTask(BaseTask):
@@ -48,17 +50,20 @@ class DriftTask(BaseTask):
         split: BaseSplit | None = None,
         seed: int = 0,
     ):
-        texts = read_texts(config)
-        parts = self._parts(config, len(texts), "examples", split, seed)
-        self.batches_ = {
-            part: tokenize_texts(tokenizer, pick(texts, rows), max_length)
-            for part, rows in parts.items()
-        }
         self._load_base = partial(
             AutoModel.from_pretrained, model_source, dtype=torch.float32,
             trust_remote_code=trust_remote_code,
         )
         self._base = self._load_base()
+        if takes_images(tokenizer):  # any images: a folder, or a table with an image column
+            texts = read_images(config.data, "base.data", None)[0]
+        else:
+            texts = read_texts(config)
+        parts = self._parts(config, len(texts), "examples", split, seed)
+        self.batches_ = {
+            part: base_batches(tokenizer, pick(texts, rows), max_length, config=self._base.config)
+            for part, rows in parts.items()
+        }
         self.reference_: dict[str, list[torch.Tensor]] = {}
 
     @torch.no_grad()
@@ -80,7 +85,7 @@ class DriftTask(BaseTask):
         """Every layer's mean-pooled states (texts × layers × hidden), the model run whole: the
         check compares every layer."""
         layers = model.base_model(**batch, output_hidden_states=True).hidden_states
-        return torch.stack([mean_pool(layer, batch["attention_mask"]) for layer in layers], 1)
+        return torch.stack([pool(layer, batch) for layer in layers], 1)
 
     def distance(self, tuned: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Squared distance relative to the untouched state's size, summed over layers (frozen

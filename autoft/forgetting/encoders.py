@@ -9,10 +9,10 @@ import torch
 from torch.func import functional_call
 
 from autoft.adapters import plain_state_dict
-from autoft.cache import PrefixMemo
 from autoft.errors import UsageError
 from autoft.forgetting.base import Replay
 from autoft.model import evaluating
+from autoft.replay import PrefixMemo
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -92,12 +92,20 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden.float() * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
+def pool(hidden: torch.Tensor, batch) -> torch.Tensor:
+    """One vector per example: the mean over its real tokens (text), or over positions (images:
+    patches, or a feature map's height and width)."""
+    if "attention_mask" in batch:
+        return mean_pool(hidden, batch["attention_mask"])
+    return hidden.float().flatten(2).mean(-1) if hidden.dim() == 4 else hidden.float().mean(1)
+
+
 def pooled(
     encoder, batches: list, device: str, every_layer: bool, memo: PrefixMemo | None = None,
     frozen: int = 0,
 ) -> list[torch.Tensor]:
-    """Mean-pooled hidden states, a row per text: last layer only (the frozen prefix replayed by
-    `memo` where there is one), or all (embeddings first)."""
+    """Mean-pooled hidden states, a row per text or image: last layer only (the frozen prefix
+    replayed by `memo` where there is one), or all (embeddings first)."""
     per_batch = []
     with evaluating(encoder):
         for batch in batches:
@@ -107,7 +115,7 @@ def pooled(
             else:
                 output = memo.run(encoder, batch, frozen) if memo else encoder(**batch)
                 layers = (output.last_hidden_state,)
-            per_batch.append([mean_pool(layer, batch["attention_mask"]) for layer in layers])
+            per_batch.append([pool(layer, batch) for layer in layers])
     return [torch.cat(layer) for layer in zip(*per_batch, strict=True)]
 
 

@@ -10,7 +10,6 @@ import torch
 from transformers import AutoModelForMaskedLM
 
 from autoft.audit import BaseSplit
-from autoft.cache import PrefixMemo
 from autoft.config import BaseTaskConfig
 from autoft.errors import UsageError
 from autoft.forgetting.base import (
@@ -32,6 +31,7 @@ from autoft.forgetting.encoders import (
     load_with_head,
 )
 from autoft.forgetting.readers import read_texts
+from autoft.replay import PrefixMemo
 
 
 class MaskedLMTask(BaseTask):

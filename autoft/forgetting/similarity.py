@@ -8,7 +8,6 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 from autoft.audit import BaseSplit
-from autoft.cache import PrefixMemo
 from autoft.config import BaseTaskConfig
 from autoft.forgetting.base import (
     BaseScore,
@@ -20,6 +19,7 @@ from autoft.forgetting.base import (
 )
 from autoft.forgetting.encoders import hidden_states_read_trained, mean_pool, pooled
 from autoft.forgetting.readers import read_pairs
+from autoft.replay import PrefixMemo
 
 
 class SimilarityTask(BaseTask):

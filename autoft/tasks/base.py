@@ -34,6 +34,7 @@ class DataSettings:
     max_train_samples: int | None = None
     max_val_samples: int | None = None
     seed: int = 0
+    augment: bool = False
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -78,6 +79,7 @@ class Task(ABC):
     base_kinds: ClassVar[tuple[str, ...]]  # forgetting checks it supports (config.BASE_KINDS)
     cache_layout: ClassVar[str]  # 'per_token' (unpadded rows + offsets) or 'fixed' (one shape)
     split_class: ClassVar[type]  # a dataclass of plain lists: prepared/ keeps it as JSON
+    preserves: ClassVar[bool] = True  # whether it has the preservation loss (base-side texts)
     auto_class: ClassVar[str]  # the transformers class that loads the exported model
 
     # reading and checking the data
@@ -100,6 +102,11 @@ class Task(ABC):
     def load_model(self, source: str, label_names: list[str], trust_remote_code: bool):
         """The pretrained model with a new head for this task, and its processor (tokenizer or
         image processor); a model that cannot do this task is a UsageError."""
+
+    def start_head(self, model, data) -> None:
+        """Set the new head's starting point from the training data (data.TargetData), after its
+        random initialization; by default it starts as initialized."""
+        return None
 
     @abstractmethod
     def load_processor(self, source: str, trust_remote_code: bool):
@@ -146,6 +153,11 @@ class Task(ABC):
             batch = self.collate(split, indices, pad_id, device)
             batch.pop("labels")
             yield indices, batch
+
+    def cache_refusal(self, split) -> str | None:
+        """Why the prefix cache cannot serve training on `split` (its inputs change between
+        epochs: augmentation), in words for the screen; None when it can."""
+        return None
 
     # scoring
 

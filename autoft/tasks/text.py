@@ -96,7 +96,7 @@ def model_length_limit(tokenizer, model_config) -> int:
     limits = [
         getattr(model_config, "max_position_embeddings", None),
         getattr(model_config, "n_positions", None),
-        tokenizer.model_max_length,
+        getattr(tokenizer, "model_max_length", None),  # an image processor has none
     ]
     usable = [limit for limit in limits if isinstance(limit, int) and 0 < limit < 100_000]
     return min(usable) if usable else 512

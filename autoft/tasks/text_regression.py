@@ -9,11 +9,14 @@ import math
 import warnings
 
 import numpy as np
+import torch
 from scipy.stats import ConstantInputWarning, pearsonr, spearmanr
 from sklearn.model_selection import train_test_split
+from torch import nn
 
 from autoft.data import column, is_missing, read_table, row_name
 from autoft.errors import UsageError
+from autoft.model import split_parameters
 from autoft.tasks.base import MAXIMIZE, MINIMIZE, DataSettings, Metric, Rows
 from autoft.tasks.text import TextTask
 
@@ -97,6 +100,18 @@ class TextRegression(TextTask):
 
     def encode_labels(self, labels: list, label_names: list[str]) -> list[float]:
         return [float(label) for label in labels]
+
+    def start_head(self, model, data) -> None:
+        """The output starts at the training labels' mean (its bias; the weights stay small and
+        random): from zero, a trial spent its first steps learning the mean of ratings from 0 to
+        10 instead of how pairs differ."""
+        head = set(split_parameters(model).head)
+        outputs = [module for name, module in model.named_modules()
+                   if isinstance(module, nn.Linear) and module.out_features == 1
+                   and f"{name}.bias" in head]
+        if outputs:
+            with torch.no_grad():
+                outputs[-1].bias.fill_(float(np.mean(data.train.labels)))
 
     def head_settings(self) -> dict:
         return {"problem_type": "regression"}
