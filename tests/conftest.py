@@ -11,12 +11,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
+from sklearn.datasets import load_digits
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
     BertModel,
     PreTrainedTokenizerFast,
+    ResNetConfig,
+    ResNetForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessorPil,
 )
 
 # Tiny models train faster on one thread than on two (a preservation test: 16.7 s against 25.1 s
@@ -122,9 +129,6 @@ def write_digit_folder(folder: Path, digits: tuple[int, ...], per_class: int,
                        skip: int = 0) -> Path:
     """Real handwritten digits (scikit-learn's 8×8 scans) as PNG files, one folder per digit;
     `skip` leaves out each digit's first images (another set of the same digits)."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
     scans = load_digits()
     for digit in digits:
         rows = [i for i, target in enumerate(scans.target) if target == digit]
@@ -138,14 +142,6 @@ def write_digit_folder(folder: Path, digits: tuple[int, ...], per_class: int,
 def save_tiny_image_model(folder: Path, labels: list[str], vit: bool = False) -> Path:
     """A tiny random ResNet (2 blocks in 2 stages), or ViT (2 layers of 4 patches), for 8×8
     images, saved with its processor."""
-    from transformers import (
-        ResNetConfig,
-        ResNetForImageClassification,
-        ViTConfig,
-        ViTForImageClassification,
-        ViTImageProcessorPil,
-    )
-
     torch.manual_seed(0)
     head = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
             "label2id": {name: i for i, name in enumerate(labels)}}
