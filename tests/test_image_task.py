@@ -17,7 +17,7 @@ import torch
 from transformers import AutoModelForImageClassification
 
 from autoft.adapters import get_adapter
-from autoft.cache import PrefixCache
+from autoft.cache import PrefixCache, cache_key
 from autoft.cli import main as cli_main
 from autoft.config import build_config
 from autoft.model import freeze
@@ -167,3 +167,12 @@ def test_the_default_space_holds_lora_at_freeze_for_a_model_of_convolutions(
     prepared_study = prepare_study(config, echo=lines.append)
     assert "  adapter held at freeze: lora does not fit ResNetForImageClassification." in lines
     assert prepared_study.space.values_of("adapter") == ("freeze",)
+
+
+def test_the_cache_key_follows_the_images(digit_folder, tiny_resnet_dir) -> None:
+    model, data = prepared(tiny_resnet_dir, digit_folder)
+    key = cache_key(model, data, 1, CPU)
+    assert cache_key(model, replace(data, train=replace(data.train)), 1, CPU) == key
+    images = list(data.train.images)
+    images[0], images[-1] = images[-1], images[0]
+    assert cache_key(model, replace(data, train=replace(data.train, images=images)), 1, CPU) != key
