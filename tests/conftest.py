@@ -19,12 +19,19 @@ import optuna
 import pytest
 import torch
 import transformers
+from PIL import Image
+from sklearn.datasets import load_digits
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
     BertModel,
     PreTrainedTokenizerFast,
+    ResNetConfig,
+    ResNetForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessorPil,
 )
 
 from autoft.config import build_config
@@ -526,9 +533,6 @@ def write_digit_folder(folder: Path, digits: tuple[int, ...], per_class: int,
                        skip: int = 0) -> Path:
     """Real handwritten digits (scikit-learn's 8×8 scans) as PNG files, one folder per digit;
     `skip` leaves out each digit's first images (another set of the same digits)."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
     scans = load_digits()
     for digit in digits:
         rows = [i for i, target in enumerate(scans.target) if target == digit]
@@ -539,16 +543,20 @@ def write_digit_folder(folder: Path, digits: tuple[int, ...], per_class: int,
     return folder
 
 
-def save_tiny_resnet(folder: Path, labels: list[str], seed: int = 0) -> Path:
-    """A tiny random ResNet (2 blocks in 2 stages) for 8×8 images, saved with its processor."""
-    from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessorPil
-
-    torch.manual_seed(seed)
-    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
-                          layer_type="basic", num_labels=len(labels),
-                          id2label=dict(enumerate(labels)),
-                          label2id={name: i for i, name in enumerate(labels)})
-    ResNetForImageClassification(config).save_pretrained(folder)
+def save_tiny_image_model(folder: Path, labels: list[str], vit: bool = False) -> Path:
+    """A tiny random ResNet (2 blocks in 2 stages), or ViT (2 layers of 4 patches), for 8×8
+    images, saved with its processor."""
+    torch.manual_seed(0)
+    head = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+            "label2id": {name: i for i, name in enumerate(labels)}}
+    if vit:
+        model = ViTForImageClassification(ViTConfig(
+            hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
+            image_size=8, patch_size=4, **head))
+    else:
+        model = ResNetForImageClassification(ResNetConfig(
+            embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", **head))
+    model.save_pretrained(folder)
     ViTImageProcessorPil(size={"height": 8, "width": 8}, image_mean=[0.5] * 3,
                          image_std=[0.5] * 3).save_pretrained(folder)
     return folder
@@ -562,4 +570,9 @@ def digit_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_resnet_dir(tmp_path_factory) -> Path:
-    return save_tiny_resnet(tmp_path_factory.mktemp("resnet"), ["0", "1", "2"])
+    return save_tiny_image_model(tmp_path_factory.mktemp("resnet"), ["0", "1", "2"])
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_dir(tmp_path_factory) -> Path:
+    return save_tiny_image_model(tmp_path_factory.mktemp("vit"), ["0", "1", "2"], vit=True)

@@ -12,11 +12,12 @@ from pathlib import Path
 import datasets
 import optuna
 import pandas as pd
+import pytest
 import torch
 from transformers import AutoModelForImageClassification
 
 from autoft.adapters import get_adapter
-from autoft.cache import PrefixCache
+from autoft.cache import PrefixCache, cache_key
 from autoft.cli import main as cli_main
 from autoft.config import build_config
 from autoft.model import freeze
@@ -88,11 +89,13 @@ def test_tables_and_saved_datasets_read_as_the_folder_does(digit_folder, tiny_re
         assert torch.equal(batch["labels"], reference["labels"])
 
 
-def test_training_from_the_cache_follows_the_uncached_trajectory(digit_folder, tiny_resnet_dir,
-                                                                 tmp_path) -> None:
+@pytest.mark.parametrize("kind", ["resnet", "vit"])
+def test_training_from_the_cache_follows_the_uncached_trajectory(kind, digit_folder, tmp_path,
+                                                                 request) -> None:
+    model_dir = request.getfixturevalue(f"tiny_{kind}_dir")
     results, models = [], []
     for cache in (None, PrefixCache(tmp_path)):
-        model, data = prepared(tiny_resnet_dir, digit_folder)
+        model, data = prepared(model_dir, digit_folder)
         torch.manual_seed(1)
         freeze(model, PARAMS.trainable_layers)
         results.append(train_trial(model, data, PARAMS, CPU, 0, seed=3,
@@ -108,13 +111,16 @@ def test_training_from_the_cache_follows_the_uncached_trajectory(digit_folder, t
         assert torch.allclose(a, b, atol=1e-5), name
     headers = [json.loads(f.read_bytes()[:4096]) for f in tmp_path.glob("*.states")]
     assert {h["rows"]["train"] for h in headers} == {len(data.train)}  # one row an image
-    # one pass wrote both depths, each in its own stage's shape for an 8×8 image
-    assert sorted(h["shape"] for h in headers) == [[8, 2, 2], [16, 1, 1]]
+    # one pass wrote both depths: a ResNet's in each stage's shape, a ViT's as its tokens
+    expected = [[8, 2, 2], [16, 1, 1]] if kind == "resnet" else [[5, 16], [5, 16]]
+    assert sorted(h["shape"] for h in headers) == expected
 
 
 def test_augmentation_changes_training_images_and_turns_the_cache_off(
     digit_folder, tiny_resnet_dir, tmp_path, caplog
 ) -> None:
+    flags = {"model": str(tiny_resnet_dir), "train": str(digit_folder), "augment": "true"}
+    assert DataSettings.from_config(build_config({}, None, flags)).augment  # --augment arrives
     model, data = prepared(tiny_resnet_dir, digit_folder, augment=True)
     assert any("augmentation" in note and "cache is off" in note for note in data.notes)
     torch.manual_seed(0)
@@ -161,3 +167,12 @@ def test_the_default_space_holds_lora_at_freeze_for_a_model_of_convolutions(
     prepared_study = prepare_study(config, echo=lines.append)
     assert "  adapter held at freeze: lora does not fit ResNetForImageClassification." in lines
     assert prepared_study.space.values_of("adapter") == ("freeze",)
+
+
+def test_the_cache_key_follows_the_images(digit_folder, tiny_resnet_dir) -> None:
+    model, data = prepared(tiny_resnet_dir, digit_folder)
+    key = cache_key(model, data, 1, CPU)
+    assert cache_key(model, replace(data, train=replace(data.train)), 1, CPU) == key
+    images = list(data.train.images)
+    images[0], images[-1] = images[-1], images[0]
+    assert cache_key(model, replace(data, train=replace(data.train, images=images)), 1, CPU) != key

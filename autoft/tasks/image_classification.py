@@ -21,12 +21,11 @@ from autoft.tasks.images import (
     is_image_folder,
     load_image_processor,
     pixel_values,
+    pixels_digest,
     read_image_folder,
     read_image_table,
 )
 from autoft.tasks.text_classification import TextClassification
-
-DIGEST_BATCH = 256
 
 
 class ImageClassification(TextClassification):
@@ -115,10 +114,8 @@ class ImageClassification(TextClassification):
         return [1] * len(split)
 
     def digest_inputs(self, split: ImageSplit, digest) -> None:
-        """Every image as the model sees it (its pixel values)."""
-        for start in range(0, len(split), DIGEST_BATCH):
-            indices = list(range(start, min(start + DIGEST_BATCH, len(split))))
-            digest.update(pixel_values(split, indices).numpy().tobytes())
+        """Every image as the model sees it (its pixel values), hashed once per process."""
+        digest.update(pixels_digest(split).encode())
 
     def train_batches(self, split: ImageSplit, batch_size: int, generator: torch.Generator
                       ) -> list[list[int]]:

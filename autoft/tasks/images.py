@@ -6,6 +6,7 @@ every image (so batches need no padding and the prefix cache stores one block pe
 
 from __future__ import annotations
 
+import hashlib
 import io
 import weakref
 from dataclasses import dataclass
@@ -203,6 +204,22 @@ def pixel_values(split: ImageSplit, indices: list[int]) -> torch.Tensor:
             kept.update(fresh)
         return torch.stack([kept[i] if i in kept else fresh[i] for i in indices])
     return torch.stack([kept[i] for i in indices])
+
+
+_DIGESTS: weakref.WeakKeyDictionary[ImageSplit, str] = weakref.WeakKeyDictionary()
+DIGEST_BATCH = 256
+
+
+def pixels_digest(split: ImageSplit) -> str:
+    """SHA-256 of every image of `split` as the model sees it (its pixel values), computed once
+    per process: the prefix cache's key asks for it at every trial and depth."""
+    if split not in _DIGESTS:
+        digest = hashlib.sha256()
+        for start in range(0, len(split), DIGEST_BATCH):
+            indices = list(range(start, min(start + DIGEST_BATCH, len(split))))
+            digest.update(pixel_values(split, indices).numpy().tobytes())
+        _DIGESTS[split] = digest.hexdigest()
+    return _DIGESTS[split]
 
 
 def augment(pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
