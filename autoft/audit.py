@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import TrialState
 
 from autoft.errors import UsageError
+from autoft.tasks import recorded_task
 from autoft.trials import best_feasible, default_trial
 
 __all__ = ["BaseSplit", "audit_reported", "bootstrap_retention", "split_base"]
@@ -119,7 +120,6 @@ def _audit(study: optuna.Study, base: dict, trials: list, echo):
     from autoft.config import BaseTaskConfig
     from autoft.export import load_trial_model
     from autoft.forgetting import build_base_task
-    from autoft.tasks import recorded_task
 
     attrs = study.user_attrs
     config = attrs["config"]

@@ -88,6 +88,12 @@ def retention_line(trial: optuna.trial.FrozenTrial, base: dict | None) -> str:
     )
 
 
+def metric_name(attrs: dict) -> str:
+    """The study's metric, saying so where lower is better (RMSE)."""
+    lower = attrs.get("direction") == "minimize"
+    return f"{attrs['metric']} (lower is better)" if lower else attrs["metric"]
+
+
 def model_card(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
     """A README.md that says where the model came from, how it was trained and how good it is."""
     attrs = study.user_attrs
@@ -100,7 +106,7 @@ def model_card(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
         f"- Task: {recorded_task(attrs).name}",
         *recorded_task(attrs).card_lines(attrs["label_names"]),
         f"- Config: {describe_params(params, attrs['depth'])}",
-        f"- {score_line(trial, attrs['metric'])}",
+        f"- {score_line(trial, metric_name(attrs))}",
         f"- {retention_line(trial, attrs.get('base'))}",
         "",
         "## Parameters",

@@ -119,6 +119,8 @@ def test_rmse_is_minimized_and_said_to_be(word_model, wordsim_csv, tmp_path, cap
     values = [t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(set(values)) > 1 and summary["best"]["value"] == min(values)
     assert f"rmse (lower is better) {min(values):.4f}" in out
+    card = (tmp_path / "studies" / "ws" / "best_model" / "README.md").read_text()
+    assert f"Validation rmse (lower is better): {min(values):.4f}" in card
 
 
 def test_a_label_that_is_not_a_number_is_refused_naming_its_row(
