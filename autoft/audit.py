@@ -7,79 +7,28 @@ seen by that choice, so its retention is one the selection could not flatter.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 import optuna
+import torch
 from optuna.trial import TrialState
 
+from autoft.config import BaseTaskConfig
 from autoft.errors import UsageError
+from autoft.export import load_trial_model
+from autoft.forgetting import BaseSplit, build_base_task, retention
 from autoft.tasks import recorded_task
 from autoft.trials import best_feasible, default_trial
 
-__all__ = ["BaseSplit", "audit_reported", "bootstrap_retention", "split_base"]
+__all__ = ["audit_reported", "bootstrap_retention"]
 
-AUDIT_SHARE = 0.5
-# Below these a held-out half would be too small to say anything: documents of a ratings matrix
-# (20 documents still give 45 pairs per half), and pairs or examples otherwise.
-MIN_UNITS = {"documents": 20, "pairs": 100, "examples": 100}
 RESAMPLES = 1000
 LEVEL = 0.95
-
-
-@dataclass(frozen=True)
-class BaseSplit:
-    """Which base-data units (documents, pairs or examples, in file order) the audit holds back.
-
-    Stored with the prepared study, so every worker and every resume checks the same part.
-    """
-
-    unit: str
-    total: int
-    audit: tuple[int, ...]
-    note: str | None = None
-
-    @property
-    def held_out(self) -> bool:
-        return bool(self.audit)
-
-    def search(self) -> list[int]:
-        """The units the search checks: every one the audit does not hold back."""
-        held = set(self.audit)
-        return [i for i in range(self.total) if i not in held]
-
-    def parts(self, max_examples: int, check_examples: int) -> dict[str, list[int]]:
-        """Unit indices of the full check, the quick slice (its first items) and the audit."""
-        search = self.search()[:max_examples]
-        audit = list(self.audit)[:max_examples] if self.held_out else search
-        return {"search": search, "quick": search[: min(check_examples, max_examples)],
-                "audit": audit}
-
-    def to_dict(self) -> dict:
-        return asdict(self) | {"audit": list(self.audit)}
-
-    @classmethod
-    def from_dict(cls, values: dict | None) -> BaseSplit | None:
-        return cls(**values | {"audit": tuple(values["audit"])}) if values else None
-
-
-def split_base(total: int, unit: str, seed: int) -> BaseSplit:
-    """Hold back a seeded half of the units for the audit, or none of a set too small to split."""
-    if total < MIN_UNITS[unit]:
-        note = (f"the base data has only {total} {unit} (fewer than {MIN_UNITS[unit]}), too few "
-                f"to hold some back: the audit reuses the {unit} the search checked")
-        return BaseSplit(unit, total, (), note)
-    rng = np.random.default_rng(seed)
-    audit = sorted(rng.permutation(total)[: int(round(total * AUDIT_SHARE))].tolist())
-    return BaseSplit(unit, total, tuple(audit))
 
 
 def bootstrap_retention(task, base_observed, tuned_observed, seed: int,
                         resamples: int = RESAMPLES) -> dict:
     """Audit retention and its 95% percentile interval, resampling the audit units (pairs,
     documents with the pairs among them, or examples) with the base and tuned model paired."""
-    from autoft.forgetting import retention
-
     units = task.audit_units_
     whole = np.arange(units)
     base, tuned = task.statistic(base_observed, whole), task.statistic(tuned_observed, whole)
@@ -115,12 +64,6 @@ def audit_reported(study: optuna.Study, echo=print) -> dict:
 
 def _audit(study: optuna.Study, base: dict, trials: list, echo):
     """Score the untouched model once and each trial's kept weights on the audit part."""
-    import torch
-
-    from autoft.config import BaseTaskConfig
-    from autoft.export import load_trial_model
-    from autoft.forgetting import build_base_task
-
     attrs = study.user_attrs
     config = attrs["config"]
     device = "cuda:0" if torch.cuda.is_available() else "cpu"

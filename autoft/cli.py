@@ -2,25 +2,22 @@
 
 Bad input ends with one sentence and exit code 2, before any trial starts.
 
-The commands import the rest of autoft (torch, transformers, matplotlib) inside their functions,
-the one place autoft does so: about 12 s of imports here (0.2 s without), which `autoft --help`
-and a mistyped flag should not wait for.
+This module parses and checks the command line; autoft.commands does the work. main() imports it
+once the command line proved good, the one deferred import of autoft's own code: it brings torch,
+transformers and matplotlib, about 12 s here (0.2 s without), which `autoft --help` and a
+mistyped flag should not wait for.
 """
 
 from __future__ import annotations
 
 import argparse
 import faulthandler
-import logging
 import signal
 import sys
-import time
-from datetime import datetime
 from importlib.resources import files
 from pathlib import Path
 
-from autoft.config import StudyConfig, build_config, load_yaml, parse_duration
-from autoft.describe import describe_settings
+from autoft.config import StudyConfig, build_config, load_yaml
 from autoft.errors import UsageError
 
 DEMO_FILE = files("autoft") / "demo.yaml"  # package data
@@ -164,140 +161,18 @@ def config_from_args(args: argparse.Namespace, default_file: Path | None = None)
     return build_config(file_settings, path, flags)
 
 
-def run_search(config: StudyConfig) -> dict:
-    """Prepare, run the trials, audit the reported configs, then summarise and export the best
-    model.
-
-    After a Ctrl-C (or SIGTERM) the report and the best model are still written from the trials
-    that finished; a second signal while they are written waits until they are.
-    """
-    from autoft.audit import audit_reported
-    from autoft.devices import device_slots
-    from autoft.export import export_trial
-    from autoft.prepare import prepare_study
-    from autoft.progress import LiveDisplay
-    from autoft.report import summary_text, write_report
-    from autoft.schedule import budget_left, check_not_stopped
-    from autoft.signals import Stop
-    from autoft.storage import open_storage, open_study, storage_url
-    from autoft.study import record_study_facts
-    from autoft.workers import run_workers, time_limits
-
-    slots = device_slots(config.devices, config.trials_per_gpu, config.where("devices"))
-    # A storage the user named is opened before anything is loaded: a wrong URL is one sentence
-    # and leaves nothing behind. The default SQLite file is made once the data proved good.
-    storage = open_storage(config.storage) if config.storage else None
-    prepared = prepare_study(config)
-    study = open_study(config, storage, prepared.direction)
-    record_study_facts(study, prepared)
-    print(f"  using {describe_settings(study.user_attrs['settings'])}")
-    started = time.time()
-    data = prepared.data
-    since = datetime.now()
-    deferred = Stop()  # between and after the workers a signal only asks to stop
-    deferred.install()
-    try:
-        with LiveDisplay(study, config.n_trials, data.metric, prepared.depth, len(data.train)):
-            interrupted = run_workers(config, storage_url(config), slots,
-                                      *time_limits(config.timeout))
-        if not interrupted:
-            check_not_stopped(study, since, config.n_trials)
-        audit_reported(study)
-        summary = write_report(study, config.study_dir)
-        if summary["best"] is not None:
-            study.set_user_attr("best_trial", summary["best"]["number"])
-            export_trial(study, summary["best"]["number"], config.study_dir / "best_model")
-    finally:
-        deferred.uninstall()
-    print()
-    print(summary_text(summary))
-    print(f"This run took {time.time() - started:.0f} s.")
-    print(f"Report: {config.study_dir / 'report.html'} (and report.md, summary.json)")
-    if summary["best"] is not None:
-        print(f"Best model: {config.study_dir / 'best_model'}")
-    if (interrupted or deferred.signalled) and budget_left(study, config.n_trials) > 0:
-        raise KeyboardInterrupt
-    return summary
-
-
-def command_search(args: argparse.Namespace) -> int:
-    run_search(config_from_args(args))
-    return 0
-
-
-def command_demo(args: argparse.Namespace) -> int:
-    print("autoft demo: all-MiniLM-L6-v2 on real tweet sentiment, a small study on this machine.")
-    run_search(config_from_args(args, default_file=DEMO_FILE))
-    return 0
-
-
-def command_export(args: argparse.Namespace) -> int:
-    from autoft.export import export_trial
-    from autoft.storage import load_study
-
-    study = load_study(args.study, args.studies_dir, args.storage)
-    out = export_trial(study, args.trial, Path(args.out))
-    print(f"Saved trial {args.trial if args.trial is not None else 'best'} to {out}")
-    return 0
-
-
-def command_report(args: argparse.Namespace) -> int:
-    from autoft.audit import audit_reported
-    from autoft.report import summary_text, write_report
-    from autoft.storage import load_study
-
-    study = load_study(args.study, args.studies_dir, args.storage)
-    study_dir = Path(args.studies_dir) / args.study
-    audit_reported(study)
-    summary = write_report(study, study_dir)
-    print(summary_text(summary))
-    print(f"Report: {study_dir / 'report.html'} (and report.md, summary.json)")
-    return 0
-
-
-def command_status(args: argparse.Namespace) -> int:
-    from autoft.schedule import fail_stale_trials
-    from autoft.status import status_text
-    from autoft.storage import load_study
-
-    study = load_study(args.study, args.studies_dir, args.storage)
-    fail_stale_trials(study)  # a dead worker's trial shows as such, not as running
-    print(status_text(study))
-    return 0
-
-
-def command_worker(args: argparse.Namespace) -> int:
-    """Run trials of an existing study here, e.g. on a second machine sharing its PostgreSQL."""
-    from autoft.storage import load_study
-    from autoft.workers import join_study
-
-    study = load_study(args.study, args.studies_dir, args.storage)
-    if join_study(
-        study,
-        args.studies_dir,
-        args.storage,
-        devices=args.devices,
-        trials_per_gpu=args.trials_per_gpu,
-        timeout=parse_duration(args.timeout, "--timeout"),
-    ):
-        raise KeyboardInterrupt
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autoft", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run the demo study (real model, real tweets)")
     add_study_flags(demo)
-    demo.set_defaults(handler=command_demo)
     search = commands.add_parser("search", help="run or resume a study")
     add_study_flags(search)
-    search.set_defaults(handler=command_search)
-    for name, handler, text in (
-        ("report", command_report, "write the study's report (HTML, Markdown, JSON)"),
-        ("export", command_export, "save a trial's model"),
-        ("status", command_status, "show the counts, the best so far and every running trial"),
-        ("worker", command_worker, "join a study with this machine's devices"),
+    for name, text in (
+        ("report", "write the study's report (HTML, Markdown, JSON)"),
+        ("export", "save a trial's model"),
+        ("status", "show the counts, the best so far and every running trial"),
+        ("worker", "join a study with this machine's devices"),
     ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--study", required=True, help="study name")
@@ -309,21 +184,25 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "worker":
             add_device_flags(sub)
             sub.add_argument("--timeout", help="stop starting trials after this long, like 8h")
-        sub.set_defaults(handler=handler)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from autoft.workers import quiet_optuna
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    quiet_optuna()
     # `kill -USR1 PID` prints where every thread of an autoft that seems stuck is, and goes on.
     if sys.__stderr__ is not None:
         faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
     try:
-        return args.handler(args)
+        if args.command == "demo":
+            print("autoft demo: all-MiniLM-L6-v2 on real tweet sentiment, a small study on this "
+                  "machine.")
+        config = None
+        if args.command in ("demo", "search"):
+            config = config_from_args(args, DEMO_FILE if args.command == "demo" else None)
+        from autoft import commands  # the heavy imports (see the module docstring)
+
+        commands.prepare_process()
+        return commands.search(config) if config else getattr(commands, args.command)(args)
     except UsageError as error:
         print(f"autoft: {error}", file=sys.stderr)
         return 2

@@ -13,10 +13,9 @@ from pathlib import Path
 import torch
 
 from autoft.adapters import get_adapter
-from autoft.audit import BaseSplit
 from autoft.config import StudyConfig
 from autoft.errors import UsageError
-from autoft.forgetting import build_base_task, find_pair_columns, preservation_texts
+from autoft.forgetting import BaseSplit, build_base_task, find_pair_columns, preservation_texts
 from autoft.guard import BASE_MAX_LENGTH, measure_base
 from autoft.model import model_depth
 from autoft.space import SPACES_DIR, SearchSpace, load_space

@@ -19,11 +19,10 @@ import torch
 from safetensors.torch import save_file
 
 from autoft.adapters import get_adapter
-from autoft.audit import BaseSplit
 from autoft.cache import PrefixCache
 from autoft.config import StudyConfig
 from autoft.data import TargetData
-from autoft.forgetting import build_base_task, preservation_texts
+from autoft.forgetting import BaseSplit, build_base_task, preservation_texts
 from autoft.guard import ForgettingGuard
 from autoft.interpolate import TUNED, MixPoint, best_mix, interpolate, mixed_state
 from autoft.model import split_parameters

@@ -56,9 +56,10 @@ FILLER = ["the", "a", "film", "day", "was", "is", "very", "quite", "food", "show
 WORDS = POSITIVE + NEGATIVE + FILLER
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over the fixture vocabulary, wrapped like any HF tokenizer."""
-    vocab = {token: i for i, token in enumerate(SPECIAL + WORDS)}
+def build_tokenizer(words: list[str] = WORDS) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over `words` (the fixture vocabulary unless given), wrapped like any
+    HF tokenizer."""
+    vocab = {token: i for i, token in enumerate(SPECIAL + list(words))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(
@@ -66,11 +67,13 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         sep_token="[SEP]", mask_token="[MASK]", model_max_length=32)
 
 
-def save_tiny_bert(folder: Path, layers: int = 2, seed: int = 0, head: bool = True) -> Path:
-    """A random 2-layer BERT (hidden 32) saved with its tokenizer, as a user's model folder;
-    head=False saves the encoder alone (as all-MiniLM-L6-v2 is), so every trial's head is new."""
+def save_tiny_bert(folder: Path, layers: int = 2, seed: int = 0, head: bool = True,
+                   words: list[str] = WORDS) -> Path:
+    """A random 2-layer BERT (hidden 32) saved with its tokenizer over `words`, as a user's model
+    folder; head=False saves the encoder alone (as all-MiniLM-L6-v2 is), so every trial's head
+    is new."""
     torch.manual_seed(seed)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(words)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=layers,
                         num_attention_heads=2, intermediate_size=48, max_position_embeddings=32,
                         pad_token_id=tokenizer.pad_token_id)
@@ -122,7 +125,8 @@ def build_tokenizer_fixture():
 
 @pytest.fixture(name="save_tiny_bert", scope="session")
 def save_tiny_bert_fixture():
-    """save_tiny_bert(folder, layers=2, seed=0, head=True): a tiny BERT saved as a model folder."""
+    """save_tiny_bert(folder, layers=2, seed=0, head=True, words=WORDS): a tiny BERT saved as a
+    model folder."""
     return save_tiny_bert
 
 

@@ -17,8 +17,8 @@ from transformers.models.bert import modeling_bert
 
 import autoft.audit
 import autoft.plots
-from autoft.audit import BaseSplit, split_base
 from autoft.cli import main
+from autoft.forgetting.split import BaseSplit, split_base
 from autoft.plots import retention_plot
 from autoft.report import summary_text, write_report
 from autoft.study import Objective

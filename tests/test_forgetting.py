@@ -24,10 +24,9 @@ from transformers import (
 )
 
 from autoft.adapters import get_adapter
-from autoft.audit import BaseSplit
 from autoft.config import BaseTaskConfig
 from autoft.errors import UsageError
-from autoft.forgetting import build_base_task, linear_cka, retention
+from autoft.forgetting import BaseSplit, build_base_task, linear_cka, retention
 from autoft.model import freeze
 from autoft.train import TrialParams
 

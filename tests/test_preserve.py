@@ -14,10 +14,10 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
-from autoft.audit import split_base
 from autoft.cli import main
 from autoft.config import BaseTaskConfig, build_config
 from autoft.forgetting import build_base_task, preservation_texts
+from autoft.forgetting.split import split_base
 from autoft.model import evaluating, freeze, load_model
 from autoft.prepare import prepare_study
 from autoft.preserve import Preservation

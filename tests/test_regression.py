@@ -12,19 +12,14 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import SPECIAL, write_csv
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     AutoModelForSequenceClassification,
-    BertConfig,
-    BertModel,
-    PreTrainedTokenizerFast,
 )
 
 from autoft.cli import main
 from autoft.data import TargetData
-from autoft.report import build_summary
 from autoft.study import load_prepared_data
+from autoft.summary import build_summary
 from autoft.tasks import DataSettings, detect_task, get_task
 from autoft.tasks.text import Split
 from autoft.train import evaluate
@@ -50,28 +45,17 @@ def read_pairs(name: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def wordsim_csv(tmp_path_factory) -> Path:
+def wordsim_csv(tmp_path_factory, write_csv) -> Path:
     folder = tmp_path_factory.mktemp("wordsim")
     return write_csv(folder / "wordsim.csv", read_pairs("wordsim353.tsv"))
 
 
 @pytest.fixture(scope="module")
-def word_model(tmp_path_factory) -> Path:
+def word_model(tmp_path_factory, save_tiny_bert) -> Path:
     """A random 2-layer BERT whose word-level vocabulary holds every WordSim-353 word."""
-    folder = tmp_path_factory.mktemp("word-bert")
     words = sorted({row[key].lower() for row in read_pairs("wordsim353.tsv")
                     for key in ("word1", "word2")})
-    core = Tokenizer(models.WordLevel({t: i for i, t in enumerate(SPECIAL + words)}, "[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-        sep_token="[SEP]", mask_token="[MASK]", model_max_length=32)
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, intermediate_size=48, max_position_embeddings=32,
-                         pad_token_id=tokenizer.pad_token_id)).save_pretrained(folder)
-    return folder
+    return save_tiny_bert(tmp_path_factory.mktemp("word-bert"), head=False, words=words)
 
 
 def search(model: Path, train: Path, tmp_path: Path, *extra: str) -> int:
@@ -124,7 +108,7 @@ def test_rmse_is_minimized_and_said_to_be(word_model, wordsim_csv, tmp_path, cap
 
 
 def test_a_label_that_is_not_a_number_is_refused_naming_its_row(
-    word_model, tmp_path, capsys
+    word_model, tmp_path, capsys, write_csv
 ) -> None:
     rows = read_pairs("wordsim353.tsv")[:40]
     rows[6]["score"] = "n/a"
@@ -143,7 +127,7 @@ def test_a_label_that_is_not_a_number_is_refused_naming_its_row(
     (["0.5", "1.5"] * 20, "text-regression"),  # fractions
     (["pos", "neg"] * 20, None),
 ])
-def test_detection_reads_the_label_column(tmp_path, labels, detected) -> None:
+def test_detection_reads_the_label_column(tmp_path, labels, detected, write_csv) -> None:
     train = write_csv(tmp_path / "t.csv", [{"text": "a b", "label": x} for x in labels])
     task, note = detect_task("auto", DataSettings(train=str(train)))
     assert (note is not None) == (detected is not None)
@@ -152,7 +136,7 @@ def test_detection_reads_the_label_column(tmp_path, labels, detected) -> None:
 
 
 def test_the_study_file_names_the_task_and_an_unknown_one_is_refused(
-    word_model, tmp_path, capsys
+    word_model, tmp_path, capsys, write_csv
 ) -> None:
     rows = [{"text": f"{a} {b}", "label": str(i % 3)}
             for i, (a, b) in enumerate(zip("abcdefghij" * 3, "klmnopqrst" * 3, strict=True))]

@@ -2,12 +2,11 @@
 
 Owns the `BaseTask` interface, its four kinds (similarity, classification, masked_lm, drift)
 and `retention`, the share of the base score a tuned model kept. Each kind reads its data in
-units (documents, pairs or examples) that autoft.audit splits into a searched and an audit part.
+units (documents, pairs or examples) split (split.py) into a searched part and the audit's.
 """
 
 from __future__ import annotations
 
-from autoft.audit import BaseSplit
 from autoft.config import BaseTaskConfig
 from autoft.errors import UsageError
 from autoft.forgetting.base import BaseScore, BaseTask, Replay, no_replay, retention
@@ -17,9 +16,11 @@ from autoft.forgetting.encoders import linear_cka
 from autoft.forgetting.masked_lm import MaskedLMTask
 from autoft.forgetting.readers import find_pair_columns, preservation_texts
 from autoft.forgetting.similarity import SimilarityTask
+from autoft.forgetting.split import BaseSplit
 
 __all__ = [
     "BaseScore",
+    "BaseSplit",
     "BaseTask",
     "Replay",
     "build_base_task",

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from autoft.audit import BaseSplit, split_base
 from autoft.config import BaseTaskConfig
 from autoft.errors import UsageError
+from autoft.forgetting.split import BaseSplit, split_base
 from autoft.tasks.images import colour_mode, processed
 
 BATCH_SIZE = 32

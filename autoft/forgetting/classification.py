@@ -7,7 +7,6 @@ import numpy as np
 import torch
 from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
 
-from autoft.audit import BaseSplit
 from autoft.config import BaseTaskConfig
 from autoft.errors import UsageError
 from autoft.forgetting.base import (
@@ -27,6 +26,7 @@ from autoft.forgetting.encoders import (
     load_with_head,
 )
 from autoft.forgetting.readers import is_table, read_table, table_column
+from autoft.forgetting.split import BaseSplit
 from autoft.replay import PrefixMemo
 from autoft.tasks.images import read_images
 

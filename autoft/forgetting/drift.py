@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from transformers import AutoModel
 
-from autoft.audit import BaseSplit
 from autoft.config import BaseTaskConfig
 from autoft.forgetting.base import (
     EPS,
@@ -29,6 +28,7 @@ from autoft.forgetting.encoders import (
     pooled,
 )
 from autoft.forgetting.readers import read_texts
+from autoft.forgetting.split import BaseSplit
 from autoft.tasks.images import read_images
 
 

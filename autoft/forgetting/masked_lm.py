@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from transformers import AutoModelForMaskedLM
 
-from autoft.audit import BaseSplit
 from autoft.config import BaseTaskConfig
 from autoft.errors import UsageError
 from autoft.forgetting.base import (
@@ -31,6 +30,7 @@ from autoft.forgetting.encoders import (
     load_with_head,
 )
 from autoft.forgetting.readers import read_texts
+from autoft.forgetting.split import BaseSplit
 from autoft.replay import PrefixMemo
 
 

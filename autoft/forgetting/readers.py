@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from autoft.audit import BaseSplit
 from autoft.config import BaseTaskConfig
 from autoft.data import read_frame
 from autoft.errors import UsageError
 from autoft.forgetting.base import TABLE_SUFFIXES, pick
+from autoft.forgetting.split import BaseSplit
 
 
 def is_table(path: str) -> bool:

@@ -7,7 +7,6 @@ import numpy as np
 import torch
 from scipy.stats import pearsonr, spearmanr
 
-from autoft.audit import BaseSplit
 from autoft.config import BaseTaskConfig
 from autoft.forgetting.base import (
     BaseScore,
@@ -19,6 +18,7 @@ from autoft.forgetting.base import (
 )
 from autoft.forgetting.encoders import hidden_states_read_trained, mean_pool, pooled
 from autoft.forgetting.readers import read_pairs
+from autoft.forgetting.split import BaseSplit
 from autoft.replay import PrefixMemo
 
 

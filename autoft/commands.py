@@ -1,0 +1,122 @@
+"""What each `autoft` command does: run a search (prepare, workers, audit, report, best model),
+a worker that joins a study, status, report and export. autoft.cli parses the command line and
+imports this module only then, so `autoft --help` does not wait for torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from datetime import datetime
+from pathlib import Path
+
+from autoft.audit import audit_reported
+from autoft.config import StudyConfig, parse_duration
+from autoft.describe import describe_settings
+from autoft.devices import device_slots
+from autoft.export import export_trial
+from autoft.prepare import prepare_study
+from autoft.progress import LiveDisplay
+from autoft.report import summary_text, write_report
+from autoft.schedule import budget_left, check_not_stopped, fail_stale_trials
+from autoft.signals import Stop
+from autoft.status import status_text
+from autoft.storage import load_study, open_storage, open_study, storage_url
+from autoft.study import record_study_facts
+from autoft.workers import join_study, quiet_optuna, run_workers, time_limits
+
+
+def prepare_process() -> None:
+    """What every command's process sets first: plain log lines, Optuna's own logs quiet."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_optuna()
+
+
+def search(config: StudyConfig) -> int:
+    run_search(config)
+    return 0
+
+
+def run_search(config: StudyConfig) -> dict:
+    """Prepare, run the trials, audit the reported configs, then summarise and export the best
+    model.
+
+    After a Ctrl-C (or SIGTERM) the report and the best model are still written from the trials
+    that finished; a second signal while they are written waits until they are.
+    """
+
+    slots = device_slots(config.devices, config.trials_per_gpu, config.where("devices"))
+    # A storage the user named is opened before anything is loaded: a wrong URL is one sentence
+    # and leaves nothing behind. The default SQLite file is made once the data proved good.
+    storage = open_storage(config.storage) if config.storage else None
+    prepared = prepare_study(config)
+    study = open_study(config, storage, prepared.direction)
+    record_study_facts(study, prepared)
+    print(f"  using {describe_settings(study.user_attrs['settings'])}")
+    started = time.time()
+    data = prepared.data
+    since = datetime.now()
+    deferred = Stop()  # between and after the workers a signal only asks to stop
+    deferred.install()
+    try:
+        with LiveDisplay(study, config.n_trials, data.metric, prepared.depth, len(data.train)):
+            interrupted = run_workers(config, storage_url(config), slots,
+                                      *time_limits(config.timeout))
+        if not interrupted:
+            check_not_stopped(study, since, config.n_trials)
+        audit_reported(study)
+        summary = write_report(study, config.study_dir)
+        if summary["best"] is not None:
+            study.set_user_attr("best_trial", summary["best"]["number"])
+            export_trial(study, summary["best"]["number"], config.study_dir / "best_model")
+    finally:
+        deferred.uninstall()
+    print()
+    print(summary_text(summary))
+    print(f"This run took {time.time() - started:.0f} s.")
+    print(f"Report: {config.study_dir / 'report.html'} (and report.md, summary.json)")
+    if summary["best"] is not None:
+        print(f"Best model: {config.study_dir / 'best_model'}")
+    if (interrupted or deferred.signalled) and budget_left(study, config.n_trials) > 0:
+        raise KeyboardInterrupt
+    return summary
+
+
+def export(args: argparse.Namespace) -> int:
+    study = load_study(args.study, args.studies_dir, args.storage)
+    out = export_trial(study, args.trial, Path(args.out))
+    print(f"Saved trial {args.trial if args.trial is not None else 'best'} to {out}")
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    study = load_study(args.study, args.studies_dir, args.storage)
+    study_dir = Path(args.studies_dir) / args.study
+    audit_reported(study)
+    summary = write_report(study, study_dir)
+    print(summary_text(summary))
+    print(f"Report: {study_dir / 'report.html'} (and report.md, summary.json)")
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    study = load_study(args.study, args.studies_dir, args.storage)
+    fail_stale_trials(study)  # a dead worker's trial shows as such, not as running
+    print(status_text(study))
+    return 0
+
+
+def worker(args: argparse.Namespace) -> int:
+    """Run trials of an existing study here, e.g. on a second machine sharing its PostgreSQL."""
+    study = load_study(args.study, args.studies_dir, args.storage)
+    if join_study(
+        study,
+        args.studies_dir,
+        args.storage,
+        devices=args.devices,
+        trials_per_gpu=args.trials_per_gpu,
+        timeout=parse_duration(args.timeout, "--timeout"),
+    ):
+        raise KeyboardInterrupt
+    return 0
