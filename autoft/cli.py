@@ -15,7 +15,7 @@ from datetime import datetime
 from importlib.resources import files
 from pathlib import Path
 
-from autoft.config import StudyConfig, build_config, load_yaml
+from autoft.config import PRECISIONS, StudyConfig, build_config, load_yaml
 from autoft.describe import describe_settings
 from autoft.errors import UsageError
 
@@ -68,6 +68,12 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
         choices=("on", "off"),
         help="compute the frozen bottom layers once and train from their cached output "
         "(default on)",
+    )
+    add(
+        "--precision",
+        choices=PRECISIONS,
+        help="what trials compute in: bf16 (autocast), fp32, or auto: bf16 where the CPU or "
+        "GPU has bf16 instructions (default auto)",
     )
     add("--base-kind", help="base-task check: similarity, classification, masked_lm or drift")
     add("--base-data", help="base-task data file")
@@ -127,6 +133,7 @@ STUDY_FLAG_FIELDS = (
     "storage",
     "trust_remote_code",
     "cache",
+    "precision",
     "base_kind",
     "base_data",
     "base_ratings",

@@ -122,6 +122,8 @@ def build_summary(study: optuna.Study) -> dict:
         "counts": counts(study),
         "seconds": (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0,
         "notes": attrs.get("notes", []),
+        "precision": sorted({t.user_attrs["precision"] for t in trials
+                             if "precision" in t.user_attrs}),
     }
     if attrs.get("base"):
         summary["base"] = base_entry(attrs["base"])
@@ -228,6 +230,9 @@ def summary_text(summary: dict) -> str:
         f"Study '{summary['study']}': {c['complete']} completed, {c['pruned']} pruned, "
         f"{c['failed']} failed, in {describe_seconds(summary['seconds'])}."
     ]
+    if summary.get("precision"):
+        lines.append(f"Trials computed in {' and '.join(summary['precision'])} "
+                     f"(--precision: auto, bf16 or fp32).")
     best, default = summary["best"], summary["default"]
     if best is None:
         if summary.get("base"):

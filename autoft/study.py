@@ -43,6 +43,8 @@ from autoft.train import (
     TrialResult,
     evaluate,
     frozen_blocks,
+    precision_name,
+    set_precision,
     train_trial,
     trial_seed,
 )
@@ -347,6 +349,7 @@ class Objective:
     def __init__(self, prepared: Prepared, device: torch.device):
         self.prepared = prepared
         self.device = device
+        set_precision(prepared.config.precision)  # this process computes in it from now
         self.base_check = make_guard(prepared) if prepared.base else None
         self.preservation = None  # built by the first trial with preserve_weight > 0
 
@@ -356,6 +359,7 @@ class Objective:
         params = TrialParams(**sampled)
         trial.set_user_attr("params", sampled)
         trial.set_user_attr("device", str(self.device))
+        trial.set_user_attr("precision", precision_name(self.device))
         trial.set_user_attr("host", socket.gethostname())
         seed = trial_seed(config.seed, sampled)
         trial.set_user_attr("seed", seed)
