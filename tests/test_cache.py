@@ -136,13 +136,15 @@ def test_cached_logits_equal_uncached_logits_on_padded_batches(
     ), "the real blocks are back after the replay"
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_the_cache_is_built_under_training_s_autocast(
-    model_dir: Path, tmp_path: Path, monkeypatch
+    model_dir: Path, tmp_path: Path, monkeypatch, precision: str
 ) -> None:
-    """On a GPU training runs under bf16 autocast: the cache's build and replay proof must run
-    under the same, or a cached trial computes another function (built in float32, weights here
-    ended 1.6e-4 to 6e-4 apart). CPU bf16 autocast stands in for the GPU's."""
-    monkeypatch.setattr(train, "autocast_dtype", lambda device: torch.bfloat16)
+    """Under bf16 (--precision, or auto on a CPU or GPU that has it) training autocasts: the
+    cache's build and replay proof must run under the same, or a cached trial computes another
+    function (built in float32, weights here ended 1.6e-4 to 6e-4 apart); under fp32 neither
+    autocasts. Either way a cached trial trains as an uncached one does."""
+    monkeypatch.setattr(train, "_precision", precision)
     data = make_data()
     plain, cached = [], []
     model_a = fresh_model(model_dir, 1)
