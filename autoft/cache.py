@@ -7,10 +7,11 @@ real token, train first and validation after, in the data's order. Offsets come 
 counts, so padding is rebuilt per batch (zeros, masked out) and never stored. Files appear only by
 rename, under a lock, so concurrent workers either build or reuse, and a damaged file is rebuilt.
 
-Precision: the cache is built under the autocast training runs under (train.autocast: bf16 on GPUs
-that have it, none on CPU) and stores each state in the dtype the block gave there, unrounded, so a
-cached trial computes what an uncached one does on the same device. The device type and autocast
-are part of the key, and the replay is proven on the device it serves before first use.
+Precision: the cache is built under the autocast training runs under (autoft.precision: bf16
+where the hardware has it, or as the study asks) and stores each state in the dtype the block gave
+there, unrounded, so a cached trial computes what an uncached one does on the same device. The
+device type and autocast are part of the key, and the replay is proven on the device it serves
+before first use.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from torch import nn
 
 from autoft.data import Split, TargetData
 from autoft.model import evaluating, find_blocks, split_parameters
-from autoft.train import autocast, autocast_dtype, collate, eval_batches
+from autoft.precision import autocast, autocast_dtype
+from autoft.train import collate, eval_batches
 
 __all__ = ["CacheUse", "PrefixCache", "PrefixMemo", "PrefixStates", "SplitStates", "cache_key"]
 

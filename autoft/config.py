@@ -70,7 +70,7 @@ class StudyConfig:
     devices: str = "auto"
     trials_per_gpu: int = 1
     cache: bool = True
-    precision: str = "auto"  # auto, bf16 or fp32 (autoft.train.autocast_dtype)
+    precision: str = "auto"  # auto, bf16 or fp32 (autoft.precision)
     preset: str | None = None
     pruner_startup_trials: int | None = None
     pruner_warmup_steps: int = 0

@@ -33,6 +33,7 @@ from autoft.data import Split, TargetData
 from autoft.errors import UsageError
 from autoft.interpolate import TUNED, MixPoint, best_mix, interpolate, mixed_state
 from autoft.model import load_model, split_parameters
+from autoft.precision import precision_name, set_precision
 from autoft.presets import search_settings
 from autoft.space import SearchSpace
 from autoft.train import (
@@ -43,8 +44,6 @@ from autoft.train import (
     TrialResult,
     evaluate,
     frozen_blocks,
-    precision_name,
-    set_precision,
     train_trial,
     trial_seed,
 )

@@ -15,7 +15,6 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -24,6 +23,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from autoft.adapters import get_adapter
 from autoft.data import Split, TargetData
 from autoft.model import evaluating, find_blocks, split_parameters
+from autoft.precision import autocast
 
 if TYPE_CHECKING:
     from autoft.cache import PrefixCache, SplitStates
@@ -159,53 +159,6 @@ def collate(split: Split, indices: list[int], pad_id: int, device: torch.device)
         batch["token_type_ids"] = segments
     batch["labels"] = torch.tensor([split.labels[i] for i in indices], dtype=torch.long)
     return {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
-
-
-_NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 AVX-512/AMX, Arm's BF16 extension
-_precision = "auto"
-
-
-def set_precision(precision: str) -> None:
-    """How this process computes (config.precision: auto, bf16 or fp32). A worker sets it once
-    before its first trial, like its thread count, so every forward pass, the cache build and
-    the cache key agree."""
-    global _precision
-    _precision = precision
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether the CPU multiplies bf16 in hardware (on 2 cores with avx512_bf16 a trial trained
-    1.7-2× the samples per second of float32); emulated bf16 is slower than float32."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(_NATIVE_BF16_FLAGS & set(line.split(":", 1)[1].split())
-               for line in text.splitlines() if line.startswith(("flags", "Features")))
-
-
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The dtype every forward pass autocasts to on `device`, or None (plain float32): bf16 when
-    asked for, or under auto where the device computes it natively (a GPU that supports it, a CPU
-    with bf16 instructions). The prefix cache is built under the same, so it computes what
-    training would (autoft.cache)."""
-    if _precision == "fp32" or device.type not in ("cpu", "cuda"):
-        return None
-    if _precision == "bf16":
-        return torch.bfloat16
-    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
-    return torch.bfloat16 if native else None
-
-
-def precision_name(device: torch.device) -> str:
-    """'bf16' or 'fp32': what a trial on `device` computes in, for its record and the summary."""
-    return "fp32" if autocast_dtype(device) is None else "bf16"
-
-
-def autocast(device: torch.device):
-    """The autocast context of every forward pass of a trial, its cache build included."""
-    dtype = autocast_dtype(device)
-    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
 def trial_seed(study_seed: int, params: dict) -> int:

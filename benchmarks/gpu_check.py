@@ -43,7 +43,8 @@ def pack_worker(visible: str, index: int, tasks, results) -> None:
 
     from autoft.data import Split
     from autoft.model import freeze, load_model, model_depth
-    from autoft.train import TrialParams, autocast, build_optimizer, collate
+    from autoft.precision import autocast
+    from autoft.train import TrialParams, build_optimizer, collate
 
     device = torch.device("cuda:0")
     with open(TWEETS, newline="") as handle:

@@ -26,7 +26,8 @@ from autoft.cache import PrefixCache
 from autoft.config import build_config
 from autoft.data import load_target, tokenize_target
 from autoft.model import load_model
-from autoft.train import TrialParams, cpu_has_native_bf16, set_precision, train_trial
+from autoft.precision import cpu_has_native_bf16, set_precision
+from autoft.train import TrialParams, train_trial
 
 PRECISIONS = ("fp32", "bf16")
 

