@@ -8,10 +8,11 @@ per real token (offsets come from the token counts, so padding is rebuilt per ba
 out), an image's as one row (the task's cache_layout says which). Files appear only by rename,
 under a lock, so concurrent workers either build or reuse, and a damaged file is rebuilt.
 
-Precision: the cache is built under the autocast training runs under (train.autocast: bf16 on GPUs
-that have it, none on CPU) and stores each state in the dtype the block gave there, unrounded, so a
-cached trial computes what an uncached one does on the same device. The device type and autocast
-are part of the key, and the replay is proven on the device it serves before first use.
+Precision: the cache is built under the autocast training runs under (autoft.precision: bf16
+where the hardware has it, or as the study asks) and stores each state in the dtype the block gave
+there, unrounded, so a cached trial computes what an uncached one does on the same device. The
+device type and autocast are part of the key, and the replay is proven on the device it serves
+before first use.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ from torch import nn
 
 from autoft.data import TargetData
 from autoft.model import evaluating, find_blocks, split_parameters
+from autoft.precision import autocast, autocast_dtype
 from autoft.replay import CacheUnusable, SplitStates, capture, check_replay, offsets
 from autoft.tasks import get_task
-from autoft.train import autocast, autocast_dtype
 
 __all__ = ["CacheUse", "PrefixCache", "PrefixStates", "cache_key", "locked"]
 

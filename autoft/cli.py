@@ -17,7 +17,7 @@ import sys
 from importlib.resources import files
 from pathlib import Path
 
-from autoft.config import StudyConfig, build_config, load_yaml
+from autoft.config import PRECISIONS, StudyConfig, build_config, load_yaml
 from autoft.errors import UsageError
 
 DEMO_FILE = files("autoft") / "demo.yaml"  # package data
@@ -81,6 +81,12 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
         help="compute the frozen bottom layers once and train from their cached output "
         "(default on)",
     )
+    add(
+        "--precision",
+        choices=PRECISIONS,
+        help="what trials compute in: bf16 (autocast), fp32, or auto: bf16 where the CPU or "
+        "GPU has bf16 instructions (default auto)",
+    )
     add("--base-kind", help="base-task check: similarity, classification, masked_lm or drift")
     add("--base-data", help="base-task data file")
     add("--base-ratings", help="for the Lee layout: the matrix of similarity ratings")
@@ -141,6 +147,7 @@ STUDY_FLAG_FIELDS = (
     "trust_remote_code",
     "augment",
     "cache",
+    "precision",
     "base_kind",
     "base_data",
     "base_ratings",

@@ -18,6 +18,7 @@ import yaml
 from autoft.errors import UsageError
 from autoft.presets import apply_preset
 
+PRECISIONS = ("auto", "bf16", "fp32")
 BASE_KINDS = ("similarity", "classification", "masked_lm", "drift")
 DATA_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -70,6 +71,7 @@ class StudyConfig:
     devices: str = "auto"
     trials_per_gpu: int = 1
     cache: bool = True
+    precision: str = "auto"  # auto, bf16 or fp32 (autoft.precision)
     preset: str | None = None
     pruner_startup_trials: int | None = None
     pruner_warmup_steps: int = 0
@@ -280,6 +282,11 @@ def validate(config: StudyConfig) -> None:
         value = getattr(config, name)
         if value is not None and value < 0:
             raise UsageError(f"{config.where(name)}: {value} must be 0 or more.")
+    if config.precision not in PRECISIONS:
+        raise UsageError(
+            f"{config.where('precision')}: unknown precision '{config.precision}'; use "
+            f"{', '.join(PRECISIONS)} (auto: bf16 where the CPU or GPU computes it natively)."
+        )
     if config.timeout is not None and config.timeout <= 0:
         raise UsageError(f"{config.where('timeout')}: the timeout must be positive, like 8h.")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", config.name):

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from autoft.model import Blocks, find_blocks
+from autoft.precision import autocast
 from autoft.tasks import Task
-from autoft.train import autocast
 
 MAX_MEMO_BYTES = 2**29  # a worker's in-memory states of the base task's fixed batches
 CHECK_EXAMPLES = 6

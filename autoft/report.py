@@ -108,6 +108,9 @@ def summary_text(summary: dict) -> str:
         f"Study '{summary['study']}': {c['complete']} completed, {c['pruned']} pruned, "
         f"{c['failed']} failed, in {describe_seconds(summary['seconds'])}."
     ]
+    if summary.get("precision"):
+        lines.append(f"Trials computed in {' and '.join(summary['precision'])} "
+                     f"(--precision: auto, bf16 or fp32).")
     best, default = summary["best"], summary["default"]
     if best is None:
         if summary.get("base"):

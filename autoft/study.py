@@ -26,6 +26,7 @@ from autoft.forgetting import BaseSplit, build_base_task, preservation_texts
 from autoft.guard import ForgettingGuard
 from autoft.interpolate import TUNED, MixPoint, best_mix, interpolate, mixed_state
 from autoft.model import split_parameters
+from autoft.precision import precision_name, set_precision
 from autoft.preserve import Preservation
 from autoft.presets import search_settings
 from autoft.space import SearchSpace
@@ -120,6 +121,7 @@ class Objective:
     def __init__(self, prepared: Prepared, device: torch.device):
         self.prepared = prepared
         self.device = device
+        set_precision(prepared.config.precision)  # this process computes in it from now
         self.base_check = make_guard(prepared) if prepared.base else None
         self.preservation = None  # built by the first trial with preserve_weight > 0
 
@@ -129,6 +131,7 @@ class Objective:
         params = TrialParams(**sampled)
         trial.set_user_attr("params", sampled)
         trial.set_user_attr("device", str(self.device))
+        trial.set_user_attr("precision", precision_name(self.device))
         trial.set_user_attr("host", socket.gethostname())
         seed = trial_seed(config.seed, sampled)
         trial.set_user_attr("seed", seed)

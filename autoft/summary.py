@@ -87,6 +87,8 @@ def build_summary(study: optuna.Study) -> dict:
         "counts": counts(study),
         "seconds": (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0,
         "notes": attrs.get("notes", []),
+        "precision": sorted({t.user_attrs["precision"] for t in trials
+                             if "precision" in t.user_attrs}),
     }
     if attrs.get("base"):
         summary["base"] = base_entry(attrs["base"])

@@ -22,6 +22,7 @@ import torch
 from autoft.adapters import get_adapter
 from autoft.data import TargetData
 from autoft.model import evaluating, find_blocks, split_parameters
+from autoft.precision import autocast
 from autoft.tasks import MAXIMIZE, get_task
 
 if TYPE_CHECKING:
@@ -118,19 +119,6 @@ class TrialResult:
         return self.samples_seen / self.train_seconds if self.train_seconds else 0.0
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The dtype training autocasts to on `device`: bf16 where the GPU supports it, else None
-    (plain float32). The prefix cache is built under the same, so it computes what training
-    would (autoft.cache)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
-def autocast(device: torch.device):
-    """The autocast context of every forward pass of a trial, its cache build included."""
-    dtype = autocast_dtype(device)
-    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
 def trial_seed(study_seed: int, params: dict) -> int:

@@ -42,8 +42,9 @@ def pack_worker(visible: str, index: int, tasks, results) -> None:
     import torch
 
     from autoft.model import freeze, load_model, model_depth
+    from autoft.precision import autocast
     from autoft.tasks.text import Split, collate
-    from autoft.train import TrialParams, autocast, build_optimizer
+    from autoft.train import TrialParams, build_optimizer
 
     device = torch.device("cuda:0")
     with open(TWEETS, newline="") as handle:

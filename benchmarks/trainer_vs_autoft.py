@@ -3,14 +3,18 @@ cache, on real tweets and all-MiniLM-L6-v2 with the same hyperparameters and the
 
     pip install -e ".[bench]"
     python benchmarks/trainer_vs_autoft.py [--samples 320] [--epochs 2] [--layers 0 2 4 6]
+        [--precision auto] [--repeats 1] [--threads 1]
 
 Samples per second are per CPU-second of this process, on one thread by default (--threads): other
 work on a shared CPU stretches wall time at random, but hardly the CPU time a run needs. They count
 training (autoft's trial also evaluates its 16 validation texts once). Trainer freezes with
-requires_grad=False and pads each batch to its longest text (DataCollatorWithPadding); autoft uses
-the same freeze and length-bucketed batches. The cache is built first (its CPU time is "build s"),
-then the cached trial reuses it as later trials of a study do; "+build" charges the whole build to
-this one trial, where a study shares it among every trial that freezes the same depth.
+requires_grad=False, pads each batch to its longest text (DataCollatorWithPadding) and gets its own
+best CPU settings: length-grouped batches (train_sampling_strategy="group_by_length") and bf16
+when --precision comes to bf16 (auto: where the CPU has bf16 instructions), the precision autoft's
+trial computes in too; autoft uses the same freeze and length-bucketed batches. The cache is built
+first (its CPU time is "build s"), then the cached trial reuses it as later trials of a study do;
+"+build" charges the whole build to this one trial, where a study shares it among every trial
+that freezes the same depth.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 from autoft.cache import PrefixCache
 from autoft.config import build_config
 from autoft.model import find_blocks, freeze, load_model
+from autoft.precision import autocast_dtype, precision_name, set_precision
 from autoft.tasks import DataSettings, get_task
 from autoft.train import TrialParams, train_trial
 
@@ -88,6 +93,8 @@ def time_trainer(config, data, tokenizer, params: TrialParams, seed: int) -> flo
             dataloader_num_workers=0,
             disable_tqdm=True,
             use_cpu=not torch.cuda.is_available(),
+            train_sampling_strategy="group_by_length",
+            bf16=autocast_dtype(DEVICE) is not None,
         )
         trainer = Trainer(
             model=model,
@@ -130,13 +137,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=1, help="runs of each; the best counts")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads torch may use")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="both sides: autoft's --precision, Trainer's bf16 flag")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    set_precision(args.precision)
     config, data, tokenizer = prepare(args.samples, args.seed)
     device = "cuda" if DEVICE.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(
         f"{len(data.train)} tweets, max_length {data.max_length}, batch {args.batch_size}, "
-        f"{args.epochs} epochs, on {device}; load before: {os.getloadavg()[0]:.1f}"
+        f"{args.epochs} epochs, on {device}, precision {args.precision} "
+        f"({precision_name(DEVICE)}); load before: {os.getloadavg()[0]:.1f}"
     )
     header = (
         f"{'layers':>6} {'Trainer':>8} {'autoft':>8} {'cached':>8} {'+build':>8} {'build s':>8}"

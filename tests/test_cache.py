@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from autoft import train
+from autoft import precision as precisions
 from autoft.cache import HEADER_BYTES, PrefixCache, cache_key
 from autoft.cli import build_parser, config_from_args
 from autoft.cli import main as cli_main
@@ -106,13 +106,16 @@ def test_cached_logits_equal_uncached_logits_on_padded_batches(
     ), "the real blocks are back after the replay"
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_the_cache_is_built_under_training_s_autocast(
-    model_dir: Path, tmp_path: Path, monkeypatch, pad_id, trial_params, fresh_model, make_data, run
+    model_dir: Path, tmp_path: Path, monkeypatch, precision: str, pad_id, trial_params, fresh_model,
+    make_data, run
 ) -> None:
-    """On a GPU training runs under bf16 autocast: the cache's build and replay proof must run
-    under the same, or a cached trial computes another function (built in float32, weights here
-    ended 1.6e-4 to 6e-4 apart). CPU bf16 autocast stands in for the GPU's."""
-    monkeypatch.setattr(train, "autocast_dtype", lambda device: torch.bfloat16)
+    """Under bf16 (--precision, or auto on a CPU or GPU that has it) training autocasts: the
+    cache's build and replay proof must run under the same, or a cached trial computes another
+    function (built in float32, weights here ended 1.6e-4 to 6e-4 apart); under fp32 neither
+    autocasts. Either way a cached trial trains as an uncached one does."""
+    monkeypatch.setattr(precisions, "_precision", precision)
     data = make_data()
     plain, cached = [], []
     model_a = fresh_model(model_dir, 1)
@@ -125,7 +128,7 @@ def test_the_cache_is_built_under_training_s_autocast(
         assert torch.allclose(a, b, rtol=0, atol=1e-5), name
     batch = collate(data.train, [0, 1], pad_id, CPU)
     batch.pop("labels")
-    with train.autocast(CPU):  # a BERT block ends in a LayerNorm, which autocast keeps float32
+    with precisions.autocast(CPU):  # a BERT block ends in a LayerNorm, which autocast keeps float32
         given = capture(model_b, find_blocks(model_b), (3,), batch)[3].dtype
     key = cache_key(model_b, data, 3, CPU)
     header = json.loads((tmp_path / f"{key}.states").read_bytes()[:HEADER_BYTES])
