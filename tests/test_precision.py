@@ -12,10 +12,12 @@ import yaml
 from autoft import precision as precisions
 from autoft.cli import main as cli_main
 from autoft.config import build_config
-from autoft.data import Split, TargetData
+from autoft.data import TargetData
 from autoft.model import freeze, load_model
 from autoft.precision import precision_name, set_precision
-from autoft.report import build_summary, summary_text
+from autoft.report import summary_text
+from autoft.summary import build_summary
+from autoft.tasks.text import Split
 from autoft.train import TrialParams, train_trial
 
 CPU = torch.device("cpu")
