@@ -1,7 +1,7 @@
 """image-classification: one class per image, with AutoModelForImageClassification and the model's
 image processor. Data: a folder of class folders, a table with an image-path column, or a saved
-`datasets` folder with an Image feature (autoft.tasks.images). Labels, splits, metrics and the
-read flow are text classification's (class names, stratified); the inputs are images.
+`datasets` folder with an Image feature (autoft.tasks.images). Labels, splits and metrics are
+every classification kind's (autoft.tasks.classification), the read flow every labelled kind's.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from transformers import AutoModelForImageClassification
 from autoft.data import TargetData
 from autoft.errors import UsageError
 from autoft.model import loading, with_new_head
-from autoft.tasks.base import DataSettings, Rows, Task
+from autoft.tasks.base import DataSettings, Rows
+from autoft.tasks.classification import Classification
 from autoft.tasks.images import (
     ImageSplit,
     augment,
@@ -25,10 +26,9 @@ from autoft.tasks.images import (
     read_image_folder,
     read_image_table,
 )
-from autoft.tasks.text_classification import TextClassification
 
 
-class ImageClassification(TextClassification):
+class ImageClassification(Classification):
     """Single-label classification of images."""
 
     name = "image-classification"
@@ -50,6 +50,7 @@ class ImageClassification(TextClassification):
         return f"the column '{column}' of the train table holds images"
 
     def _read_split(self, source: str, settings: DataSettings, field_name: str, split: str):
+        """Images and labels of a folder of class folders or a table with an image column."""
         where = settings.where(field_name)
         if is_image_folder(source):
             images, labels = read_image_folder(source, where)
@@ -116,11 +117,6 @@ class ImageClassification(TextClassification):
     def digest_inputs(self, split: ImageSplit, digest) -> None:
         """Every image as the model sees it (its pixel values), hashed once per process."""
         digest.update(pixels_digest(split).encode())
-
-    def train_batches(self, split: ImageSplit, batch_size: int, generator: torch.Generator
-                      ) -> list[list[int]]:
-        """Shuffled (all images have one shape: no length buckets)."""
-        return Task.train_batches(self, split, batch_size, generator)
 
     def cache_refusal(self, split: ImageSplit) -> str | None:
         if split.augment:
