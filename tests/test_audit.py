@@ -16,6 +16,7 @@ from optuna.trial import TrialState, create_trial
 from transformers.models.bert import modeling_bert
 
 import autoft.audit
+import autoft.commands
 import autoft.plots
 from autoft.cli import main
 from autoft.forgetting.split import BaseSplit, split_base
@@ -163,7 +164,7 @@ def test_study_audits_the_best_on_data_no_trial_read(tiny_model_dir, tiny_csv, t
 
     monkeypatch.setattr(modeling_bert.BertEmbeddings, "forward", recording)
     monkeypatch.setattr(Objective, "__call__", in_phase("trial", Objective.__call__))
-    monkeypatch.setattr(autoft.audit, "audit_reported",
+    monkeypatch.setattr(autoft.commands, "audit_reported",  # where the search calls it
                         in_phase("audit", autoft.audit.audit_reported))
     space = tmp_path / "space.yaml"
     space.write_text("learning_rate: {value: 1.0e-3}\nhead_lr_multiplier: {value: 3}\n"
