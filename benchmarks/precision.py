@@ -24,9 +24,8 @@ from trainer_vs_autoft import DEVICE, MODEL, TWEETS, fresh_model, time_build
 
 from autoft.cache import PrefixCache
 from autoft.config import build_config
-from autoft.data import load_target, tokenize_target
-from autoft.model import load_model
 from autoft.precision import cpu_has_native_bf16, set_precision
+from autoft.tasks import DataSettings, get_task
 from autoft.train import TrialParams, train_trial
 
 PRECISIONS = ("fp32", "bf16")
@@ -36,9 +35,10 @@ def prepare(samples: int, val_samples: int, seed: int):
     config = build_config({"model": MODEL, "train": TWEETS, "label_column": "sentiment",
                            "max_train_samples": samples, "max_val_samples": val_samples,
                            "seed": seed}, None, {})
-    table = load_target(config)
-    model, tokenizer = load_model(config.model, sorted(set(table[1])))
-    return config, tokenize_target(config, table, tokenizer, model.config)
+    task, settings = get_task("text-classification"), DataSettings.from_config(config)
+    rows = task.read(settings)
+    model, tokenizer = task.load_model(config.model, task.label_names(rows, settings), False)
+    return config, task.encode(rows, tokenizer, model.config, settings)
 
 
 def run(config, data, params: TrialParams, seed: int, folder: Path) -> tuple[float, float]:

@@ -47,10 +47,12 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
 from autoft.cli import DEMO_FILE
 from autoft.config import load_yaml
-from autoft.forgetting import _mean_pool, _read_lines, retention
+from autoft.forgetting import retention
+from autoft.forgetting.encoders import mean_pool
+from autoft.forgetting.readers import read_lines
 from autoft.model import find_blocks
 from autoft.precision import precision_name, set_precision
-from autoft.train import score
+from autoft.tasks import get_task
 
 MODEL = str(package_path(load_yaml(DEMO_FILE)["model"]))
 LEE = "pkg:gensim/test/test_data/lee.cor"
@@ -76,12 +78,12 @@ class Outcome:
 def lee_spearman(model_dir: Path) -> float:
     """Spearman of the cosine of the encoder's mean-pooled embeddings of the 50 Lee documents
     against the human ratings of every pair (as autoft's similarity check scores its part)."""
-    docs = _read_lines(str(package_path(LEE)))
+    docs = read_lines(str(package_path(LEE)))
     ratings = np.loadtxt(package_path(LEE_RATINGS))
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     encoder = transformers.AutoModel.from_pretrained(model_dir).eval()
     batch = tokenizer(docs, padding=True, truncation=True, max_length=256, return_tensors="pt")
-    pooled = _mean_pool(encoder(**batch).last_hidden_state, batch["attention_mask"])
+    pooled = mean_pool(encoder(**batch).last_hidden_state, batch["attention_mask"])
     unit = torch.nn.functional.normalize(pooled, dim=-1)
     left, right = np.triu_indices(len(docs), k=1)
     cosine = (unit[left] * unit[right]).sum(-1).numpy()
@@ -170,7 +172,8 @@ def run_hf(data: dict[str, Path], task: Task, metric: str, out: Path, args) -> O
 
     def compute_metrics(prediction) -> dict:
         predicted = prediction.predictions.argmax(-1).tolist()
-        return {metric: score(metric, prediction.label_ids.tolist(), predicted)}
+        labels = prediction.label_ids.tolist()
+        return {metric: get_task("text-classification").score(metric, labels, predicted)}
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "hf.db").unlink(missing_ok=True)

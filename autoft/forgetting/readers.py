@@ -38,7 +38,7 @@ def read_table(path: str) -> pd.DataFrame:
     return frame
 
 
-def _read_lines(path: str) -> list[str]:
+def read_lines(path: str) -> list[str]:
     """Non-empty lines of a text file; UTF-8, or Latin-1 for older corpora such as lee.cor."""
     _require_file(path)
     raw = Path(path).read_bytes()
@@ -70,7 +70,7 @@ def table_column(frame: pd.DataFrame, path: str, column: str | None, setting: st
 def read_texts(config: BaseTaskConfig) -> list[str]:
     """Every text of the file: one per line, or the `text_column` of a table."""
     if not is_table(config.data):
-        return _read_lines(config.data)
+        return read_lines(config.data)
     frame = read_table(config.data)
     texts = table_column(frame, config.data, config.text_column, "text_column")
     return [str(text) for text in texts]
@@ -108,7 +108,7 @@ def _read_preserve_data(config: BaseTaskConfig) -> list[str]:
 def _text_items(config: BaseTaskConfig) -> list[tuple[str, ...]]:
     """The base data's items as the checks count them, each with its texts (one, or a pair)."""
     if not is_table(config.data):
-        return [(line,) for line in _read_lines(config.data)]
+        return [(line,) for line in read_lines(config.data)]
     frame = read_table(config.data)
     columns = [config.text_column, config.text_pair_column if config.kind == "similarity" else None]
     return list(zip(*(map(str, frame[c]) for c in columns if c in frame.columns), strict=True))
