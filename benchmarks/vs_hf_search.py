@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -39,8 +37,7 @@ import optuna
 import pandas as pd
 import torch
 import transformers
-import yaml
-from forgetting import TASKS, Task, base_check, package_path, test_score, write_splits
+from forgetting import TASKS, Task, package_path, run_study, test_score, write_splits
 from optuna.trial import TrialState
 from scipy.stats import spearmanr
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
@@ -95,23 +92,10 @@ def lee_spearman(model_dir: Path) -> float:
 
 def run_autoft(name: str, data: dict[str, Path], task: Task, out: Path, args) -> Outcome:
     """`autoft search` on a study file in its own process; the best model is in best_model/."""
-    study_file = out / f"{name}.yaml"
-    study_file.write_text(yaml.safe_dump({
-        "name": name, "studies_dir": str(out / "studies"), "model": MODEL,
-        "train": str(data["train"]), "validation": str(data["validation"]),
-        "text_column": "text", "label_column": "label", "max_length": task.max_length,
-        "space": args.space, "n_trials": args.n_trials, "seed": args.seed,
-        "precision": args.precision, "base": base_check(),
-    }, sort_keys=False))
-    log = out / f"{name}.log"
-    started = time.perf_counter()
-    with log.open("w") as handle:
-        code = subprocess.call([sys.executable, "-m", "autoft", "search", str(study_file)],
-                               stdout=handle, stderr=subprocess.STDOUT)
-    seconds = time.perf_counter() - started
+    seconds = run_study(name, data, args.space, task, out, args, precision=args.precision)
     study_dir = out / "studies" / name
-    if code != 0 or not (study_dir / "best_model").exists():
-        return Outcome(seconds, f"exit {code}, see {log}", None, None, None, "")
+    if seconds is None or not (study_dir / "best_model").exists():
+        return Outcome(seconds or 0.0, f"failed, see {out / f'{name}.log'}", None, None, None, "")
     summary = json.loads((study_dir / "summary.json").read_text())
     counts, best = summary["counts"], summary["best"]
     return Outcome(
