@@ -34,11 +34,6 @@ def prepare_process() -> None:
 
 
 def search(config: StudyConfig) -> int:
-    run_search(config)
-    return 0
-
-
-def run_search(config: StudyConfig) -> dict:
     """Prepare, run the trials, audit the reported configs, then summarise and export the best
     model.
 
@@ -80,7 +75,7 @@ def run_search(config: StudyConfig) -> dict:
         print(f"Best model: {config.study_dir / 'best_model'}")
     if (interrupted or deferred.signalled) and budget_left(study, config.n_trials) > 0:
         raise KeyboardInterrupt
-    return summary
+    return 0
 
 
 def export(args: argparse.Namespace) -> int:

@@ -37,6 +37,11 @@ def describe_params(params: dict, depth: int) -> str:
     return ", ".join(words)
 
 
+def metric_words(metric: str, direction: str | None) -> str:
+    """The metric's name, saying so where lower is better (RMSE)."""
+    return f"{metric} (lower is better)" if direction == "minimize" else metric
+
+
 def describe_seconds(seconds: float) -> str:
     """'2h05m', '4m12s', '38s'."""
     seconds = int(round(seconds))

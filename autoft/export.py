@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from safetensors.torch import load_file
 from transformers.utils import logging as hf_logging
 
-from autoft.describe import describe_params
+from autoft.describe import describe_params, metric_words
 from autoft.errors import UsageError
 from autoft.tasks import Task, recorded_task
 from autoft.trials import best_feasible, full_params
@@ -88,16 +88,11 @@ def retention_line(trial: optuna.trial.FrozenTrial, base: dict | None) -> str:
     )
 
 
-def metric_name(attrs: dict) -> str:
-    """The study's metric, saying so where lower is better (RMSE)."""
-    lower = attrs.get("direction") == "minimize"
-    return f"{attrs['metric']} (lower is better)" if lower else attrs["metric"]
-
-
 def model_card(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
     """A README.md that says where the model came from, how it was trained and how good it is."""
     attrs = study.user_attrs
     params = full_params(trial)
+    metric = metric_words(attrs["metric"], study.direction.name.lower())
     lines = [
         f"# autoft study '{study.study_name}', trial {trial.number}",
         "",
@@ -106,7 +101,7 @@ def model_card(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
         f"- Task: {recorded_task(attrs).name}",
         *recorded_task(attrs).card_lines(attrs["label_names"]),
         f"- Config: {describe_params(params, attrs['depth'])}",
-        f"- {score_line(trial, metric_name(attrs))}",
+        f"- {score_line(trial, metric)}",
         f"- {retention_line(trial, attrs.get('base'))}",
         "",
         "## Parameters",

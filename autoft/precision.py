@@ -7,6 +7,7 @@ The forgetting checks do not autocast: retention compares float32 with the float
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ def set_precision(precision: str) -> None:
     _precision = precision
 
 
+@functools.cache  # asked at every forward pass; the CPU does not change
 def cpu_has_native_bf16() -> bool:
     """Whether the CPU multiplies bf16 in hardware (on 2 cores with avx512_bf16 a trial trained
     1.7-2× the samples per second of float32); emulated bf16 is slower than float32."""

@@ -15,7 +15,13 @@ from pathlib import Path
 
 import optuna
 
-from autoft.describe import describe_params, describe_seconds, describe_settings, short_params
+from autoft.describe import (
+    describe_params,
+    describe_seconds,
+    describe_settings,
+    metric_words,
+    short_params,
+)
 from autoft.plots import study_plots
 from autoft.summary import write_summary
 from autoft.trials import full_params, trial_seconds
@@ -87,12 +93,6 @@ def price_rows(summary: dict) -> list[list[str]]:
     return rows
 
 
-def metric_words(summary: dict) -> str:
-    """The metric's name, saying so where lower is better (RMSE)."""
-    lower = summary.get("direction") == "minimize"
-    return f"{summary['metric']} (lower is better)" if lower else summary["metric"]
-
-
 def improvement(summary: dict, best: float, default: float) -> str:
     """How much better `best` is than `default`, in the metric's direction."""
     if summary.get("direction") == "minimize":
@@ -102,7 +102,7 @@ def improvement(summary: dict, best: float, default: float) -> str:
 
 def summary_text(summary: dict) -> str:
     """The few lines a person reads in the morning."""
-    metric, depth = metric_words(summary), summary["depth"]
+    metric, depth = metric_words(summary["metric"], summary.get("direction")), summary["depth"]
     c = summary["counts"]
     lines = [
         f"Study '{summary['study']}': {c['complete']} completed, {c['pruned']} pruned, "
@@ -150,7 +150,8 @@ def summary_text(summary: dict) -> str:
 
 def answer_lines(summary: dict) -> list[str]:
     """The best config, its score against the default's and its retention, in sentences."""
-    metric, best, default = metric_words(summary), summary["best"], summary["default"]
+    metric = metric_words(summary["metric"], summary.get("direction"))
+    best, default = summary["best"], summary["default"]
     base = summary.get("base")
     if best is None:
         return summary_text(summary).splitlines()[1:]

@@ -294,7 +294,6 @@ def record_study_facts(study: optuna.Study, prepared: Prepared) -> None:
         "label_names": data.label_names,
         "depth": prepared.depth,
         "metric": data.metric,
-        "direction": prepared.direction,
         "notes": data.notes,
         "trust_remote_code": config.trust_remote_code,
         "default_params": prepared.space.default_params(),

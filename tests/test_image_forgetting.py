@@ -36,10 +36,10 @@ def test_an_untouched_encoder_keeps_the_base_score_and_a_changed_one_does_not(
     model, processor = tuned_model(tiny_resnet_dir)
     task = check(kind, digit_folder, tiny_resnet_dir, processor)
     base = task.score(model, "cpu")
-    assert task.score(model, "cpu", quick=True).value == task.score(model, "cpu", quick=True).value
     assert task.reads_trained(model)
-    if kind == "drift":
+    if kind == "drift":  # the untouched encoder is its own reference, on the quick slice too
         assert base.value == pytest.approx(1.0)
+        assert task.score(model, "cpu", quick=True).value == pytest.approx(1.0)
     with torch.no_grad():
         for parameter in model.base_model.encoder.parameters():
             parameter.add_(torch.randn_like(parameter) * parameter.std().nan_to_num(0.1))

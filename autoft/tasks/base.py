@@ -142,14 +142,14 @@ class Task(ABC):
         order = torch.randperm(len(split), generator=generator).tolist()
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
-    def eval_batches(self, split, pad_id: int, device: torch.device,
-                     size: int = EVAL_BATCH_SIZE) -> Iterator[tuple[list[int], dict]]:
+    def eval_batches(self, split, pad_id: int, device: torch.device
+                     ) -> Iterator[tuple[list[int], dict]]:
         """(indices, inputs without labels) of batches for a pass without training, smallest
         examples first, so each batch pads little."""
         sizes = self.sizes(split)
         order = sorted(range(len(split)), key=lambda i: sizes[i])
-        for start in range(0, len(order), size):
-            indices = order[start : start + size]
+        for start in range(0, len(order), EVAL_BATCH_SIZE):
+            indices = order[start : start + EVAL_BATCH_SIZE]
             batch = self.collate(split, indices, pad_id, device)
             batch.pop("labels")
             yield indices, batch
