@@ -34,8 +34,24 @@ class TargetData:
     task: str = "text-classification"
 
 
+# The last table read, by (source, split, the file's size and mtime): task detection and the read
+# that follows ask for the same table two or three times in a row while a study is prepared.
+_last_table: dict[tuple, datasets.Dataset] = {}
+
+
 def read_table(source: str, where: str, split: str = "train") -> datasets.Dataset:
     """Load a table from a file, a saved `datasets` folder, or the hub; never an empty one."""
+    path = Path(source)
+    stat = path.stat() if path.exists() else None
+    key = (source, split, stat and (stat.st_size, stat.st_mtime_ns))
+    if key not in _last_table:
+        table = _load_table(source, where, split)
+        _last_table.clear()
+        _last_table[key] = table
+    return _last_table[key]
+
+
+def _load_table(source: str, where: str, split: str) -> datasets.Dataset:
     path = Path(source)
     try:
         if path.is_dir():
