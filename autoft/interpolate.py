@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from autoft.tasks.base import MAXIMIZE
+from autoft.trials import direction_sign
 
 TUNED = 1.0
 
@@ -49,7 +50,7 @@ def best_mix(points: Iterable[MixPoint], direction: str = MAXIMIZE) -> MixPoint:
     none does; ties go to the point nearer the tuned weights."""
     points = list(points)
     keepable = [p for p in points if p.keepable]
-    sign = 1 if direction == MAXIMIZE else -1
+    sign = direction_sign(direction)
     return max(keepable or points, key=lambda p: (sign * p.value, p.mix))
 
 

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from autoft.describe import describe_seconds, short_params
-from autoft.trials import counts_toward_budget, is_feasible
+from autoft.trials import counts_toward_budget, direction_sign, is_feasible
 
 POLL_SECONDS = 2.0
 STATUS_EVERY_SECONDS = 60.0
@@ -88,7 +88,7 @@ def take_snapshot(
     """
     by_state = {state: [t for t in trials if t.state == state] for state in TrialState}
     complete = [t for t in by_state[TrialState.COMPLETE] if t.value is not None]
-    sign = -1 if direction == "minimize" else 1
+    sign = direction_sign(direction)
     best = max((t for t in complete if is_feasible(t)), key=lambda t: sign * t.value, default=None)
     used = sum(1 for t in trials if counts_toward_budget(t))
     done_now = used - finished_before

@@ -24,6 +24,7 @@ from autoft.data import TargetData
 from autoft.model import evaluating, find_blocks, split_parameters
 from autoft.precision import autocast
 from autoft.tasks import MAXIMIZE, get_task
+from autoft.trials import direction_sign
 
 if TYPE_CHECKING:
     from autoft.cache import PrefixCache
@@ -107,7 +108,7 @@ class TrialResult:
     @property
     def best(self) -> Evaluation | None:
         keepable = [e for e in self.evaluations if e.keepable]
-        sign = 1 if self.direction == MAXIMIZE else -1
+        sign = direction_sign(self.direction)
         return max(keepable or self.evaluations, key=lambda e: sign * e.value, default=None)
 
     @property

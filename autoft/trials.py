@@ -53,9 +53,15 @@ def default_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     return None
 
 
+def direction_sign(direction: str) -> int:
+    """1 where a higher score is better ('maximize'), -1 where lower is ('minimize', RMSE):
+    multiply a score by it before max()."""
+    return -1 if direction == "minimize" else 1
+
+
 def score_sign(study: optuna.Study) -> int:
-    """1 where a higher score is better, -1 where lower is (RMSE): multiply before max()."""
-    return -1 if study.direction == optuna.study.StudyDirection.MINIMIZE else 1
+    """direction_sign of a study's direction."""
+    return direction_sign(study.direction.name.lower())
 
 
 def best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
