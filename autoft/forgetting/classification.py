@@ -61,7 +61,8 @@ class ClassificationTask(BaseTask):
                                         trust_remote_code)
         pairs = None
         if images:  # a folder of class folders, or a table with image and label columns
-            texts, names = read_images(config.data, "base.data", config.label_column)
+            texts, values = read_images(config.data, "base.data", config.label_column)
+            names = [str(value) for value in values]
         else:
             frame = read_table(config.data)
             texts = [str(text) for text in

@@ -17,14 +17,13 @@ from autoft.tasks.classification import Classification
 from autoft.tasks.images import (
     ImageSplit,
     augment,
-    check_images,
     colour_mode,
     is_image_folder,
     load_image_processor,
     pixel_values,
     pixels_digest,
-    read_image_folder,
     read_image_table,
+    read_images,
 )
 
 
@@ -52,13 +51,8 @@ class ImageClassification(Classification):
     def _read_split(self, source: str, settings: DataSettings, field_name: str, split: str):
         """Images and labels of a folder of class folders or a table with an image column."""
         where = settings.where(field_name)
-        if is_image_folder(source):
-            images, labels = read_image_folder(source, where)
-        else:
-            images, values, _ = read_image_table(source, where, split, settings.label_column)
-            labels = self.parse_labels(values, settings, where, source)
-        check_images(images, where, source)
-        return images, labels
+        images, values = read_images(source, where, settings.label_column, split)
+        return images, self.parse_labels(values, settings, where, source)
 
     def load_model(self, source: str, label_names: list[str], trust_remote_code: bool):
         processor = self.load_processor(source, trust_remote_code)

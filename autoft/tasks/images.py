@@ -167,15 +167,15 @@ def colour_mode(model_config) -> str:
     return "L" if getattr(model_config, "num_channels", 3) == 1 else "RGB"
 
 
-def read_images(source: str, where: str, label_column: str | None):
-    """(image references, labels or None) of a folder of class folders (labels: the folder
-    names) or a table with an image column, every image checked to open."""
+def read_images(source: str, where: str, label_column: str | None, split: str = "train"):
+    """(image references, label values or None) of a folder of class folders (labels: the
+    folder names) or a table with an image column, every image checked to open."""
     if is_image_folder(source):
         images, labels = read_image_folder(source, where)
     else:
-        images, labels, _ = read_image_table(source, where, "train", label_column)
+        images, labels, _ = read_image_table(source, where, split, label_column)
     check_images(images, where, source)
-    return images, labels and [str(label) for label in labels]
+    return images, labels
 
 
 def processed(processor, images: list, mode: str = "RGB"):
