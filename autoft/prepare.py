@@ -15,11 +15,11 @@ import torch
 from autoft.adapters import get_adapter
 from autoft.config import StudyConfig
 from autoft.errors import UsageError
-from autoft.forgetting import BaseSplit, build_base_task, find_pair_columns, preservation_texts
+from autoft.forgetting import BaseSplit, find_pair_columns, preservation_texts
 from autoft.guard import BASE_MAX_LENGTH, measure_base
 from autoft.model import model_depth
 from autoft.space import SPACES_DIR, SearchSpace, load_space
-from autoft.study import Prepared, load_prepared_data, save_prepared
+from autoft.study import Prepared, load_prepared_data, save_prepared, study_base_task
 from autoft.tasks import DataSettings, Task, detect_task, get_task
 from autoft.tasks.text import model_length_limit
 
@@ -106,8 +106,7 @@ def measure_base_skill(config: StudyConfig, model, tokenizer, echo) -> dict:
     source = Path(config.base.data).name
     echo(f"Measuring the base model's {config.base.kind} skill on {source} ...")
     limit = min(BASE_MAX_LENGTH, model_length_limit(tokenizer, model.config))
-    task = build_base_task(config.base, config.model, tokenizer, limit, config.trust_remote_code,
-                           seed=config.seed)
+    task = study_base_task(config, tokenizer, limit)
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     base = measure_base(task, model.to(device), config.base, device) | {"max_length": limit}
     echo(f"  base {task.name}: {base['score']:.4f} ({task.measures})")

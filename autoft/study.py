@@ -22,7 +22,7 @@ from autoft.adapters import get_adapter
 from autoft.cache import PrefixCache
 from autoft.config import StudyConfig
 from autoft.data import TargetData
-from autoft.forgetting import BaseSplit, build_base_task, preservation_texts
+from autoft.forgetting import BaseSplit, BaseTask, build_base_task, preservation_texts
 from autoft.guard import ForgettingGuard
 from autoft.interpolate import TUNED, MixPoint, best_mix, interpolate, mixed_state
 from autoft.model import split_parameters
@@ -84,14 +84,21 @@ def save_trial_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
     tmp.replace(path)
 
 
+def study_base_task(config: StudyConfig, processor, max_length: int,
+                    split: BaseSplit | None = None) -> BaseTask:
+    """The study's base task (its base settings, model, trust and seed); it keeps its own max
+    length, and the study's split of its data (made now, from the seed, when there is none)."""
+    return build_base_task(config.base, config.model, processor, max_length,
+                           config.trust_remote_code, split, config.seed)
+
+
 def make_guard(prepared: Prepared):
     """This worker's forgetting guard, built from the base facts measured once for the study
     (the base task keeps its own max length, and the study's split of its data)."""
     config = prepared.config
     split = BaseSplit.from_dict(prepared.base.get("split"))
     processor = prepared.task.load_processor(config.model, config.trust_remote_code)
-    task = build_base_task(config.base, config.model, processor, prepared.base["max_length"],
-                           config.trust_remote_code, split, config.seed)
+    task = study_base_task(config, processor, prepared.base["max_length"], split)
     return ForgettingGuard(task, prepared.base)
 
 

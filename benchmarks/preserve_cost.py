@@ -22,10 +22,11 @@ import torch
 
 from autoft.cache import PrefixCache
 from autoft.config import build_config
-from autoft.forgetting import build_base_task, preservation_texts, retention
+from autoft.forgetting import preservation_texts, retention
 from autoft.model import freeze, load_model
 from autoft.prepare import prepare_study
 from autoft.preserve import Cost, Preservation
+from autoft.study import study_base_task
 from autoft.train import TrialParams, frozen_blocks, train_trial
 
 CPU = torch.device("cpu")
@@ -67,8 +68,7 @@ def main() -> None:
         prepared = prepare_study(config, echo=lambda line: None)
         data, base = prepared.data, prepared.base
         _, tokenizer = load_model(config.model, data.label_names)
-        task = build_base_task(config.base, config.model, tokenizer, base["max_length"],
-                               config.trust_remote_code, seed=config.seed)
+        task = study_base_task(config, tokenizer, base["max_length"])
         texts = preservation_texts(config.base, None)
         cache = PrefixCache(config.study_dir / "cache")
         print(f"MiniLM, {len(data.train)} tweets train / {len(data.validation)} validation, "
