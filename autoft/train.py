@@ -21,6 +21,7 @@ import torch
 
 from autoft.adapters import get_adapter
 from autoft.data import TargetData
+from autoft.dropout import cpu_dropout
 from autoft.model import evaluating, find_blocks, split_parameters
 from autoft.precision import autocast
 from autoft.tasks import MAXIMIZE, get_task
@@ -296,64 +297,65 @@ def train_trial(
     loss that trains; the reported train loss stays the task's own, comparable across trials.
     """
     model.to(device)
-    task = get_task(data.task)
-    frozen = frozen_blocks(model, params.trainable_layers)
-    result = TrialResult(cache_note="off" if cache is None else "nothing frozen",
-                         direction=task.metric(data.metric).direction)
-    states = None
-    if cache is not None and frozen > 0:
-        use = cache.states_for(model, data, frozen, device, pad_id)
-        states, result.cache_note, result.cache_seconds = use.states, use.note, use.seconds
-        result.cache_used = states is not None
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    if params.head_first_epochs:
-        result.head_first_seconds = train_head_first(model, data, params, device, pad_id,
-                                                     generator, cache)
-    set_train_mode(model, frozen)
-    rows = len(data.train)
-    steps_per_epoch = math.ceil(rows / params.batch_size)
-    optimizer = build_optimizer(model, params)
-    scheduler = linear_schedule(optimizer, steps_per_epoch * params.epochs, params.warmup_ratio)
-    points = set(evaluation_points(rows, params.batch_size, params.epochs, eval_every_samples))
-    adapter = get_adapter(params.adapter)
-    loss_sum = torch.zeros((), device=device)
-    loss_count = 0
-    started = time.perf_counter()
-    step = 0
-    for epoch in range(params.epochs):
-        for index, batch_indices in enumerate(
-            task.train_batches(data.train, params.batch_size, generator)
-        ):
-            batch = task.collate(data.train, batch_indices, pad_id, device)
-            with autocast(device):
-                loss = forward(model, batch, batch_indices, states and states.train).loss
-                extras = [term(model, step) for term in loss_terms]
-            total = sum((extra for extra in extras if extra is not None), loss)
-            update(total, optimizer, scheduler)
-            loss_sum += loss.detach()
-            loss_count += 1
-            step += 1
-            result.samples_seen += len(batch_indices)
-            if (epoch, index) in points:
-                result.train_seconds += time.perf_counter() - started
-                _evaluate_and_report(
-                    model,
-                    data,
-                    device,
-                    pad_id,
-                    result,
-                    adapter,
-                    loss_sum.item() / loss_count,
-                    on_evaluation,
-                    states and states.validation,
-                    keepable,
-                )
-                set_train_mode(model, frozen)  # the callback may have changed modes
-                loss_sum.zero_()
-                loss_count = 0
-                started = time.perf_counter()
-    return result
+    with cpu_dropout(model, device):  # training on a CPU: the faster dropout
+        task = get_task(data.task)
+        frozen = frozen_blocks(model, params.trainable_layers)
+        result = TrialResult(cache_note="off" if cache is None else "nothing frozen",
+                             direction=task.metric(data.metric).direction)
+        states = None
+        if cache is not None and frozen > 0:
+            use = cache.states_for(model, data, frozen, device, pad_id)
+            states, result.cache_note, result.cache_seconds = use.states, use.note, use.seconds
+            result.cache_used = states is not None
+        generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        if params.head_first_epochs:
+            result.head_first_seconds = train_head_first(model, data, params, device, pad_id,
+                                                         generator, cache)
+        set_train_mode(model, frozen)
+        rows = len(data.train)
+        steps_per_epoch = math.ceil(rows / params.batch_size)
+        optimizer = build_optimizer(model, params)
+        scheduler = linear_schedule(optimizer, steps_per_epoch * params.epochs, params.warmup_ratio)
+        points = set(evaluation_points(rows, params.batch_size, params.epochs, eval_every_samples))
+        adapter = get_adapter(params.adapter)
+        loss_sum = torch.zeros((), device=device)
+        loss_count = 0
+        started = time.perf_counter()
+        step = 0
+        for epoch in range(params.epochs):
+            for index, batch_indices in enumerate(
+                task.train_batches(data.train, params.batch_size, generator)
+            ):
+                batch = task.collate(data.train, batch_indices, pad_id, device)
+                with autocast(device):
+                    loss = forward(model, batch, batch_indices, states and states.train).loss
+                    extras = [term(model, step) for term in loss_terms]
+                total = sum((extra for extra in extras if extra is not None), loss)
+                update(total, optimizer, scheduler)
+                loss_sum += loss.detach()
+                loss_count += 1
+                step += 1
+                result.samples_seen += len(batch_indices)
+                if (epoch, index) in points:
+                    result.train_seconds += time.perf_counter() - started
+                    _evaluate_and_report(
+                        model,
+                        data,
+                        device,
+                        pad_id,
+                        result,
+                        adapter,
+                        loss_sum.item() / loss_count,
+                        on_evaluation,
+                        states and states.validation,
+                        keepable,
+                    )
+                    set_train_mode(model, frozen)  # the callback may have changed modes
+                    loss_sum.zero_()
+                    loss_count = 0
+                    started = time.perf_counter()
+        return result
 
 
 def _evaluate_and_report(

@@ -95,7 +95,7 @@ def test_a_trial_keeps_its_best_keepable_evaluation_not_its_best(
     tiny_model_dir, pad_id, trial_params, fresh_model, make_data
 ) -> None:
     model = fresh_model(tiny_model_dir, 2)
-    params = replace(trial_params, trainable_layers=2, epochs=4, learning_rate=3e-3)
+    params = replace(trial_params, trainable_layers=2, epochs=4, learning_rate=1e-3)
     trained = [n for n, p in model.named_parameters() if p.requires_grad]
     data = make_data(n_train=128, n_val=32)
     at_first = {}
