@@ -202,16 +202,18 @@ def run_study(
     name: str, data: dict[str, Path], space: Path | str, task: Task, out: Path, args,
     **settings,
 ) -> float | None:
-    """One `autoft search` in its own process (`settings`: more study-file fields); its wall
-    time, or None when it failed."""
-    study_file = out / f"{name}.yaml"
-    study_file.write_text(yaml.safe_dump({
+    """One `autoft search` in its own process (`settings`: more study-file fields, None to leave
+    one out, as `base=None` does the base check); its wall time, or None when it failed."""
+    fields = {
         "name": name, "studies_dir": str(out / "studies"),
         "model": load_yaml(DEMO_FILE)["model"], "train": str(data["train"]),
         "validation": str(data["validation"]), "text_column": "text", "label_column": "label",
         "max_length": task.max_length, "space": str(space), "n_trials": args.n_trials,
         "seed": args.seed, "base": base_check(), **settings,
-    }, sort_keys=False))
+    }
+    study_file = out / f"{name}.yaml"
+    study_file.write_text(yaml.safe_dump(
+        {key: value for key, value in fields.items() if value is not None}, sort_keys=False))
     log = out / f"{name}.log"
     started = time.perf_counter()
     with log.open("w") as handle:
