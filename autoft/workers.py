@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import logging
 import multiprocessing
@@ -65,6 +66,20 @@ def trial_log(path: Path):
     finally:
         log.removeHandler(handler)
         handler.close()
+
+
+@contextlib.contextmanager
+def long_lived_objects_frozen():
+    """While a worker runs trials, what exists when they start (modules, the prepared study, the
+    objective) lives as long as the worker: the collection Optuna runs after each trial
+    (`gc_after_trial`) skips it instead of walking half a million objects (0.22 s a trial here
+    with MiniLM loaded; under a millisecond frozen). Garbage is collected first, so none is kept."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def trial_log_path(study_dir: Path, number: int) -> Path:
@@ -195,7 +210,8 @@ def work(
             objective = Objective(prepared, torch.device(slot.torch_device))
             runner = TrialRunner(objective, config.study_dir, slot, StartLock(storage, config.name),
                                  stop)
-            run_trials(study, runner, config.n_trials, deadline)
+            with long_lived_objects_frozen():
+                run_trials(study, runner, config.n_trials, deadline)
         except KeyboardInterrupt:
             pass  # raised by Stop inside a trial, which is already recorded as interrupted
         # Stop stays installed until here: a second Ctrl-C (the terminal signals every worker,

@@ -4,6 +4,7 @@ exact, survive kill -9 and SIGINT, and fail a NaN trial alone.
 
 from __future__ import annotations
 
+import gc
 import signal
 import subprocess
 import sys
@@ -19,6 +20,29 @@ from autoft.errors import UsageError
 from autoft.schedule import budget_used, queue_next_config
 from autoft.signals import Stop
 from autoft.storage import redact, storage_url
+from autoft.workers import long_lived_objects_frozen
+
+
+class Node:
+    """One object of a reference cycle, which only the collector frees."""
+
+
+def test_trials_run_with_long_lived_objects_frozen_and_garbage_collected_first() -> None:
+    kept = Node()
+    cycle = Node()
+    cycle.loop = cycle
+    gone = weakref.ref(cycle)
+    del cycle
+    with long_lived_objects_frozen():
+        assert gone() is None, "garbage from before is collected, not frozen"
+        assert gc.get_freeze_count() > 0
+        trial_garbage = Node()
+        trial_garbage.loop = trial_garbage
+        during = weakref.ref(trial_garbage)
+        del trial_garbage
+        gc.collect()  # what Optuna's gc_after_trial does
+        assert during() is None, "a trial's own garbage is still collected"
+    assert gc.get_freeze_count() == 0 and kept is not None
 
 
 def test_auto_on_a_cpu_machine_is_one_worker_with_every_core() -> None:
