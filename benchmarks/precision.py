@@ -13,10 +13,12 @@ CPU-second of this process, as in trainer_vs_autoft.py.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -54,39 +56,50 @@ def run(config, data, params: TrialParams, seed: int, folder: Path) -> tuple[flo
     return scores[-1], len(data.train) * params.epochs / seconds
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=600)
-    parser.add_argument("--val-samples", type=int, default=400)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--layers", type=int, nargs="+", default=[2, 6])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    config, data = prepare(args.samples, args.val_samples, 0)
-    print(f"{len(data.train)} tweets, {len(data.validation)} to score ({data.metric}), "
-          f"{args.epochs} epochs, seeds {args.seeds}, {args.threads} thread(s); native bf16: "
-          f"{cpu_has_native_bf16()}; load before: {os.getloadavg()[0]:.1f}")
-    print(f"{'layers':>6} {'precision':>9} {'score mean':>10} {'spread':>7} {'samples/s':>10}  "
+def compare(config, data, args, column: str, variants: dict[str, Callable[[], object]]) -> None:
+    """One row per depth and variant (each set up by calling it): mean final score over the seeds,
+    their spread, samples per CPU-second and each seed's score."""
+    print(f"{'layers':>6} {column:>9} {'score mean':>10} {'spread':>7} {'samples/s':>10}  "
           "scores by seed")
     for layers in args.layers:
         params = TrialParams(learning_rate=1e-4 if layers < 6 else 5e-5, head_lr_multiplier=10.0,
                              batch_size=32, trainable_layers=layers, epochs=args.epochs,
                              weight_decay=0.01, warmup_ratio=0.06)
-        for precision in PRECISIONS:
-            set_precision(precision)
+        for name, set_up in variants.items():
+            set_up()
             results = []
             for seed in args.seeds:
                 with tempfile.TemporaryDirectory() as folder:
                     results.append(run(config, data, params, seed, Path(folder)))
             scores = [s for s, _ in results]
-            spread = max(scores) - min(scores)
-            print(f"{layers:>6} {precision:>9} {statistics.mean(scores):>10.4f} {spread:>7.4f} "
+            print(f"{layers:>6} {name:>9} {statistics.mean(scores):>10.4f} "
+                  f"{max(scores) - min(scores):>7.4f} "
                   f"{statistics.mean(r for _, r in results):>10.1f}  "
                   + " ".join(f"{s:.4f}" for s in scores), flush=True)
     print(f"load after: {os.getloadavg()[0]:.1f}")
 
+
+def comparison_parser(description: str, seeds: list[int]) -> argparse.ArgumentParser:
+    """The options of a comparison by `compare`: data size, epochs, depths, seeds, threads."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--samples", type=int, default=600)
+    parser.add_argument("--val-samples", type=int, default=400)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--layers", type=int, nargs="+", default=[2, 6])
+    parser.add_argument("--seeds", type=int, nargs="+", default=seeds)
+    parser.add_argument("--threads", type=int, default=1)
+    return parser
+
+
+def main() -> None:
+    args = comparison_parser(__doc__.splitlines()[0], [0, 1]).parse_args()
+    torch.set_num_threads(args.threads)
+    config, data = prepare(args.samples, args.val_samples, 0)
+    print(f"{len(data.train)} tweets, {len(data.validation)} to score ({data.metric}), "
+          f"{args.epochs} epochs, seeds {args.seeds}, {args.threads} thread(s); native bf16: "
+          f"{cpu_has_native_bf16()}; load before: {os.getloadavg()[0]:.1f}")
+    compare(config, data, args, "precision",
+            {precision: functools.partial(set_precision, precision) for precision in PRECISIONS})
 
 if __name__ == "__main__":
     main()
