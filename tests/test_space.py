@@ -23,6 +23,14 @@ def test_shipped_spaces_resolve_for_any_depth(name: str, depth: int) -> None:
     assert all(0 <= start["trainable_layers"] <= depth for start in starts)
 
 
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_listed_start_of_a_shipped_space_fits_its_ranges(name: str) -> None:
+    """A start outside its space's ranges is left out without a word: a range narrowed past a
+    start must fail here instead."""
+    space = load_space(name).resolve(6)
+    assert len(space.start_params()) == 1 + len(space.starts)
+
+
 def test_quick_space_starts_with_the_top_half_then_its_listed_starts() -> None:
     starts = load_space("quick").resolve(6).start_params()
     assert [(s["trainable_layers"], s["learning_rate"], s["preserve_weight"], s["interpolate"])
