@@ -5,9 +5,11 @@ attention dropout, leaves its fused kernel for an unfused math path; in a MiniLM
 fine-tuning step the two took a fifth of the time (benchmarks/trainer_vs_autoft.py: 86 → 103
 samples per CPU-second, bf16, one thread). Here one 64-bit random draw gives four 16-bit
 numbers, each compared with a threshold, and attention computes its probabilities, drops them
-out and weights the values in three plain operations. Evaluation, GPUs and every attention
-this does not cover (grouped keys and values, biases, soft caps, a key cache) keep
-transformers' own SDPA path.
+out and weights the values in three plain operations. That plain attention also serves a pass
+without dropout that will be backpropagated (the preservation loss's, in eval mode): SDPA's
+fused CPU backward is slower in bf16 (MiniLM, 8 texts × 64 tokens, forward and backward: 226
+against 150 ms). Evaluation, GPUs and every attention this does not cover (grouped keys and
+values, biases, soft caps, a key cache) keep transformers' own SDPA path.
 """
 
 from __future__ import annotations
@@ -56,11 +58,12 @@ class CpuDropout(nn.Dropout):
 def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
               attention_mask: torch.Tensor | None, dropout: float = 0.0,
               scaling: float | None = None, is_causal: bool | None = None, **kwargs):
-    """transformers' attention function (AttentionInterface): SDPA, except for a CPU training
-    pass with dropout over full masks or none, which runs matmul, softmax, `drop`, matmul."""
+    """transformers' attention function (AttentionInterface): SDPA, except for a CPU pass that
+    will be backpropagated (training, or the preservation loss's eval-mode pass) over full masks
+    or none, which runs matmul, softmax, `drop` where there is dropout, matmul."""
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     plain = (
-        module.training and 0 < dropout < 1 and query.device.type == "cpu"
+        torch.is_grad_enabled() and 0 <= dropout < 1 and query.device.type == "cpu"
         and key.shape[1] == query.shape[1]  # no grouped keys and values
         and (attention_mask is not None or not causal or key.shape[2] == query.shape[2])
         and all(value is None or name in _PASSIVE for name, value in kwargs.items())
@@ -78,7 +81,9 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
         scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
     elif attention_mask is not None:
         scores = scores + attention_mask
-    probabilities = drop(scores.softmax(-1), dropout)
+    probabilities = scores.softmax(-1)
+    if dropout:
+        probabilities = drop(probabilities, dropout)
     return torch.matmul(probabilities, value).transpose(1, 2).contiguous(), None
 
 

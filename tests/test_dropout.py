@@ -83,13 +83,36 @@ def test_attention_leaves_evaluation_and_what_it_does_not_cover_to_sdpa(
     q = torch.randn(1, 2, 3, 4)
     module = Attention()
     module.training = False
-    dropout.attention(module, q, q, q, None, dropout=0.0)
+    with torch.no_grad():  # evaluation
+        dropout.attention(module, q, q, q, None, dropout=0.0)
     module.training = True
     dropout.attention(module, q, q[:, :1], q[:, :1], None, dropout=0.1)  # grouped keys
     dropout.attention(module, q, q, q, None, dropout=0.1, softcap=30.0)
     assert len(calls) == 3
     dropout.attention(module, q, q, q, None, dropout=0.1)
+    module.training = False
+    dropout.attention(module, q, q, q, None, dropout=0.0)  # eval mode, backpropagated
     assert len(calls) == 3
+
+
+def test_attention_without_dropout_is_sdpas() -> None:
+    """The plain path of a backpropagated pass without dropout (the preservation loss's) gives
+    SDPA's attention, forward and backward."""
+    q, k, v = (torch.randn(2, 3, 5, 4, requires_grad=True) for _ in range(3))
+    mask = torch.ones(2, 1, 5, 5, dtype=torch.bool)
+    mask[0, :, :, -2:] = False
+    module = Attention()
+    module.training = False
+    out, _ = dropout.attention(module, q, k, v, mask, dropout=0.0)
+    out.sum().backward()
+    grads = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, mask).transpose(1, 2)
+    expected.sum().backward()
+    assert torch.allclose(out, expected, atol=1e-6)
+    for grad, t in zip(grads, (q, k, v), strict=True):
+        assert torch.allclose(grad, t.grad, atol=1e-6)
 
 
 def test_training_with_the_faster_dropout_computes_what_the_model_does(arch, monkeypatch) -> None:
@@ -112,7 +135,7 @@ def test_training_with_the_faster_dropout_computes_what_the_model_does(arch, mon
     monkeypatch.setattr(dropout, "sdpa_attention_forward",
                         lambda *args, **kwargs: sdpa(*args, **{**kwargs, "dropout": 0.0}))
     implementation = getattr(model.config, "_attn_implementation", None)
-    with cpu_dropout(model, CPU), torch.no_grad():
+    with cpu_dropout(model, CPU):  # with gradients, as training: the plain attention
         assert not any(type(m) is nn.Dropout for m in model.modules())
         model.train()
         for module in model.modules():
