@@ -63,7 +63,7 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
     or none, which runs matmul, softmax, `drop` where there is dropout, matmul."""
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     plain = (
-        torch.is_grad_enabled() and 0 <= dropout < 1 and query.device.type == "cpu"
+        backpropagated(query, key, value) and 0 <= dropout < 1 and query.device.type == "cpu"
         and key.shape[1] == query.shape[1]  # no grouped keys and values
         and (attention_mask is not None or not causal or key.shape[2] == query.shape[2])
         and all(value is None or name in _PASSIVE for name, value in kwargs.items())
@@ -85,6 +85,12 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
     if dropout:
         probabilities = drop(probabilities, dropout)
     return torch.matmul(probabilities, value).transpose(1, 2).contiguous(), None
+
+
+def backpropagated(*tensors: torch.Tensor) -> bool:
+    """Whether a gradient will flow back through these: not in evaluation, nor in the frozen
+    blocks, which must compute as the cache of their output was built (under SDPA)."""
+    return torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors)
 
 
 AttentionInterface.register(ATTENTION, attention)

@@ -80,19 +80,21 @@ def test_attention_leaves_evaluation_and_what_it_does_not_cover_to_sdpa(
     calls = []
     monkeypatch.setattr(dropout, "sdpa_attention_forward",
                         lambda *args, **kwargs: calls.append(kwargs) or (args[1], None))
-    q = torch.randn(1, 2, 3, 4)
+    frozen = torch.randn(1, 2, 3, 4)  # what frozen blocks compute: no gradient flows back
+    q = frozen.clone().requires_grad_()
     module = Attention()
     module.training = False
     with torch.no_grad():  # evaluation
         dropout.attention(module, q, q, q, None, dropout=0.0)
+    dropout.attention(module, frozen, frozen, frozen, None, dropout=0.0)
     module.training = True
     dropout.attention(module, q, q[:, :1], q[:, :1], None, dropout=0.1)  # grouped keys
     dropout.attention(module, q, q, q, None, dropout=0.1, softcap=30.0)
-    assert len(calls) == 3
+    assert len(calls) == 4
     dropout.attention(module, q, q, q, None, dropout=0.1)
     module.training = False
     dropout.attention(module, q, q, q, None, dropout=0.0)  # eval mode, backpropagated
-    assert len(calls) == 3
+    assert len(calls) == 4
 
 
 def test_attention_without_dropout_is_sdpas() -> None:
