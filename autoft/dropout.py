@@ -63,7 +63,7 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
     or none, which runs matmul, softmax, `drop` where there is dropout, matmul."""
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     plain = (
-        backpropagated(query, key, value) and 0 <= dropout < 1 and query.device.type == "cpu"
+        backpropagated(query, key, value) and dropout < 1 and query.device.type == "cpu"
         and key.shape[1] == query.shape[1]  # no grouped keys and values
         and (attention_mask is not None or not causal or key.shape[2] == query.shape[2])
         and all(value is None or name in _PASSIVE for name, value in kwargs.items())
