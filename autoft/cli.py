@@ -1,6 +1,7 @@
 """The `autoft` command: demo, search, worker, status, report, export.
 
-Bad input ends with one sentence and exit code 2, before any trial starts.
+Bad input ends with one sentence and exit code 2, before any trial starts; a run that cannot
+show its result (a full disk) with one sentence and exit code 3.
 
 This module parses and checks the command line; autoft.commands does the work. main() imports it
 once the command line proved good, the one deferred import of autoft's own code: it brings torch,
@@ -18,7 +19,8 @@ from importlib.resources import files
 from pathlib import Path
 
 from autoft.config import PRECISIONS, StudyConfig, build_config, load_yaml
-from autoft.errors import UsageError
+from autoft.errors import NOTHING_TO_SHOW_EXIT, NothingToShow, UsageError
+from autoft.files import is_disk_full
 
 DEMO_FILE = files("autoft") / "demo.yaml"  # package data
 
@@ -187,11 +189,25 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--storage", help="the study's storage URL (default: its SQLite file)")
         if name == "export":
             sub.add_argument("--trial", type=int, help="trial number (default: the best)")
+            sub.add_argument("--overwrite", action="store_true",
+                             help="replace OUT even if it holds something other than an "
+                             "earlier export of this study")
             sub.add_argument("out", help="folder to save the model in")
         if name == "worker":
             add_device_flags(sub)
             sub.add_argument("--timeout", help="stop starting trials after this long, like 8h")
     return parser
+
+
+def disk_full_sentence(error: OSError, study: str) -> str:
+    """What a full disk stopped, and how to get it once there is room: the trials are in the
+    storage, so only what is written from them is missing."""
+    where = f"{error.filename}" if error.filename else "a file"
+    return (
+        f"could not write {where}: the disk is full ({error.strerror}); every completed trial "
+        f"is kept in the study's storage, so once space is freed `autoft report --study "
+        f"{study}` (or the same command again) writes it."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,10 +225,19 @@ def main(argv: list[str] | None = None) -> int:
         from autoft import commands  # the heavy imports (see the module docstring)
 
         commands.prepare_process()
-        return commands.search(config) if config else getattr(commands, args.command)(args)
+        try:
+            return commands.search(config) if config else getattr(commands, args.command)(args)
+        except OSError as error:
+            if not is_disk_full(error):
+                raise
+            raise NothingToShow(
+                disk_full_sentence(error, config.name if config else args.study)) from None
     except UsageError as error:
         print(f"autoft: {error}", file=sys.stderr)
         return 2
+    except NothingToShow as error:
+        print(f"autoft: {error}", file=sys.stderr)
+        return NOTHING_TO_SHOW_EXIT
     except KeyboardInterrupt:
         print("autoft: interrupted; run the same command again to resume.", file=sys.stderr)
         return 130

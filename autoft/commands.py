@@ -64,7 +64,8 @@ def search(config: StudyConfig) -> int:
         summary = write_report(study, config.study_dir)
         if summary["best"] is not None:
             study.set_user_attr("best_trial", summary["best"]["number"])
-            export_trial(study, summary["best"]["number"], config.study_dir / "best_model")
+            export_trial(study, summary["best"]["number"], config.study_dir / "best_model",
+                         config.study_dir, overwrite=True)  # its own folder, always replaced
     finally:
         deferred.uninstall()
     print()
@@ -80,7 +81,8 @@ def search(config: StudyConfig) -> int:
 
 def export(args: argparse.Namespace) -> int:
     study = load_study(args.study, args.studies_dir, args.storage)
-    out = export_trial(study, args.trial, Path(args.out))
+    out = export_trial(study, args.trial, Path(args.out), Path(args.studies_dir) / args.study,
+                       overwrite=args.overwrite)
     print(f"Saved trial {args.trial if args.trial is not None else 'best'} to {out}")
     return 0
 

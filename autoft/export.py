@@ -1,9 +1,12 @@
 """Exporting a trial's model in the Hugging Face format, with its tokenizer, label names and a
-model card, rebuilt from the base model plus the parameters that trial trained.
+model card, rebuilt from the base model plus the parameters that trial trained. An export
+replaces only an earlier export of its study (its marker file says so) unless asked to, never
+the study's own inputs or folder, and appears whole or not at all.
 """
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,8 +17,11 @@ from transformers.utils import logging as hf_logging
 
 from autoft.describe import describe_params, metric_words
 from autoft.errors import UsageError
+from autoft.files import replace_folder
 from autoft.tasks import Task, recorded_task
 from autoft.trials import best_feasible, full_params
+
+MARKER = ".autoft-export.json"  # hidden: a study prepared from an export does not hash it
 
 
 @contextmanager
@@ -118,8 +124,13 @@ def model_card(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
     return "\n".join(lines)
 
 
-def export_trial(study: optuna.Study, trial_number: int | None, out_dir: Path) -> Path:
-    """Save a trial's model (the best by default) to out_dir, ready for from_pretrained."""
+def export_trial(study: optuna.Study, trial_number: int | None, out_dir: Path,
+                 study_dir: Path | None = None, overwrite: bool = False) -> Path:
+    """Save a trial's model (the best by default) to out_dir, ready for from_pretrained.
+
+    out_dir may be new, empty or an earlier export of this study; any other folder only with
+    `overwrite`, and never one that holds the study's model, data or folder (study_dir).
+    """
     attrs = study.user_attrs
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if trial_number is None:
@@ -135,14 +146,72 @@ def export_trial(study: optuna.Study, trial_number: int | None, out_dir: Path) -
             f"Study '{study.study_name}' has no trial {trial_number}; "
             f"`autoft status` lists its trials."
         )
+    check_out_dir(study, Path(out_dir), study_dir, overwrite)
     trial = trials[trial_number]
     task = recorded_task(attrs)
     model, processor = load_trial_model(
         task, attrs["model"], attrs["label_names"], trial, attrs.get("trust_remote_code", False)
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with quiet_progress_bars():
-        model.save_pretrained(out_dir)
-    task.save_processor(processor, out_dir)
-    (out_dir / "README.md").write_text(model_card(study, trial))
-    return out_dir
+
+    def write(folder: Path) -> None:
+        with quiet_progress_bars():
+            model.save_pretrained(folder)
+        task.save_processor(processor, folder)
+        (folder / "README.md").write_text(model_card(study, trial))
+        marker = {"study": study.study_name, "trial": trial.number}
+        (folder / MARKER).write_text(json.dumps(marker))  # last: the export is whole
+
+    replace_folder(Path(out_dir), write)
+    return Path(out_dir)
+
+
+def study_inputs(study: optuna.Study, study_dir: Path | None) -> list[tuple[Path, str, bool]]:
+    """The folders an export must never write over or contain, each with what it is and whether
+    the folder is itself an input (a model folder, a folder of images: nothing may go inside
+    it) or holds them (a data file's folder, the study folder: an export may go below it, as
+    the search's best_model/ does)."""
+    config = study.user_attrs.get("config") or {}
+    base = config.get("base") or {}
+    named = [(study.user_attrs.get("model"), "model"), (config.get("train"), "training data"),
+             (config.get("validation"), "validation data"), (base.get("data"), "base-task data"),
+             (base.get("ratings"), "base-task ratings"),
+             (base.get("preserve_data"), "preservation data")]
+    inputs = []
+    for value, what in named:
+        if value and Path(value).exists():
+            path = Path(value).resolve()
+            whole = path.is_dir()
+            inputs.append((path if whole else path.parent, f"the study's {what}", whole))
+    if study_dir is not None:
+        inputs.append((Path(study_dir).resolve(), "the study's own folder", False))
+    return inputs
+
+
+def check_out_dir(study: optuna.Study, out_dir: Path, study_dir: Path | None,
+                  overwrite: bool) -> None:
+    """Refuse a folder the export would mix into or write over (see export_trial)."""
+    out = out_dir.resolve()
+    for folder, what, whole in study_inputs(study, study_dir):
+        holds = folder.is_relative_to(out)
+        if holds or (whole and out.is_relative_to(folder)):
+            raise UsageError(
+                f"Cannot export into {out_dir}: it {'holds' if holds else 'lies in'} {what} "
+                f"({folder}); choose another folder to export into."
+            )
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"Cannot export into {out_dir}: it is a file; choose a folder.")
+    if overwrite or not out.exists() or not any(out.iterdir()) or is_export_of(out, study):
+        return
+    raise UsageError(
+        f"{out_dir} already holds files that are not an export of study "
+        f"'{study.study_name}'; choose an empty folder, or pass --overwrite to replace it."
+    )
+
+
+def is_export_of(folder: Path, study: optuna.Study) -> bool:
+    """Whether `folder` is a whole earlier export of this study (its marker names the study)."""
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("study") == study.study_name

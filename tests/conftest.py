@@ -580,3 +580,67 @@ def tiny_resnet_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_vit_dir(tmp_path_factory) -> Path:
     return save_tiny_image_model(tmp_path_factory.mktemp("vit"), ["0", "1", "2"], vit=True)
+
+
+def _mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """small_disk(size): a new folder on its own tmpfs of `size` ("4m"), so a test fills a real
+    disk; unmounted after the test. Skipped where mounting needs a root this test lacks."""
+    mounts = []
+
+    def make(size: str) -> Path:
+        folder = tmp_path / f"disk{len(mounts)}"
+        folder.mkdir()
+        try:
+            _mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder))
+        except (OSError, subprocess.CalledProcessError) as error:
+            pytest.skip(f"cannot mount a tmpfs here to fill a real disk ({error})")
+        mounts.append(folder)
+        return folder
+
+    yield make
+    for folder in reversed(mounts):
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture
+def read_only():
+    """read_only(folder): the folder remounted read-only onto itself (a bind mount, which holds
+    for root too), until the test ends. Skipped where mounting needs a root this test lacks."""
+    mounts = []
+
+    def make(folder: Path) -> Path:
+        try:
+            _mount("--bind", str(folder), str(folder))
+            mounts.append(folder)
+            _mount("-o", "remount,ro,bind", str(folder))
+        except (OSError, subprocess.CalledProcessError) as error:
+            pytest.skip(f"cannot make {folder} read-only here with a bind mount ({error})")
+        return folder
+
+    yield make
+    for folder in reversed(mounts):
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill_disk(folder: Path, leave: int = 0) -> None:
+    """Fill the disk holding `folder` until at most `leave` bytes are free."""
+    free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize
+    with open(folder / "filler", "wb", buffering=0) as handle:
+        try:
+            handle.write(b"\0" * max(free - leave, 0))
+            while leave == 0:
+                handle.write(b"\0" * 4096)
+                handle.flush()
+        except OSError:
+            pass
+
+
+@pytest.fixture(name="fill_disk", scope="session")
+def fill_disk_fixture():
+    """fill_disk(folder, leave=0): the disk holding the folder filled, but `leave` bytes."""
+    return fill_disk

@@ -64,3 +64,64 @@ def test_export_without_a_best_trial_or_with_an_unknown_trial_is_a_usage_error(
     study, _ = tiny_study
     with pytest.raises(UsageError, match="has no trial 99"):
         export_trial(study, 99, tmp_path / "x")
+
+
+def export_args(folder: Path, out: Path, *flags: str) -> list[str]:
+    return ["export", "--study", "tiny", "--studies-dir", str(folder.parent), *flags, str(out)]
+
+
+def test_export_refuses_a_folder_of_other_files_unless_told_to_overwrite(
+    tiny_study, tmp_path: Path, capsys
+) -> None:
+    _, folder = tiny_study
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    assert main(export_args(folder, out)) == 2
+    assert "not an export of study 'tiny'" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert main(export_args(folder, out, "--overwrite")) == 0
+    assert not (out / "notes.txt").exists() and (out / "config.json").is_file()
+
+
+def test_export_never_writes_over_the_studys_model_data_or_folder(
+    tiny_study, tmp_path: Path, capsys
+) -> None:
+    study, folder = tiny_study
+    model = Path(study.user_attrs["model"])
+    data = Path(study.user_attrs["config"]["train"]).parent
+    for out, what in [(model, "model"), (model / "sub", "model"), (data, "training data"),
+                      (folder, "own folder"), (folder.parent, "own folder")]:
+        before = sorted(p.name for p in out.parent.rglob("*"))
+        assert main(export_args(folder, out, "--overwrite")) == 2, out
+        error = capsys.readouterr().err
+        assert f"Cannot export into {out}" in error and what in error, error
+        assert sorted(p.name for p in out.parent.rglob("*")) == before
+
+
+def test_export_replaces_an_earlier_export_of_its_study_whole(tiny_study, tmp_path: Path) -> None:
+    study, folder = tiny_study
+    first, second = [t.number for t in study.get_trials() if t.state == TrialState.COMPLETE][:2]
+    out = tmp_path / "model"
+    assert main(export_args(folder, out, "--trial", str(first))) == 0
+    assert main(export_args(folder, out, "--trial", str(second))) == 0
+    assert f"trial {second}" in (out / "README.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary sibling
+
+
+def test_export_on_a_full_disk_keeps_the_earlier_export_and_says_so(
+    tiny_study, small_disk, fill_disk, capsys
+) -> None:
+    study, folder = tiny_study
+    first, second = [t.number for t in study.get_trials() if t.state == TrialState.COMPLETE][:2]
+    disk = small_disk("2m")
+    out = disk / "model"
+    assert main(export_args(folder, out, "--trial", str(first))) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    fill_disk(disk)
+    assert main(export_args(folder, out, "--trial", str(second))) == 3
+    error = capsys.readouterr().err
+    assert error.startswith("autoft: could not write") and "the disk is full" in error, error
+    assert "autoft report --study tiny" in error and len(error.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in disk.iterdir()) == ["filler", "model"]

@@ -1,0 +1,80 @@
+"""Writing files and folders whole: into a temporary sibling that is renamed into place, or
+removed when the write fails, so nothing half-written is ever found under the real name.
+
+A write that fails for a full disk raises OSError(ENOSPC) naming the file it was writing; the
+CLI turns that into one sentence (autoft.cli.disk_full_sentence).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """An error of a write to a full disk (or quota): an OSError, or safetensors' error, which
+    carries Rust's "(os error 28)" in its message."""
+    if isinstance(error, OSError):
+        return error.errno in FULL
+    return any(f"(os error {code})" in str(error) for code in FULL)
+
+
+@contextlib.contextmanager
+def naming_the_file(path: Path) -> Iterator[None]:
+    """A full disk's error as OSError(ENOSPC) naming `path`: Python's error from a write
+    names no file, and safetensors' is no OSError."""
+    try:
+        yield
+    except Exception as error:
+        if is_disk_full(error):  # named by the file it becomes, not its temporary sibling
+            code = error.errno if isinstance(error, OSError) else errno.ENOSPC
+            raise OSError(code, os.strerror(code), str(path)) from error
+        raise
+
+
+def write_whole(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp)` writes the file's content to a temporary sibling, renamed to `path` once
+    whole; on any failure the sibling is removed. Several processes may write one file at once."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with naming_the_file(path):
+            write(tmp)
+            tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_whole(path: Path, text: str) -> None:
+    write_whole(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def replace_folder(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp)` fills a new temporary sibling folder, which then takes `path`'s place (the
+    old folder, if any, is moved aside first and removed after). An interrupted or failed write
+    leaves the old folder as it was, or, between the two renames, no folder: never a
+    half-written one under the real name."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    old = path.with_name(f".{path.name}.{os.getpid()}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with naming_the_file(path):
+            tmp.mkdir(parents=True)
+            write(tmp)
+            if path.exists():
+                path.rename(old)
+            tmp.rename(path)
+    except BaseException:
+        if old.exists() and not path.exists():
+            old.rename(path)  # the swap failed: the earlier folder stays
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
