@@ -165,11 +165,8 @@ class PrefixCache:
         """
         size, room = self._room(data, hidden, dtype)
         if size > room:
-            which = "what is left of its budget" if room < self._free() else "the free disk space"
             raise CacheUnusable(
-                f"the cache would take {size / 2**30:.2f} GiB, more than {which} "
-                f"({room / 2**30:.2f} GiB) in {self.folder}"
-            )
+                f"the cache would take {_size(size)}, more than {self._short(room)}")
         spare = {}
         for other in sorted(range(1, depth + 1), key=lambda d: abs(d - frozen)):
             if other == frozen or size * (len(spare) + 2) > room:
@@ -180,7 +177,18 @@ class PrefixCache:
         return spare
 
     def _free(self) -> int:
+        """Bytes the cache may take from the disk: all but FREE_DISK_MARGIN of the free space
+        (less than nothing on a nearly full disk)."""
         return shutil.disk_usage(self.folder).free - FREE_DISK_MARGIN
+
+    def _short(self, room: int) -> str:
+        """What limits the cache's room, in words with real figures."""
+        free = shutil.disk_usage(self.folder).free
+        if room < free - FREE_DISK_MARGIN:
+            return (f"its budget allows in {self.folder} ({_size(max(room, 0))} left of "
+                    f"{_size(self.max_bytes)})")
+        return (f"the disk holding {self.folder} can spare: {_size(free)} free, and autoft "
+                f"leaves {_size(FREE_DISK_MARGIN)} of a disk free")
 
     def _room(self, data: TargetData, hidden: int, dtype: torch.dtype) -> tuple[int, int]:
         """Bytes one depth's states take, and bytes the folder may still grow by."""
@@ -190,6 +198,14 @@ class PrefixCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         used = sum(f.stat().st_size for f in self.folder.glob("*.states"))
         return size, min(self.max_bytes - used, self._free())
+
+
+def _size(size: int) -> str:
+    """A size in the unit that shows it: 0.00 GiB of a few megabytes says nothing."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if size >= scale // 10:
+            return f"{size / scale:.{2 if unit == 'GiB' else 1}f} {unit}"
+    return f"{size / 2**10:.1f} KiB"
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -15,6 +14,7 @@ import torch
 from autoft.adapters import get_adapter
 from autoft.config import StudyConfig
 from autoft.errors import UsageError
+from autoft.files import write_text_whole
 from autoft.forgetting import BaseSplit, find_pair_columns, preservation_texts
 from autoft.guard import BASE_MAX_LENGTH, measure_base
 from autoft.model import model_depth
@@ -92,9 +92,7 @@ def _load_hashes(folder: Path) -> dict:
 
 
 def _save_hashes(folder: Path, known: dict) -> None:
-    tmp = folder / f"{HASHES_FILE}.{os.getpid()}.tmp"  # workers may write it at once
-    tmp.write_text(json.dumps(known))
-    tmp.replace(folder / HASHES_FILE)
+    write_text_whole(folder / HASHES_FILE, json.dumps(known))  # workers may write it at once
 
 
 def prepared_folder(config: StudyConfig) -> Path:
@@ -258,7 +256,7 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
                         base=base)
     if not saved:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "fingerprint").write_text(fingerprint)
+        write_text_whole(folder / "fingerprint", fingerprint)
         save_prepared(prepared, folder)
     _save_hashes(folder, known)
     for note in data.notes:

@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from autoft.cache import locked
+from autoft.files import write_whole
 from autoft.forgetting import BaseTask, Replay, no_replay
 from autoft.model import Blocks, evaluating, find_blocks
 from autoft.replay import CacheUnusable, capture, replaying
@@ -77,10 +78,9 @@ class Preservation:
             with evaluating(model):
                 targets = [self.task.target(model, b.to(device)).cpu() for b in self.batches]
             tensors = {f"batch_{i:05d}": t.contiguous() for i, t in enumerate(targets)}
-            tmp = self.path.with_suffix(".tmp")
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            save_file(tensors, str(tmp), metadata={"sha256": _digest(targets)})
-            tmp.replace(self.path)
+            metadata = {"sha256": _digest(targets)}
+            write_whole(self.path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
         return targets, "computed"
 
     def _read(self) -> list[torch.Tensor] | None:

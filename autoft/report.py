@@ -22,6 +22,7 @@ from autoft.describe import (
     metric_words,
     short_params,
 )
+from autoft.files import write_text_whole
 from autoft.plots import study_plots
 from autoft.summary import write_summary
 from autoft.trials import full_params, trial_seconds
@@ -338,16 +339,10 @@ def render_html(blocks: list[tuple]) -> str:
     return "\n".join(out)
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def write_report(study: optuna.Study, study_dir: Path) -> dict:
     """summary.json, report.md and report.html in the study folder; returns the summary."""
     summary = write_summary(study, study_dir)
     blocks = report_blocks(study, summary, study_plots(study))
-    _write(study_dir / "report.md", render_markdown(blocks))
-    _write(study_dir / "report.html", render_html(blocks))
+    write_text_whole(study_dir / "report.md", render_markdown(blocks))
+    write_text_whole(study_dir / "report.html", render_html(blocks))
     return summary

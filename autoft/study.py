@@ -9,7 +9,6 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from autoft.adapters import get_adapter
 from autoft.cache import PrefixCache
 from autoft.config import StudyConfig
 from autoft.data import TargetData
+from autoft.files import is_disk_full, write_text_whole, write_whole
 from autoft.forgetting import BaseSplit, BaseTask, build_base_task, preservation_texts
 from autoft.guard import ForgettingGuard
 from autoft.interpolate import TUNED, MixPoint, best_mix, interpolate, mixed_state
@@ -79,9 +79,8 @@ def trial_dir(config: StudyConfig, number: int) -> Path:
 def save_trial_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
     """Only the trained parameters: the rest equal the base model's and are not copied."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({name: tensor.contiguous() for name, tensor in state.items()}, str(tmp))
-    tmp.replace(path)
+    tensors = {name: tensor.contiguous() for name, tensor in state.items()}
+    write_whole(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
 def study_base_task(config: StudyConfig, processor, max_length: int,
@@ -278,7 +277,12 @@ class Objective:
         best = result.best
         value = result.value
         path = trial_dir(self.prepared.config, trial.number) / "trainable.safetensors"
-        save_trial_weights(path, result.best_state)
+        try:
+            save_trial_weights(path, result.best_state)
+        except OSError as error:
+            if not is_disk_full(error):
+                raise
+            self._fail(trial, f"could not save its weights to {path}: the disk is full")
         trial.set_user_attr("checkpoint", str(path.resolve()))
         trial.set_user_attr("best_value", value)
         trial.set_user_attr("best_step", best.step)
@@ -336,9 +340,7 @@ def save_prepared(prepared: Prepared, folder: Path) -> None:
         "pad_id": prepared.pad_id,
         "base": prepared.base,
     }
-    tmp = folder / f"target.json.{os.getpid()}.tmp"  # two processes may prepare one new study
-    tmp.write_text(json.dumps(content))
-    tmp.replace(folder / "target.json")
+    write_text_whole(folder / "target.json", json.dumps(content))  # two processes may prepare it
 
 
 def load_prepared_data(folder: Path) -> tuple[TargetData, int, int, dict | None] | None:

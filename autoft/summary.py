@@ -10,6 +10,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from autoft.files import write_text_whole
 from autoft.tradeoff import price_of_the_bar
 from autoft.trials import (
     best_feasible,
@@ -115,7 +116,5 @@ def write_summary(study: optuna.Study, study_dir: Path) -> dict:
     """summary.json in the study folder (written whole, then moved into place)."""
     summary = build_summary(study)
     study_dir.mkdir(parents=True, exist_ok=True)
-    tmp = study_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    tmp.replace(study_dir / "summary.json")
+    write_text_whole(study_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary

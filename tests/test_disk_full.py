@@ -1,0 +1,86 @@
+"""A full disk, made real on a small tmpfs: the run stops with one sentence and exit code 3,
+leaves no temporary file behind and keeps every completed trial; a trial that cannot save its
+weights fails alone, with that reason."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from autoft.cache import PrefixCache
+from autoft.cli import main
+from autoft.config import build_config
+from autoft.prepare import prepare_study
+from autoft.schedule import queue_next_config
+from autoft.storage import open_study
+from autoft.study import Objective, record_study_facts
+
+
+def leftovers(folder: Path) -> list[str]:
+    return [str(p) for p in folder.rglob("*") if ".tmp" in p.name]
+
+
+def test_a_search_on_a_full_disk_says_so_in_one_sentence_and_keeps_its_trials(
+    tiny_model_dir, tiny_csv, tmp_path, small_disk, fill_disk, write_space, capsys
+) -> None:
+    studies = small_disk("16m")
+    space = write_space(tmp_path / "space.yaml", epochs=1)
+    args = ["search", "--model", str(tiny_model_dir), "--train", str(tiny_csv), "--space",
+            str(space), "--n-trials", "1", "--study", "tiny", "--studies-dir", str(studies)]
+    assert main(args) == 0
+    folder = studies / "tiny"
+    for name in ("report.html", "report.md", "summary.json"):
+        (folder / name).unlink()
+    fill_disk(studies, leave=64 * 1024)
+    capsys.readouterr()
+    assert main(args) == 3
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("autoft: could not write ") and "the disk is full" in error, error
+    assert "`autoft report --study tiny`" in error and len(error.splitlines()) == 1, error
+    assert leftovers(folder) == []
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder / 'study.db'}")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]
+    (studies / "filler").unlink()
+    assert main(["report", "--study", "tiny", "--studies-dir", str(studies)]) == 0
+    assert (folder / "report.html").is_file()
+
+
+def test_a_trial_that_cannot_save_its_weights_fails_alone_with_that_reason(
+    tiny_model_dir, tiny_csv, tmp_path, small_disk, fill_disk
+) -> None:
+    studies = small_disk("4m")
+    flags = {"model": str(tiny_model_dir), "train": str(tiny_csv), "name": "full",
+             "studies_dir": str(studies), "space": "quick", "n_trials": 2,
+             "storage": f"sqlite:///{tmp_path / 'study.db'}"}  # the storage has room
+    config = build_config({}, None, flags)
+    prepared = prepare_study(config, echo=lambda line: None)
+    study = open_study(config)
+    record_study_facts(study, prepared)
+    objective = Objective(prepared, torch.device("cpu"))
+    fill_disk(studies)
+    queue_next_config(study)
+    study.optimize(objective, n_trials=1, catch=(Exception,))
+    failed = study.trials[-1]
+    assert failed.state == TrialState.FAIL
+    checkpoint = studies / "full" / "trials" / "0000" / "trainable.safetensors"
+    assert failed.user_attrs["fail_reason"] == (
+        f"could not save its weights to {checkpoint}: the disk is full")
+    assert leftovers(studies / "full") == []
+    (studies / "filler").unlink()
+    study.optimize(objective, n_trials=1, catch=(Exception,))
+    assert study.trials[-1].state == TrialState.COMPLETE  # the study goes on
+
+
+def test_the_cache_on_a_nearly_full_disk_states_real_figures(
+    small_disk, make_data, fresh_model, tiny_model_dir, pad_id
+) -> None:
+    folder = small_disk("4m")
+    use = PrefixCache(folder / "cache").states_for(
+        fresh_model(tiny_model_dir, 1), make_data(), 1, torch.device("cpu"), pad_id)
+    assert use.states is None
+    assert re.search(r"can spare: \d+\.\d MiB free, and autoft leaves 1\.00 GiB of a disk "
+                     r"free$", use.note), use.note
