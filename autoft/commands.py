@@ -15,15 +15,25 @@ from autoft.audit import audit_reported
 from autoft.config import StudyConfig, parse_duration
 from autoft.describe import describe_settings
 from autoft.devices import device_slots
+from autoft.errors import UsageError
 from autoft.export import export_trial
+from autoft.files import is_disk_full
 from autoft.prepare import prepare_study
 from autoft.progress import LiveDisplay
 from autoft.report import summary_text, write_report
 from autoft.schedule import budget_left, check_not_stopped, fail_stale_trials
 from autoft.signals import Stop
 from autoft.status import status_text
-from autoft.storage import load_study, open_storage, open_study, storage_url
+from autoft.storage import (
+    load_study,
+    open_storage,
+    open_study,
+    storage_url,
+    study_read_only,
+    unwritable_folder,
+)
 from autoft.study import record_study_facts
+from autoft.summary import build_summary
 from autoft.workers import join_study, quiet_optuna, run_workers, time_limits
 
 
@@ -41,6 +51,7 @@ def search(config: StudyConfig) -> int:
     that finished; a second signal while they are written waits until they are.
     """
 
+    check_writable(config.study_dir)
     slots = device_slots(config.devices, config.trials_per_gpu, config.where("devices"))
     # A storage the user named is opened before anything is loaded: a wrong URL is one sentence
     # and leaves nothing behind. The default SQLite file is made once the data proved good.
@@ -79,6 +90,17 @@ def search(config: StudyConfig) -> int:
     return 0
 
 
+def check_writable(study_dir: Path) -> None:
+    """A search or worker writes its study folder (storage, logs, weights, report): refuse one
+    it cannot write before anything runs."""
+    folder = unwritable_folder(study_dir)
+    if folder is not None:
+        raise UsageError(
+            f"Cannot write in {folder} (it is read-only to this user), where study folder "
+            f"{study_dir} lives; pass --studies-dir a writable folder."
+        )
+
+
 def export(args: argparse.Namespace) -> int:
     study = load_study(args.study, args.studies_dir, args.storage)
     out = export_trial(study, args.trial, Path(args.out), Path(args.studies_dir) / args.study,
@@ -88,10 +110,23 @@ def export(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
+    """Write the report; a study that cannot be written gets its summary on screen and one
+    sentence saying why the files are missing."""
     study = load_study(args.study, args.studies_dir, args.storage)
     study_dir = Path(args.studies_dir) / args.study
-    audit_reported(study)
-    summary = write_report(study, study_dir)
+    if not study_read_only(args.study, args.studies_dir, args.storage):
+        audit_reported(study)  # stores its results in the study
+    try:
+        summary = write_report(study, study_dir)
+    except OSError as error:
+        if is_disk_full(error):
+            raise
+        print(summary_text(build_summary(study)))
+        raise UsageError(
+            f"Cannot write the report in {study_dir} ({error.strerror}); the summary is above, "
+            f"and copying the study folder to a writable place and running autoft report "
+            f"there writes the files."
+        ) from None
     print(summary_text(summary))
     print(f"Report: {study_dir / 'report.html'} (and report.md, summary.json)")
     return 0
@@ -99,13 +134,18 @@ def report(args: argparse.Namespace) -> int:
 
 def status(args: argparse.Namespace) -> int:
     study = load_study(args.study, args.studies_dir, args.storage)
-    fail_stale_trials(study)  # a dead worker's trial shows as such, not as running
+    if study_read_only(args.study, args.studies_dir, args.storage):
+        print(f"(Study '{args.study}' is read-only here: shown as stored, so a trial whose "
+              f"worker died may still show as running.)")
+    else:
+        fail_stale_trials(study)  # a dead worker's trial shows as such, not as running
     print(status_text(study))
     return 0
 
 
 def worker(args: argparse.Namespace) -> int:
     """Run trials of an existing study here, e.g. on a second machine sharing its PostgreSQL."""
+    check_writable(Path(args.studies_dir) / args.study)
     study = load_study(args.study, args.studies_dir, args.storage)
     if join_study(
         study,

@@ -99,12 +99,13 @@ for _name, _method in vars(RDBStorage).items():
         setattr(ShieldedStorage, _name, _shielded(_method))
 
 
-def open_storage(url: str, stop: Stop | None = None) -> RDBStorage:
+def open_storage(url: str, stop: Stop | None = None, read_only: bool = False) -> RDBStorage:
     """An RDB storage with heartbeats, so trials of a killed worker are found and run again;
     with a worker's Stop, one whose calls a signal does not cut in half (ShieldedStorage).
 
     A new SQLite file gets its tables under the file lock beside it: two processes creating
-    them at once would otherwise both insert Alembic's version row, and one would fail.
+    them at once would otherwise both insert Alembic's version row, and one would fail. A
+    read-only storage (read_only_url) is only read: no lock, no tables made, no schema check.
     """
     url = with_installed_driver(url)
     sqlite = url.startswith("sqlite")
@@ -112,7 +113,7 @@ def open_storage(url: str, stop: Stop | None = None) -> RDBStorage:
     try:
         database = make_url(url).database if sqlite else None
         creating = (sqlite_lock(database) if database not in (None, "", ":memory:")
-                    else contextlib.nullcontext())
+                    and not read_only else contextlib.nullcontext())
         with creating, warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = (RDBStorage if stop is None else ShieldedStorage)(
@@ -121,6 +122,8 @@ def open_storage(url: str, stop: Stop | None = None) -> RDBStorage:
                 heartbeat_interval=HEARTBEAT_SECONDS,
                 grace_period=GRACE_SECONDS,
                 heartbeat_stale_trial_callback=run_stale_again,
+                skip_table_creation=read_only,
+                skip_compatibility_check=read_only,
             )
     except Exception as error:  # SQLAlchemy raises many kinds; the user needs one sentence
         reason = str(error).splitlines()[0]
@@ -185,8 +188,27 @@ def recorded_config(study: optuna.Study, studies_dir: str, storage: str) -> Stud
     return StudyConfig(**values, base=BaseTaskConfig(**base) if base else None)
 
 
+def unwritable_folder(folder: Path) -> Path | None:
+    """The folder, or the nearest one above it that exists, when this process cannot write in
+    it (read-only file system, permissions); None when it can."""
+    folder = Path(folder).resolve()
+    while not folder.exists():
+        folder = folder.parent
+    return None if os.access(folder, os.W_OK) else folder
+
+
+def study_read_only(name: str, studies_dir: str, storage: str | None) -> bool:
+    """Whether the study's SQLite file can only be read (it, or its folder, where SQLite writes
+    its journal, is not writable): an archived study, say. Status, report and export read it."""
+    path = sqlite_path(Path(studies_dir) / name)
+    if storage or not path.is_file():
+        return False
+    return not os.access(path, os.W_OK) or unwritable_folder(path.parent) is not None
+
+
 def load_study(name: str, studies_dir: str, storage: str | None) -> optuna.Study:
-    """An existing study, for status, report and export; a clear error when there is none."""
+    """An existing study, for status, report and export; a clear error when there is none. A
+    study that cannot be written is opened read-only (SQLite's mode=ro, no start lock)."""
     path = sqlite_path(Path(studies_dir) / name)
     url = storage or f"sqlite:///{path.resolve()}"
     if url.startswith("sqlite") and not path.is_file():
@@ -194,8 +216,11 @@ def load_study(name: str, studies_dir: str, storage: str | None) -> optuna.Study
             f"No study '{name}' in {studies_dir}/ (no {name}/study.db); check "
             f"--study and --studies-dir."
         )
+    read_only = study_read_only(name, studies_dir, storage)
+    if read_only:
+        url = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
     try:
-        return optuna.load_study(study_name=name, storage=open_storage(url))
+        return optuna.load_study(study_name=name, storage=open_storage(url, read_only=read_only))
     except KeyError:
         raise UsageError(f"Storage {redact(url)} holds no study '{name}'; check --study.") from None
 
