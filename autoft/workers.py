@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +24,7 @@ from optuna.trial import TrialState
 
 from autoft.config import StudyConfig
 from autoft.devices import Slot, device_slots
+from autoft.files import is_disk_full
 from autoft.prepare import prepare_study
 from autoft.schedule import (
     RETRY_OF,
@@ -54,11 +56,26 @@ WAIT_SECONDS = min(5, HEARTBEAT_SECONDS)  # how often a worker with nothing to s
 INTERRUPTED_EXIT = 130
 
 
+class TrialLogHandler(logging.FileHandler):
+    """A trial's log file that, once it cannot be written (a full disk), says so in one line
+    and falls silent: logging's default prints a traceback for every later line."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        log.removeHandler(self)
+        error = sys.exc_info()[1]
+        stream, self.stream = self.stream, None  # closing would flush the unwritten line again
+        with contextlib.suppress(OSError):
+            stream.close()
+        reason = "the disk is full" if is_disk_full(error) else str(error)
+        log.warning("autoft: the trial log %s cannot be written (%s); the trial's lines go on "
+                    "to the screen only.", self.baseFilename, reason)
+
+
 @contextlib.contextmanager
 def trial_log(path: Path):
     """Everything autoft logs while the trial runs also goes to the trial's own file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = TrialLogHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     try:

@@ -4,6 +4,7 @@ weights fails alone, with that reason."""
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from autoft.prepare import prepare_study
 from autoft.schedule import queue_next_config
 from autoft.storage import open_study
 from autoft.study import Objective, record_study_facts
+from autoft.workers import trial_log
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -84,3 +86,17 @@ def test_the_cache_on_a_nearly_full_disk_states_real_figures(
     assert use.states is None
     assert re.search(r"can spare: \d+\.\d MiB free, and autoft leaves 1\.00 GiB of a disk "
                      r"free$", use.note), use.note
+
+
+def test_a_trial_log_on_a_full_disk_says_so_once(small_disk, fill_disk, capsys,
+                                                  caplog) -> None:
+    disk = small_disk("1m")
+    path = disk / "logs" / "trial-0000.log"
+    with trial_log(path):
+        fill_disk(disk)
+        for i in range(3):
+            logging.getLogger("autoft").warning("line %d", i)  # each line is flushed
+    assert "Logging error" not in capsys.readouterr().err
+    said = [r.getMessage() for r in caplog.records if "cannot be written" in r.getMessage()]
+    assert said == [f"autoft: the trial log {path} cannot be written (the disk is full); the "
+                    "trial's lines go on to the screen only."]
