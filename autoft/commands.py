@@ -17,7 +17,7 @@ from autoft.describe import describe_settings
 from autoft.devices import device_slots
 from autoft.errors import UsageError
 from autoft.export import export_trial
-from autoft.files import is_disk_full
+from autoft.files import is_disk_full, unwritable_folder
 from autoft.prepare import prepare_study
 from autoft.progress import LiveDisplay
 from autoft.report import summary_text, write_report
@@ -30,7 +30,6 @@ from autoft.storage import (
     open_study,
     storage_url,
     study_read_only,
-    unwritable_folder,
 )
 from autoft.study import record_study_facts
 from autoft.summary import build_summary

@@ -17,7 +17,7 @@ from transformers.utils import logging as hf_logging
 
 from autoft.describe import describe_params, metric_words
 from autoft.errors import UsageError
-from autoft.files import replace_folder
+from autoft.files import replace_folder, unwritable_folder
 from autoft.tasks import Task, recorded_task
 from autoft.trials import best_feasible, full_params
 
@@ -200,6 +200,10 @@ def check_out_dir(study: optuna.Study, out_dir: Path, study_dir: Path | None,
             )
     if out.exists() and not out.is_dir():
         raise UsageError(f"Cannot export into {out_dir}: it is a file; choose a folder.")
+    folder = unwritable_folder(out.parent)  # the export is written beside out, then swapped in
+    if folder is not None:
+        raise UsageError(f"Cannot export into {out_dir}: {folder} is read-only to this user; "
+                         f"choose a folder you can write.")
     if overwrite or not out.exists() or not any(out.iterdir()) or is_export_of(out, study):
         return
     raise UsageError(

@@ -38,6 +38,15 @@ def naming_the_file(path: Path) -> Iterator[None]:
         raise
 
 
+def unwritable_folder(folder: Path) -> Path | None:
+    """The folder, or the nearest one above it that exists, when this process cannot write in
+    it (read-only file system, permissions); None when it can."""
+    folder = Path(folder).resolve()
+    while not folder.exists():
+        folder = folder.parent
+    return None if os.access(folder, os.W_OK) else folder
+
+
 def write_whole(path: Path, write: Callable[[Path], object]) -> None:
     """`write(tmp)` writes the file's content to a temporary sibling, renamed to `path` once
     whole; on any failure the sibling is removed. Several processes may write one file at once."""

@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 
 from autoft.config import BaseTaskConfig, StudyConfig
 from autoft.errors import UsageError
+from autoft.files import unwritable_folder
 from autoft.schedule import run_stale_again
 from autoft.signals import Stop
 
@@ -186,15 +187,6 @@ def recorded_config(study: optuna.Study, studies_dir: str, storage: str) -> Stud
     base = values.pop("base")
     values.update(studies_dir=studies_dir, storage=storage)
     return StudyConfig(**values, base=BaseTaskConfig(**base) if base else None)
-
-
-def unwritable_folder(folder: Path) -> Path | None:
-    """The folder, or the nearest one above it that exists, when this process cannot write in
-    it (read-only file system, permissions); None when it can."""
-    folder = Path(folder).resolve()
-    while not folder.exists():
-        folder = folder.parent
-    return None if os.access(folder, os.W_OK) else folder
 
 
 def study_read_only(name: str, studies_dir: str, storage: str | None) -> bool:

@@ -67,3 +67,18 @@ def test_a_read_only_study_reports_on_screen_and_says_why_no_files(tiny_study, t
     assert error.startswith(f"autoft: Cannot write the report in {studies / 'tiny'} "
                             "(Read-only file system)"), error
     assert len(error.splitlines()) == 1
+
+
+def test_an_export_into_a_read_only_folder_is_refused_in_one_sentence(
+    tiny_study, tmp_path, read_only, capsys
+) -> None:
+    _, folder = tiny_study
+    shelf = tmp_path / "shelf"
+    (shelf / "empty").mkdir(parents=True)
+    read_only(shelf)
+    for out in (shelf / "empty", shelf / "new"):
+        assert main(["export", "--study", "tiny", "--studies-dir", str(folder.parent),
+                     str(out)]) == 2
+        error = capsys.readouterr().err.strip()
+        assert error == (f"autoft: Cannot export into {out}: {shelf} is read-only to this "
+                         "user; choose a folder you can write."), error
