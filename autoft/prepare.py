@@ -19,6 +19,7 @@ from autoft.forgetting import BaseSplit, find_pair_columns, preservation_texts
 from autoft.guard import BASE_MAX_LENGTH, measure_base
 from autoft.model import model_depth
 from autoft.space import SPACES_DIR, SearchSpace, load_space
+from autoft.storage import check_same_inputs, recorded_inputs
 from autoft.study import Prepared, load_prepared_data, save_prepared, study_base_task
 from autoft.tasks import DataSettings, Task, detect_task, get_task
 from autoft.tasks.text import model_length_limit
@@ -43,13 +44,15 @@ HASHES_FILE = "file_hashes.json"
 
 
 def _file_digest(path: Path, known: dict) -> str:
-    """sha256 of a file's content, taken from `known` while its size and modification time are
-    those recorded with it (the fast path), computed and recorded otherwise."""
+    """sha256 of a file's content, taken from `known` while its size and modification and change
+    times are those recorded with it (the fast path), computed and recorded otherwise. The change
+    time is in the stamp because an edit can keep size and modification time (`cp -p`, `touch
+    -r`), but no write keeps the change time."""
     stat = path.stat()
-    stamp = [stat.st_size, stat.st_mtime_ns]
+    stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
     record = known.get(str(path))
-    if record and record[:2] == stamp:
-        return record[2]
+    if record and record[:-1] == stamp:
+        return record[-1]
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while chunk := handle.read(1 << 20):
@@ -209,6 +212,7 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
     folder = prepared_folder(config)
     known = _load_hashes(folder)
     fingerprint = data_fingerprint(config, known)
+    check_same_inputs(config, recorded_inputs(config), fingerprint)
     stored = folder / "fingerprint"
     if stored.is_file() and stored.read_text() != fingerprint:
         raise UsageError(
@@ -255,7 +259,7 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
                  if config.base and base and task.preserves else [])
     resolved = held_without_preservation(config, resolved, preserved, echo, task)
     prepared = Prepared(config=config, data=data, space=resolved, depth=depth, pad_id=pad_id,
-                        base=base)
+                        fingerprint=fingerprint, base=base)
     if not saved:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "fingerprint").write_text(fingerprint)
