@@ -18,7 +18,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from autoft.config import PRECISIONS, StudyConfig, build_config, load_yaml
-from autoft.errors import UsageError
+from autoft.errors import NOTHING_TO_SHOW_EXIT, NothingToShow, UsageError
 
 DEMO_FILE = files("autoft") / "demo.yaml"  # package data
 
@@ -213,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"autoft: {error}", file=sys.stderr)
         return 2
+    except NothingToShow as outcome:
+        print(f"autoft: {outcome}", file=sys.stderr)
+        return NOTHING_TO_SHOW_EXIT
     except KeyboardInterrupt:
         print("autoft: interrupted; run the same command again to resume.", file=sys.stderr)
         return 130
