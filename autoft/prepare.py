@@ -78,10 +78,19 @@ def _content_identity(value: str | None, known: dict) -> object:
 
 def data_fingerprint(config: StudyConfig, known: dict) -> str:
     """Identifies the prepared data: the settings that shape it and the content it came from
-    (content hashes reused from and added to `known`, see `_file_digest`)."""
+    (content hashes reused from and added to `known`, see `_file_digest`), the base task's too:
+    the base model's skill is measured once, on those files, and kept with the prepared data.
+    The bar (min_retention) is not part of it: it judges trials, it does not shape what they
+    train or are measured on."""
     identity = {name: getattr(config, name) for name in DATA_FIELDS}
     for name in ("model", "train", "validation"):
         identity[name] = _content_identity(getattr(config, name), known)
+    if config.base:
+        base = dataclasses.asdict(config.base)
+        base.pop("min_retention")
+        for name in ("data", "ratings", "preserve_data"):
+            base[name] = _content_identity(base[name], known)
+        identity["base"] = base
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 

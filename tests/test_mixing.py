@@ -81,3 +81,18 @@ def test_two_searches_on_one_sqlite_study_sample_different_configs(
                if "start" not in t.user_attrs]
     assert len(sampled) >= 2, "the two processes ran the default config only"
     assert len(set(sampled)) == len(sampled), sampled
+
+
+def test_other_base_data_is_other_inputs(tiny_model_dir, tiny_csv, tmp_path):
+    """The base model's skill is measured once on the base files and kept: base files edited
+    since would be scored against a base score of other texts."""
+    base = tmp_path / "base.txt"
+    base.write_text("\n".join(f"a plain base text number {i} about the weather" for i in range(40)))
+    args = build_parser().parse_args(
+        ["search", "--model", str(tiny_model_dir), "--train", str(tiny_csv), "--studies-dir",
+         str(tmp_path / "studies"), "--study", "s", "--space", "quick", "--base-kind", "drift",
+         "--base-data", str(base)])
+    prepare_study(config_from_args(args), echo=lambda line: None)
+    base.write_text(base.read_text().replace("weather", "harbour"))
+    with pytest.raises(UsageError, match="prepared from other data"):
+        prepare_study(config_from_args(args), echo=lambda line: None)
