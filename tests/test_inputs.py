@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import shutil
 import time
 from datetime import datetime
@@ -146,3 +147,23 @@ def test_a_failure_repeating_stops_the_study(tiny_model_dir, tiny_csv, tmp_path)
     assert len(failed) == 3, [t.user_attrs.get("fail_reason") for t in failed]
     with pytest.raises(UsageError, match=r"trials 0, 1, 2 all failed with \"training ended"):
         check_not_stopped(study, since, config.n_trials)
+
+
+def warnings_of(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_some_unknown_word_pieces_are_counted_in_a_warning(
+    tiny_model_dir, tmp_path, caplog, sentiment_rows, write_csv
+):
+    """One word in every fourth text is outside the tiny vocabulary: 1 piece in 21."""
+    rows = sentiment_rows(60)
+    for row in rows[::4]:
+        row["text"] += " zebra"
+    train = write_csv(tmp_path / "zebra.csv", rows)
+    with caplog.at_level(logging.WARNING, logger="autoft"):
+        prepare(flags_config(tiny_model_dir, train, tmp_path))
+    counts = [re.search(r"reads (\d+) of (\d+) word pieces .* as unknown \(\[UNK\]\)", w)
+              for w in warnings_of(caplog)]
+    unknown, pieces = next(map(int, c.groups()) for c in counts if c)
+    assert unknown > 0 and abs(unknown / pieces - 1 / 21) < 0.01
