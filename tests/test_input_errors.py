@@ -405,6 +405,33 @@ def test_pickle_checkpoint_that_runs_code(tiny_model_dir, tiny_csv, tmp_path, ca
     assert not ran.exists()
 
 
+def test_image_folder_as_a_text_model_base_data(tiny_model_dir, tiny_csv, digit_folder,
+                                                tmp_path, capsys):
+    args = search_args(tiny_model_dir, tiny_csv, tmp_path, "--base-kind", "drift",
+                       "--base-data", str(digit_folder))
+    code, err = run_cli(args, capsys)
+    assert_refused(code, err, str(digit_folder), "is a folder", "--base-data", "a table",
+                   tmp_path=tmp_path)
+    assert "does not exist" not in err
+
+
+def test_csv_header_naming_a_column_twice(tiny_model_dir, tmp_path, capsys):
+    """pandas would rename the second 'text' to 'text.1' and the first would be read."""
+    train = tmp_path / "twice.csv"
+    train.write_text("text,label,text\n" + "good film,pos,bad film\nbad day,neg,good day\n" * 10)
+    code, err = run_cli(search_args(tiny_model_dir, train, tmp_path), capsys)
+    assert_refused(code, err, "twice.csv", "'text' twice", tmp_path=tmp_path)
+
+
+def test_json_lines_row_naming_a_key_twice(tiny_model_dir, tmp_path, capsys, sentiment_rows):
+    lines = [json.dumps(row) for row in sentiment_rows(20)]
+    lines[3] = '{"text": "good film", "label": "pos", "text": "bad film"}'
+    train = tmp_path / "twice.jsonl"
+    train.write_text("\n".join(lines) + "\n")
+    code, err = run_cli(search_args(tiny_model_dir, train, tmp_path), capsys)
+    assert_refused(code, err, "twice.jsonl", "line 4", "'text' twice", tmp_path=tmp_path)
+
+
 def test_a_model_load_is_quiet_before_the_sentence(tiny_csv, tmp_path, save_tiny_bert):
     """Loading for the classification check once printed a 'Loading weights' bar and a table
     of MISSING keys before autoft's own sentence, which names those keys itself."""
