@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
@@ -124,7 +125,7 @@ def with_new_head(auto_class, source: str, label_names: list[str], trust_remote_
 
 def load_tokenizer(source: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The model's tokenizer alone (workers' base-task checks need it without the model)."""
-    _check_tokenizer_files(source)
+    _check_tokenizer_files(source, trust_remote_code)
     return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
 
 
@@ -133,12 +134,14 @@ def load_tokenizer(source: str, trust_remote_code: bool = False) -> PreTrainedTo
 _TOKENIZER_FILES = ("tokenizer", "vocab", "merges", "spiece", "sentencepiece", "special_tokens")
 
 
-def _check_tokenizer_files(source: str) -> None:
+def _check_tokenizer_files(source: str, trust_remote_code: bool) -> None:
     """A folder without tokenizer files still loads: transformers builds the config's tokenizer
     class with no vocabulary, which reads every word as [UNK], so every trial scores chance."""
     folder = Path(os.path.expanduser(source))
     if not folder.is_dir() or any(f.name.startswith(_TOKENIZER_FILES) for f in folder.iterdir()):
         return
+    # a config transformers cannot read is the first fault, said as such by `loading`
+    AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     if (folder / "preprocessor_config.json").is_file():
         raise UsageError(
             f"Model folder {source} is an image model with no tokenizer, and the data is text: "
