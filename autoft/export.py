@@ -4,30 +4,17 @@ model card, rebuilt from the base model plus the parameters that trial trained.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 from safetensors.torch import load_file
-from transformers.utils import logging as hf_logging
 
 from autoft.describe import describe_params, metric_words
 from autoft.errors import UsageError
+from autoft.model import quiet_transformers
 from autoft.tasks import Task, recorded_task
 from autoft.trials import best_feasible, full_params
-
-
-@contextmanager
-def quiet_progress_bars():
-    """No 'Writing model shards' bar in the middle of the study's own output."""
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def load_trial_model(
@@ -141,7 +128,7 @@ def export_trial(study: optuna.Study, trial_number: int | None, out_dir: Path) -
         task, attrs["model"], attrs["label_names"], trial, attrs.get("trust_remote_code", False)
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    with quiet_progress_bars():
+    with quiet_transformers():  # no 'Writing model shards' bar amid the study's own output
         model.save_pretrained(out_dir)
     task.save_processor(processor, out_dir)
     (out_dir / "README.md").write_text(model_card(study, trial))
