@@ -235,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"autoft: {error}", file=sys.stderr)
         return 2
-    except NothingToShow as error:
-        print(f"autoft: {error}", file=sys.stderr)
+    except NothingToShow as outcome:
+        print(f"autoft: {outcome}", file=sys.stderr)
         return NOTHING_TO_SHOW_EXIT
     except KeyboardInterrupt:
         print("autoft: interrupted; run the same command again to resume.", file=sys.stderr)

@@ -15,12 +15,12 @@ from autoft.audit import audit_reported
 from autoft.config import StudyConfig, parse_duration
 from autoft.describe import describe_settings
 from autoft.devices import device_slots
-from autoft.errors import UsageError
+from autoft.errors import NothingToShow, UsageError
 from autoft.export import export_trial
 from autoft.files import is_disk_full, unwritable_folder
 from autoft.prepare import prepare_study
 from autoft.progress import LiveDisplay
-from autoft.report import summary_text, write_report
+from autoft.report import nothing_to_show, summary_text, write_report
 from autoft.schedule import budget_left, check_not_stopped, fail_stale_trials
 from autoft.signals import Stop
 from autoft.status import status_text
@@ -86,6 +86,8 @@ def search(config: StudyConfig) -> int:
         print(f"Best model: {config.study_dir / 'best_model'}")
     if (interrupted or deferred.signalled) and budget_left(study, config.n_trials) > 0:
         raise KeyboardInterrupt
+    if summary["best"] is None:
+        raise NothingToShow(nothing_to_show(summary))
     return 0
 
 

@@ -5,9 +5,13 @@ And `TargetData`, what every trial of a study trains and evaluates on, in the ta
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
+import json
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,18 +77,95 @@ def _load_table(source: str, where: str, split: str) -> datasets.Dataset:
 
 
 def read_frame(path: Path) -> pd.DataFrame:
-    """A CSV, TSV, JSON (Lines) or Parquet file as written: 'NA' stays a text, not a gap."""
+    """A CSV, TSV, JSON (Lines) or Parquet file as written: 'NA' stays a text, not a gap; bytes
+    that are not UTF-8 are read as U+FFFD with a warning; a name used twice is refused."""
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=False,
-                           encoding_errors="replace")
+        sep = "\t" if suffix == ".tsv" else ","
+        text = utf8_text(path)
+        _check_unique(next(csv.reader(io.StringIO(text), delimiter=sep), []), path, "header")
+        return pd.read_csv(io.StringIO(text), sep=sep, keep_default_na=False)
     if suffix in (".jsonl", ".json"):
-        return pd.read_json(path, lines=suffix == ".jsonl", dtype=False, convert_dates=False)
+        text = utf8_text(path)
+        if suffix == ".jsonl":
+            _check_unique_keys(text, path)
+        return pd.read_json(io.StringIO(text), lines=suffix == ".jsonl", dtype=False,
+                            convert_dates=False)
     if suffix == ".parquet":
         return pd.read_parquet(path)
     raise UsageError(
         f"{path}: unknown data format '{suffix}'; use .csv, .tsv, .jsonl, .json or .parquet."
     )
+
+
+def utf8_text(path: Path) -> str:
+    """The file's text; lines that are not UTF-8 are counted in a warning (their bad bytes read
+    as U+FFFD, which would otherwise pass unseen into training)."""
+    raw = path.read_bytes()
+    lines = raw.splitlines()
+    bad = [number for number, line in enumerate(lines, 1) if not _is_utf8(line)]
+    if bad:
+        warn_once(path, "%s: %d of %d lines are not UTF-8 (the first is line %d); their "
+                  "undecodable bytes were read as '\ufffd', so check those rows or save the "
+                  "file as UTF-8.", path, len(bad), len(lines), bad[0])
+    return raw.decode("utf-8-sig", errors="replace")
+
+
+def _is_utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def warn_once(path, message: str, *args) -> None:
+    """A warning about a file, said once per process however often the file is read (base
+    data is read by several checks)."""
+    key = (str(path), message % args)
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message, *args)
+
+
+def _check_unique(names: list[str], path: Path, where: str) -> None:
+    """pandas would rename a second 'text' to 'text.1' and the first would be read silently."""
+    twice = [name for name, count in Counter(names).items() if count > 1]
+    if twice:
+        raise UsageError(
+            f"{path}: the {where} names the column '{twice[0]}' twice, so autoft cannot tell "
+            f"which one to read; rename or drop one of them."
+        )
+
+
+def _check_unique_keys(text: str, path: Path) -> None:
+    """A JSON Lines row that names a key twice keeps only the last value, silently."""
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            json.loads(line.strip() or "{}", object_pairs_hook=_unique_pairs)
+        except _KeyTwice as twice:
+            raise UsageError(
+                f"{path}: the row on line {number} names '{twice}' twice, so autoft cannot tell "
+                f"which value to read; rename or drop one of them."
+            ) from None
+        except ValueError:
+            return  # not valid JSON: pandas says so in the read's own sentence
+
+
+class _KeyTwice(Exception):
+    """A JSON object names this key twice."""
+
+
+def _unique_pairs(pairs: list[tuple[str, object]]) -> dict:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _KeyTwice(key)
+        seen.add(key)
+    return dict(pairs)
 
 
 def _pick_split(table: datasets.DatasetDict, split: str, where: str, source: str):

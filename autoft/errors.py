@@ -1,7 +1,7 @@
-"""The error types a user sees as one sentence: bad input (exit code 2, before any trial starts),
-and a run that ended with nothing to show for it (exit code 3).
-
-The CLI prints either without a traceback.
+"""The ends that are not success: bad user input (a sentence that names the thing and the fix;
+the CLI prints it without a traceback and exits with code 2, before any trial starts), and a
+study that ran but has nothing to show (exit code 3, so a script can tell it from success),
+no best config or a disk too full to write it.
 """
 
 NOTHING_TO_SHOW_EXIT = 3
@@ -12,5 +12,5 @@ class UsageError(Exception):
 
 
 class NothingToShow(Exception):
-    """The command ran but could not give its result (say, the disk filled up); its message is
-    shown as it is, and the CLI exits with NOTHING_TO_SHOW_EXIT."""
+    """The study ran and kept what it did, but has no best config (no trial completed, or none
+    kept the base skill) or could not write it (a full disk); its message says why and the fix."""

@@ -7,33 +7,20 @@ the study's own inputs or folder, and appears whole or not at all.
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 from safetensors.torch import load_file
-from transformers.utils import logging as hf_logging
 
 from autoft.describe import describe_params, metric_words
 from autoft.errors import UsageError
 from autoft.files import replace_folder, unwritable_folder
+from autoft.model import quiet_transformers
 from autoft.tasks import Task, recorded_task
 from autoft.trials import best_feasible, full_params
 
 MARKER = ".autoft-export.json"  # hidden: a study prepared from an export does not hash it
-
-
-@contextmanager
-def quiet_progress_bars():
-    """No 'Writing model shards' bar in the middle of the study's own output."""
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def load_trial_model(
@@ -154,7 +141,7 @@ def export_trial(study: optuna.Study, trial_number: int | None, out_dir: Path,
     )
 
     def write(folder: Path) -> None:
-        with quiet_progress_bars():
+        with quiet_transformers():  # no 'Writing model shards' bar amid the study's own output
             model.save_pretrained(folder)
         task.save_processor(processor, folder)
         (folder / "README.md").write_text(model_card(study, trial))

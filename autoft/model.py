@@ -8,13 +8,17 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import pickle
+import warnings
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
@@ -34,6 +38,7 @@ __all__ = [
     "load_tokenizer",
     "loading",
     "model_depth",
+    "quiet_transformers",
     "split_parameters",
     "with_new_head",
 ]
@@ -67,18 +72,38 @@ def load_model(
 
 @contextlib.contextmanager
 def loading(source: str) -> Iterator[None]:
-    """Around loading a model and its processor: a missing folder is named, transformers' expected
-    reports are hidden, and a load that fails is one sentence."""
+    """Around every load of a model or its processor for the user: a missing folder is named,
+    transformers' expected reports are hidden, and a load that fails is one sentence (a pickle
+    that would run code is refused as such)."""
     _check_model_folder(source)
     try:
-        with _quiet_transformers():
+        with quiet_transformers(), warnings.catch_warnings():
+            # torch's note on an unusual pickle protocol, before the refusal below says it all
+            warnings.filterwarnings("ignore", module="torch._weights_only_unpickler")
             yield
+    except pickle.UnpicklingError as error:
+        raise UsageError(
+            f"{_pickle_file(error, source)} is a pickle that runs code when loaded, and autoft "
+            "refuses pickles that run code: save the model with safetensors "
+            "(save_pretrained(safe_serialization=True)) and point --model at that folder."
+        ) from None
     except (OSError, ValueError) as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
         raise UsageError(
             f"Could not load model {source!r} ({reason}): check the --model name, the network, "
             "or trust_remote_code."
         ) from error
+
+
+def _pickle_file(error: BaseException, source: str) -> str:
+    """The file torch.load refused (its argument `f`), else the model's name."""
+    trace = error.__traceback__
+    while trace is not None:
+        frame = trace.tb_frame
+        if frame.f_code.co_name == "load" and isinstance(frame.f_locals.get("f"), str | Path):
+            return str(frame.f_locals["f"])
+        trace = trace.tb_next
+    return f"The checkpoint of {source}"
 
 
 def with_new_head(auto_class, source: str, label_names: list[str], trust_remote_code: bool,
@@ -100,7 +125,33 @@ def with_new_head(auto_class, source: str, label_names: list[str], trust_remote_
 
 def load_tokenizer(source: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The model's tokenizer alone (workers' base-task checks need it without the model)."""
+    _check_tokenizer_files(source, trust_remote_code)
     return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+
+
+# How the files of a saved tokenizer begin (tokenizer.json, tokenizer_config.json, vocab.txt,
+# vocab.json, merges.txt, spiece.model, sentencepiece.bpe.model, special_tokens_map.json, ...).
+_TOKENIZER_FILES = ("tokenizer", "vocab", "merges", "spiece", "sentencepiece", "special_tokens")
+
+
+def _check_tokenizer_files(source: str, trust_remote_code: bool) -> None:
+    """A folder without tokenizer files still loads: transformers builds the config's tokenizer
+    class with no vocabulary, which reads every word as [UNK], so every trial scores chance."""
+    folder = Path(os.path.expanduser(source))
+    if not folder.is_dir() or any(f.name.startswith(_TOKENIZER_FILES) for f in folder.iterdir()):
+        return
+    # a config transformers cannot read is the first fault, said as such by `loading`
+    AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    if (folder / "preprocessor_config.json").is_file():
+        raise UsageError(
+            f"Model folder {source} is an image model with no tokenizer, and the data is text: "
+            "use --task image-classification with image data, or a text model."
+        )
+    raise UsageError(
+        f"Model folder {source} holds no tokenizer files (tokenizer.json, vocab.txt, ...), so "
+        "every text would read as unknown tokens: save the tokenizer into it "
+        "(tokenizer.save_pretrained) or point --model at a hub name."
+    )
 
 
 def _check_labels(label_names: list[str]) -> None:
@@ -128,8 +179,9 @@ def _check_model_folder(source: str) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Hide the expected "newly initialized head" report and the per-trial loading bar."""
+def quiet_transformers() -> Iterator[None]:
+    """Hide transformers' expected reports (a "newly initialized head", the MISSING keys of a
+    load) and its bars (loading weights, writing shards): autoft says itself what matters."""
     verbosity = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()

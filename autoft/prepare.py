@@ -19,6 +19,7 @@ from autoft.forgetting import BaseSplit, find_pair_columns, preservation_texts
 from autoft.guard import BASE_MAX_LENGTH, measure_base
 from autoft.model import model_depth
 from autoft.space import SPACES_DIR, SearchSpace, load_space
+from autoft.storage import check_same_inputs, recorded_inputs
 from autoft.study import Prepared, load_prepared_data, save_prepared, study_base_task
 from autoft.tasks import DataSettings, Task, detect_task, get_task
 from autoft.tasks.text import model_length_limit
@@ -43,13 +44,15 @@ HASHES_FILE = "file_hashes.json"
 
 
 def _file_digest(path: Path, known: dict) -> str:
-    """sha256 of a file's content, taken from `known` while its size and modification time are
-    those recorded with it (the fast path), computed and recorded otherwise."""
+    """sha256 of a file's content, taken from `known` while its size and modification and change
+    times are those recorded with it (the fast path), computed and recorded otherwise. The change
+    time is in the stamp because an edit can keep size and modification time (`cp -p`, `touch
+    -r`), but no write keeps the change time."""
     stat = path.stat()
-    stamp = [stat.st_size, stat.st_mtime_ns]
+    stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
     record = known.get(str(path))
-    if record and record[:2] == stamp:
-        return record[2]
+    if record and record[:-1] == stamp:
+        return record[-1]
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while chunk := handle.read(1 << 20):
@@ -75,10 +78,19 @@ def _content_identity(value: str | None, known: dict) -> object:
 
 def data_fingerprint(config: StudyConfig, known: dict) -> str:
     """Identifies the prepared data: the settings that shape it and the content it came from
-    (content hashes reused from and added to `known`, see `_file_digest`)."""
+    (content hashes reused from and added to `known`, see `_file_digest`), the base task's too:
+    the base model's skill is measured once, on those files, and kept with the prepared data.
+    The bar (min_retention) is not part of it: it judges trials, it does not shape what they
+    train or are measured on."""
     identity = {name: getattr(config, name) for name in DATA_FIELDS}
     for name in ("model", "train", "validation"):
         identity[name] = _content_identity(getattr(config, name), known)
+    if config.base:
+        base = dataclasses.asdict(config.base)
+        base.pop("min_retention")
+        for name in ("data", "ratings", "preserve_data"):
+            base[name] = _content_identity(base[name], known)
+        identity["base"] = base
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -207,6 +219,7 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
     folder = prepared_folder(config)
     known = _load_hashes(folder)
     fingerprint = data_fingerprint(config, known)
+    check_same_inputs(config, recorded_inputs(config), fingerprint)
     stored = folder / "fingerprint"
     if stored.is_file() and stored.read_text() != fingerprint:
         raise UsageError(
@@ -253,7 +266,7 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
                  if config.base and base and task.preserves else [])
     resolved = held_without_preservation(config, resolved, preserved, echo, task)
     prepared = Prepared(config=config, data=data, space=resolved, depth=depth, pad_id=pad_id,
-                        base=base)
+                        fingerprint=fingerprint, base=base)
     if not saved:
         folder.mkdir(parents=True, exist_ok=True)
         write_text_whole(folder / "fingerprint", fingerprint)

@@ -73,36 +73,64 @@ def running_trial(trial: FrozenTrial, train_size: int | None) -> RunningTrial:
     )
 
 
+def samples_seen(trial: FrozenTrial) -> int:
+    """Training samples the trial has been through, as of its last evaluation."""
+    evaluations = trial.user_attrs.get("evaluations") or []
+    return evaluations[-1]["samples_seen"] if evaluations else 0
+
+
+def samples_planned(trial: FrozenTrial, train_size: int | None) -> int | None:
+    """Training samples the trial's config asks for (its epochs over the training set)."""
+    epochs = (trial.user_attrs.get("params") or trial.params).get("epochs")
+    return int(epochs * train_size) if epochs and train_size else None
+
+
+def time_left(trials: list[FrozenTrial], budget: int, elapsed: float,
+              before: frozenset[int], train_size: int | None) -> float | None:
+    """Seconds left, from the trials' own progress: the training samples this run went through
+    per second, applied to the samples still planned (the rest of each running trial, and the
+    trials not started yet at the mean planned size). Timing whole trials mirrored the elapsed
+    time while a long trial ran ("13m12s elapsed, about 13m12s left"). None until this run has
+    trained anything; without the training set's size, whole trials are the unit."""
+    ours = [t for t in trials if t.number not in before]
+    running = [t for t in ours if t.state == TrialState.RUNNING]
+    used = sum(1 for t in trials if counts_toward_budget(t))
+    unstarted = max(0, budget - used - len(running))
+    planned = {t.number: samples_planned(t, train_size) for t in trials}
+    known = [p for p in planned.values() if p]
+    if not train_size or not known:
+        done = sum(1 for t in ours if counts_toward_budget(t))
+        return elapsed / done * (unstarted + len(running)) if done else None
+    done = sum(samples_seen(t) for t in ours)
+    if not done:
+        return None
+    left = sum(max(0, (planned[t.number] or 0) - samples_seen(t)) for t in running)
+    left += unstarted * sum(known) / len(known)
+    return left * elapsed / done
+
+
 def take_snapshot(
     trials: list[FrozenTrial],
     budget: int,
     elapsed: float,
-    finished_before: int,
+    before: frozenset[int] = frozenset(),
     train_size: int | None = None,
     direction: str = "maximize",
 ) -> Snapshot:
-    """Counts, running trials, the best feasible value and a rate-based time estimate.
-
-    The estimate divides the time this run has taken by the trials it finished, so several
-    workers finishing in parallel shorten it as they should; before the first finish it is None.
-    """
+    """Counts, running trials, the best feasible value and the time left (`time_left`; `before`
+    holds the trials that had finished before this run)."""
     by_state = {state: [t for t in trials if t.state == state] for state in TrialState}
     complete = [t for t in by_state[TrialState.COMPLETE] if t.value is not None]
     sign = direction_sign(direction)
     best = max((t for t in complete if is_feasible(t)), key=lambda t: sign * t.value, default=None)
-    used = sum(1 for t in trials if counts_toward_budget(t))
-    done_now = used - finished_before
-    remaining = None
-    if done_now > 0:
-        remaining = elapsed / done_now * max(0, budget - used)
     return Snapshot(
         complete=len(by_state[TrialState.COMPLETE]),
         pruned=len(by_state[TrialState.PRUNED]),
-        failed=len(by_state[TrialState.FAIL]),
+        failed=sum(1 for t in by_state[TrialState.FAIL] if counts_toward_budget(t)),
         budget=budget,
         running=[running_trial(t, train_size) for t in by_state[TrialState.RUNNING]],
         elapsed=elapsed,
-        remaining=remaining,
+        remaining=time_left(trials, budget, elapsed, before, train_size),
         best_value=best.value if best else None,
         best_number=best.number if best else None,
     )
@@ -277,8 +305,8 @@ class LiveDisplay:
     def start(self) -> None:
         trials = self.study.get_trials(deepcopy=False)
         self._started = time.time()
-        self._finished_before = sum(1 for t in trials if counts_toward_budget(t))
         self._reported = {t.number for t in trials if t.state.is_finished()}
+        self._before = frozenset(self._reported)
         self._last_status = self._started
         if self.is_terminal:
             if self.is_process_terminal:
@@ -311,7 +339,7 @@ class LiveDisplay:
             self.study.get_trials(deepcopy=False),
             self.budget,
             time.time() - self._started,
-            self._finished_before,
+            self._before,
             self.train_size,
             self.study.direction.name.lower(),
         )
@@ -327,7 +355,7 @@ class LiveDisplay:
                 trials,
                 self.budget,
                 time.time() - self._started,
-                self._finished_before,
+                self._before,
                 self.train_size,
                 self.study.direction.name.lower(),
             )

@@ -101,32 +101,52 @@ def improvement(summary: dict, best: float, default: float) -> str:
     return f"gained {best - default:+.4f}"
 
 
+def counts_words(counts: dict) -> str:
+    """'6 completed, 1 pruned, 1 failed' and, when some were, how many were interrupted."""
+    words = f"{counts['complete']} completed, {counts['pruned']} pruned, {counts['failed']} failed"
+    if counts.get("interrupted"):
+        words += f", {counts['interrupted']} interrupted (their configs run again on resume)"
+    return words
+
+
+def nothing_to_show(summary: dict) -> str | None:
+    """Why a study has no best config, with the fix, in one sentence; None when it has one."""
+    if summary["best"] is not None:
+        return None
+    c, study = summary["counts"], summary["study"]
+    if summary.get("base") and c["complete"] + c["pruned"]:
+        bar = summary["base"]["min_retention"]
+        return (f"Study '{study}': no trial kept {bar:.0%} of the base-task skill; lower "
+                f"--min-retention (the report's price of the bar shows what each bar allows) "
+                f"or run more trials.")
+    if c["failed"] and not c["complete"] + c["pruned"]:
+        reason, times = next(iter(summary["failures"].items()))
+        return (f"Study '{study}': no trial completed; {c['failed']} failed, {times} of them "
+                f"with \"{reason}\"; fix that cause (each trial's log is in the study's logs/ "
+                f"folder) and run the same command again.")
+    if c["pruned"] and not c["complete"]:
+        return (f"Study '{study}': every trial was stopped early (pruned), so none has a final "
+                f"score; run more trials, or raise --pruner-startup-trials.")
+    return f"Study '{study}': no trial completed yet, so there is no best config."
+
+
 def summary_text(summary: dict) -> str:
     """The few lines a person reads in the morning."""
     metric, depth = metric_words(summary["metric"], summary.get("direction")), summary["depth"]
-    c = summary["counts"]
-    lines = [
-        f"Study '{summary['study']}': {c['complete']} completed, {c['pruned']} pruned, "
-        f"{c['failed']} failed, in {describe_seconds(summary['seconds'])}."
-    ]
+    lines = [f"Study '{summary['study']}': {counts_words(summary['counts'])}, in "
+             f"{describe_seconds(summary['seconds'])}."]
     if summary.get("precision"):
         lines.append(f"Trials computed in {' and '.join(summary['precision'])} "
                      f"(--precision: auto, bf16 or fp32).")
     best, default = summary["best"], summary["default"]
     if best is None:
-        if summary.get("base"):
+        lines.append(nothing_to_show(summary))
+        least = summary.get("least_forgetful")
+        if least:
             lines.append(
-                f"No trial kept enough base-task skill (retention ≥ "
-                f"{summary['base']['min_retention']})."
+                f"The least forgetful was trial {least['number']}: "
+                f"{metric} {least['value']:.4f}, retention {least['retention']:.3f}."
             )
-            least = summary.get("least_forgetful")
-            if least:
-                lines.append(
-                    f"The least forgetful was trial {least['number']}: "
-                    f"{metric} {least['value']:.4f}, retention {least['retention']:.3f}."
-                )
-        else:
-            lines.append("No trial completed, so there is no best config yet.")
         return "\n".join(lines)
     lines.append(f"Best config (trial {best['number']}): {describe_params(best['params'], depth)}.")
     score = f"  {metric} {best['value']:.4f}"
@@ -270,8 +290,9 @@ def report_blocks(study: optuna.Study, summary: dict, plots: list) -> list[tuple
         ]
     blocks += [
         ("h2", "How the search went"),
-        ("p", f"{c['complete']} trials completed, {c['pruned']} were stopped early (pruned) and "
-              f"{c['failed']} failed, in {describe_seconds(summary['seconds'])}."),
+        ("p", f"Trials: {counts_words(c)}, in {describe_seconds(summary['seconds'])}. Pruned "
+              f"trials were stopped early; failed ones failed for a reason of their own (the "
+              f"table below gives it)."),
         ("h2", "What autoft chose for you"),
         ("ul", setting_lines(study, summary)),
         ("h2", "Plots"),

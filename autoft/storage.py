@@ -137,14 +137,35 @@ def open_storage(url: str, stop: Stop | None = None, read_only: bool = False) ->
     return storage
 
 
-def make_sampler(seed: int, n_trials: int) -> optuna.samplers.TPESampler:
+class TrialSeededSampler(optuna.samplers.TPESampler):
+    """TPE whose random draws for a trial are seeded by the study seed and the trial's number.
+
+    One seed per sampler made every process that opened the study draw the same numbers: two
+    `autoft search` runs on one SQLite study sampled identical configs for trials 1 and 2, and a
+    seed per process made a parallel study irreproducible. Seeded per trial, concurrent trials
+    differ and a trial's config depends only on the seed, its number and the trials before it.
+    Optuna has no public hook for this; `before_trial` reseeds the two generators TPE holds.
+    """
+
+    def __init__(self, seed: int, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        self.study_seed = seed
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        digest = hashlib.sha256(f"{self.study_seed}:{trial.number}".encode()).digest()
+        seed = int.from_bytes(digest[:4], "big")
+        self._rng.rng.seed(seed)
+        self._random_sampler._rng.rng.seed(seed)
+        super().before_trial(study, trial)
+
+
+def make_sampler(seed: int, n_trials: int) -> TrialSeededSampler:
     """Seeded TPE whose random start-up fits the budget, aware of params that act together;
     `group` models each set of params that appear together (LoRA's only under adapter lora)."""
     startup = max(2, min(10, n_trials // 4))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=startup, multivariate=True, group=True)
+        return TrialSeededSampler(seed, n_startup_trials=startup, multivariate=True, group=True)
 
 
 def make_pruner(startup_trials: int, warmup_steps: int) -> optuna.pruners.BasePruner:
@@ -164,6 +185,43 @@ def open_study(config: StudyConfig, storage: RDBStorage | None = None,
         sampler=make_sampler(config.seed, config.n_trials),
         pruner=make_pruner(config.pruner_startup, config.pruner_warmup_steps),
         load_if_exists=True,
+    )
+
+
+INPUTS = "fingerprint"  # the study's user attribute naming the inputs its trials trained on
+
+
+def recorded_inputs(config: StudyConfig) -> dict | None:
+    """What the study's storage says its trials trained on (the inputs' fingerprint and their
+    description), or None for a study not created yet or made before autoft recorded it.
+
+    The storage is the one place every worker and every resume reads, wherever its study folder
+    is; a SQLite file that does not exist yet is not created here.
+    """
+    url = storage_url(config)
+    if url.startswith("sqlite") and not sqlite_path(config.study_dir).is_file():
+        return None
+    storage = open_storage(url)
+    try:
+        attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(config.name))
+    except KeyError:
+        return None
+    finally:
+        storage.engine.dispose()
+    if INPUTS not in attrs:
+        return None
+    return {"fingerprint": attrs[INPUTS], "description": attrs.get("data_description")}
+
+
+def check_same_inputs(config: StudyConfig, recorded: dict | None, fingerprint: str) -> None:
+    """Refuse to add trials on other data or model settings to a study's earlier trials."""
+    if recorded is None or recorded["fingerprint"] == fingerprint:
+        return
+    raise UsageError(
+        f"Study '{config.name}' in {redact(storage_url(config))} was run on other data or model "
+        f"settings (its trials trained on {recorded['description'] or 'other inputs'}); its "
+        f"trials and new ones would not be comparable: choose a new --study name, or give the "
+        f"data and model it was run on."
     )
 
 

@@ -30,7 +30,7 @@ from autoft.precision import precision_name, set_precision
 from autoft.preserve import Preservation
 from autoft.presets import search_settings
 from autoft.space import SearchSpace
-from autoft.storage import recordable_config
+from autoft.storage import INPUTS, check_same_inputs, recordable_config
 from autoft.tasks import DEFAULT_TASK, Task, get_task
 from autoft.train import (
     Evaluation,
@@ -59,6 +59,7 @@ class Prepared:
     space: SearchSpace
     depth: int
     pad_id: int
+    fingerprint: str  # the inputs' identity (prepare.data_fingerprint), recorded in the storage
     base: dict | None = None
 
     @property
@@ -297,9 +298,16 @@ class Objective:
 
 
 def record_study_facts(study: optuna.Study, prepared: Prepared) -> None:
-    """What the report, the export and remote workers need, kept in the storage itself."""
+    """What the report, the export and remote workers need, kept in the storage itself; a
+    UsageError if the study's trials trained on other inputs (a second search that prepared
+    other data at the same moment: prepare_study refuses the ordinary case earlier)."""
     config, data = prepared.config, prepared.data
+    if INPUTS in study.user_attrs:
+        check_same_inputs(config, {"fingerprint": study.user_attrs[INPUTS],
+                                   "description": study.user_attrs.get("data_description")},
+                          prepared.fingerprint)
     facts = {
+        INPUTS: prepared.fingerprint,
         "model": config.model,
         "task": data.task,
         "label_names": data.label_names,

@@ -16,6 +16,7 @@ from autoft.trials import (
     best_feasible,
     counts,
     default_trial,
+    failure_reasons,
     full_params,
     last_value,
     least_forgetful,
@@ -86,6 +87,7 @@ def build_summary(study: optuna.Study) -> dict:
         "best": trial_entry(best, audits),
         "default": trial_entry(default_trial(study), audits),
         "counts": counts(study),
+        "failures": failure_reasons(study),
         "seconds": (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0,
         "notes": attrs.get("notes", []),
         "precision": sorted({t.user_attrs["precision"] for t in trials

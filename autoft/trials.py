@@ -78,16 +78,31 @@ def least_forgetful(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 
 
 def counts(study: optuna.Study) -> dict[str, int]:
-    """Trials by state, under the names summary.json uses."""
+    """Trials by state, under the names summary.json uses; a failed trial is `failed` when it
+    failed for a reason of its own and `interrupted` when a signal, the time limit or its
+    worker's death stopped it (its config runs again and it does not use the budget)."""
     names = {
         TrialState.COMPLETE: "complete",
         TrialState.PRUNED: "pruned",
-        TrialState.FAIL: "failed",
         TrialState.RUNNING: "running",
         TrialState.WAITING: "waiting",
     }
     trials = study.get_trials(deepcopy=False)
-    return {name: sum(1 for t in trials if t.state == state) for state, name in names.items()}
+    tally = {name: sum(1 for t in trials if t.state == state) for state, name in names.items()}
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    tally["failed"] = sum(1 for t in failed if counts_toward_budget(t))
+    tally["interrupted"] = len(failed) - tally["failed"]
+    return tally
+
+
+def failure_reasons(study: optuna.Study) -> dict[str, int]:
+    """How many trials failed for each reason of their own, the most frequent first."""
+    reasons: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if counts_toward_budget(trial):
+            reason = trial.user_attrs.get("fail_reason", "no reason recorded")
+            reasons[reason] = reasons.get(reason, 0) + 1
+    return dict(sorted(reasons.items(), key=lambda item: -item[1]))
 
 
 def trial_seconds(trial: optuna.trial.FrozenTrial) -> float | None:

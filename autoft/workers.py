@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import hashlib
 import logging
 import multiprocessing
 import os
@@ -185,20 +184,10 @@ def run_trials(
         stop.sleep(WAIT_SECONDS)
 
 
-def sampler_seed(seed: int, lone: bool) -> int:
-    """The study's seed for a lone worker (reproducible); otherwise one per process, so
-    parallel workers do not all draw the same random start-up configs."""
-    if lone:
-        return seed
-    identity = f"{seed}:{socket.gethostname()}:{os.getpid()}"
-    return int.from_bytes(hashlib.sha256(identity.encode()).digest()[:4], "big")
-
-
 def work(
     config: StudyConfig,
     url: str,
     slot: Slot,
-    slots: int = 1,
     deadline: float | None = None,
     hard_deadline: float | None = None,
 ) -> bool:
@@ -220,8 +209,7 @@ def work(
             study = optuna.load_study(
                 study_name=config.name,
                 storage=storage,
-                sampler=make_sampler(sampler_seed(config.seed, slots == 1 and not config.storage),
-                                     config.n_trials),
+                sampler=make_sampler(config.seed, config.n_trials),
                 pruner=make_pruner(config.pruner_startup, config.pruner_warmup_steps),
             )
             objective = Objective(prepared, torch.device(slot.torch_device))
@@ -265,11 +253,11 @@ def quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
-def _child_main(config, url, slot, index, slots, deadline, hard_deadline) -> None:
+def _child_main(config, url, slot, index, deadline, hard_deadline) -> None:
     """Entry point of a spawned worker process; its exit code says how it ended."""
     logging.basicConfig(level=logging.INFO, format=f"[worker {index} {slot.device}] %(message)s")
     quiet_optuna()
-    interrupted = work(config, url, slot, slots, deadline, hard_deadline)
+    interrupted = work(config, url, slot, deadline, hard_deadline)
     raise SystemExit(INTERRUPTED_EXIT if interrupted else 0)
 
 
@@ -299,13 +287,13 @@ def run_workers(
         redact(url),
     )
     if len(slots) == 1 and slots[0].visible is None:
-        return work(config, url, slots[0], 1, deadline, hard_deadline)
+        return work(config, url, slots[0], deadline, hard_deadline)
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])  # autoft, torch and transformers, imported once
     processes = [
         context.Process(
             target=_child_main,
-            args=(config, url, slot, index, len(slots), deadline, hard_deadline),
+            args=(config, url, slot, index, deadline, hard_deadline),
             name=f"autoft-worker-{index}",
         )
         for index, slot in enumerate(slots)

@@ -5,11 +5,13 @@ no trial started: one test per kind of mistake a user makes.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from autoft.cli import main
 from autoft.space import find_space_file
@@ -352,3 +354,94 @@ def test_image_task_with_preservation_data(digit_folder, tiny_resnet_dir, tmp_pa
     code, err = run_cli(args, capsys)
     assert_refused(code, err, "image-classification has no preservation loss",
                    "--base-preserve-data", tmp_path=tmp_path)
+
+
+def test_model_folder_without_tokenizer_files(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    """transformers would build the config's tokenizer with no vocabulary: every word [UNK]."""
+    model = tmp_path / "no-tokenizer"
+    model.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (model / name).write_bytes((tiny_model_dir / name).read_bytes())
+    code, err = run_cli(search_args(model, tiny_csv, tmp_path), capsys)
+    assert_refused(code, err, str(model), "no tokenizer files", "hub name", tmp_path=tmp_path)
+
+
+def test_tokenizer_that_reads_the_texts_as_unknown(tiny_csv, tmp_path, capsys, save_tiny_bert):
+    """A tokenizer whose vocabulary is its 5 special tokens: every piece of every text [UNK]."""
+    model = save_tiny_bert(tmp_path / "five-tokens", words=[])
+    capsys.readouterr()  # the bars of saving it
+    code, err = run_cli(search_args(model, tiny_csv, tmp_path), capsys)
+    assert_refused(code, err, str(model), "100%", "unknown ([UNK])", "tokenizer files",
+                   tmp_path=tmp_path)
+
+
+def test_image_model_given_text_data(tiny_vit_dir, tiny_csv, tmp_path, capsys):
+    code, err = run_cli(search_args(tiny_vit_dir, tiny_csv, tmp_path), capsys)
+    assert_refused(code, err, str(tiny_vit_dir), "is an image model with no tokenizer",
+                   "--task image-classification", tmp_path=tmp_path)
+
+
+class MakesFolder:
+    """A pickled object that runs os.mkdir when unpickled."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.folder),)
+
+
+def test_pickle_checkpoint_that_runs_code(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    model = tmp_path / "pickled"
+    model.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (model / name).write_bytes((tiny_model_dir / name).read_bytes())
+    ran = tmp_path / "the-pickle-ran"
+    torch.save({"weights": MakesFolder(ran)}, model / "pytorch_model.bin")
+    code, err = run_cli(search_args(model, tiny_csv, tmp_path), capsys)
+    assert_refused(code, err, str(model / "pytorch_model.bin"), "refuses pickles that run code",
+                   "save_pretrained(safe_serialization=True)", tmp_path=tmp_path)
+    assert "weights_only" not in err
+    assert not ran.exists()
+
+
+def test_image_folder_as_a_text_model_base_data(tiny_model_dir, tiny_csv, digit_folder,
+                                                tmp_path, capsys):
+    args = search_args(tiny_model_dir, tiny_csv, tmp_path, "--base-kind", "drift",
+                       "--base-data", str(digit_folder))
+    code, err = run_cli(args, capsys)
+    assert_refused(code, err, str(digit_folder), "is a folder", "--base-data", "a table",
+                   tmp_path=tmp_path)
+    assert "does not exist" not in err
+
+
+def test_csv_header_naming_a_column_twice(tiny_model_dir, tmp_path, capsys):
+    """pandas would rename the second 'text' to 'text.1' and the first would be read."""
+    train = tmp_path / "twice.csv"
+    train.write_text("text,label,text\n" + "good film,pos,bad film\nbad day,neg,good day\n" * 10)
+    code, err = run_cli(search_args(tiny_model_dir, train, tmp_path), capsys)
+    assert_refused(code, err, "twice.csv", "'text' twice", tmp_path=tmp_path)
+
+
+def test_json_lines_row_naming_a_key_twice(tiny_model_dir, tmp_path, capsys, sentiment_rows):
+    lines = [json.dumps(row) for row in sentiment_rows(20)]
+    lines[3] = '{"text": "good film", "label": "pos", "text": "bad film"}'
+    train = tmp_path / "twice.jsonl"
+    train.write_text("\n".join(lines) + "\n")
+    code, err = run_cli(search_args(tiny_model_dir, train, tmp_path), capsys)
+    assert_refused(code, err, "twice.jsonl", "line 4", "'text' twice", tmp_path=tmp_path)
+
+
+def test_a_model_load_is_quiet_before_the_sentence(tiny_csv, tmp_path, save_tiny_bert):
+    """Loading for the classification check once printed a 'Loading weights' bar and a table
+    of MISSING keys before autoft's own sentence, which names those keys itself."""
+    model = save_tiny_bert(tmp_path / "encoder-only", head=False)
+    args = search_args(model, tiny_csv, tmp_path, "--base-kind", "classification",
+                       "--base-data", str(tiny_csv))
+    done = subprocess.run([sys.executable, "-m", "autoft", *args], capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 2
+    assert done.stderr.startswith("autoft: ") and len(done.stderr.strip().splitlines()) == 1, \
+        done.stderr
+    assert "no saved head for 'classification'" in done.stderr
+    assert "classifier.weight" in done.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import shutil
 import time
 from datetime import datetime
@@ -20,6 +21,7 @@ import torch
 from autoft.cli import build_parser, config_from_args
 from autoft.devices import Slot
 from autoft.errors import UsageError
+from autoft.forgetting.readers import read_lines
 from autoft.prepare import prepare_study
 from autoft.schedule import check_not_stopped
 from autoft.signals import Stop
@@ -146,3 +148,49 @@ def test_a_failure_repeating_stops_the_study(tiny_model_dir, tiny_csv, tmp_path)
     assert len(failed) == 3, [t.user_attrs.get("fail_reason") for t in failed]
     with pytest.raises(UsageError, match=r"trials 0, 1, 2 all failed with \"training ended"):
         check_not_stopped(study, since, config.n_trials)
+
+
+def warnings_of(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_some_unknown_word_pieces_are_counted_in_a_warning(
+    tiny_model_dir, tmp_path, caplog, sentiment_rows, write_csv
+):
+    """One word in every fourth text is outside the tiny vocabulary: 1 piece in 21."""
+    rows = sentiment_rows(60)
+    for row in rows[::4]:
+        row["text"] += " zebra"
+    train = write_csv(tmp_path / "zebra.csv", rows)
+    with caplog.at_level(logging.WARNING, logger="autoft"):
+        prepare(flags_config(tiny_model_dir, train, tmp_path))
+    counts = [re.search(r"reads (\d+) of (\d+) word pieces .* as unknown \(\[UNK\]\)", w)
+              for w in warnings_of(caplog)]
+    unknown, pieces = next(map(int, c.groups()) for c in counts if c)
+    assert unknown > 0 and abs(unknown / pieces - 1 / 21) < 0.01
+
+
+def test_bytes_not_utf8_in_a_table_are_counted_in_a_warning(
+    tiny_model_dir, tmp_path, caplog, sentiment_rows, write_csv
+):
+    """They read as U+FFFD, as before, but no longer unseen: the count and the first line."""
+    rows = sentiment_rows(40)
+    train = write_csv(tmp_path / "latin.csv", rows)
+    lines = train.read_bytes().splitlines(keepends=True)
+    lines[4] = b"caf\xe9 " + lines[4]
+    lines[9] = b"\xff" + lines[9]
+    train.write_bytes(b"".join(lines))
+    with caplog.at_level(logging.WARNING, logger="autoft"):
+        prepare(flags_config(tiny_model_dir, train, tmp_path))
+    assert any("latin.csv: 2 of 41 lines are not UTF-8 (the first is line 5)" in w
+               for w in warnings_of(caplog)), warnings_of(caplog)
+
+
+def test_base_text_lines_not_utf8_are_read_as_latin1_with_a_warning(tmp_path, caplog):
+    texts = tmp_path / "base.txt"
+    texts.write_bytes("a café in town\nplain text\n".encode() + b"na\xefve caf\xe9\n")
+    with caplog.at_level(logging.WARNING, logger="autoft"):
+        assert read_lines(str(texts)) == ["a café in town", "plain text", "naïve café"]
+    assert warnings_of(caplog) == [
+        f"{texts}: 1 of 3 lines are not UTF-8 (the first is line 3); they were read as Latin-1, "
+        "so check those texts or save the file as UTF-8."]

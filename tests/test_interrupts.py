@@ -68,7 +68,8 @@ def test_sigint_during_the_default_trial_runs_its_config_again_first(
     assert "Traceback" not in out + err
     assert "interrupted; run the same command again to resume" in err
     summary = json.loads((studies / "again" / "summary.json").read_text())
-    assert summary["counts"]["failed"] == 1 and summary["default"] is None
+    assert summary["counts"]["interrupted"] == 1 and summary["counts"]["failed"] == 0
+    assert summary["default"] is None
 
     status = subprocess.run(
         ["python", "-m", "autoft", "status", "--study", "again", "--studies-dir", str(studies)],

@@ -140,3 +140,29 @@ def test_an_interrupted_default_runs_again_first_on_postgres_with_two_workers(
     assert budget_used(study) == 3
     summary = json.loads((tmp_path / name / "summary.json").read_text())
     assert summary["default"]["number"] == 1
+
+
+def test_a_second_machine_with_other_data_is_refused(
+    postgres_url, tiny_model_dir, tmp_path, sentiment_rows, write_csv, write_space
+) -> None:
+    """A PostgreSQL study continued from another folder (no prepared/ there) with a data file
+    of the same name but other content: the storage, not the folder, says it is not the same."""
+    from autoft.errors import UsageError
+
+    url, name, storage = postgres_url
+    space = write_space(tmp_path / "space.yaml")
+    here, there = tmp_path / "here", tmp_path / "there"
+    for folder, seed in ((here, 0), (there, 1)):
+        folder.mkdir()
+        write_csv(folder / "train.csv", sentiment_rows(80, seed=seed))
+
+    def config(folder):
+        return build_config({}, None, {
+            "model": str(tiny_model_dir), "train": str(folder / "train.csv"),
+            "space": str(space), "name": name, "studies_dir": str(folder / "studies"),
+            "storage": url})
+
+    record_study_facts(open_study(config(here)), prepare_study(config(here), echo=print))
+    with pytest.raises(UsageError, match="was run on other data or model settings"):
+        prepare_study(config(there), echo=print)
+    assert not (there / "studies" / name / "prepared").exists()

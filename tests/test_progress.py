@@ -83,7 +83,22 @@ def test_estimate_counts_only_the_trials_this_run_finished(tmp_path: Path) -> No
                                      distributions={"x": FloatDistribution(0, 1)}))
     trials = study.get_trials()
     # 2 of the 3 finished in this run's 100 s: 50 s each, 7 trials of the budget of 10 still to go
-    snap = take_snapshot(trials, budget=10, elapsed=100.0, finished_before=1)
+    snap = take_snapshot(trials, budget=10, elapsed=100.0, before=frozenset({0}))
     assert snap.remaining == 350.0 and snap.best_number == 1 and snap.complete == 3
-    assert take_snapshot(trials, 10, 100.0, finished_before=3).remaining is None
+    assert take_snapshot(trials, 10, 100.0, before=frozenset({0, 1, 2})).remaining is None
     assert all(t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_the_time_left_follows_the_samples_trained_not_the_trials_finished(tmp_path: Path):
+    """One trial of 2 epochs finished, one of 8 epochs a quarter through, 100 s: 400 samples
+    per 100 s. Left: 600 samples of the running trial and 8 trials of 500 samples (the mean of
+    200 and 800 planned): 4,600 samples, 1,150 s. Counting whole trials said 100 s per trial."""
+    study, _ = make_study(tmp_path)
+    for epochs, seen, state in ((2, 200, TrialState.COMPLETE), (8, 200, TrialState.RUNNING)):
+        study.add_trial(create_trial(
+            state=state, value=0.5 if state == TrialState.COMPLETE else None,
+            params={"x": 0.1}, distributions={"x": FloatDistribution(0, 1)},
+            user_attrs={"params": {"epochs": epochs},
+                        "evaluations": [{"step": 1, "samples_seen": seen, "value": 0.5}]}))
+    snap = take_snapshot(study.get_trials(), budget=10, elapsed=100.0, train_size=100)
+    assert snap.remaining == 1150.0

@@ -15,6 +15,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from autoft.report import write_report
+from autoft.trials import COUNTS_TOWARD_BUDGET
 
 DISTRIBUTIONS = {
     "learning_rate": FloatDistribution(1e-5, 1e-3, log=True),
@@ -38,6 +39,8 @@ def add_trial(study, params, state, value=None, retention=None, reason=None):
                   "constraint": [BASE["min_retention"] - retention]}
     if reason:
         attrs["fail_reason" if state == TrialState.FAIL else "prune_reason"] = reason
+    if state == TrialState.FAIL:
+        attrs[COUNTS_TOWARD_BUDGET] = True  # a failure of its own, as the objective records
     study.add_trial(create_trial(
         state=state, value=value if state == TrialState.COMPLETE else None, params=params,
         distributions=DISTRIBUTIONS, user_attrs=attrs,
@@ -77,8 +80,8 @@ def test_report_states_the_answer_in_words_and_lists_every_trial(tmp_path: Path)
     assert summary["best"]["number"] == 2
     assert summary["best"]["retention"] == pytest.approx(0.92)
     assert summary["default"]["value"] == pytest.approx(0.70)
-    assert summary["counts"] == {"complete": 6, "pruned": 1, "failed": 1, "running": 0,
-                                 "waiting": 0}
+    assert summary["counts"] == {"complete": 6, "pruned": 1, "failed": 1, "interrupted": 0,
+                                 "running": 0, "waiting": 0}
     assert json.loads((tmp_path / "s" / "summary.json").read_text())["base"] == BASE
     md = (tmp_path / "s" / "report.md").read_text()
     assert "Best config (trial 2): train the top 2 of 6 layers at learning rate 3.0e-05" in md

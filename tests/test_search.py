@@ -96,3 +96,38 @@ def test_cli_entry_point_runs_a_study_file(tiny_model_dir, tiny_csv, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "Best config (trial 0)" in done.stdout
     assert (tmp_path / "studies" / "fromfile" / "best_model" / "config.json").is_file()
+
+
+def test_a_night_of_failed_trials_exits_3_with_their_reason(
+    tiny_model_dir, tiny_csv, tmp_path, capsys
+):
+    """Every trial's loss overflows: the study ends with nothing to show, which a script must
+    tell from success."""
+    space = tmp_path / "nan.yaml"
+    space.write_text(LEARNABLE_SPACE.replace(
+        "{low: 1.0e-3, high: 5.0e-3, log: true, default: 2.0e-3}", "{value: 1.0e+6}"))
+    code = main(["search", "--model", str(tiny_model_dir), "--train", str(tiny_csv), "--space",
+                 str(space), "--n-trials", "3", "--study", "nan", "--studies-dir",
+                 str(tmp_path / "studies")])
+    assert code == 3
+    error = capsys.readouterr().err
+    assert "no trial completed; 3 failed, 3 of them with \"training loss became" in error
+    summary = json.loads((tmp_path / "studies" / "nan" / "summary.json").read_text())
+    assert summary["counts"]["failed"] == 3 and summary["best"] is None
+    assert next(iter(summary["failures"])).startswith("training loss became")
+
+
+def test_a_bar_no_trial_can_reach_exits_3_and_keeps_the_trials(
+    tiny_model_dir, tiny_csv, tmp_path, capsys
+):
+    """Drift's retention is a similarity of at most 1, so a bar of 1.5 holds out every trial."""
+    base = tmp_path / "base.txt"
+    base.write_text("\n".join(f"a plain base text number {i} about the weather" for i in range(40)))
+    code = search(tiny_model_dir, tiny_csv, tmp_path, 2, "--base-kind", "drift", "--base-data",
+                  str(base), "--min-retention", "1.5")
+    assert code == 3
+    error = capsys.readouterr().err
+    assert "no trial kept 150% of the base-task skill; lower --min-retention" in error
+    study = load(tmp_path)
+    assert len(study.trials) == 2 and all(t.state.is_finished() for t in study.trials)
+    assert (tmp_path / "studies" / "tiny" / "report.html").is_file()

@@ -250,7 +250,7 @@ def test_the_hard_time_limit_interrupts_a_running_trial(
     prepared = prepare_study(config, echo=lambda line: None)
     record_study_facts(open_study(config), prepared)
     now = time.time()
-    assert work(config, storage_url(config), Slot("cpu", 1), 1, now + 1, now + 4) is False
+    assert work(config, storage_url(config), Slot("cpu", 1), now + 1, now + 4) is False
     trials = open_sqlite_study(tmp_path / "studies", "hard").get_trials()
     assert [(t.state, t.user_attrs.get("fail_reason")) for t in trials] == [
         (TrialState.FAIL, "interrupted")

@@ -29,6 +29,7 @@ from autoft.forgetting.encoders import (
 )
 from autoft.forgetting.readers import read_texts
 from autoft.forgetting.split import BaseSplit
+from autoft.model import loading
 from autoft.tasks.images import read_images
 
 
@@ -50,10 +51,7 @@ class DriftTask(BaseTask):
         split: BaseSplit | None = None,
         seed: int = 0,
     ):
-        self._load_base = partial(
-            AutoModel.from_pretrained, model_source, dtype=torch.float32,
-            trust_remote_code=trust_remote_code,
-        )
+        self._load_base = partial(_load_encoder, model_source, trust_remote_code)
         self._base = self._load_base()
         if takes_images(tokenizer):  # any images: a folder, or a table with an image column
             texts = read_images(config.data, "base.data", None)[0]
@@ -124,3 +122,10 @@ class DriftTask(BaseTask):
             }
             self._base = None
         return self.reference_[part]
+
+
+def _load_encoder(model_source: str, trust_remote_code: bool):
+    """The untouched base model, loaded as every model autoft loads (autoft.model.loading)."""
+    with loading(model_source):
+        return AutoModel.from_pretrained(model_source, dtype=torch.float32,
+                                         trust_remote_code=trust_remote_code)

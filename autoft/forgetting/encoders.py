@@ -11,7 +11,7 @@ from torch.func import functional_call
 from autoft.adapters import plain_state_dict
 from autoft.errors import UsageError
 from autoft.forgetting.base import Replay
-from autoft.model import evaluating
+from autoft.model import evaluating, loading
 from autoft.replay import PrefixMemo
 
 
@@ -35,12 +35,13 @@ def load_with_head(auto_class, model_source: str, kind: str, trust_remote_code: 
     """The original model with its saved head; a head transformers had to invent knows nothing."""
     suggestion = f"use base-task kind 'drift' or 'similarity' instead of '{kind}'"
     try:
-        model, info = auto_class.from_pretrained(
-            model_source,
-            dtype=torch.float32,
-            trust_remote_code=trust_remote_code,
-            output_loading_info=True,
-        )
+        with loading(model_source):  # quiet: the MISSING keys are said below, in one sentence
+            model, info = auto_class.from_pretrained(
+                model_source,
+                dtype=torch.float32,
+                trust_remote_code=trust_remote_code,
+                output_loading_info=True,
+            )
     except ValueError as error:
         raise UsageError(
             f"{model_source} cannot load as {auto_class.__name__} ({error}); {suggestion}."

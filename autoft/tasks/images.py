@@ -17,10 +17,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.nn import functional
 from transformers import AutoImageProcessor
-from transformers.utils import logging as hf_logging
 
 from autoft.data import column, read_table, row_name
 from autoft.errors import UsageError
+from autoft.model import quiet_transformers
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MAX_PIXEL_BYTES = 2**30  # processed images one process keeps in memory, per split
@@ -148,12 +148,8 @@ def open_image(ref) -> Image.Image:
 def load_image_processor(source: str, trust_remote_code: bool = False):
     """The model's image processor; without torchvision transformers falls back to the Pillow
     one and warns each time, which is expected here, so hidden."""
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
+    with quiet_transformers():
         return AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
-    finally:
-        hf_logging.set_verbosity(verbosity)
 
 
 _PROCESSORS: dict[str, object] = {}

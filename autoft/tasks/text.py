@@ -5,6 +5,7 @@ per-token layout. text_classification and text_regression differ only in their l
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -12,12 +13,21 @@ import numpy as np
 import torch
 
 from autoft.data import TargetData, column, read_table, text_column
+from autoft.errors import UsageError
 from autoft.model import load_model, load_tokenizer
 from autoft.tasks.base import DataSettings, Rows
 from autoft.tasks.labelled import LabelledTask
 
+log = logging.getLogger("autoft")
+
 BUCKET_BATCHES = 50
 MAX_LENGTH_PERCENTILE = 98
+# Shares of the training texts' word pieces the tokenizer reads as unknown: a tokenizer that
+# fits the texts gives about 0% (WordPiece or SentencePiece on English: none; BERT on tweets: a
+# few emoji per thousand pieces); above UNKNOWN_WARN some words are lost; above UNKNOWN_REFUSE
+# most of every text is, so every trial would score about chance.
+UNKNOWN_WARN = 0.01
+UNKNOWN_REFUSE = 0.5
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,29 @@ def tokenize_split(tokenizer, texts: list, labels: list, max_length: int) -> Spl
     return Split(encoded["input_ids"], labels, encoded.get("token_type_ids"))
 
 
+def check_known_tokens(tokenizer, input_ids: list[list[int]]) -> None:
+    """Refuse a tokenizer that reads most of the training texts as unknown tokens (one without
+    its vocabulary, or made for other texts); warn, with the count, when some pieces are."""
+    unknown_id = tokenizer.unk_token_id
+    if unknown_id is None:
+        return
+    special = set(tokenizer.all_special_ids) - {unknown_id}
+    pieces = [token for ids in input_ids for token in ids if token not in special]
+    unknown = sum(token == unknown_id for token in pieces)
+    share = unknown / max(len(pieces), 1)
+    source = tokenizer.name_or_path
+    if share > UNKNOWN_REFUSE:
+        raise UsageError(
+            f"The tokenizer of model {source} reads {share:.0%} of the training texts' word "
+            f"pieces as unknown ({tokenizer.unk_token}), so trials would learn from almost "
+            "nothing: give --model a folder with its own tokenizer files, or a hub name."
+        )
+    if share > UNKNOWN_WARN:
+        log.warning("The tokenizer of model %s reads %d of %d word pieces of the training texts "
+                    "(%.1f%%) as unknown (%s); those words are lost to training.", source,
+                    unknown, len(pieces), 100 * share, tokenizer.unk_token)
+
+
 def model_length_limit(tokenizer, model_config) -> int:
     """The longest input the model accepts (tokenizers often report a huge placeholder)."""
     limits = [
@@ -151,6 +184,7 @@ class TextTask(LabelledTask):
         metric, metric_note = self.choose_metric(settings, rows.train_labels)
         limit = model_length_limit(processor, model_config)
         untruncated = tokenize(processor, rows.train_inputs[:5000], None)["input_ids"]
+        check_known_tokens(processor, untruncated)
         max_length, length_note = choose_max_length(settings, [len(i) for i in untruncated],
                                                     limit)
         notes = rows.notes + [note for note in (metric_note, length_note) if note]
