@@ -25,7 +25,7 @@ def status_text(study: optuna.Study) -> str:
     end = time.time() if running or not ends else max(ends)
     elapsed = end - min(starts) if starts else 0.0
     budget = (attrs.get("config") or {}).get("n_trials", len(trials))
-    snapshot = take_snapshot(trials, budget, elapsed, 0, attrs.get("train_examples"),
+    snapshot = take_snapshot(trials, budget, elapsed, frozenset(), attrs.get("train_examples"),
                              study.direction.name.lower())
     metric = attrs.get("metric", "value")
     lines = [f"Study '{study.study_name}': {status_line(snapshot, metric)}"]
