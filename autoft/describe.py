@@ -32,8 +32,6 @@ def describe_params(params: dict, depth: int) -> str:
     if params.get("head_first_epochs"):
         epochs = int(params["head_first_epochs"])
         words.append(f"the head alone for {epochs} epoch{'s' if epochs != 1 else ''} first")
-    if params.get("interpolate"):
-        words.append("then mixed back toward the untouched weights")
     return ", ".join(words)
 
 

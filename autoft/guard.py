@@ -32,6 +32,11 @@ def measure_base(task: BaseTask, model, config: BaseTaskConfig, device: torch.de
             "split": task.split_.to_dict(), "min_retention": config.min_retention}
 
 
+class ForgettingPruned(optuna.TrialPruned):
+    """A trial pruned for forgetting, not for its score: mixed back toward the untouched
+    weights, its best-scoring weights may still keep the bar."""
+
+
 class ForgettingGuard:
     """Per-trial base-task checks, recorded as user attributes and as Optuna's constraint."""
 
@@ -91,7 +96,7 @@ class ForgettingGuard:
             reason = (f"forgetting: kept {kept:.2f} of the base skill on the quick check, "
                       f"below {bar:.2f}")
             trial.set_user_attr("prune_reason", reason)
-            raise optuna.TrialPruned(reason)
+            raise ForgettingPruned(reason)
 
     def on_prune(self, trial: optuna.Trial) -> None:
         """A pruned trial's constraint is its last quick retention, so the sampler learns too."""

@@ -22,12 +22,15 @@ TUNED = 1.0
 @dataclass(frozen=True)
 class MixPoint:
     """One mixing weight's outcome; mix 1.0 is the tuned weights, 0.0 the untouched body.
-    `retention` is the quick check's (None without a base task); `keepable` whether it passes."""
+    `retention` is the quick check's (None without a base task); `keepable` whether it passes;
+    `source` which of the trial's weights were mixed: 'kept' (its kept checkpoint) or 'top' (its
+    best-scoring weights, which failed the check)."""
 
     mix: float
     value: float
     retention: float | None
     keepable: bool
+    source: str = "kept"
 
 
 def mixed_state(
@@ -47,11 +50,11 @@ def mixed_state(
 
 def best_mix(points: Iterable[MixPoint], direction: str = MAXIMIZE) -> MixPoint:
     """The best point (by the metric's `direction`) that passes the bar, or the best of all when
-    none does; ties go to the point nearer the tuned weights."""
+    none does; ties go to the kept weights' curve, then to the point nearer the tuned weights."""
     points = list(points)
     keepable = [p for p in points if p.keepable]
     sign = direction_sign(direction)
-    return max(keepable or points, key=lambda p: (sign * p.value, p.mix))
+    return max(keepable or points, key=lambda p: (sign * p.value, p.source == "kept", p.mix))
 
 
 def interpolate(
@@ -62,12 +65,13 @@ def interpolate(
     mixes: Iterable[float],
     score: Callable[[], float],
     check: Callable[[], tuple[float | None, bool]],
+    source: str = "kept",
 ) -> list[MixPoint]:
     """Score the model at each mixing weight (`score`, and `check` for (retention, passes), read
     the model as it is then); the model is left holding the tuned weights."""
     points = []
     for mix in mixes:
         model.load_state_dict(mixed_state(untouched, tuned, head, mix), strict=False)
-        points.append(MixPoint(mix, score(), *check()))
+        points.append(MixPoint(mix, score(), *check(), source))
     model.load_state_dict(tuned, strict=False)
     return points

@@ -176,11 +176,14 @@ def answer_lines(summary: dict) -> list[str]:
     base = summary.get("base")
     if best is None:
         return summary_text(summary).splitlines()[1:]
-    mixed = best.get("mix") not in (None, 1.0)
+    top = best.get("mixed_from") == "top"
+    mixed = top or best.get("mix") not in (None, 1.0)
+    weights = "its best-scoring weights (which forgot too much as they were)" if top else (
+        "the weights")
     lines = [
         f"Best config (trial {best['number']}): "
         f"{describe_params(best['params'], summary['depth'])}"
-        + (f", keeping the weights {best['mix']:.0%} of the way from the untouched to the tuned "
+        + (f", keeping {weights} {best['mix']:.0%} of the way from the untouched to the tuned "
            f"ones." if mixed else ".")
     ]
     score = f"It reached a validation {metric} of {best['value']:.4f}"

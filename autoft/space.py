@@ -36,19 +36,18 @@ PARAMETERS = (
     "lora_rank",
     "lora_alpha",
     "head_first_epochs",
-    "interpolate",
 )
 # Parameters a space file may leave out, with the value they then keep: preserve_weight 0 (the
 # method stays off); the adapter freeze, as autoft always trained; LoRA's own (None) are then
 # absent, and a LoRA trial takes TrialParams' defaults.
 OPTIONAL_PARAMETERS = {"preserve_weight": 0.0, "adapter": "freeze", "lora_rank": None,
-                       "lora_alpha": None, "head_first_epochs": 0, "interpolate": False}
+                       "lora_alpha": None, "head_first_epochs": 0}
 INTEGER_PARAMETERS = ("batch_size", "trainable_layers", "epochs", "lora_rank", "head_first_epochs")
 POSITIVE_PARAMETERS = ("learning_rate", "head_lr_multiplier", "batch_size", "epochs", "lora_rank",
                        "lora_alpha")
 # Parameters whose values come from a fixed set (words, or true/false), with the values each takes.
-WORD_PARAMETERS = {"adapter": ADAPTER_NAMES, "interpolate": (False, True)}
-# The mixing weights an interpolating trial scores (top-level `interpolation_mixes` in a space).
+WORD_PARAMETERS = {"adapter": ADAPTER_NAMES}
+# The mixing weights every trial's curve scores (top-level `interpolation_mixes`; [] turns it off).
 DEFAULT_MIXES = (0.25, 0.5, 0.75)
 # Words trainable_layers may use for a model whose depth is known only once it is loaded:
 # every layer, or the top half (rounded up).
@@ -225,6 +224,12 @@ def load_space(name_or_path: str) -> SearchSpace:
         raise UsageError(f"{path}: expected a mapping of parameters at the top.")
     starts = content.pop("starts", []) or []
     mixes = _mixes(path, content.pop("interpolation_mixes", list(DEFAULT_MIXES)))
+    if "interpolate" in content or any("interpolate" in start for start in starts
+                                       if isinstance(start, dict)):
+        raise UsageError(
+            f"{path}: 'interpolate' is no longer a parameter: every trial with a base task ends "
+            f"with its interpolation curve (interpolation_mixes; [] turns it off); delete it."
+        )
     unknown = sorted(set(content) - set(PARAMETERS))
     if unknown:
         raise UsageError(
@@ -255,8 +260,9 @@ def load_space(name_or_path: str) -> SearchSpace:
 
 
 def _mixes(path: Path, values: Any) -> tuple[float, ...]:
-    """The interpolation grid: numbers from 0 (the untouched body) to 1 (the tuned one)."""
-    numbers = values if isinstance(values, list) and values else None
+    """The interpolation grid: numbers from 0 (the untouched body) to 1 (the tuned one); an
+    empty list turns the curve off."""
+    numbers = values if isinstance(values, list) else None
     if numbers is None or not all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in numbers
     ):

@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from autoft.config import StudyConfig
 from autoft.data import TargetData
 from autoft.files import is_disk_full, write_text_whole, write_whole
 from autoft.forgetting import BaseSplit, BaseTask, build_base_task, preservation_texts
-from autoft.guard import ForgettingGuard
+from autoft.guard import ForgettingGuard, ForgettingPruned
 from autoft.interpolate import TUNED, MixPoint, best_mix, interpolate, mixed_state
 from autoft.model import split_parameters
 from autoft.precision import precision_name, set_precision
@@ -155,10 +156,10 @@ class Objective:
         if self.base_check is not None:
             self.base_check.on_start(trial, model, frozen_blocks(model, params.trainable_layers))
         loss_terms = self._preservation_loss(trial, model, params)
-        untouched = adapter.kept_weights(model) if params.interpolate else None
-        # An interpolating trial trains to its end (unless the median stops it) and checks its
-        # mixed points afterwards: mixing is what brings back the skill a check would stop it for.
-        guard = None if params.interpolate else self.base_check
+        guard = self.base_check
+        # what the curve mixes toward: only where training can change what the base task reads
+        untouched = (adapter.kept_weights(model) if guard is not None and not guard.untouched
+                     and self.prepared.space.mixes else None)
         evaluations: list[dict] = []
 
         def on_evaluation(evaluation: Evaluation) -> None:
@@ -183,6 +184,7 @@ class Objective:
                     f"{evaluation.step} is worse than the median"
                 )
 
+        pruned = None
         try:
             result = train_trial(
                 model,
@@ -200,23 +202,29 @@ class Objective:
             )
         except StopTraining as stopped:
             result = stopped.result
-        except optuna.TrialPruned as pruned:
-            self._record(trial, pruned.result)
-            if self.base_check is not None:
-                self.base_check.on_prune(trial)
-            raise
+        except optuna.TrialPruned as error:
+            result, pruned = error.result, error
         except TrialFailed as failed:
             self._fail(trial, str(failed))
         except torch.OutOfMemoryError:
             self._fail(trial, "out of memory")
-        if result.best is None:
+        if result.best is None and pruned is None:
             self._fail(trial, "training ended before its first evaluation")
-        if untouched is not None:
-            self._interpolate(trial, model, adapter, untouched, result)
+        mixed_passes = False
+        if untouched is not None and (pruned is None or isinstance(pruned, ForgettingPruned)):
+            mixed_passes = self._curve(trial, model, adapter, untouched, result)
+        if pruned is not None and not mixed_passes:
+            self._record(trial, result)
+            if guard is not None:
+                guard.on_prune(trial)
+            raise pruned
+        if pruned is not None:
+            trial.set_user_attr("stop_reason", f"{trial.user_attrs['prune_reason']}; mixed back "
+                                f"toward the untouched weights it keeps the bar")
         best = self._record(trial, result)
-        if self.base_check is not None:
+        if guard is not None:
             adapter.restore(model, result.best_state)
-            self.base_check.on_finish(trial, model, result.best_state, self.device)
+            guard.on_finish(trial, model, result.best_state, self.device)
         return best
 
     def _preservation_loss(self, trial: optuna.Trial, model, params: TrialParams) -> list:
@@ -234,39 +242,53 @@ class Objective:
         trial.set_user_attr("preserve_targets", note)
         return [term]
 
-    def _interpolate(self, trial: optuna.Trial, model, adapter, untouched: dict,
-                     result: TrialResult) -> None:
-        """Weight-space interpolation (autoft.interpolate): the kept weights' trained body mixed
-        back toward the untouched one at the space's mixing weights, each point scored and
-        checked; the trial keeps the best point that passes the bar. Every point, the tuned one
-        (mix 1.0) first, is recorded (`interpolation`), the chosen mixing weight as `mix`."""
-        tuned = result.best_state
-        adapter.restore(model, tuned)
+    def _curve(self, trial: optuna.Trial, model, adapter, untouched: dict,
+               result: TrialResult) -> bool:
+        """Weight-space interpolation (autoft.interpolate) of every trial with a base task: its
+        kept weights' trained body, and its best-scoring weights' when the guard did not let it
+        keep them, mixed back toward the untouched body at the space's mixing weights, each point
+        scored and quick-checked. The trial keeps the best point that passes the bar (none
+        passing, its kept weights as trained). Every point
+        is recorded (`interpolation`: autoft.interpolate.MixPoint), the choice as `mix` and
+        `mixed_from`. True when the chosen point passes the bar."""
         head = frozenset(split_parameters(model).head)
-        if not set(tuned) - head:
+        curves = [("kept", result.best_state, result.best)]
+        if result.top_state and result.top is not result.best:
+            curves.append(("top", result.top_state, result.top))
+        if not set(result.best_state) - head:  # only the head trained: nothing to mix
             trial.set_user_attr("interpolation", [])
-            return
+            return result.has_keepable
         prepared, guard = self.prepared, self.base_check
 
         def score() -> float:
             return evaluate(model, prepared.data, prepared.pad_id, self.device)
 
         def check() -> tuple[float | None, bool]:
-            if guard is None:
-                return None, True
             kept = guard.quick_retention(model, self.device)
             return kept, guard.passes(kept)
 
-        points = [MixPoint(TUNED, result.best.value, *check()),
-                  *interpolate(model, untouched, tuned, head, prepared.space.mixes, score, check)]
+        began = time.perf_counter()
+        points, states = [], {}
+        for source, tuned, evaluation in curves:
+            adapter.restore(model, tuned)
+            states[source] = tuned
+            points += [MixPoint(TUNED, evaluation.value, *check(), source),
+                       *interpolate(model, untouched, tuned, head, prepared.space.mixes, score,
+                                    check, source)]
         chosen = best_mix(points, prepared.direction)
+        if not chosen.keepable:  # no point passes: the trial stays as it trained, infeasible
+            chosen = points[0]
         trial.set_user_attr("interpolation", [dataclasses.asdict(p) for p in points])
+        trial.set_user_attr("interpolation_seconds", round(time.perf_counter() - began, 3))
         trial.set_user_attr("mix", chosen.mix)
-        if chosen.mix != TUNED:
-            result.best_state = mixed_state(untouched, tuned, head, chosen.mix)
+        trial.set_user_attr("mixed_from", chosen.source)
+        if (chosen.mix, chosen.source) != (TUNED, "kept"):
+            result.best_state = mixed_state(untouched, states[chosen.source], head, chosen.mix)
             result.interpolated = chosen.value
-            log.info("trial %d keeps its weights mixed %.2f of the way from the untouched ones: "
-                     "%s %.4f", trial.number, chosen.mix, prepared.data.metric, chosen.value)
+            log.info("trial %d keeps its %s weights mixed %.2f of the way from the untouched "
+                     "ones: %s %.4f", trial.number, "kept" if chosen.source == "kept" else
+                     "best-scoring", chosen.mix, prepared.data.metric, chosen.value)
+        return chosen.keepable
 
     def _fail(self, trial: optuna.Trial, reason: str) -> None:
         trial.set_user_attr("fail_reason", reason)

@@ -43,6 +43,7 @@ def trial_entry(trial: optuna.trial.FrozenTrial | None, audits: dict | None = No
         "train_seconds": attrs.get("train_seconds"),
         "checkpoint": attrs.get("checkpoint"),
         "mix": attrs.get("mix"),
+        "mixed_from": attrs.get("mixed_from"),
     }
 
 

@@ -43,16 +43,17 @@ def search_points(trials: list[FrozenTrial]) -> list[Point]:
             if attrs.get("retention") is not None:
                 points.append(Point(trial.number, trial.value, attrs["retention"], "complete",
                                     full_params(trial)))
-            # weight-space interpolation: [{"mix", "value", "retention"}, ...]; without a base
-            # task its points have no retention, so no place here
-            points += [Point(trial.number, p["value"], p["retention"], "interpolated",
-                             full_params(trial), p["mix"])
-                       for p in attrs.get("interpolation") or [] if p["retention"] is not None]
         elif trial.state == TrialState.PRUNED and attrs.get("quick_retention"):
             value = last_value(trial)
             if value is not None:
                 points.append(Point(trial.number, value, attrs["quick_retention"][-1], "pruned",
                                     full_params(trial)))
+        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            # the trial's curve: [{"mix", "value", "retention", ...}, ...] (a pruned trial's
+            # too); without a base task its points have no retention, so no place here
+            points += [Point(trial.number, p["value"], p["retention"], "interpolated",
+                             full_params(trial), p["mix"])
+                       for p in attrs.get("interpolation") or [] if p["retention"] is not None]
     return points
 
 

@@ -56,7 +56,6 @@ class TrialParams:
     lora_alpha: float = 16.0
     preserve_weight: float = 0.0
     head_first_epochs: int = 0  # epochs the head trains alone first (LP-FT); 0 = off
-    interpolate: bool = False  # mix the trained body back toward the untouched one after
 
 
 class LossTerm(Protocol):
@@ -91,6 +90,9 @@ class TrialResult:
 
     evaluations: list[Evaluation] = field(default_factory=list)
     best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    # the weights of the best-scoring evaluation, while that one is not `best` (it failed the
+    # guard's check): a trial stopped for forgetting mixes them back toward the untouched weights
+    top_state: dict[str, torch.Tensor] = field(default_factory=dict)
     train_seconds: float = 0.0
     samples_seen: int = 0
     cache_used: bool = False
@@ -111,6 +113,12 @@ class TrialResult:
         keepable = [e for e in self.evaluations if e.keepable]
         sign = direction_sign(self.direction)
         return max(keepable or self.evaluations, key=lambda e: sign * e.value, default=None)
+
+    @property
+    def top(self) -> Evaluation | None:
+        """The best-scoring evaluation, kept or not."""
+        sign = direction_sign(self.direction)
+        return max(self.evaluations, key=lambda e: sign * e.value, default=None)
 
     @property
     def has_keepable(self) -> bool:
@@ -376,6 +384,8 @@ def _evaluate_and_report(
     result.evaluations.append(evaluation)
     if result.best is evaluation:
         result.best_state = adapter.kept_weights(model)
+    elif result.top is evaluation:
+        result.top_state = adapter.kept_weights(model)
     try:
         on_evaluation(evaluation)
     except Exception as error:

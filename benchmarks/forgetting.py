@@ -56,8 +56,7 @@ from autoft.space import find_space_file
 from autoft.tasks import get_task
 
 # The value that turns each anti-forgetting parameter off, for space (a).
-METHODS_OFF = {"adapter": "freeze", "preserve_weight": 0, "interpolate": False,
-               "head_first_epochs": 0}
+METHODS_OFF = {"adapter": "freeze", "preserve_weight": 0, "head_first_epochs": 0}
 PRESERVE_DATA = "pkg:gensim/test/test_data/lee_background.cor"
 WORD_PAIRS = {"WS353": "pkg:gensim/test/test_data/wordsim353.tsv",
               "SimLex": "pkg:gensim/test/test_data/simlex999.txt"}
@@ -166,6 +165,7 @@ def freeze_only(space: dict) -> dict:
 
     space = {name: spec for name, spec in space.items() if can_apply(spec)}
     space |= {name: {"value": value} for name, value in held.items()}
+    space["interpolation_mixes"] = []  # no trial's curve
     space["starts"] = [
         start for start in space.get("starts", [])
         if all(start[name] == METHODS_OFF[name] for name in METHODS_OFF.keys() & start.keys())

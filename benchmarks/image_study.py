@@ -36,11 +36,10 @@ SEARCH_SPACE = {
     "trainable_layers": {"low": 0, "high": "max", "default": "half"},
     "weight_decay": {"value": 0.01},
     "warmup_ratio": {"value": 0.06},
-    "interpolate": {"choices": [False, True], "default": False},
     "interpolation_mixes": [0.25, 0.5, 0.75],
     "starts": [
         {"trainable_layers": 1, "learning_rate": 3.0e-3},
-        {"trainable_layers": "max", "learning_rate": 1.0e-3, "interpolate": True},
+        {"trainable_layers": "max", "learning_rate": 1.0e-3},
         {"trainable_layers": 0, "learning_rate": 1.0e-2, "head_lr_multiplier": 1},
     ],
 }

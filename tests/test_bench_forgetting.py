@@ -72,6 +72,7 @@ def test_freeze_only_holds_every_method_off_and_drops_the_starts_that_use_one(be
     assert frozen["preserve_weight"] == {"value": 0}
     assert "lora_rank" not in frozen  # applies only under adapter lora
     assert frozen["learning_rate"] == space["learning_rate"]
+    assert frozen["interpolation_mixes"] == []
     assert frozen["starts"] == [
         {"trainable_layers": 2}, {"adapter": "freeze", "learning_rate": 1e-4}]
     assert space["adapter"] == {"choices": ["freeze", "lora"], "default": "freeze"}  # untouched

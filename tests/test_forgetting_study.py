@@ -97,5 +97,5 @@ def test_no_feasible_trial_names_the_least_forgetful(tmp_path):
     assert summary["best"] is None
     assert summary["least_forgetful"]["number"] == 1
     text = summary_text(summary)
-    assert "No trial kept enough base-task skill" in text
+    assert "no trial kept 95% of the base-task skill; lower --min-retention" in text
     assert "trial 1" in text

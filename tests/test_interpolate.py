@@ -82,14 +82,16 @@ trainable_layers: {value: max}
 epochs: {value: 2}
 weight_decay: {value: 0.0}
 warmup_ratio: {value: 0.0}
-interpolate: {value: true}
 interpolation_mixes: [0.2, 0.6]
 """
 
 
-def test_an_interpolating_trial_keeps_its_best_passing_point_and_exports_it(
+def test_a_trial_pruned_for_forgetting_mixed_back_keeps_the_bar_and_completes(
     tiny_model_dir, tiny_csv, tmp_path
 ) -> None:
+    """Full fine-tuning at a rate that forgets: the quick check prunes it at its first
+    evaluation; its weights mixed 20% of the way from the untouched ones keep the bar, so it
+    completes there, and the checkpoint and export hold that point."""
     import optuna
 
     from autoft.cli import main
@@ -101,27 +103,50 @@ def test_an_interpolating_trial_keeps_its_best_passing_point_and_exports_it(
     space.write_text(INTERPOLATING_SPACE)
     flags = ["--model", str(tiny_model_dir), "--train", str(tiny_csv), "--space", str(space),
              "--n-trials", "1", "--study", "mix", "--studies-dir", str(tmp_path / "s"),
-             "--base-kind", "drift", "--base-data", str(tiny_csv), "--min-retention", "0.99"]
+             "--base-kind", "drift", "--base-data", str(tiny_csv), "--min-retention", "0.95"]
     assert main(["search", *flags]) == 0
     study = optuna.load_study(study_name="mix", storage=f"sqlite:///{tmp_path / 's/mix/study.db'}")
     trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.user_attrs["prune_reason"].startswith("forgetting")
+    assert trial.user_attrs["stop_reason"].endswith("mixed back toward the untouched weights it "
+                                                    "keeps the bar")
     points = [MixPoint(**p) for p in trial.user_attrs["interpolation"]]
-    assert [p.mix for p in points] == [1.0, 0.2, 0.6], "the tuned point, then the grid"
-    assert all(p.keepable == (p.retention >= 0.99) for p in points)
-    assert points[0].value == max(e["value"] for e in trial.user_attrs["evaluations"])
-    assert "quick_retention" not in trial.user_attrs, "checked after training, not during it"
+    assert [(p.mix, p.source) for p in points][:3] == [(1.0, "kept"), (0.2, "kept"),
+                                                        (0.6, "kept")]
+    assert all(p.keepable == (p.retention >= 0.95) for p in points)
+    assert not points[0].keepable and points[1].retention > points[0].retention
     chosen = best_mix(points)
+    assert chosen.keepable and chosen.mix < 1.0
     assert trial.user_attrs["mix"] == chosen.mix and trial.value == chosen.value
-    assert points[1].retention > points[0].retention, "nearer the untouched, less forgotten"
     # The checkpoint holds the chosen point: the exported model scores the trial's value.
     config = build_config({}, None, {"model": str(tiny_model_dir), "train": str(tiny_csv),
                                      "space": str(space), "name": "mix",
                                      "studies_dir": str(tmp_path / "s"), "base_kind": "drift",
-                                     "base_data": str(tiny_csv), "base_min_retention": 0.99})
+                                     "base_data": str(tiny_csv), "base_min_retention": 0.95})
     data = prepare_study(config, echo=lambda line: None).data
     model, _ = load_trial_model(get_task(data.task), str(tiny_model_dir), data.label_names,
                                 trial)
     assert evaluate(model, data, 0, torch.device("cpu")) == trial.value
+
+
+def test_no_passing_point_leaves_the_trial_as_it_trained(tiny_model_dir, tiny_csv, tmp_path):
+    """At a bar no mix reaches the pruned trial stays pruned, holding its trained weights."""
+    import optuna
+
+    from autoft.cli import main
+
+    space = tmp_path / "space.yaml"
+    space.write_text(INTERPOLATING_SPACE)
+    flags = ["--model", str(tiny_model_dir), "--train", str(tiny_csv), "--space", str(space),
+             "--n-trials", "1", "--study", "mix", "--studies-dir", str(tmp_path / "s"),
+             "--base-kind", "drift", "--base-data", str(tiny_csv), "--min-retention", "1.5"]
+    assert main(["search", *flags]) == 3
+    study = optuna.load_study(study_name="mix", storage=f"sqlite:///{tmp_path / 's/mix/study.db'}")
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert len(trial.user_attrs["interpolation"]) == 3
+    assert trial.user_attrs["mix"] == 1.0
 
 
 def test_the_head_trains_alone_first_and_the_layers_after(

@@ -33,13 +33,13 @@ def test_every_listed_start_of_a_shipped_space_fits_its_ranges(name: str) -> Non
 
 def test_quick_space_starts_with_the_top_half_then_its_listed_starts() -> None:
     starts = load_space("quick").resolve(6).start_params()
-    assert [(s["trainable_layers"], s["learning_rate"], s["preserve_weight"], s["interpolate"])
+    assert [(s["trainable_layers"], s["learning_rate"], s["preserve_weight"])
             for s in starts] == [
-        (3, 5e-5, 0, False),
-        (1, 2e-4, 0, False),
-        (0, 5e-4, 0, False),
-        (2, 1e-4, 1, False),
-        (6, 1e-4, 0, True),
+        (3, 5e-5, 0),
+        (1, 2e-4, 0),
+        (0, 5e-4, 0),
+        (2, 1e-4, 1),
+        (6, 1e-4, 0),
     ]
 
 
@@ -143,9 +143,23 @@ def test_bad_adapter_spaces_name_the_file_the_parameter_and_the_fix(
         assert word in message, message
 
 
-@pytest.mark.parametrize("mixes", ["[0.5, 1.5]", "[]", "half"])
+@pytest.mark.parametrize("mixes", ["[0.5, 1.5]", "half"])
 def test_an_interpolation_grid_outside_zero_to_one_is_refused(tmp_path: Path, mixes: str) -> None:
     path = tmp_path / "space.yaml"
     path.write_text(find_space_file("quick").read_text() + f"interpolation_mixes: {mixes}\n")
     with pytest.raises(UsageError, match="interpolation_mixes must be a list of numbers from 0"):
         load_space(str(path))
+
+
+def test_interpolate_is_no_longer_a_parameter_and_an_empty_grid_turns_the_curve_off(tmp_path):
+    """Every trial with a base task ends with its curve; a space that still searches
+    `interpolate` is told so, not met with 'unknown parameter'."""
+    text = find_space_file("quick").read_text()
+    old = tmp_path / "old.yaml"
+    old.write_text(text + "\ninterpolate: {choices: [false, true], default: false}\n")
+    with pytest.raises(UsageError, match="'interpolate' is no longer a parameter"):
+        load_space(str(old))
+    off = tmp_path / "off.yaml"
+    off.write_text(text.replace("interpolation_mixes: [0.25, 0.5, 0.75]",
+                                "interpolation_mixes: []"))
+    assert load_space(str(off)).mixes == ()
