@@ -261,18 +261,22 @@ class Objective:
         prepared, guard = self.prepared, self.base_check
 
         def score() -> float:
-            return evaluate(model, prepared.data, prepared.pad_id, self.device)
+            return evaluate(model, prepared.data, prepared.pad_id, self.device,
+                            result.validation_states)
 
         def check() -> tuple[float | None, bool]:
             kept = guard.quick_retention(model, self.device)
             return kept, guard.passes(kept)
 
+        checked = trial.user_attrs.get("quick_retention", [])  # one per evaluation, in order
         began = time.perf_counter()
         points, states = [], {}
         for source, tuned, evaluation in curves:
             adapter.restore(model, tuned)
             states[source] = tuned
-            points += [MixPoint(TUNED, evaluation.value, *check(), source),
+            kept = checked[evaluation.step - 1] if len(checked) >= evaluation.step else None
+            tuned_check = check() if kept is None else (kept, guard.passes(kept))
+            points += [MixPoint(TUNED, evaluation.value, *tuned_check, source),
                        *interpolate(model, untouched, tuned, head, prepared.space.mixes, score,
                                     check, source)]
         chosen = best_mix(points, prepared.direction)

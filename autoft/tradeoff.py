@@ -84,6 +84,8 @@ def point_words(point: Point, depth: int) -> str:
     words = describe_params(point.params, depth)
     if point.how == "pruned":
         return f"{words}; stopped early (pruned), at the score it had then"
+    if point.how == "interpolated" and point.mix == 1.0:
+        return f"{words}; as trained, at its quick check's retention"
     if point.how == "interpolated":
         return f"{words}; weights mixed back toward the base model ({point.mix:.0%} tuned)"
     return words

@@ -93,6 +93,9 @@ class TrialResult:
     # the weights of the best-scoring evaluation, while that one is not `best` (it failed the
     # guard's check): a trial stopped for forgetting mixes them back toward the untouched weights
     top_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    # the frozen prefix's states for validation, when the trial trained from the cache: scoring
+    # after training (the interpolation curve) replays them as the evaluations did
+    validation_states: SplitStates | None = None
     train_seconds: float = 0.0
     samples_seen: int = 0
     cache_used: bool = False
@@ -315,6 +318,7 @@ def train_trial(
             use = cache.states_for(model, data, frozen, device, pad_id)
             states, result.cache_note, result.cache_seconds = use.states, use.note, use.seconds
             result.cache_used = states is not None
+            result.validation_states = states and states.validation
         generator = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
         if params.head_first_epochs:
