@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_study_flags(search)
     for name, text in (
         ("report", "write the study's report (HTML, Markdown, JSON)"),
-        ("export", "save a trial's model"),
+        ("export", "save the best model (or a trial's)"),
         ("status", "show the counts, the best so far and every running trial"),
         ("worker", "join a study with this machine's devices"),
     ):
@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--studies-dir", default="studies", help="where study folders live")
         sub.add_argument("--storage", help="the study's storage URL (default: its SQLite file)")
         if name == "export":
-            sub.add_argument("--trial", type=int, help="trial number (default: the best)")
+            sub.add_argument("--trial", type=int, help="trial number (default: the answer: the "
+                             "soup of the best trials where it won, else the best trial)")
             sub.add_argument("--overwrite", action="store_true",
                              help="replace OUT even if it holds something other than an "
                              "earlier export of this study")

@@ -1,6 +1,6 @@
-"""What each `autoft` command does: run a search (prepare, workers, audit, report, best model),
-a worker that joins a study, status, report and export. autoft.cli parses the command line and
-imports this module only then, so `autoft --help` does not wait for torch.
+"""What each `autoft` command does: run a search (prepare, workers, soup, audit, report, best
+model), a worker that joins a study, status, report and export. autoft.cli parses the command
+line and imports this module only then, so `autoft --help` does not wait for torch.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from autoft.audit import audit_reported
 from autoft.config import StudyConfig, parse_duration
-from autoft.describe import describe_settings
+from autoft.describe import describe_numbers, describe_settings
 from autoft.devices import device_slots
 from autoft.errors import NothingToShow, UsageError
 from autoft.export import export_trial
@@ -23,6 +23,7 @@ from autoft.progress import LiveDisplay
 from autoft.report import nothing_to_show, summary_text, write_report
 from autoft.schedule import budget_left, check_not_stopped, fail_stale_trials
 from autoft.signals import Stop
+from autoft.soup import cook_soup
 from autoft.status import status_text
 from autoft.storage import (
     load_study,
@@ -33,6 +34,7 @@ from autoft.storage import (
 )
 from autoft.study import record_study_facts
 from autoft.summary import build_summary
+from autoft.trials import winning_soup
 from autoft.workers import join_study, quiet_optuna, run_workers, time_limits
 
 
@@ -43,8 +45,8 @@ def prepare_process() -> None:
 
 
 def search(config: StudyConfig) -> int:
-    """Prepare, run the trials, audit the reported configs, then summarise and export the best
-    model.
+    """Prepare, run the trials, try a soup of the best ones, audit the reported configs, then
+    summarise and export the best model (the soup when it won).
 
     After a Ctrl-C (or SIGTERM) the report and the best model are still written from the trials
     that finished; a second signal while they are written waits until they are.
@@ -70,11 +72,12 @@ def search(config: StudyConfig) -> int:
                                       *time_limits(config.timeout))
         if not interrupted:
             check_not_stopped(study, since, config.n_trials)
+        cook_soup(study, config.study_dir)  # the best trials averaged, where that wins
         audit_reported(study)
         summary = write_report(study, config.study_dir)
         if summary["best"] is not None:
             study.set_user_attr("best_trial", summary["best"]["number"])
-            export_trial(study, summary["best"]["number"], config.study_dir / "best_model",
+            export_trial(study, None, config.study_dir / "best_model",  # the soup, if it won
                          config.study_dir, overwrite=True)  # its own folder, always replaced
     finally:
         deferred.uninstall()
@@ -106,7 +109,10 @@ def export(args: argparse.Namespace) -> int:
     study = load_study(args.study, args.studies_dir, args.storage)
     out = export_trial(study, args.trial, Path(args.out), Path(args.studies_dir) / args.study,
                        overwrite=args.overwrite)
-    print(f"Saved trial {args.trial if args.trial is not None else 'best'} to {out}")
+    soup = winning_soup(study) if args.trial is None else None
+    what = (f"the soup of trials {describe_numbers(soup['members'])}" if soup else
+            f"trial {args.trial if args.trial is not None else 'best'}")
+    print(f"Saved {what} to {out}")
     return 0
 
 

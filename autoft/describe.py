@@ -81,3 +81,9 @@ def describe_settings(settings: dict) -> str:
     if settings.get("preset"):
         text += f" (preset '{settings['preset']}'; the study file and flags win over it)"
     return text
+
+
+def describe_numbers(numbers: list[int]) -> str:
+    """'3', '3 and 5', '3, 5 and 7': trial numbers in a sentence."""
+    names = [str(n) for n in numbers]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"

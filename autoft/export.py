@@ -1,7 +1,8 @@
-"""Exporting a trial's model in the Hugging Face format, with its tokenizer, label names and a
-model card, rebuilt from the base model plus the parameters that trial trained. An export
-replaces only an earlier export of its study (its marker file says so) unless asked to, never
-the study's own inputs or folder, and appears whole or not at all.
+"""Exporting a trial's model (or the study's winning soup) in the Hugging Face format, with its
+tokenizer, label names and a model card, rebuilt from the base model plus the parameters that
+trial trained (or the soup averaged). An export replaces only an earlier export of its study
+(its marker file says so) unless asked to, never the study's own inputs or folder, and appears
+whole or not at all.
 """
 
 from __future__ import annotations
@@ -13,14 +14,31 @@ import optuna
 from optuna.trial import TrialState
 from safetensors.torch import load_file
 
-from autoft.describe import describe_params, metric_words
+from autoft.describe import describe_numbers, describe_params, metric_words
 from autoft.errors import UsageError
 from autoft.files import replace_folder, unwritable_folder
 from autoft.model import quiet_transformers
 from autoft.tasks import Task, recorded_task
-from autoft.trials import best_feasible, full_params
+from autoft.trials import best_feasible, full_params, winning_soup
 
 MARKER = ".autoft-export.json"  # hidden: a study prepared from an export does not hash it
+
+
+def load_checkpoint_model(task: Task, model_source: str, label_names: list[str],
+                          checkpoint: str, trust_remote_code: bool = False):
+    """The base model with the task's head and the parameters in `checkpoint` (a trial's or
+    the soup's trainable.safetensors: only what was trained) put back; returns model and
+    processor."""
+    model, processor = task.load_model(model_source, label_names, trust_remote_code)
+    trained = load_file(checkpoint)
+    missing = set(trained) - set(model.state_dict())  # parameters, and BatchNorm statistics
+    if missing:
+        raise UsageError(
+            f"{checkpoint} holds parameters the model lacks ({sorted(missing)[0]}); "
+            f"was the study's model changed?"
+        )
+    model.load_state_dict(trained, strict=False)
+    return model, processor
 
 
 def load_trial_model(
@@ -38,16 +56,21 @@ def load_trial_model(
             f"Trial {trial.number} has no saved weights on this machine ({checkpoint or 'none'}); "
             f"export a finished trial, on the machine whose worker ran it."
         )
-    model, processor = task.load_model(model_source, label_names, trust_remote_code)
-    trained = load_file(checkpoint)
-    missing = set(trained) - set(model.state_dict())  # parameters, and BatchNorm statistics
-    if missing:
+    return load_checkpoint_model(task, model_source, label_names, checkpoint, trust_remote_code)
+
+
+def load_soup_model(task: Task, attrs: dict, soup: dict):
+    """The base model with the soup's averaged parameters put back; returns model and
+    processor."""
+    checkpoint = soup.get("checkpoint")
+    if not checkpoint or not Path(checkpoint).is_file():
         raise UsageError(
-            f"{checkpoint} holds parameters the model lacks ({sorted(missing)[0]}); "
-            f"was the study's model changed?"
+            f"The soup of trials {describe_numbers(soup['members'])} has no saved weights on "
+            f"this machine ({checkpoint or 'none'}); export it on the machine that ran the "
+            f"search, or pass --trial N."
         )
-    model.load_state_dict(trained, strict=False)
-    return model, processor
+    return load_checkpoint_model(task, attrs["model"], attrs["label_names"], checkpoint,
+                                 attrs.get("trust_remote_code", False))
 
 
 def score_line(trial: optuna.trial.FrozenTrial, metric: str) -> str:
@@ -111,16 +134,49 @@ def model_card(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
     return "\n".join(lines)
 
 
+def soup_card(study: optuna.Study, soup: dict) -> str:
+    """A README.md for the soup: its members with their configs, its score against the best
+    trial's and its retention."""
+    attrs = study.user_attrs
+    metric = metric_words(attrs["metric"], study.direction.name.lower())
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    members = describe_numbers(soup["members"])
+    kept = soup.get("retention")
+    lines = [
+        f"# autoft study '{study.study_name}', a soup of trials {members}",
+        "",
+        f"Fine-tuned by autoft from {attrs.get('model')} on {attrs.get('data_description')}: "
+        f"the weights of trials {members} averaged (a greedy soup: each joined only while it "
+        f"improved validation and kept the forgetting bar).",
+        "",
+        f"- Task: {recorded_task(attrs).name}",
+        *recorded_task(attrs).card_lines(attrs["label_names"]),
+        *[f"- Trial {n}: {describe_params(full_params(trials[n]), attrs['depth'])} "
+          f"(validation {trials[n].value:.4f})" for n in soup["members"]],
+        f"- Validation {metric}: {soup['value']:.4f} (the best single trial, "
+        f"{soup['best_trial']}, scored {soup['best_value']:.4f})",
+        f"- Retention of base-task skill: {kept:.1%} (the study's bar was "
+        f"{attrs['base']['min_retention']:.0%})" if kept is not None else
+        "- Retention: not measured (the study had no base task)",
+        "",
+        f"Load it with `{recorded_task(attrs).auto_class}.from_pretrained(this_folder)`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def export_trial(study: optuna.Study, trial_number: int | None, out_dir: Path,
                  study_dir: Path | None = None, overwrite: bool = False) -> Path:
-    """Save a trial's model (the best by default) to out_dir, ready for from_pretrained.
+    """Save a trial's model to out_dir, ready for from_pretrained; without a trial number the
+    study's answer: its soup when one won (autoft.soup), else its best trial.
 
     out_dir may be new, empty or an earlier export of this study; any other folder only with
     `overwrite`, and never one that holds the study's model, data or folder (study_dir).
     """
     attrs = study.user_attrs
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    if trial_number is None:
+    soup = winning_soup(study) if trial_number is None else None
+    if trial_number is None and soup is None:
         best = best_feasible(study)
         if best is None:
             raise UsageError(
@@ -128,24 +184,29 @@ def export_trial(study: optuna.Study, trial_number: int | None, out_dir: Path,
                 f"pass --trial N or let the study finish a trial first."
             )
         trial_number = best.number
-    if trial_number not in trials:
+    if soup is None and trial_number not in trials:
         raise UsageError(
             f"Study '{study.study_name}' has no trial {trial_number}; "
             f"`autoft status` lists its trials."
         )
     check_out_dir(study, Path(out_dir), study_dir, overwrite)
-    trial = trials[trial_number]
     task = recorded_task(attrs)
-    model, processor = load_trial_model(
-        task, attrs["model"], attrs["label_names"], trial, attrs.get("trust_remote_code", False)
-    )
+    if soup is not None:
+        model, processor = load_soup_model(task, attrs, soup)
+        card = soup_card(study, soup)
+        marker = {"study": study.study_name, "trial": None, "soup": soup["members"]}
+    else:
+        trial = trials[trial_number]
+        model, processor = load_trial_model(task, attrs["model"], attrs["label_names"], trial,
+                                            attrs.get("trust_remote_code", False))
+        card = model_card(study, trial)
+        marker = {"study": study.study_name, "trial": trial.number}
 
     def write(folder: Path) -> None:
         with quiet_transformers():  # no 'Writing model shards' bar amid the study's own output
             model.save_pretrained(folder)
         task.save_processor(processor, folder)
-        (folder / "README.md").write_text(model_card(study, trial))
-        marker = {"study": study.study_name, "trial": trial.number}
+        (folder / "README.md").write_text(card)
         (folder / MARKER).write_text(json.dumps(marker))  # last: the export is whole
 
     replace_folder(Path(out_dir), write)

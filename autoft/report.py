@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 
 from autoft.describe import (
+    describe_numbers,
     describe_params,
     describe_seconds,
     describe_settings,
@@ -130,6 +131,32 @@ def nothing_to_show(summary: dict) -> str | None:
     return f"Study '{study}': no trial completed yet, so there is no best config."
 
 
+def soup_lines(summary: dict) -> list[str]:
+    """What the greedy soup of the best trials came to, in sentences; [] when none was tried."""
+    soup, base = summary.get("soup"), summary.get("base") or {}
+    if not soup:
+        return []
+    metric = metric_words(summary["metric"], summary.get("direction"))
+    if not soup["answer"]:
+        if soup["won"]:
+            return [f"The soup of trials {describe_numbers(soup['members'])} is no longer the "
+                    f"answer: a trial finished since scored better (`autoft search` tries a new "
+                    f"soup)."]
+        return [f"A soup of the best {len(soup['candidates'])} feasible trials (trials "
+                f"{describe_numbers(soup['candidates'])}, weights averaged, each added only while "
+                f"validation improved and the bar held) did not beat the best trial "
+                f"(tried in {soup['seconds']:.1f} s)."]
+    line = (f"Best: a soup of trials {describe_numbers(soup['members'])} (weights averaged): "
+            f"{metric} {soup['value']:.4f}, against {soup['best_value']:.4f} for the best single "
+            f"trial ({soup['best_trial']})")
+    audited = audit_words(soup, base)
+    if audited:
+        line += f"; it keeps {audited}"
+    elif soup.get("retention") is not None:
+        line += f"; it keeps {soup['retention']:.1%} of the base model's {base.get('kind')} skill"
+    return [line + f". It is the exported model (found in {soup['seconds']:.1f} s)."]
+
+
 def summary_text(summary: dict) -> str:
     """The few lines a person reads in the morning."""
     metric, depth = metric_words(summary["metric"], summary.get("direction")), summary["depth"]
@@ -148,7 +175,9 @@ def summary_text(summary: dict) -> str:
                 f"{metric} {least['value']:.4f}, retention {least['retention']:.3f}."
             )
         return "\n".join(lines)
-    lines.append(f"Best config (trial {best['number']}): {describe_params(best['params'], depth)}.")
+    lines += soup_lines(summary)
+    answer = "Best single config" if (summary.get("soup") or {}).get("answer") else "Best config"
+    lines.append(f"{answer} (trial {best['number']}): {describe_params(best['params'], depth)}.")
     score = f"  {metric} {best['value']:.4f}"
     if default is not None:
         score += f" (the default config scored {default_score(summary)}{default_forgot(summary)})"
@@ -180,8 +209,9 @@ def answer_lines(summary: dict) -> list[str]:
     mixed = top or best.get("mix") not in (None, 1.0)
     weights = "its best-scoring weights (which forgot too much as they were)" if top else (
         "the weights")
+    answer = "Best single config" if (summary.get("soup") or {}).get("answer") else "Best config"
     lines = [
-        f"Best config (trial {best['number']}): "
+        f"{answer} (trial {best['number']}): "
         f"{describe_params(best['params'], summary['depth'])}"
         + (f", keeping {weights} {best['mix']:.0%} of the way from the untouched to the tuned "
            f"ones." if mixed else ".")
@@ -233,7 +263,8 @@ def answer_lines(summary: dict) -> list[str]:
             "Forgetting was not measured: this study has no base task (set --base-kind and "
             "--base-data to check that tuning keeps what the model already knew)."
         )
-    return lines
+    soup = soup_lines(summary)
+    return soup + lines if (summary.get("soup") or {}).get("answer") else lines + soup
 
 
 def setting_lines(study: optuna.Study, summary: dict) -> list[str]:

@@ -1,5 +1,6 @@
 """summary.json: the study's outcome as data, read from the storage alone (the best feasible
-trial, the default config's, the counts, the retention front and the price of the bar).
+trial, the default config's, the soup of the best ones, the counts, the retention front and the
+price of the bar).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from autoft.trials import (
     last_value,
     least_forgetful,
     score_sign,
+    winning_soup,
 )
 
 
@@ -45,6 +47,20 @@ def trial_entry(trial: optuna.trial.FrozenTrial | None, audits: dict | None = No
         "mix": attrs.get("mix"),
         "mixed_from": attrs.get("mixed_from"),
     }
+
+
+def soup_entry(study: optuna.Study, audits: dict | None) -> dict | None:
+    """The greedy soup the search tried (autoft.soup), or None: its members, score, retention
+    and cost; `answer` whether it is the study's answer (it won, and no trial since beat the
+    trial it beat), and then its `audit`."""
+    soup = study.user_attrs.get("soup")
+    if not soup:
+        return None
+    answer = winning_soup(study) is not None
+    audit = (audits or {}).get("soup")
+    if not answer or not audit or audit.get("members") != soup["members"]:
+        audit = None
+    return soup | {"answer": answer, "audit": audit}
 
 
 def retention_front(study: optuna.Study) -> list[dict]:
@@ -93,6 +109,7 @@ def build_summary(study: optuna.Study) -> dict:
         "notes": attrs.get("notes", []),
         "precision": sorted({t.user_attrs["precision"] for t in trials
                              if "precision" in t.user_attrs}),
+        "soup": soup_entry(study, audits),
     }
     if attrs.get("base"):
         summary["base"] = base_entry(attrs["base"])

@@ -71,6 +71,16 @@ def best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     return max(feasible, key=lambda t: sign * t.value, default=None)
 
 
+def winning_soup(study: optuna.Study) -> dict | None:
+    """The study's greedy soup (autoft.soup) when it beat the best feasible trial: the answer
+    then. None otherwise, or when a trial finished since is now the best."""
+    soup = study.user_attrs.get("soup")
+    best = best_feasible(study)
+    if not soup or not soup["won"] or best is None or soup["best_trial"] != best.number:
+        return None
+    return soup
+
+
 def least_forgetful(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     rated = [t for t in complete if t.user_attrs.get("retention") is not None]

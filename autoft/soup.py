@@ -1,0 +1,159 @@
+"""Greedy soups (Wortsman et al. 2022): after a search, the weights of its best feasible trials
+averaged, each next-best trial added only while validation improves and the forgetting bar holds.
+
+Owns building, scoring and checking the soup from a finished study's trials, and its record (the
+study's user attribute `soup`); its weights, when it wins, in `studies/<name>/soup/`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import TrialState
+from safetensors.torch import load_file, save_file
+
+from autoft.audit import recorded_base_task
+from autoft.describe import describe_numbers
+from autoft.files import write_whole
+from autoft.forgetting import retention
+from autoft.precision import set_precision
+from autoft.study import load_prepared_data
+from autoft.tasks import recorded_task
+from autoft.train import evaluate
+from autoft.trials import is_feasible, score_sign
+
+__all__ = ["CANDIDATES", "Step", "average", "cook_soup", "greedy", "soup_path"]
+
+CANDIDATES = 5  # the best feasible complete trials tried, best first: a few evaluations at most
+
+
+@dataclass(frozen=True)
+class Step:
+    """One candidate's turn: the soup's validation score with it added, the retention of that
+    soup (None when not checked: its score did not improve, or the study has no base task) and
+    whether it joined."""
+
+    number: int
+    value: float
+    retention: float | None
+    added: bool
+
+
+def greedy(ranked: list[int], score: Callable[[list[int]], float],
+           check: Callable[[list[int]], tuple[float | None, bool]], sign: int = 1) -> list[Step]:
+    """The greedy soup of `ranked` (trial numbers, best first): start from the first, then add
+    each next one only when the soup with it scores better (by `sign`) and `check` says it still
+    keeps the bar. The first step is the start, added without conditions; the members are the
+    numbers of the added steps."""
+    members = ranked[:1]
+    steps = [Step(ranked[0], score(members), check(members)[0], True)]
+    best = steps[0].value
+    for number in ranked[1:]:
+        value = score([*members, number])
+        improves = sign * value > sign * best
+        kept, passes = check([*members, number]) if improves else (None, False)
+        added = improves and passes
+        steps.append(Step(number, value, kept, added))
+        if added:
+            members, best = [*members, number], value
+    return steps
+
+
+def average(states: list[dict[str, torch.Tensor]], untouched: dict[str, torch.Tensor]
+            ) -> dict[str, torch.Tensor]:
+    """The mean of each parameter any of `states` holds (a trial's checkpoint holds only what it
+    trained), a state lacking it counting as the untouched value; a count (a BatchNorm's batches
+    tracked) is the first holder's."""
+    names = sorted(set().union(*states))
+    soup = {}
+    for name in names:
+        values = [state.get(name, untouched[name]) for state in states]
+        soup[name] = (torch.stack([v.float() for v in values]).mean(0).to(values[0].dtype)
+                      if values[0].is_floating_point()
+                      else next(state[name] for state in states if name in state))
+    return soup
+
+
+def soup_path(study_dir: Path) -> Path:
+    return Path(study_dir) / "soup" / "trainable.safetensors"
+
+
+def candidates(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The best CANDIDATES feasible complete trials whose weights are on this machine, best
+    first."""
+    sign = score_sign(study)
+    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if is_feasible(t) and t.value is not None
+              and Path(t.user_attrs.get("checkpoint") or "").is_file()]
+    return sorted(trials, key=lambda t: -sign * t.value)[:CANDIDATES]
+
+
+def cook_soup(study: optuna.Study, study_dir: Path, echo=print) -> dict | None:
+    """Build the greedy soup of the study's best feasible trials, score it on the prepared
+    validation data, check it with the search's full forgetting check, and record the outcome
+    (`soup` user attribute; weights in soup/ when it wins). None when fewer than two trials can
+    be averaged."""
+    began = time.perf_counter()
+    ranked = candidates(study)
+    if len(ranked) < 2:
+        return None
+    attrs = study.user_attrs
+    config, base = attrs["config"], attrs.get("base")
+    set_precision(config.get("precision", "auto"))  # scored as the trials were
+    device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    data, _, pad_id, _ = load_prepared_data(Path(study_dir) / "prepared")
+    kind = recorded_task(attrs)
+    model, tokenizer = kind.load_model(attrs["model"], attrs["label_names"],
+                                       config["trust_remote_code"])
+    model.to(device)
+    trained = {t.number: load_file(t.user_attrs["checkpoint"]) for t in ranked}
+    names = set().union(*trained.values())
+    untouched = {n: v.detach().clone() for n, v in model.state_dict().items() if n in names}
+    base_task = recorded_base_task(attrs, tokenizer) if base else None
+    echo(f"Trying a greedy soup of trials {describe_numbers(list(trained))} (weights averaged) ...")
+
+    def load(members: list[int]) -> None:
+        soup = average([trained[n] for n in members], untouched)
+        model.load_state_dict({**untouched, **soup}, strict=False)
+
+    def score(members: list[int]) -> float:
+        load(members)
+        return evaluate(model, data, pad_id, device)
+
+    def check(members: list[int]) -> tuple[float | None, bool]:
+        if base_task is None:
+            return None, True
+        load(members)
+        tuned = base_task.score(model, str(device)).value
+        kept = retention(base["score"], tuned, base["higher_is_better"])
+        return kept, kept >= base["min_retention"]
+
+    steps = greedy(list(trained), score, check, score_sign(study))
+    members = [s.number for s in steps if s.added]
+    final = [s for s in steps if s.added][-1]
+    best = ranked[0]
+    sign = score_sign(study)
+    won = len(members) > 1 and sign * final.value > sign * best.value
+    outcome = {"members": members, "candidates": list(trained), "value": final.value,
+               "retention": final.retention, "best_trial": best.number,
+               "best_value": best.value, "won": won, "steps": [asdict(s) for s in steps],
+               "checkpoint": None}
+    if won:
+        path = soup_path(study_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {n: v.contiguous() for n, v in
+                 average([trained[n] for n in members], untouched).items()}
+        write_whole(path, lambda tmp: save_file(state, str(tmp)))
+        outcome["checkpoint"] = str(path.resolve())
+    outcome["seconds"] = round(time.perf_counter() - began, 3)
+    study.set_user_attr("soup", outcome)
+    metric = attrs["metric"]
+    echo(f"  the soup of trials {describe_numbers(members)} scored {metric} {final.value:.4f} "
+         f"against the best trial's {best.value:.4f}: "
+         f"{'it wins' if won else 'the best trial stays the answer'} ({outcome['seconds']:.1f} s)")
+    return outcome
