@@ -25,7 +25,7 @@ from autoft.precision import set_precision
 from autoft.study import load_prepared_data
 from autoft.tasks import recorded_task
 from autoft.train import evaluate
-from autoft.trials import is_feasible, score_sign
+from autoft.trials import best_feasible, is_feasible, score_sign
 
 __all__ = ["CANDIDATES", "Step", "average", "cook_soup", "greedy", "soup_path"]
 
@@ -136,7 +136,7 @@ def cook_soup(study: optuna.Study, study_dir: Path, echo=print) -> dict | None:
     steps = greedy(list(trained), score, check, score_sign(study))
     members = [s.number for s in steps if s.added]
     final = [s for s in steps if s.added][-1]
-    best = ranked[0]
+    best = best_feasible(study)  # the answer otherwise, even if its weights are not here
     sign = score_sign(study)
     won = len(members) > 1 and sign * final.value > sign * best.value
     outcome = {"members": members, "candidates": list(trained), "value": final.value,
