@@ -27,7 +27,7 @@ from autoft.tasks import recorded_task
 from autoft.train import evaluate
 from autoft.trials import best_feasible, is_feasible, score_sign
 
-__all__ = ["CANDIDATES", "Step", "average", "cook_soup", "greedy", "soup_path"]
+__all__ = ["CANDIDATES", "Judge", "Step", "average", "cook_soup", "greedy", "soup_path"]
 
 CANDIDATES = 5  # the best feasible complete trials tried, best first: a few evaluations at most
 
@@ -93,67 +93,80 @@ def candidates(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return sorted(trials, key=lambda t: -sign * t.value)[:CANDIDATES]
 
 
+class Judge:
+    """Scores soups of a study's trials on its prepared validation data and checks them with
+    the search's full forgetting check, in one model that each soup is loaded into."""
+
+    def __init__(self, study: optuna.Study, study_dir: Path, trained: dict[int, dict]):
+        attrs = study.user_attrs
+        config = attrs["config"]
+        set_precision(config.get("precision", "auto"))  # scored as the trials were
+        self.device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+        self.data, _, self.pad_id, _ = load_prepared_data(Path(study_dir) / "prepared")
+        self.model, tokenizer = recorded_task(attrs).load_model(
+            attrs["model"], attrs["label_names"], config["trust_remote_code"])
+        self.model.to(self.device)
+        self.trained = trained
+        names = set().union(*trained.values())
+        self.untouched = {n: v.detach().cpu().clone() for n, v in self.model.state_dict().items()
+                          if n in names}  # beside the checkpoints, which load on the CPU
+        self.base = attrs.get("base")
+        self.base_task = recorded_base_task(attrs, tokenizer) if self.base else None
+
+    def soup(self, members: list[int]) -> dict[str, torch.Tensor]:
+        return average([self.trained[n] for n in members], self.untouched)
+
+    def _load(self, members: list[int]) -> None:
+        self.model.load_state_dict({**self.untouched, **self.soup(members)}, strict=False)
+
+    def score(self, members: list[int]) -> float:
+        self._load(members)
+        return evaluate(self.model, self.data, self.pad_id, self.device)
+
+    def check(self, members: list[int]) -> tuple[float | None, bool]:
+        """The soup's retention and whether it keeps the bar; (None, True) without a base task."""
+        if self.base_task is None:
+            return None, True
+        self._load(members)
+        tuned = self.base_task.score(self.model, str(self.device)).value
+        kept = retention(self.base["score"], tuned, self.base["higher_is_better"])
+        return kept, kept >= self.base["min_retention"]
+
+
 def cook_soup(study: optuna.Study, study_dir: Path, echo=print) -> dict | None:
-    """Build the greedy soup of the study's best feasible trials, score it on the prepared
-    validation data, check it with the search's full forgetting check, and record the outcome
-    (`soup` user attribute; weights in soup/ when it wins). None when fewer than two trials can
-    be averaged."""
+    """Build the greedy soup of the study's best feasible trials, scored on the prepared
+    validation data and checked as the search checked trials, and record the outcome (`soup`
+    user attribute; its weights in soup/ when it beats the best trial). None when fewer than two
+    trials can be averaged."""
     began = time.perf_counter()
     ranked = candidates(study)
     if len(ranked) < 2:
         return None
-    attrs = study.user_attrs
-    config, base = attrs["config"], attrs.get("base")
-    set_precision(config.get("precision", "auto"))  # scored as the trials were
-    device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    data, _, pad_id, _ = load_prepared_data(Path(study_dir) / "prepared")
-    kind = recorded_task(attrs)
-    model, tokenizer = kind.load_model(attrs["model"], attrs["label_names"],
-                                       config["trust_remote_code"])
-    model.to(device)
-    trained = {t.number: load_file(t.user_attrs["checkpoint"]) for t in ranked}
-    names = set().union(*trained.values())
-    untouched = {n: v.detach().clone() for n, v in model.state_dict().items() if n in names}
-    base_task = recorded_base_task(attrs, tokenizer) if base else None
-    echo(f"Trying a greedy soup of trials {describe_numbers(list(trained))} (weights averaged) ...")
-
-    def load(members: list[int]) -> None:
-        soup = average([trained[n] for n in members], untouched)
-        model.load_state_dict({**untouched, **soup}, strict=False)
-
-    def score(members: list[int]) -> float:
-        load(members)
-        return evaluate(model, data, pad_id, device)
-
-    def check(members: list[int]) -> tuple[float | None, bool]:
-        if base_task is None:
-            return None, True
-        load(members)
-        tuned = base_task.score(model, str(device)).value
-        kept = retention(base["score"], tuned, base["higher_is_better"])
-        return kept, kept >= base["min_retention"]
-
-    steps = greedy(list(trained), score, check, score_sign(study))
-    members = [s.number for s in steps if s.added]
-    final = [s for s in steps if s.added][-1]
-    best = best_feasible(study)  # the answer otherwise, even if its weights are not here
+    echo(f"Trying a greedy soup of trials {describe_numbers([t.number for t in ranked])} "
+         f"(weights averaged) ...")
+    judge = Judge(study, study_dir, {t.number: load_file(t.user_attrs["checkpoint"])
+                                     for t in ranked})
     sign = score_sign(study)
+    steps = greedy([t.number for t in ranked], judge.score, judge.check, sign)
+    members = [s.number for s in steps if s.added]
+    final = next(s for s in reversed(steps) if s.added)
+    best = best_feasible(study)  # the answer otherwise, even if its weights are not here
     won = len(members) > 1 and sign * final.value > sign * best.value
-    outcome = {"members": members, "candidates": list(trained), "value": final.value,
-               "retention": final.retention, "best_trial": best.number,
+    outcome = {"members": members, "candidates": [t.number for t in ranked],
+               "value": final.value, "retention": final.retention, "best_trial": best.number,
                "best_value": best.value, "won": won, "steps": [asdict(s) for s in steps],
                "checkpoint": None}
     if won:
+        state = {n: v.contiguous() for n, v in judge.soup(members).items()}
         path = soup_path(study_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = {n: v.contiguous() for n, v in
-                 average([trained[n] for n in members], untouched).items()}
         write_whole(path, lambda tmp: save_file(state, str(tmp)))
         outcome["checkpoint"] = str(path.resolve())
     outcome["seconds"] = round(time.perf_counter() - began, 3)
     study.set_user_attr("soup", outcome)
-    metric = attrs["metric"]
-    echo(f"  the soup of trials {describe_numbers(members)} scored {metric} {final.value:.4f} "
-         f"against the best trial's {best.value:.4f}: "
-         f"{'it wins' if won else 'the best trial stays the answer'} ({outcome['seconds']:.1f} s)")
+    metric = study.user_attrs["metric"]
+    echo(f"  the soup of trials {describe_numbers(members)} scored {metric} {final.value:.4f}, "
+         f"the best trial {best.value:.4f}: it is the answer ({outcome['seconds']:.1f} s)" if won
+         else f"  no soup beat the best trial ({metric} {best.value:.4f}; "
+         f"{outcome['seconds']:.1f} s)")
     return outcome

@@ -67,13 +67,13 @@ def test_a_parameter_a_member_did_not_train_counts_as_untouched() -> None:
     assert soup["count"].item() == 7
 
 
-def search(tiny_model_dir, tiny_csv, tmp_path, name: str, n_trials: int) -> int:
+def search(tiny_model_dir, tiny_csv, tmp_path, name: str, n_trials: int, base=True) -> int:
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
+    drift = ["--base-kind", "drift", "--base-data", str(tiny_csv), "--min-retention", str(BAR)]
     return main(["search", "--model", str(tiny_model_dir), "--train", str(tiny_csv),
                  "--space", str(space), "--n-trials", str(n_trials), "--study", name,
-                 "--studies-dir", str(tmp_path / "s"), "--base-kind", "drift",
-                 "--base-data", str(tiny_csv), "--min-retention", str(BAR)])
+                 "--studies-dir", str(tmp_path / "s"), *(drift if base else [])])
 
 
 def model_and_data(study: optuna.Study, study_dir):
@@ -127,6 +127,20 @@ def test_a_search_records_its_greedy_soup(tiny_model_dir, tiny_csv, tmp_path) ->
     else:
         assert marker["trial"] == feasible[0].number and soup["checkpoint"] is None
         assert "did not beat the best trial" in (study_dir / "report.md").read_text()
+
+
+def test_without_a_base_task_a_soup_needs_only_to_score_better(tiny_model_dir, tiny_csv,
+                                                               tmp_path) -> None:
+    assert search(tiny_model_dir, tiny_csv, tmp_path, "plain", 3, base=False) == 0
+    study_dir = tmp_path / "s" / "plain"
+    study = optuna.load_study(study_name="plain", storage=f"sqlite:///{study_dir / 'study.db'}")
+    soup = study.user_attrs["soup"]
+    assert len(soup["candidates"]) == 3 and soup["retention"] is None
+    current = soup["steps"][0]["value"]
+    for step in soup["steps"][1:]:  # not checked: only the score decides
+        assert step["retention"] is None and step["added"] == (step["value"] > current)
+        current = step["value"] if step["added"] else current
+    assert soup["value"] == current
 
 
 def test_a_winning_soup_is_audited_reported_and_exported(tiny_model_dir, tiny_csv,
