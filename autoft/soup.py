@@ -156,12 +156,14 @@ def cook_soup(study: optuna.Study, study_dir: Path, echo=print) -> dict | None:
                "value": final.value, "retention": final.retention, "best_trial": best.number,
                "best_value": best.value, "won": won, "steps": [asdict(s) for s in steps],
                "checkpoint": None}
+    path = soup_path(study_dir)
     if won:
         state = {n: v.contiguous() for n, v in judge.soup(members).items()}
-        path = soup_path(study_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_whole(path, lambda tmp: save_file(state, str(tmp)))
         outcome["checkpoint"] = str(path.resolve())
+    else:
+        path.unlink(missing_ok=True)  # an earlier search's soup, beaten since
     outcome["seconds"] = round(time.perf_counter() - began, 3)
     study.set_user_attr("soup", outcome)
     metric = study.user_attrs["metric"]
