@@ -176,8 +176,9 @@ def summary_text(summary: dict) -> str:
             )
         return "\n".join(lines)
     lines += soup_lines(summary)
-    answer = "Best single config" if (summary.get("soup") or {}).get("answer") else "Best config"
-    lines.append(f"{answer} (trial {best['number']}): {describe_params(best['params'], depth)}.")
+    single = ", the best single trial" if (summary.get("soup") or {}).get("answer") else ""
+    lines.append(f"Best config (trial {best['number']}){single}: "
+                 f"{describe_params(best['params'], depth)}.")
     score = f"  {metric} {best['value']:.4f}"
     if default is not None:
         score += f" (the default config scored {default_score(summary)}{default_forgot(summary)})"
@@ -209,9 +210,9 @@ def answer_lines(summary: dict) -> list[str]:
     mixed = top or best.get("mix") not in (None, 1.0)
     weights = "its best-scoring weights (which forgot too much as they were)" if top else (
         "the weights")
-    answer = "Best single config" if (summary.get("soup") or {}).get("answer") else "Best config"
+    single = ", the best single trial" if (summary.get("soup") or {}).get("answer") else ""
     lines = [
-        f"{answer} (trial {best['number']}): "
+        f"Best config (trial {best['number']}){single}: "
         f"{describe_params(best['params'], summary['depth'])}"
         + (f", keeping {weights} {best['mix']:.0%} of the way from the untouched to the tuned "
            f"ones." if mixed else ".")
