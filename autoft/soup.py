@@ -7,6 +7,7 @@ study's user attribute `soup`); its weights, when it wins, in `studies/<name>/so
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -97,21 +98,26 @@ class Judge:
     """Scores soups of a study's trials on its prepared validation data and checks them with
     the search's full forgetting check, in one model that each soup is loaded into."""
 
-    def __init__(self, study: optuna.Study, study_dir: Path, trained: dict[int, dict]):
-        attrs = study.user_attrs
+    def __init__(self, study: optuna.Study, study_dir: Path, trials: list):
+        self.attrs = attrs = study.user_attrs
         config = attrs["config"]
         set_precision(config.get("precision", "auto"))  # scored as the trials were
         self.device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
         self.data, _, self.pad_id, _ = load_prepared_data(Path(study_dir) / "prepared")
-        self.model, tokenizer = recorded_task(attrs).load_model(
+        self.model, self.tokenizer = recorded_task(attrs).load_model(
             attrs["model"], attrs["label_names"], config["trust_remote_code"])
         self.model.to(self.device)
-        self.trained = trained
-        names = set().union(*trained.values())
+        self.trained = {t.number: load_file(t.user_attrs["checkpoint"]) for t in trials}
+        self.recorded = {t.number: t.user_attrs.get("retention") for t in trials}
+        names = set().union(*self.trained.values())
         self.untouched = {n: v.detach().cpu().clone() for n, v in self.model.state_dict().items()
                           if n in names}  # beside the checkpoints, which load on the CPU
         self.base = attrs.get("base")
-        self.base_task = recorded_base_task(attrs, tokenizer) if self.base else None
+
+    @functools.cached_property
+    def base_task(self):
+        """Built once a soup first needs checking: often none scores better."""
+        return recorded_base_task(self.attrs, self.tokenizer)
 
     def soup(self, members: list[int]) -> dict[str, torch.Tensor]:
         return average([self.trained[n] for n in members], self.untouched)
@@ -124,9 +130,12 @@ class Judge:
         return evaluate(self.model, self.data, self.pad_id, self.device)
 
     def check(self, members: list[int]) -> tuple[float | None, bool]:
-        """The soup's retention and whether it keeps the bar; (None, True) without a base task."""
-        if self.base_task is None:
+        """The soup's retention and whether it keeps the bar; (None, True) without a base task.
+        A lone trial passed this check at its end (it is feasible): its recorded retention."""
+        if not self.base:
             return None, True
+        if len(members) == 1:
+            return self.recorded[members[0]], True
         self._load(members)
         tuned = self.base_task.score(self.model, str(self.device)).value
         kept = retention(self.base["score"], tuned, self.base["higher_is_better"])
@@ -144,8 +153,7 @@ def cook_soup(study: optuna.Study, study_dir: Path, echo=print) -> dict | None:
         return None
     echo(f"Trying a greedy soup of trials {describe_numbers([t.number for t in ranked])} "
          f"(weights averaged) ...")
-    judge = Judge(study, study_dir, {t.number: load_file(t.user_attrs["checkpoint"])
-                                     for t in ranked})
+    judge = Judge(study, study_dir, ranked)
     sign = score_sign(study)
     steps = greedy([t.number for t in ranked], judge.score, judge.check, sign)
     members = [s.number for s in steps if s.added]
