@@ -226,6 +226,10 @@ def answer_lines(summary: dict) -> list[str]:
         note = (base.get("audit_part") or {}).get("note")
         if note:
             lines.append(f"Note: {note}.")
+        preserved = base.get("preserve_on")
+        if preserved and best["params"].get("preserve_weight"):
+            lines.append(f"Its preservation loss (×{best['params']['preserve_weight']:g}) held "
+                         f"the model's output near the untouched model's on {preserved['words']}.")
     elif base:
         lines.append("Its base-task retention was not recorded.")
     else:

@@ -213,6 +213,9 @@ def test_without_base_side_texts_it_preserves_on_the_tasks_own_training_texts(
     assert own.user_attrs["base"]["preserve_on"]["source"] == "training texts"
     summary = json.loads((tmp_path / "s" / "own" / "summary.json").read_text())
     assert summary["base"]["preserve_on"]["texts"] == 80
+    report = (tmp_path / "s" / "own" / "report.md").read_text()
+    assert ("Its preservation loss (×1) held the model's output near the untouched model's on "
+            "80 of the task's own 80 training texts") in report
     config = build_config({}, None, {"model": str(tiny_model_dir), "train": str(train),
                                      "validation": str(validation), "base_kind": "drift",
                                      "base_data": str(base), "name": "own",
