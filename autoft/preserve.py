@@ -88,9 +88,9 @@ def texts_to_preserve(base: BaseTaskConfig | None, split: BaseSplit | None, data
     rows = len(data.train)
     chosen = sorted(random.Random(seed).sample(range(rows), min(rows, OWN_TEXTS)))
     texts = [text for text in task.input_texts(data.train, processor, chosen) if text]
-    return PreservedTexts(texts, OWN,
-                          f"{len(texts)} of the task's own {rows} training texts (every text of "
-                          f"{Path(base.data).name} is scored and no base.preserve_data is set)")
+    return PreservedTexts(
+        texts, OWN, f"{len(texts)} of the task's own {rows} training texts (the check and the "
+        f"audit read every text of {Path(base.data).name}, and no base.preserve_data is set)")
 
 
 class Preservation:
