@@ -16,7 +16,7 @@ from autoft.config import StudyConfig
 from autoft.errors import UsageError
 from autoft.files import write_text_whole
 from autoft.forgetting import BaseSplit, find_pair_columns, preservation_texts
-from autoft.guard import BASE_MAX_LENGTH, measure_base
+from autoft.guard import BASE_MAX_LENGTH, COIN_FLIP, measure_base
 from autoft.model import model_depth
 from autoft.preserve import PreservedTexts, texts_to_preserve
 from autoft.space import SPACES_DIR, SearchSpace, load_space
@@ -124,7 +124,22 @@ def measure_base_skill(config: StudyConfig, model, tokenizer, echo) -> dict:
     split = task.split_
     echo(f"  {split.note}" if split.note else
          f"  held back {len(split.audit)} of {split.total} {split.unit} for the final audit")
+    if base["quick_spread"] > COIN_FLIP:
+        echo(coin_flip_warning(config, base, task.units_["quick"], split.unit))
     return base
+
+
+def coin_flip_warning(config: StudyConfig, base: dict, units: int, unit: str) -> str:
+    """One sentence for a base set too small to decide at the bar: the fixes, in words."""
+    bar = config.base.min_retention
+    return (
+        f"  warning: the quick check reads {units} {unit} of {Path(config.base.data).name}, and "
+        f"the base score on them moves ±{base['quick_spread']:.0%} between resamples of them, "
+        f"more than the {COIN_FLIP:.0%} between the bar ({bar:.0%}) and {bar - COIN_FLIP:.0%}: "
+        f"decisions at the bar are closer to a coin flip than a measurement, so trials are "
+        f"stopped for forgetting only when clearly below it; give more base items, or raise "
+        f"base.check_examples and base.max_examples."
+    )
 
 
 def held_without_preservation(space, preserved: PreservedTexts, echo):

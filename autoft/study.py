@@ -93,14 +93,18 @@ def study_base_task(config: StudyConfig, processor, max_length: int,
                            config.trust_remote_code, split, config.seed)
 
 
-def make_guard(prepared: Prepared):
+def make_guard(prepared: Prepared, device: torch.device):
     """This worker's forgetting guard, built from the base facts measured once for the study
-    (the base task keeps its own max length, and the study's split of its data)."""
+    (the base task keeps its own max length, and the study's split of its data), with the
+    untouched model's observations of the parts the checks read, for their intervals."""
     config = prepared.config
     split = BaseSplit.from_dict(prepared.base.get("split"))
-    processor = prepared.task.load_processor(config.model, config.trust_remote_code)
+    model, processor = prepared.task.load_model(config.model, prepared.data.label_names,
+                                                config.trust_remote_code)
     task = study_base_task(config, processor, prepared.base["max_length"], split)
-    return ForgettingGuard(task, prepared.base)
+    model.to(device)
+    observed = {part: task.observe(model, str(device), part) for part in ("quick", "search")}
+    return ForgettingGuard(task, prepared.base, observed, config.seed)
 
 
 def make_preservation(prepared: Prepared, task) -> tuple[Preservation, PreservedTexts]:
@@ -133,7 +137,7 @@ class Objective:
         self.prepared = prepared
         self.device = device
         set_precision(prepared.config.precision)  # this process computes in it from now
-        self.base_check = make_guard(prepared) if prepared.base else None
+        self.base_check = make_guard(prepared, device) if prepared.base else None
         self.preservation = None  # built by the first trial with preserve_weight > 0
 
     def __call__(self, trial: optuna.Trial) -> float:
