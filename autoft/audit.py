@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from autoft.config import BaseTaskConfig
 from autoft.errors import UsageError
 from autoft.export import load_soup_model, load_trial_model
-from autoft.forgetting import BaseSplit, build_base_task, retention
+from autoft.forgetting import BaseSplit, build_base_task, paired_interval, retention
 from autoft.tasks import recorded_task
 from autoft.trials import best_feasible, default_trial, winning_soup
 
@@ -29,18 +29,13 @@ def bootstrap_retention(task, base_observed, tuned_observed, seed: int,
                         resamples: int = RESAMPLES) -> dict:
     """Audit retention and its 95% percentile interval, resampling the audit units (pairs,
     documents with the pairs among them, or examples) with the base and tuned model paired."""
-    units = task.audit_units_
+    units = task.units_["audit"]
     whole = np.arange(units)
     base, tuned = task.statistic(base_observed, whole), task.statistic(tuned_observed, whole)
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(resamples):
-        rows = rng.integers(0, units, units)
-        draws.append(retention(task.statistic(base_observed, rows),
-                               task.statistic(tuned_observed, rows), task.higher_is_better))
-    low, high = np.nanpercentile(draws, [50 * (1 - LEVEL), 50 * (1 + LEVEL)])
-    return {"retention": retention(base, tuned, task.higher_is_better), "low": float(low),
-            "high": float(high), "score": tuned, "base_score": base, "units": int(units),
+    low, high = paired_interval(task, base_observed, tuned_observed, "audit", seed, resamples,
+                                LEVEL)
+    return {"retention": retention(base, tuned, task.higher_is_better), "low": low,
+            "high": high, "score": tuned, "base_score": base, "units": int(units),
             "resamples": resamples}
 
 
@@ -88,7 +83,7 @@ def _audit(study: optuna.Study, base: dict, todo: list, echo):
                                        config["trust_remote_code"])
     task = recorded_base_task(attrs, tokenizer)
     held = "held-out " if task.split_.held_out else ""
-    echo(f"Auditing retention on {task.audit_units_} {held}{task.split_.unit} ...")
+    echo(f"Auditing retention on {task.units_['audit']} {held}{task.split_.unit} ...")
     base_observed = task.observe(model.to(device), device)
     for key, what in todo:
         soup = key == "soup"

@@ -310,6 +310,14 @@ def _check_data_exists(value: str | None, where: str) -> None:
         raise UsageError(f"{where}: data file {value} does not exist; check the path.")
 
 
+def _check_file(value: str | None, where: str, what: str, wanted: str) -> None:
+    """A file setting that names a folder is told so, not that the folder does not exist."""
+    if not value or Path(value).is_file():
+        return
+    state = "is a folder" if Path(value).is_dir() else "does not exist"
+    raise UsageError(f"{where}: {what} {value} {state}; give a file ({wanted}).")
+
+
 def _validate_base(config: StudyConfig) -> None:
     base = config.base
     if base.kind not in BASE_KINDS:
@@ -318,16 +326,10 @@ def _validate_base(config: StudyConfig) -> None:
             f"use one of {', '.join(BASE_KINDS)}."
         )
     _check_data_exists(base.data, config.where("base.data"))
-    if base.ratings and not Path(base.ratings).is_file():
-        raise UsageError(
-            f"{config.where('base.ratings')}: ratings file {base.ratings} does not "
-            f"exist; check the path."
-        )
-    if base.preserve_data and not Path(base.preserve_data).is_file():
-        raise UsageError(
-            f"{config.where('base.preserve_data')}: preservation file {base.preserve_data} does "
-            f"not exist; check the path (any unlabelled text file, one text a line)."
-        )
+    _check_file(base.ratings, config.where("base.ratings"), "ratings file",
+                "the Lee layout's matrix of similarity ratings")
+    _check_file(base.preserve_data, config.where("base.preserve_data"), "preservation file",
+                "any unlabelled text file, one text a line, or a table with a text column")
     if not 0.0 <= base.min_retention <= 1.5:
         raise UsageError(
             f"{config.where('base.min_retention')}: {base.min_retention} is not a sensible "

@@ -15,14 +15,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 FULL = (errno.ENOSPC, errno.EDQUOT)
+SQLITE_FULL = "database or disk is full"
 
 
 def is_disk_full(error: BaseException) -> bool:
-    """An error of a write to a full disk (or quota): an OSError, or safetensors' error, which
-    carries Rust's "(os error 28)" in its message."""
+    """An error of a write to a full disk (or quota): an OSError, safetensors' error, which
+    carries Rust's "(os error 28)" in its message, or SQLite's SQLITE_FULL (raised by sqlite3,
+    or wrapped by SQLAlchemy), which is no OSError either."""
     if isinstance(error, OSError):
         return error.errno in FULL
-    return any(f"(os error {code})" in str(error) for code in FULL)
+    return (any(f"(os error {code})" in str(error) for code in FULL)
+            or SQLITE_FULL in str(error))
 
 
 @contextlib.contextmanager

@@ -1,23 +1,27 @@
 """The forgetting guard: measures the base model once per study, checks a cheap slice at every
-evaluation (the trial keeps only weights that pass; it stops when it falls below the bar after a
-passing checkpoint, or is pruned far below it without one) and the kept weights at a trial's end;
-a trial that trains nothing the base task reads keeps the base skill exactly and is not checked.
+evaluation (the trial keeps only weights that pass; it stops when it is clearly below the bar
+after a passing checkpoint, or is pruned clearly below it without one) and the kept weights at a
+trial's end, each retention with its bootstrap interval; a trial that trains nothing the base
+task reads keeps the base skill exactly and is not checked.
 """
 
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import numpy as np
 import optuna
 import torch
 
 from autoft.config import BaseTaskConfig
-from autoft.forgetting import BaseScore, BaseTask, retention
+from autoft.forgetting import BaseTask, paired_interval, retention
 from autoft.train import StopTraining
 
-PRUNE_MARGIN = 0.10
 BASE_MAX_LENGTH = 256  # base texts keep their own max length: they are often longer
+CHECK_RESAMPLES = 200  # bootstrap draws behind each check's interval (the audit's take 1000)
+COIN_FLIP = 0.10  # a check whose own score moves more than this cannot tell the bar from 10
+# points below it
 
 
 def measure_base(task: BaseTask, model, config: BaseTaskConfig, device: torch.device) -> dict:
@@ -25,11 +29,35 @@ def measure_base(task: BaseTask, model, config: BaseTaskConfig, device: torch.de
     audit part, with the split itself; stored in the study."""
     full = task.score(model, str(device))
     quick = task.score(model, str(device), quick=True)
-    audit = task.statistic(task.observe(model, str(device)), np.arange(task.audit_units_))
+    audit = task.statistic(task.observe(model, str(device)), np.arange(task.units_["audit"]))
     return {"kind": config.kind, "name": task.name, "measures": task.measures,
             "higher_is_better": task.higher_is_better, "score": full.value,
             "details": full.details, "quick_score": quick.value, "audit_score": audit,
-            "split": task.split_.to_dict(), "min_retention": config.min_retention}
+            "split": task.split_.to_dict(), "min_retention": config.min_retention,
+            "quick_spread": score_spread(task, model, device, "quick")}
+
+
+def score_spread(task: BaseTask, model, device: torch.device, part: str, seed: int = 0) -> float:
+    """Half the width of the base score's 95% bootstrap interval over `part`'s units, as a share
+    of the score: how precisely that part can measure the skill at all. A stand-in for the
+    interval of a tuned model's retention, which prepare has no tuned model to draw (the audit
+    intervals of tuned models measured here were as wide or wider)."""
+    observed = task.observe(model, str(device), part)
+    whole = task.statistic(observed, np.arange(task.units_[part]), part)
+    rng = np.random.default_rng(seed)
+    draws = [task.statistic(observed, rng.integers(0, task.units_[part], task.units_[part]),
+                            part) for _ in range(CHECK_RESAMPLES)]
+    low, high = np.nanpercentile(draws, [2.5, 97.5])
+    return float((high - low) / 2 / max(abs(whole), 1e-6))
+
+
+class Check(NamedTuple):
+    """One check: the share of the base skill kept, its 95% interval, the tuned score."""
+
+    retention: float
+    low: float
+    high: float
+    score: float
 
 
 class ForgettingPruned(optuna.TrialPruned):
@@ -38,11 +66,19 @@ class ForgettingPruned(optuna.TrialPruned):
 
 
 class ForgettingGuard:
-    """Per-trial base-task checks, recorded as user attributes and as Optuna's constraint."""
+    """Per-trial base-task checks, recorded as user attributes and as Optuna's constraint.
 
-    def __init__(self, task: BaseTask, base: dict):
+    Each check's retention comes with a paired bootstrap interval over the units it read (the
+    untouched model's observations of them, `base_observed`, taken once per worker): with a
+    small base set the interval is wide, and a trial is stopped or pruned for forgetting only
+    when all of it lies below the bar, not when noise put the point there.
+    """
+
+    def __init__(self, task: BaseTask, base: dict, base_observed: dict, seed: int = 0):
         self.task = task
         self.base = base
+        self.base_observed = base_observed  # part -> the untouched model's observations
+        self.seed = seed
         self.untouched = False
         self.frozen = 0
 
@@ -56,47 +92,53 @@ class ForgettingGuard:
                 "base_check", "skipped: the trial trains nothing the base task reads, so it "
                 "keeps the base skill exactly")
 
-    def _retention(self, value: float, key: str) -> float:
-        return retention(self.base[key], value, self.base["higher_is_better"])
+    def measure(self, model, device: torch.device, part: str) -> Check:
+        """The retention on `part` ('quick' or 'search'), its 95% interval and the score."""
+        base = self.base["quick_score" if part == "quick" else "score"]
+        if self.untouched:
+            return Check(1.0, 1.0, 1.0, base)
+        observed = self.task.observe(model, str(device), part, self.frozen)
+        tuned = self.task.statistic(observed, np.arange(self.task.units_[part]), part)
+        low, high = paired_interval(self.task, self.base_observed[part], observed, part,
+                                    self.seed, CHECK_RESAMPLES)
+        return Check(retention(base, tuned, self.base["higher_is_better"]), low, high, tuned)
 
     def quick_retention(self, model, device: torch.device) -> float:
         """The share of the base skill the model keeps on the quick check's fixed slice."""
-        if self.untouched:
-            return 1.0
-        score = self.task.score(model, str(device), quick=True, frozen=self.frozen).value
-        return self._retention(score, "quick_score")
+        return self.measure(model, device, "quick").retention
 
     def passes(self, retention: float) -> bool:
         return retention >= self.base["min_retention"]
 
     def keepable(self, trial: optuna.Trial, model, device: torch.device) -> bool:
         """Cheap check on a fixed slice, before the trial may keep these weights: whether they
-        keep at least the bar."""
+        keep at least the bar (its interval is recorded beside it)."""
         began = time.perf_counter()
-        kept = self.quick_retention(model, device)
+        kept, low, high, _ = self.measure(model, device, "quick")
         self._add_seconds(trial, time.perf_counter() - began)
-        history = trial.user_attrs.get("quick_retention", []) + [round(kept, 4)]
-        trial.set_user_attr("quick_retention", history)
+        for key, value in (("quick_retention", round(kept, 4)),
+                           ("quick_interval", [round(low, 4), round(high, 4)])):
+            trial.set_user_attr(key, trial.user_attrs.get(key, []) + [value])
         self._constrain(trial, kept, final=False)
         return self.passes(kept)
 
     def after_evaluation(self, trial: optuna.Trial, has_keepable: bool) -> None:
-        """Below the bar, a trial that already kept a feasible checkpoint stops there as
-        complete; one that never had a feasible point is pruned once well below the bar."""
+        """Clearly below the bar (its whole interval under it), a trial that already kept a
+        feasible checkpoint stops there as complete; one that never had a feasible point is
+        pruned. Below the bar by less than the noise, it trains on."""
         kept = trial.user_attrs["quick_retention"][-1]
-        if kept >= self.base["min_retention"]:
+        low, high = trial.user_attrs["quick_interval"][-1]
+        bar = self.base["min_retention"]
+        if high >= bar:
             return
+        reason = (f"forgetting: kept {kept:.2f} of the base skill on the quick check, clearly "
+                  f"below the bar {bar:.2f} (95% interval {low:.2f}-{high:.2f})")
         if has_keepable:
-            trial.set_user_attr(
-                "stop_reason", f"forgetting: kept {kept:.2f} of the base skill, below the bar "
-                f"{self.base['min_retention']:.2f}; it keeps its best checkpoint above the bar")
+            trial.set_user_attr("stop_reason", f"{reason}; it keeps its best checkpoint above "
+                                "the bar")
             raise StopTraining
-        bar = self.base["min_retention"] - PRUNE_MARGIN
-        if kept < bar:
-            reason = (f"forgetting: kept {kept:.2f} of the base skill on the quick check, "
-                      f"below {bar:.2f}")
-            trial.set_user_attr("prune_reason", reason)
-            raise ForgettingPruned(reason)
+        trial.set_user_attr("prune_reason", reason)
+        raise ForgettingPruned(reason)
 
     def on_prune(self, trial: optuna.Trial) -> None:
         """A pruned trial's constraint is its last quick retention, so the sampler learns too."""
@@ -112,18 +154,14 @@ class ForgettingGuard:
 
     def on_finish(self, trial: optuna.Trial, model, best_state: dict, device: torch.device):
         """Full check of the weights the trial keeps (its best evaluation that passed the quick
-        check, or its best one when none did)."""
+        check, or its best one when none did), with its interval."""
         began = time.perf_counter()
-        if self.untouched:
-            tuned = BaseScore(self.base["score"], self.base["details"])
-        else:
-            model.load_state_dict(best_state, strict=False)
-            tuned = self.task.score(model, str(device), frozen=self.frozen)
-        kept = self._retention(tuned.value, "score")
+        model.load_state_dict(best_state, strict=False)
+        kept, low, high, tuned = self.measure(model, device, "search")
         self._add_seconds(trial, time.perf_counter() - began)
-        trial.set_user_attr("base_score", tuned.value)
-        trial.set_user_attr("base_details", tuned.details)
+        trial.set_user_attr("base_score", tuned)
         trial.set_user_attr("retention", kept)
+        trial.set_user_attr("retention_interval", [low, high])
         self._constrain(trial, kept, final=True)
 
     @staticmethod

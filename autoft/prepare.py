@@ -16,8 +16,9 @@ from autoft.config import StudyConfig
 from autoft.errors import UsageError
 from autoft.files import write_text_whole
 from autoft.forgetting import BaseSplit, find_pair_columns, preservation_texts
-from autoft.guard import BASE_MAX_LENGTH, measure_base
+from autoft.guard import BASE_MAX_LENGTH, COIN_FLIP, measure_base
 from autoft.model import model_depth
+from autoft.preserve import PreservedTexts, texts_to_preserve
 from autoft.space import SPACES_DIR, SearchSpace, load_space
 from autoft.storage import check_same_inputs, recorded_inputs
 from autoft.study import Prepared, load_prepared_data, save_prepared, study_base_task
@@ -123,22 +124,50 @@ def measure_base_skill(config: StudyConfig, model, tokenizer, echo) -> dict:
     split = task.split_
     echo(f"  {split.note}" if split.note else
          f"  held back {len(split.audit)} of {split.total} {split.unit} for the final audit")
+    if base["quick_spread"] > COIN_FLIP:
+        echo(coin_flip_warning(config, base, task.units_["quick"], split.unit))
     return base
 
 
-def held_without_preservation(config: StudyConfig, space, texts: list[str], echo, task: Task):
-    """The space, with preserve_weight held at 0 where there is nothing to preserve (`texts`, from
-    forgetting.preservation_texts, is empty): no base task, a task without the preservation loss,
-    or base data the check scores whole and no base.preserve_data."""
+def coin_flip_warning(config: StudyConfig, base: dict, units: int, unit: str) -> str:
+    """One sentence for a base set too small to decide at the bar: the fixes, in words."""
+    bar = config.base.min_retention
+    return (
+        f"  warning: the quick check reads {units} {unit} of {Path(config.base.data).name}, and "
+        f"the base score on them moves ±{base['quick_spread']:.0%} between resamples of them, "
+        f"more than the {COIN_FLIP:.0%} between the bar ({bar:.0%}) and {bar - COIN_FLIP:.0%}: "
+        f"decisions at the bar are closer to a coin flip than a measurement, so trials are "
+        f"stopped for forgetting only when clearly below it; give more base items, or raise "
+        f"base.check_examples and base.max_examples."
+    )
+
+
+def held_without_preservation(space, preserved: PreservedTexts, echo):
+    """The space, with preserve_weight held at 0 where there is nothing to preserve (no base
+    task, or a task without the preservation loss); where the weight may be above 0, which texts
+    the study preserves on, said on screen."""
     weight = next(p for p in space.parameters if p.name == "preserve_weight")
-    if texts or weight.value == 0:
+    if weight.value == 0:
         return space
-    reason = ("there is no base task" if config.base is None else
-              f"{task.name} has no preservation loss" if not task.preserves else
-              f"every text of {Path(config.base.data).name} is scored by the check and no "
-              f"base.preserve_data is set")
-    echo(f"  preserve_weight held at 0: {reason}.")
+    if preserved.texts:
+        echo(f"  preserve_weight > 0 preserves on {preserved.words}.")
+        return space
+    echo(f"  preserve_weight held at 0: {preserved.words}.")
     return space.fix("preserve_weight", 0.0)
+
+
+def preserving(config: StudyConfig, task: Task, data, base: dict | None,
+               processor) -> PreservedTexts:
+    """The texts the study preserves on (preserve.texts_to_preserve), recorded in the base facts
+    (`preserve_on`) for the report; `processor` is loaded here when the data was prepared
+    earlier and the task's own texts may be needed."""
+    split = BaseSplit.from_dict(base["split"]) if base else None
+    if processor is None and config.base and task.preserves:
+        processor = task.load_processor(config.model, config.trust_remote_code)
+    preserved = texts_to_preserve(config.base, split, data, task, processor, config.seed)
+    if base is not None and preserved.texts:
+        base["preserve_on"] = preserved.facts()
+    return preserved
 
 
 def checked_adapter(space: SearchSpace, name: str, model, echo) -> SearchSpace:
@@ -262,9 +291,8 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
             model, _ = task.load_model(config.model, data.label_names, config.trust_remote_code)
         for name in needs_check:
             resolved = checked_adapter(resolved, name, model, echo)
-    preserved = (preservation_texts(config.base, BaseSplit.from_dict(base["split"]))
-                 if config.base and base and task.preserves else [])
-    resolved = held_without_preservation(config, resolved, preserved, echo, task)
+    preserved = preserving(config, task, data, base, processor if not saved else None)
+    resolved = held_without_preservation(resolved, preserved, echo)
     prepared = Prepared(config=config, data=data, space=resolved, depth=depth, pad_id=pad_id,
                         fingerprint=fingerprint, base=base)
     if not saved:

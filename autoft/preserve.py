@@ -1,5 +1,7 @@
-"""The preservation loss (`preserve_weight`): base-side texts run through the trial's model, and
-their distance to the untouched model's output, in what the base task reads, joins the loss.
+"""The preservation loss (`preserve_weight`): texts run through the trial's model, and their
+distance to the untouched model's output, in what the base task reads, joins the loss. The texts
+are base-side (base.preserve_data, or base items no check reads) or, with none, the task's own
+training texts (Learning without Forgetting): `texts_to_preserve` chooses, in one place.
 
 The untouched outputs (targets) are computed once per study, by the first trial that needs them
 while its model is still untouched, and kept checksummed in `studies/<name>/preserve/`. The cost
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,16 +23,19 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from autoft.cache import locked
+from autoft.config import BaseTaskConfig
 from autoft.files import write_whole
-from autoft.forgetting import BaseTask, Replay, no_replay
+from autoft.forgetting import BaseSplit, BaseTask, Replay, no_replay, preservation_texts
 from autoft.model import Blocks, evaluating, find_blocks
 from autoft.replay import CacheUnusable, capture, replaying
 
-__all__ = ["Cost", "Preservation", "PreservationLoss"]
+__all__ = ["Cost", "Preservation", "PreservationLoss", "PreservedTexts", "texts_to_preserve"]
 
 log = logging.getLogger("autoft")
 
 MAX_TEXTS = 512
+OWN_TEXTS = 256  # the task's own training texts preserved on: a seeded sample, a few hundred
+PRESERVE_DATA, SPARE_ITEMS, OWN = "base.preserve_data", "spare base items", "training texts"
 REPLAY_TOLERANCE = 1e-4
 
 
@@ -41,6 +47,50 @@ class Cost:
     max_length: int = 64
     batch_texts: int = 8
     every_steps: int = 1
+
+
+@dataclass(frozen=True)
+class PreservedTexts:
+    """The texts a study preserves on (none: preserve_weight is held at 0), `source` where they
+    came from (PRESERVE_DATA, SPARE_ITEMS or OWN; empty with none), and `words`, the same for the
+    screen and the report, or why there are none."""
+
+    texts: list[str]
+    source: str
+    words: str
+
+    def facts(self) -> dict:
+        """What the prepared base facts record of it (`preserve_on`)."""
+        return {"source": self.source, "texts": len(self.texts), "words": self.words}
+
+
+def texts_to_preserve(base: BaseTaskConfig | None, split: BaseSplit | None, data, task,
+                      processor, seed: int) -> PreservedTexts:
+    """The texts the preservation loss reads, and where they came from: base.preserve_data; else
+    the base items that neither the checks nor the audit read (forgetting.preservation_texts);
+    else, every base item being scored, a seeded sample of OWN_TEXTS of the task's own training
+    texts (`data.train`, the prepared split: never validation), on which the untouched model's
+    output is the target, as in Learning without Forgetting (Li & Hoiem). None without a base
+    task or for a task without the preservation loss (`task.preserves`: images)."""
+    if base is None:
+        return PreservedTexts([], "", "there is no base task")
+    if not task.preserves:
+        return PreservedTexts([], "", f"{task.name} has no preservation loss")
+    texts = preservation_texts(base, split)
+    if base.preserve_data:
+        return PreservedTexts(texts, PRESERVE_DATA,
+                              f"{len(texts)} texts of {Path(base.preserve_data).name} "
+                              f"(base.preserve_data)")
+    if texts:
+        return PreservedTexts(texts, SPARE_ITEMS,
+                              f"{len(texts)} texts of {Path(base.data).name} that neither the "
+                              f"check nor the audit reads")
+    rows = len(data.train)
+    chosen = sorted(random.Random(seed).sample(range(rows), min(rows, OWN_TEXTS)))
+    texts = [text for text in task.input_texts(data.train, processor, chosen) if text]
+    return PreservedTexts(
+        texts, OWN, f"{len(texts)} of the task's own {rows} training texts (the check and the "
+        f"audit read every text of {Path(base.data).name}, and no base.preserve_data is set)")
 
 
 class Preservation:

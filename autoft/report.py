@@ -62,6 +62,17 @@ def audit_words(entry: dict, base: dict) -> str:
             f"{where} (95% interval {audit['low']:.1%}–{audit['high']:.1%})")
 
 
+def straddle_words(entry: dict, base: dict) -> str:
+    """A sentence when the search's check of the answer cannot tell it from below the bar (its
+    interval reaches under it); '' otherwise."""
+    interval, bar = entry.get("retention_interval"), base.get("min_retention")
+    if not interval or bar is None or interval[0] >= bar:
+        return ""
+    return (f"Its check's 95% interval, {interval[0]:.1%}–{interval[1]:.1%}, reaches below the "
+            f"{bar:.0%} bar: the base data cannot tell whether it keeps that much; more base "
+            f"items would.")
+
+
 def price_lines(summary: dict) -> list[str]:
     """The price table as aligned text lines, for the screen."""
     rows = price_rows(summary)
@@ -193,6 +204,8 @@ def summary_text(summary: dict) -> str:
         else:
             lines.append(f"  keeps {best['retention']:.1%} of the base model's {base['kind']} "
                          f"skill ({checked})")
+        if straddle_words(best, base):
+            lines.append(f"  {straddle_words(best, base)}")
     if summary.get("price"):
         lines.append(f"The best {metric} at each retention bar (the price of the bar):")
         lines += price_lines(summary)
@@ -251,12 +264,18 @@ def answer_lines(summary: dict) -> list[str]:
         else:
             lines.append(f"It keeps {best['retention']:.1%} of the base model's "
                          f"{base.get('kind', 'base')} skill ({checked}).")
+        if straddle_words(best, base):
+            lines.append(straddle_words(best, base))
         default_audit = audit_words(default, base) if default else ""
         if default_audit and default["number"] != best["number"]:
             lines.append(f"The default config keeps {default_audit}.")
         note = (base.get("audit_part") or {}).get("note")
         if note:
             lines.append(f"Note: {note}.")
+        preserved = base.get("preserve_on")
+        if preserved and best["params"].get("preserve_weight"):
+            lines.append(f"Its preservation loss (×{best['params']['preserve_weight']:g}) held "
+                         f"the model's output near the untouched model's on {preserved['words']}.")
     elif base:
         lines.append("Its base-task retention was not recorded.")
     else:

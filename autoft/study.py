@@ -23,12 +23,12 @@ from autoft.cache import PrefixCache
 from autoft.config import StudyConfig
 from autoft.data import TargetData
 from autoft.files import is_disk_full, write_text_whole, write_whole
-from autoft.forgetting import BaseSplit, BaseTask, build_base_task, preservation_texts
+from autoft.forgetting import BaseSplit, BaseTask, build_base_task
 from autoft.guard import ForgettingGuard, ForgettingPruned
 from autoft.interpolate import TUNED, MixPoint, best_mix, interpolate, mixed_state
 from autoft.model import split_parameters
 from autoft.precision import precision_name, set_precision
-from autoft.preserve import Preservation
+from autoft.preserve import Preservation, PreservedTexts, texts_to_preserve
 from autoft.presets import search_settings
 from autoft.space import SearchSpace
 from autoft.storage import INPUTS, check_same_inputs, recordable_config
@@ -93,23 +93,30 @@ def study_base_task(config: StudyConfig, processor, max_length: int,
                            config.trust_remote_code, split, config.seed)
 
 
-def make_guard(prepared: Prepared):
+def make_guard(prepared: Prepared, device: torch.device):
     """This worker's forgetting guard, built from the base facts measured once for the study
-    (the base task keeps its own max length, and the study's split of its data)."""
+    (the base task keeps its own max length, and the study's split of its data), with the
+    untouched model's observations of the parts the checks read, for their intervals."""
     config = prepared.config
     split = BaseSplit.from_dict(prepared.base.get("split"))
-    processor = prepared.task.load_processor(config.model, config.trust_remote_code)
+    model, processor = prepared.task.load_model(config.model, prepared.data.label_names,
+                                                config.trust_remote_code)
     task = study_base_task(config, processor, prepared.base["max_length"], split)
-    return ForgettingGuard(task, prepared.base)
+    model.to(device)
+    observed = {part: task.observe(model, str(device), part) for part in ("quick", "search")}
+    return ForgettingGuard(task, prepared.base, observed, config.seed)
 
 
-def make_preservation(prepared: Prepared, task):
-    """This worker's preservation batches, with the study's stored targets (autoft.preserve)."""
+def make_preservation(prepared: Prepared, task) -> tuple[Preservation, PreservedTexts]:
+    """This worker's preservation batches, with the study's stored targets, and the texts they
+    come from (autoft.preserve.texts_to_preserve, as prepare_study chose them)."""
     config = prepared.config
     split = BaseSplit.from_dict(prepared.base["split"])
     processor = prepared.task.load_processor(config.model, config.trust_remote_code)
-    return Preservation(task, preservation_texts(config.base, split), processor,
-                        config.study_dir / "preserve", config.model)
+    preserved = texts_to_preserve(config.base, split, prepared.data, prepared.task, processor,
+                                  config.seed)
+    return Preservation(task, preserved.texts, processor, config.study_dir / "preserve",
+                        config.model), preserved
 def evaluation_interval(prepared: Prepared) -> int | None:
     """Samples between evaluations: the user's setting; with a base task, at least
     MIN_EVALUATIONS_WITH_BASE in the shortest run the space allows, so a trial sees the
@@ -130,7 +137,7 @@ class Objective:
         self.prepared = prepared
         self.device = device
         set_precision(prepared.config.precision)  # this process computes in it from now
-        self.base_check = make_guard(prepared) if prepared.base else None
+        self.base_check = make_guard(prepared, device) if prepared.base else None
         self.preservation = None  # built by the first trial with preserve_weight > 0
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -237,9 +244,11 @@ class Objective:
             return []
         if self.preservation is None:
             self.preservation = make_preservation(self.prepared, self.base_check.task)
-        term, note = self.preservation.loss(
+        preservation, preserved = self.preservation
+        term, note = preservation.loss(
             model, params.preserve_weight, self.base_check.frozen, self.device)
         trial.set_user_attr("preserve_targets", note)
+        trial.set_user_attr("preserve_on", preserved.source)
         return [term]
 
     def _curve(self, trial: optuna.Trial, model, adapter, untouched: dict,

@@ -40,6 +40,7 @@ def trial_entry(trial: optuna.trial.FrozenTrial | None, audits: dict | None = No
         "stopped": attrs.get("prune_reason", "pruned") if stopped else None,
         "params": full_params(trial),
         "retention": attrs.get("retention"),
+        "retention_interval": attrs.get("retention_interval"),
         "base_score": attrs.get("base_score"),
         "audit": (audits or {}).get(str(trial.number)),
         "train_seconds": attrs.get("train_seconds"),

@@ -100,3 +100,29 @@ def test_a_trial_log_on_a_full_disk_says_so_once(small_disk, fill_disk, capsys,
     said = [r.getMessage() for r in caplog.records if "cannot be written" in r.getMessage()]
     assert said == [f"autoft: the trial log {path} cannot be written (the disk is full); the "
                     "trial's lines go on to the screen only."]
+
+
+def test_sqlite_s_own_full_disk_error_is_a_full_disk(small_disk, fill_disk):
+    """SQLite says "database or disk is full" in an error that is no OSError; it gets the
+    same sentence as any full disk, naming the study's storage."""
+    import sqlite3
+
+    from autoft.cli import disk_full_sentence
+    from autoft.files import is_disk_full
+
+    disk = small_disk("1m")
+    connection = sqlite3.connect(disk / "study.db")
+    connection.execute("CREATE TABLE attrs (value BLOB)")
+    connection.commit()
+    fill_disk(disk)
+    try:
+        connection.execute("INSERT INTO attrs VALUES (?)", (b"x" * 200_000,))
+        connection.commit()
+    except sqlite3.OperationalError as error:
+        full = error
+    else:
+        raise AssertionError("the write to a full disk succeeded")
+    assert is_disk_full(full)
+    sentence = disk_full_sentence(full, "s")
+    assert sentence.startswith("could not write the study's storage: the disk is full "
+                               "(database or disk is full); every completed trial is kept")

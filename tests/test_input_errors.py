@@ -152,6 +152,16 @@ def test_missing_preservation_file(tiny_model_dir, tiny_csv, tmp_path, capsys):
                    tmp_path=tmp_path)
 
 
+def test_preservation_file_that_is_a_folder(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    """A folder where a file belongs is named as a folder, not as missing."""
+    (tmp_path / "texts").mkdir()
+    args = search_args(tiny_model_dir, tiny_csv, tmp_path, *base_args(tiny_csv),
+                       "--base-preserve-data", str(tmp_path / "texts"))
+    code, err = run_cli(args, capsys)
+    assert_refused(code, err, "--base-preserve-data", "texts is a folder", "give a file",
+                   tmp_path=tmp_path)
+
+
 def test_empty_preservation_file(tiny_model_dir, tiny_csv, tmp_path, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n  \n")

@@ -109,6 +109,10 @@ def test_a_trial_pruned_for_forgetting_mixed_back_keeps_the_bar_and_completes(
     trial = study.trials[0]
     assert trial.state == optuna.trial.TrialState.COMPLETE
     assert trial.user_attrs["prune_reason"].startswith("forgetting")
+    low, high = trial.user_attrs["quick_interval"][0]
+    assert low <= trial.user_attrs["quick_retention"][0] <= high < 0.95, "clearly below"
+    low, high = trial.user_attrs["retention_interval"]
+    assert low <= trial.user_attrs["retention"] <= high
     assert trial.user_attrs["stop_reason"].endswith("mixed back toward the untouched weights it "
                                                     "keeps the bar")
     points = [MixPoint(**p) for p in trial.user_attrs["interpolation"]]

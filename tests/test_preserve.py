@@ -12,15 +12,18 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from transformers import BertConfig, BertForMaskedLM
+from safetensors.torch import load_file
+from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
 
 from autoft.cli import main
 from autoft.config import BaseTaskConfig, build_config
-from autoft.forgetting import build_base_task, preservation_texts
+from autoft.forgetting import BaseSplit, build_base_task, preservation_texts
 from autoft.forgetting.split import split_base
 from autoft.model import evaluating, freeze, load_model
 from autoft.prepare import prepare_study
-from autoft.preserve import Preservation
+from autoft.preserve import Preservation, texts_to_preserve
+from autoft.tasks import get_task
+from autoft.tasks.text import Split, tokenize
 from autoft.train import TrialParams, train_trial
 
 CPU = torch.device("cpu")
@@ -180,14 +183,91 @@ def test_weight_zero_trains_exactly_as_without_preservation(
     assert not (tmp_path / "s" / "off" / "preserve").exists()
 
 
-def test_preserve_weight_is_held_at_zero_without_texts_to_preserve(tiny_model_dir, tiny_csv,
-                                                                   tmp_path):
-    """The base data is scored whole and there is no preservation file: trials never preserve."""
-    space = PRESERVING_SPACE + "preserve_weight: {choices: [0, 1], default: 1}\n"
-    study = search(tmp_path, tiny_model_dir, tiny_csv, space, "none", 1)
-    assert study.trials[0].user_attrs["params"]["preserve_weight"] == 0.0
-    summary = json.loads((tmp_path / "s" / "none" / "summary.json").read_text())
-    assert summary["best"] is not None
+def test_without_base_side_texts_it_preserves_on_the_tasks_own_training_texts(
+    tiny_model_dir, tmp_path, sentiment_rows, write_csv, capfd
+):
+    """The base items are all scored (a tiny base file) and there is no preservation file: the
+    trials preserve on the task's own training texts (Learning without Forgetting), never its
+    validation texts, say so and record it, and the loss term changes what they train."""
+    train_rows = sentiment_rows(80, seed=1)
+    seen = {row["text"] for row in train_rows}
+    val_rows = [row for row in sentiment_rows(60, seed=2) if row["text"] not in seen][:30]
+    train = write_csv(tmp_path / "train.csv", train_rows)
+    validation = write_csv(tmp_path / "val.csv", val_rows)
+    base = write_lines(tmp_path / "base.txt", [r["text"] for r in sentiment_rows(20, seed=3)])
+    flags = ("--validation", str(validation), "--base-data", str(base))
+    space = PRESERVING_SPACE + "interpolation_mixes: []\n"
+    off = search(tmp_path, tiny_model_dir, train, space + "preserve_weight: {value: 0}\n",
+                 "off", 1, *flags)
+    capfd.readouterr()
+    own = search(tmp_path, tiny_model_dir, train,
+                 space + "preserve_weight: {choices: [0, 1], default: 1}\n", "own", 1, *flags)
+    out = capfd.readouterr().out
+    assert "preserve_weight > 0 preserves on" in out and "of the task's own 80 training" in out
+    assert "held at 0" not in out
+    assert "preserve_targets" not in off.trials[0].user_attrs
+    attrs = own.trials[0].user_attrs
+    assert attrs["params"]["preserve_weight"] == 1.0
+    assert attrs["preserve_targets"] == "computed"
+    assert attrs["preserve_on"] == "training texts"
+    assert own.user_attrs["base"]["preserve_on"]["source"] == "training texts"
+    summary = json.loads((tmp_path / "s" / "own" / "summary.json").read_text())
+    assert summary["base"]["preserve_on"]["texts"] == 80
+    report = (tmp_path / "s" / "own" / "report.md").read_text()
+    assert ("Its preservation loss (×1) held the model's output near the untouched model's on "
+            "80 of the task's own 80 training texts") in report
+    config = build_config({}, None, {"model": str(tiny_model_dir), "train": str(train),
+                                     "validation": str(validation), "base_kind": "drift",
+                                     "base_data": str(base), "name": "own",
+                                     "studies_dir": str(tmp_path / "s")})
+    prepared = prepare_study(config, echo=lambda line: None)
+    tokenizer = prepared.task.load_processor(str(tiny_model_dir), False)
+    chosen = texts_to_preserve(config.base, BaseSplit.from_dict(prepared.base["split"]),
+                               prepared.data, prepared.task, tokenizer, config.seed)
+    assert set(chosen.texts) == seen, "every training text, decoded as it was written"
+    assert set(chosen.texts).isdisjoint(row["text"] for row in val_rows)
+    task = build_base_task(config.base, str(tiny_model_dir), tokenizer, 32,
+                           split=BaseSplit.from_dict(prepared.base["split"]))
+    (stored,) = (tmp_path / "s" / "own" / "preserve").glob("*.safetensors")
+    expected = Preservation(task, chosen.texts, tokenizer, tmp_path / "x", str(tiny_model_dir))
+    assert stored.name == expected.path.name, "the targets were computed on those texts"
+    trained = [load_file(tmp_path / "s" / name / "trials" / "0000" / "trainable.safetensors")
+               for name in ("off", "own")]
+    assert trained[0].keys() == trained[1].keys()
+    assert any(not torch.equal(trained[0][key], trained[1][key]) for key in trained[0])
+
+
+def test_a_pair_task_preserves_on_the_first_text_of_each_pair(words):
+    """Of a sentence-pair task's training inputs, the first text is preserved on, with segment
+    ids or, without them, up to the first separator."""
+    vocab = {token: i for i, token in enumerate(words.special + words.all)}
+    tokenizer = BertTokenizerFast(vocab=vocab, model_max_length=32)  # [CLS] a [SEP] b [SEP]
+    pairs = [("good film", "bad day"), ("the show was awful", "it is fine")]
+    encoded = tokenize(tokenizer, pairs, 32)
+    split = Split(encoded["input_ids"], [0, 1], encoded["token_type_ids"])
+    task = get_task("text-classification")
+    assert task.input_texts(split, tokenizer, [1, 0]) == ["the show was awful", "good film"]
+    without_segments = Split(encoded["input_ids"], [0, 1])
+    assert task.input_texts(without_segments, tokenizer, [0]) == ["good film"]
+
+
+def test_without_a_base_task_or_for_images_preserve_weight_is_held_at_zero(
+    tiny_model_dir, tiny_csv, tmp_path, capsys
+):
+    """No base task: nothing to preserve, and prepare says why; images have no preservation
+    loss, base task or not."""
+    space = tmp_path / "space.yaml"
+    space.write_text(PRESERVING_SPACE + "preserve_weight: {choices: [0, 1], default: 1}\n")
+    config = build_config({}, None, {"model": str(tiny_model_dir), "train": str(tiny_csv),
+                                     "space": str(space), "name": "nobase",
+                                     "studies_dir": str(tmp_path / "s")})
+    prepared = prepare_study(config)
+    assert "preserve_weight held at 0: there is no base task." in capsys.readouterr().out
+    assert next(p for p in prepared.space.parameters if p.name == "preserve_weight").value == 0
+    images = texts_to_preserve(BaseTaskConfig("drift", str(tiny_csv)), None, prepared.data,
+                               get_task("image-classification"), None, 0)
+    assert images.texts == []
+    assert images.words == "image-classification has no preservation loss"
 
 
 def test_without_a_file_only_base_texts_the_check_never_scores_are_used(tmp_path, texts):

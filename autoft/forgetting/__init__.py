@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from autoft.config import BaseTaskConfig
 from autoft.errors import UsageError
-from autoft.forgetting.base import BaseScore, BaseTask, Replay, no_replay, retention
+from autoft.forgetting.base import (
+    BaseScore,
+    BaseTask,
+    Replay,
+    no_replay,
+    paired_interval,
+    retention,
+)
 from autoft.forgetting.classification import ClassificationTask
 from autoft.forgetting.drift import DriftTask
 from autoft.forgetting.encoders import linear_cka
@@ -27,6 +34,7 @@ __all__ = [
     "find_pair_columns",
     "linear_cka",
     "no_replay",
+    "paired_interval",
     "preservation_texts",
     "retention",
 ]

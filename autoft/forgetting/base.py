@@ -49,7 +49,7 @@ class BaseTask(ABC):
     higher_is_better: bool
     replays_prefix = True  # whether `reads` can start from the frozen blocks' cached output
     split_: BaseSplit
-    audit_units_: int
+    units_: dict[str, int]  # how many units each part holds: quick, search, audit
 
     @abstractmethod
     def score(self, model, device: str, quick: bool = False, frozen: int = 0) -> BaseScore:
@@ -92,12 +92,14 @@ class BaseTask(ABC):
         """The untouched model's reading of a preservation batch, as stored once per study."""
         return self.reads(model, batch).float()
     @abstractmethod
-    def observe(self, model, device: str):
-        """What the score is computed from, per unit of the audit part, for `statistic`."""
+    def observe(self, model, device: str, part: str = "audit", frozen: int = 0):
+        """What the score is computed from, per unit of `part` (quick, search or audit), for
+        `statistic`; `frozen` bottom blocks are replayed as in `score`."""
 
     @abstractmethod
-    def statistic(self, observed, rows: np.ndarray) -> float:
-        """The score over the audit units `rows` (a bootstrap draw, repeats allowed)."""
+    def statistic(self, observed, rows: np.ndarray, part: str = "audit") -> float:
+        """The score over the units `rows` of `part` (a bootstrap draw, repeats allowed); over
+        every unit, the score `score` gives."""
 
     def _parts(self, config: BaseTaskConfig, total: int, unit: str, split: BaseSplit | None,
                seed: int) -> dict[str, list[int]]:
@@ -111,7 +113,7 @@ class BaseTask(ABC):
             )
         self.split_ = split
         parts = split.parts(config.max_examples, config.check_examples)
-        self.audit_units_ = len(parts["audit"])
+        self.units_ = {part: len(rows) for part, rows in parts.items()}
         return parts
 
 
@@ -128,6 +130,23 @@ def retention(base: float, tuned: float, higher_is_better: bool) -> float:
     if higher_is_better:
         return 1.0 if base <= EPS else tuned / base
     return max(base, EPS) / max(tuned, EPS)
+
+
+def paired_interval(task: BaseTask, base_observed, tuned_observed, part: str, seed: int,
+                    resamples: int, level: float = 0.95) -> tuple[float, float]:
+    """The percentile interval of the retention over bootstrap draws of `part`'s units (pairs,
+    documents with the pairs among them, or examples), the base and the tuned model paired:
+    how far the retention could move had the base data held other units of the same kind."""
+    units = task.units_[part]
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(resamples):
+        rows = rng.integers(0, units, units)
+        draws.append(retention(task.statistic(base_observed, rows, part),
+                               task.statistic(tuned_observed, rows, part),
+                               task.higher_is_better))
+    low, high = np.nanpercentile(draws, [50 * (1 - level), 50 * (1 + level)])
+    return float(low), float(high)
 
 
 def scored_part(quick: bool) -> str:

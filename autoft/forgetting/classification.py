@@ -103,10 +103,10 @@ class ClassificationTask(BaseTask):
         return head_reads_trained(model, self.original_, self.batches_["quick"][0])
 
     @torch.no_grad()
-    def observe(self, model, device: str) -> np.ndarray:
-        return self._correct(model, device, "audit").numpy()
+    def observe(self, model, device: str, part: str = "audit", frozen: int = 0) -> np.ndarray:
+        return self._correct(model, device, part, frozen).numpy()
 
-    def statistic(self, observed: np.ndarray, rows: np.ndarray) -> float:
+    def statistic(self, observed: np.ndarray, rows: np.ndarray, part: str = "audit") -> float:
         return float(observed[rows].mean())
 
     def reads(self, model, batch: dict, replay: Replay = no_replay) -> torch.Tensor:

@@ -100,14 +100,15 @@ class DriftTask(BaseTask):
         }
         self._base = None
     @torch.no_grad()
-    def observe(self, model, device: str) -> torch.Tensor:
-        """The last layer's representation of each audit text."""
-        self._reference("audit", device)
-        return pooled(model.base_model, self.batches_["audit"], device, every_layer=True)[-1]
+    def observe(self, model, device: str, part: str = "audit", frozen: int = 0) -> torch.Tensor:
+        """The last layer's representation of each text of the part (the model runs whole, as
+        in `score`)."""
+        self._reference(part, device)
+        return pooled(model.base_model, self.batches_[part], device, every_layer=True)[-1].cpu()
 
-    def statistic(self, observed: torch.Tensor, rows: np.ndarray) -> float:
+    def statistic(self, observed: torch.Tensor, rows: np.ndarray, part: str = "audit") -> float:
         rows = torch.as_tensor(rows)
-        return linear_cka(self.reference_["audit"][-1][rows], observed.cpu()[rows])
+        return linear_cka(self.reference_[part][-1][rows], observed[rows])
 
     def _reference(self, part: str, device: str) -> list[torch.Tensor]:
         """The base model's representations of a part, once: the searched parts together, the

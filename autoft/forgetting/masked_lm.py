@@ -127,10 +127,10 @@ class MaskedLMTask(BaseTask):
         log_p, ids = target[:, 0], target[:, 1].long()
         return (log_p.exp() * (log_p - tuned.float().gather(-1, ids))).sum(-1).mean()
     @torch.no_grad()
-    def observe(self, model, device: str) -> np.ndarray:
-        return self._losses(model, device, "audit")
+    def observe(self, model, device: str, part: str = "audit", frozen: int = 0) -> np.ndarray:
+        return self._losses(model, device, part, frozen)
 
-    def statistic(self, observed: np.ndarray, rows: np.ndarray) -> float:
+    def statistic(self, observed: np.ndarray, rows: np.ndarray, part: str = "audit") -> float:
         total, masked = observed[rows].sum(0)
         return float(total / max(masked, 1.0))
 

@@ -69,14 +69,14 @@ class SimilarityTask(BaseTask):
         return hidden_states_read_trained(model.base_model, self.batches_["quick"][0], False)
 
     @torch.no_grad()
-    def observe(self, model, device: str) -> np.ndarray:
-        """The cosine of every two audit texts."""
-        unit = self._unit_embeddings(model, device, "audit").double()
+    def observe(self, model, device: str, part: str = "audit", frozen: int = 0) -> np.ndarray:
+        """The cosine of every two texts of the part."""
+        unit = self._unit_embeddings(model, device, part, frozen).double()
         return (unit @ unit.T).numpy()
 
-    def statistic(self, observed: np.ndarray, rows: np.ndarray) -> float:
+    def statistic(self, observed: np.ndarray, rows: np.ndarray, part: str = "audit") -> float:
         """Spearman over the drawn pairs, or over the pairs among the drawn documents."""
-        pairs = self.pairs_["audit"]
+        pairs = self.pairs_[part]
         if pairs.ratings is None:
             left, right, gold = pairs.left[rows], pairs.right[rows], pairs.gold[rows]
         else:

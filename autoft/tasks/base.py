@@ -154,6 +154,11 @@ class Task(ABC):
             batch.pop("labels")
             yield indices, batch
 
+    def input_texts(self, split, processor, indices: list[int]) -> list[str]:
+        """The text of each of the examples `indices` of `split` (a pair's first text), for the
+        preservation loss on the task's own inputs; only tasks that preserve have texts."""
+        raise NotImplementedError(f"{self.name} has no texts to preserve on")
+
     def cache_refusal(self, split) -> str | None:
         """Why the prefix cache cannot serve training on `split` (its inputs change between
         epochs: augmentation), in words for the screen; None when it can."""

@@ -218,3 +218,18 @@ class TextTask(LabelledTask):
                       ) -> list[list[int]]:
         return bucketed_batches(self.sizes(split), batch_size, generator)
 
+    def input_texts(self, split: Split, processor, indices: list[int]) -> list[str]:
+        """Decoded from the prepared token ids (the raw table is not kept); of a pair, the first
+        text only: the tokens of segment 0 where the tokenizer gives segment ids, else those
+        before its first separator."""
+        texts = []
+        for i in indices:
+            ids = split.input_ids[i]
+            if split.token_type_ids is not None:
+                ids = [t for t, segment in zip(ids, split.token_type_ids[i], strict=True)
+                       if segment == 0]
+            elif processor.sep_token_id in ids[1:]:
+                ids = ids[: ids.index(processor.sep_token_id, 1)]
+            texts.append(processor.decode(ids, skip_special_tokens=True).strip())
+        return texts
+
