@@ -165,7 +165,9 @@ def soup_lines(summary: dict) -> list[str]:
         line += f"; it keeps {audited}"
     elif soup.get("retention") is not None:
         line += f"; it keeps {soup['retention']:.1%} of the base model's {base.get('kind')} skill"
-    return [line + f". It is the exported model (found in {soup['seconds']:.1f} s)."]
+    straddle = straddle_words(soup, base)
+    return [line + f". It is the exported model (found in {soup['seconds']:.1f} s)."
+            + (f" {straddle}" if straddle else "")]
 
 
 def summary_text(summary: dict) -> str:

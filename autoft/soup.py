@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from autoft.audit import recorded_base_task
 from autoft.describe import describe_numbers
 from autoft.files import write_whole
-from autoft.forgetting import retention
+from autoft.guard import ForgettingGuard
 from autoft.precision import set_precision
 from autoft.study import load_prepared_data
 from autoft.tasks import recorded_task
@@ -109,15 +109,20 @@ class Judge:
         self.model.to(self.device)
         self.trained = {t.number: load_file(t.user_attrs["checkpoint"]) for t in trials}
         self.recorded = {t.number: t.user_attrs.get("retention") for t in trials}
+        self.intervals = {(t.number,): t.user_attrs.get("retention_interval") for t in trials}
         names = set().union(*self.trained.values())
         self.untouched = {n: v.detach().cpu().clone() for n, v in self.model.state_dict().items()
                           if n in names}  # beside the checkpoints, which load on the CPU
         self.base = attrs.get("base")
 
     @functools.cached_property
-    def base_task(self):
-        """Built once a soup first needs checking: often none scores better."""
-        return recorded_base_task(self.attrs, self.tokenizer)
+    def guard(self) -> ForgettingGuard:
+        """The search's forgetting guard, built once a soup first needs checking (often none
+        scores better), with the untouched model's observations for its intervals."""
+        task = recorded_base_task(self.attrs, self.tokenizer)
+        self.model.load_state_dict(self.untouched, strict=False)  # the untouched model again
+        observed = {"search": task.observe(self.model, str(self.device), "search")}
+        return ForgettingGuard(task, self.base, observed, self.attrs["config"]["seed"])
 
     def soup(self, members: list[int]) -> dict[str, torch.Tensor]:
         return average([self.trained[n] for n in members], self.untouched)
@@ -130,16 +135,18 @@ class Judge:
         return evaluate(self.model, self.data, self.pad_id, self.device)
 
     def check(self, members: list[int]) -> tuple[float | None, bool]:
-        """The soup's retention and whether it keeps the bar; (None, True) without a base task.
-        A lone trial passed this check at its end (it is feasible): its recorded retention."""
+        """The soup's retention and whether it keeps the bar, by the full check that decided
+        the trials' feasibility (its interval kept in `intervals`); (None, True) without a base
+        task. A lone trial passed that check at its end (it is feasible): its recorded one."""
         if not self.base:
             return None, True
         if len(members) == 1:
             return self.recorded[members[0]], True
+        guard = self.guard
         self._load(members)
-        tuned = self.base_task.score(self.model, str(self.device)).value
-        kept = retention(self.base["score"], tuned, self.base["higher_is_better"])
-        return kept, kept >= self.base["min_retention"]
+        check = guard.measure(self.model, self.device, "search")
+        self.intervals[tuple(members)] = [check.low, check.high]
+        return check.retention, guard.passes(check.retention)
 
 
 def cook_soup(study: optuna.Study, study_dir: Path, echo=print) -> dict | None:
@@ -161,7 +168,9 @@ def cook_soup(study: optuna.Study, study_dir: Path, echo=print) -> dict | None:
     best = best_feasible(study)  # the answer otherwise, even if its weights are not here
     won = len(members) > 1 and sign * final.value > sign * best.value
     outcome = {"members": members, "candidates": [t.number for t in ranked],
-               "value": final.value, "retention": final.retention, "best_trial": best.number,
+               "value": final.value, "retention": final.retention,
+               "retention_interval": judge.intervals.get(tuple(members)),
+               "best_trial": best.number,
                "best_value": best.value, "won": won, "steps": [asdict(s) for s in steps],
                "checkpoint": None}
     path = soup_path(study_dir)

@@ -185,6 +185,8 @@ def test_a_winning_soup_is_audited_reported_and_exported(tiny_model_dir, tiny_cs
     soup = study.user_attrs["soup"]
     assert soup["won"] and soup["members"] == sorted([1, 2], key=lambda n: -study.trials[n].value)
     assert soup["best_trial"] == max(study.trials, key=lambda t: t.value).number
+    low, high = soup["retention_interval"]  # checked as the search checks a trial's end
+    assert soup["retention"] >= BAR and low <= high
     # Its saved weights hold only what a member trained, and score what was recorded.
     saved = load_file(soup["checkpoint"])
     assert set(saved) == set(tuned)
