@@ -20,6 +20,7 @@ from autoft.soup import Step, average, greedy
 from autoft.study import load_prepared_data
 from autoft.tasks import recorded_task
 from autoft.train import evaluate
+from autoft.trials import winning_soup
 
 SPACE = """\
 learning_rate: {low: 3.0e-4, high: 3.0e-3, log: true, default: 1.0e-3}
@@ -65,6 +66,18 @@ def test_a_parameter_a_member_did_not_train_counts_as_untouched() -> None:
     assert torch.equal(soup["body"], torch.tensor([1.0, 2.0]))
     assert torch.equal(soup["head"], torch.tensor([2.0, 3.0]))
     assert soup["count"].item() == 7
+
+
+def test_a_soup_is_the_answer_only_while_the_trial_it_beat_is_the_best() -> None:
+    study = optuna.create_study(direction="maximize")
+    for value in (0.7, 0.6):
+        study.add_trial(optuna.trial.create_trial(value=value, params={}, distributions={}))
+    study.set_user_attr("soup", {"won": True, "best_trial": 0, "members": [0, 1]})
+    assert winning_soup(study)["members"] == [0, 1]
+    study.add_trial(optuna.trial.create_trial(value=0.8, params={}, distributions={}))
+    assert winning_soup(study) is None, "a trial finished since beat it"
+    study.set_user_attr("soup", {"won": False, "best_trial": 2, "members": [2]})
+    assert winning_soup(study) is None
 
 
 def search(tiny_model_dir, tiny_csv, tmp_path, name: str, n_trials: int, base=True) -> int:
