@@ -78,6 +78,9 @@ def main() -> None:
                         help="comma-separated: base (lee_background.cor), own (training texts)")
     parser.add_argument("--costs", choices=["all", "default"], default="all")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
+    parser.add_argument("--twice", action="store_true",
+                        help="train each preserving row again with the same Preservation, as a "
+                             "worker's later trial (the frozen prefix's states then replayed)")
     parser.add_argument("--profile", action="store_true",
                         help="time the pieces of each training step instead (see above)")
     args = parser.parse_args()
@@ -115,16 +118,23 @@ def main() -> None:
               f"batch 32, prefix cache on, {torch.get_num_threads()} threads; "
               f"Lee base Spearman {base['score']:.4f} on lee.cor alone; preserving on: "
               + "; ".join(f"{source}: {chosen.words}" for source, chosen in texts.items()))
-        print(f"{'preservation':<26} {'texts':>5} {'weight':>6} {'targets s':>9} "
+        print(f"{'preservation':<38} {'texts':>5} {'weight':>6} {'targets s':>9} "
               f"{'train s':>8} {'val F1':>7} {'Lee kept':>8}")
+        trials = ("first trial", "later trial") if args.twice else ("",)
         if args.profile:
             for source in sources:
-                profile(args, config, data, prepared, task, tokenizer, texts[source], source,
-                        cache)
+                preservation = Preservation(task, texts[source].texts, tokenizer,
+                                            config.study_dir / "preserve", config.model, Cost())
+                for trial in trials:
+                    profile(args, config, data, prepared, task, preservation, source, trial,
+                            cache)
             return
         rows = [(name, cost, source) for source in sources for name, cost in settings.items()
                 if cost is not None]
-        for name, cost, source in [("off", None, "-"), *rows]:
+        kept_preservations: dict[tuple[str, str], Preservation] = {}
+        runs = [(name, cost, source, trial) for name, cost, source in rows for trial in trials]
+        for setting, cost, source, trial in [("off", None, "-", ""), *runs]:
+            name = f"{setting}, {trial}" if trial else setting
             weight = 0.0 if cost is None else args.weight
             params = TrialParams(learning_rate=args.learning_rate, head_lr_multiplier=10,
                                  batch_size=32, trainable_layers=args.layers, epochs=2,
@@ -135,8 +145,11 @@ def main() -> None:
             terms, target_seconds = [], 0.0
             if cost is not None:
                 began = time.perf_counter()
-                preservation = Preservation(task, texts[source].texts, tokenizer,
-                                            config.study_dir / "preserve", config.model, cost)
+                key = (source, setting)
+                preservation = kept_preservations.get(key) or Preservation(
+                    task, texts[source].texts, tokenizer, config.study_dir / "preserve",
+                    config.model, cost)
+                kept_preservations[key] = preservation
                 term, _note = preservation.loss(model, weight, frozen, CPU)
                 target_seconds, terms = time.perf_counter() - began, [term]
             cache.states_for(model, data, frozen, CPU, prepared.pad_id)  # built outside timing
@@ -145,7 +158,7 @@ def main() -> None:
                                  loss_terms=terms)
             model.load_state_dict(result.best_state, strict=False)
             kept = retention(base["score"], task.score(model, "cpu", frozen=frozen).value, True)
-            print(f"{name:<26} {source:>5} {weight:>6g} {target_seconds:>9.1f} "
+            print(f"{name:<38} {source:>5} {weight:>6g} {target_seconds:>9.1f} "
                   f"{result.train_seconds:>8.1f} {result.best.value:>7.4f} {kept:>8.3f}",
                   flush=True)
 
@@ -157,7 +170,7 @@ def clock(times: dict, name: str, began: float) -> float:
     return now
 
 
-def profile(args, config, data, prepared, task, tokenizer, chosen, source, cache) -> None:
+def profile(args, config, data, prepared, task, preservation, source, trial, cache) -> None:
     """train_trial's steps (no evaluations), each piece timed; a table of seconds per step."""
     params = TrialParams(learning_rate=args.learning_rate, head_lr_multiplier=10, batch_size=32,
                          trainable_layers=args.layers, epochs=2, weight_decay=0.01,
@@ -165,8 +178,6 @@ def profile(args, config, data, prepared, task, tokenizer, chosen, source, cache
     model, _ = load_model(config.model, data.label_names)
     freeze(model, params.trainable_layers)
     frozen = frozen_blocks(model, params.trainable_layers)
-    preservation = Preservation(task, chosen.texts, tokenizer, config.study_dir / "preserve",
-                                config.model, Cost())
     term, _note = preservation.loss(model, args.weight, frozen, CPU)
     states = cache.states_for(model, data, frozen, CPU, prepared.pad_id).states
     target_task = get_task(data.task)
@@ -197,10 +208,10 @@ def profile(args, config, data, prepared, task, tokenizer, chosen, source, cache
                 loss = forward(model, batch, indices, states and states.train).loss
                 now = clock(times, "task: forward (prefix cached)", now)
                 fresh = index not in term.prefix
+                counts["captures"] += fresh and term.shared.get(frozen, index, CPU) is None
                 replay = term._replay(model, index, pbatch)  # noqa: SLF001 - timed apart
                 if fresh:
                     now = clock(times, "pres: frozen prefix (capture)", now)
-                    counts["captures"] += 1
                     if frozen and term.replays and len(term.prefix) > 1:
                         whole_steps += 1
                         with torch.no_grad(), evaluating(model):
@@ -226,9 +237,10 @@ def profile(args, config, data, prepared, task, tokenizer, chosen, source, cache
             clock(times, "optimizer step", now)
             step += 1
     total = time.perf_counter() - started - sum(v for k, v in times.items() if k[0] == "(")
-    print(f"\nprofile: top {args.layers} of 6 trained ({frozen} frozen), {source} texts, "
+    print(f"\nprofile{' of the ' + trial if trial else ''}: top {args.layers} of 6 trained "
+          f"({frozen} frozen), {source} texts, "
           f"{step} steps, {precision_name(CPU)}, {torch.get_num_threads()} threads, replay "
-          f"{'on' if term.replays else 'off'}, {counts['captures']} prefix captures; "
+          f"{'on' if term.replays else 'off'}, {counts['captures']} captured in this trial; "
           f"preservation batches {len(term.batches)}, {tokens / step:.0f} real tokens a step of "
           f"{padded / step:.0f} padded ({padded // step // 8} per text)")
     print(f"{'piece':<36} {'s/step':>7} {'share':>6}")
