@@ -63,6 +63,7 @@ SETTINGS = {  # name: cost (None: no preservation); the first two are `--costs d
     "off": None,
     "64 tok × 8, every step": Cost(max_length=64, batch_texts=8, every_steps=1),
     "64 tok × 8, every 4th": Cost(max_length=64, batch_texts=8, every_steps=4),
+    "64 tok × 4, every step": Cost(max_length=64, batch_texts=4, every_steps=1),
     "128 tok × 16, every step": Cost(max_length=128, batch_texts=16, every_steps=1),
 }
 
