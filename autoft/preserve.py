@@ -105,7 +105,8 @@ class Preservation:
         self.batches = task.preservation_batches(
             tokenizer, texts[:MAX_TEXTS], cost.max_length, cost.batch_texts)
         digest = hashlib.sha256(json.dumps([type(task).__name__, model_name]).encode())
-        for batch in self.batches:
+        for batch in self.batches:  # the shape too: 4-text and 8-text batches of equal-length
+            digest.update(str(tuple(batch["input_ids"].shape)).encode())  # texts hold the same ids
             digest.update(batch["input_ids"].numpy().tobytes())
         self.path = Path(folder) / f"{digest.hexdigest()[:32]}.safetensors"
         self.prefixes = PrefixStates()

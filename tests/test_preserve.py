@@ -341,3 +341,18 @@ def test_a_later_trial_replays_the_frozen_prefix_its_worker_computed_with_the_sa
     fresh = trial(Preservation(task, texts, tokenizer, tmp_path / "preserve", str(tiny_model_dir)))
     assert len(captures) == 2 * len(shared.batches)
     assert again == fresh == first
+
+
+def test_batches_of_another_size_keep_their_own_targets(tiny_model_dir, tmp_path, build_tokenizer,
+                                                        base_config):
+    """Texts cut to one length give the same token ids in batches of 4 or 8: the stored
+    targets' name must still tell them apart, or each size takes the other's for damaged."""
+    from autoft.preserve import Cost
+
+    config = base_config("drift", tmp_path)
+    tokenizer = build_tokenizer()
+    task = build_base_task(config, str(tiny_model_dir), tokenizer, 32)
+    texts = preservation_texts(config, task.split_)
+    paths = {Preservation(task, texts, tokenizer, tmp_path / "preserve", str(tiny_model_dir),
+                          Cost(max_length=4, batch_texts=size)).path for size in (4, 8)}
+    assert len(paths) == 2
