@@ -119,8 +119,6 @@ def main() -> None:
               f"batch 32, prefix cache on, {torch.get_num_threads()} threads; "
               f"Lee base Spearman {base['score']:.4f} on lee.cor alone; preserving on: "
               + "; ".join(f"{source}: {chosen.words}" for source, chosen in texts.items()))
-        print(f"{'preservation':<38} {'texts':>5} {'weight':>6} {'targets s':>9} "
-              f"{'train s':>8} {'val F1':>7} {'Lee kept':>8}")
         trials = ("first trial", "later trial") if args.twice else ("",)
         if args.profile:
             for source in sources:
@@ -130,6 +128,8 @@ def main() -> None:
                     profile(args, config, data, prepared, task, preservation, source, trial,
                             cache)
             return
+        print(f"{'preservation':<38} {'texts':>5} {'weight':>6} {'targets s':>9} "
+              f"{'train s':>8} {'val F1':>7} {'Lee kept':>8}")
         rows = [(name, cost, source) for source in sources for name, cost in settings.items()
                 if cost is not None]
         kept_preservations: dict[tuple[str, str], Preservation] = {}
