@@ -6,7 +6,8 @@ training texts (Learning without Forgetting): `texts_to_preserve` chooses, in on
 The untouched outputs (targets) are computed once per study, by the first trial that needs them
 while its model is still untouched, and kept checksummed in `studies/<name>/preserve/`. The cost
 per trial stays small: short texts, a few per step, every k steps, and the frozen prefix's output
-on each fixed batch computed once per trial and replayed (proven on the first batch).
+on each fixed batch computed once per worker and depth (the untouched bottom blocks on fixed
+texts: the same in every trial) and replayed, proven on each trial's first batch.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ MAX_TEXTS = 512
 OWN_TEXTS = 256  # the task's own training texts preserved on: a seeded sample, a few hundred
 PRESERVE_DATA, SPARE_ITEMS, OWN = "base.preserve_data", "spare base items", "training texts"
 REPLAY_TOLERANCE = 1e-4
+MAX_PREFIX_BYTES = 2**28  # a worker's frozen-prefix states of the preservation batches, all depths
 
 
 @dataclass(frozen=True)
@@ -103,16 +105,19 @@ class Preservation:
         self.batches = task.preservation_batches(
             tokenizer, texts[:MAX_TEXTS], cost.max_length, cost.batch_texts)
         digest = hashlib.sha256(json.dumps([type(task).__name__, model_name]).encode())
-        for batch in self.batches:
+        for batch in self.batches:  # the shape too: 4-text and 8-text batches of equal-length
+            digest.update(str(tuple(batch["input_ids"].shape)).encode())  # texts hold the same ids
             digest.update(batch["input_ids"].numpy().tobytes())
         self.path = Path(folder) / f"{digest.hexdigest()[:32]}.safetensors"
+        self.prefixes = PrefixStates()
 
     def loss(self, model, weight: float, frozen: int, device: torch.device
              ) -> tuple[PreservationLoss, str]:
         """The trial's loss term, and whether its targets were 'computed' now or 'reused'.
         `model` must still be untouched (before training) in case the targets are computed."""
         targets, note = self.targets(model, device)
-        return PreservationLoss(self.task, self.batches, targets, weight, frozen, self.cost), note
+        return PreservationLoss(self.task, self.batches, targets, weight, frozen, self.cost,
+                                self.prefixes), note
 
     def targets(self, model, device: torch.device) -> tuple[list[torch.Tensor], str]:
         """The stored targets, or computed from the untouched `model` and stored (one worker
@@ -160,20 +165,46 @@ def _digest(targets: list[torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+class PrefixStates:
+    """The frozen prefix's output on the preservation batches, kept by a worker across its
+    trials: every trial leaves its bottom `frozen` blocks as the base model's, so their output on a
+    fixed batch is the same in each (as autoft.replay.PrefixMemo for the base checks). Keyed by
+    depth, batch and device; past `max_bytes` a trial keeps what it captures to itself."""
+
+    def __init__(self, max_bytes: int = MAX_PREFIX_BYTES):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.states: dict[tuple[int, int, str], torch.Tensor] = {}
+
+    def get(self, frozen: int, index: int, device: torch.device) -> torch.Tensor | None:
+        return self.states.get((frozen, index, str(device)))
+
+    def keep(self, frozen: int, index: int, device: torch.device, state: torch.Tensor) -> bool:
+        """Whether `state` was kept for later trials (within the budget)."""
+        size = state.numel() * state.element_size()
+        if self.bytes + size > self.max_bytes:
+            return False
+        self.states[(frozen, index, str(device))] = state
+        self.bytes += size
+        return True
+
+
 class PreservationLoss:
     """One trial's `train.LossTerm`: weight × the task's distance on one fixed batch every
     `every_steps` steps, the batches in turn. The pass runs in eval mode (no dropout), as the
     check and the targets do."""
 
     def __init__(self, task: BaseTask, batches: list, targets: list[torch.Tensor],
-                 weight: float, frozen: int, cost: Cost):
+                 weight: float, frozen: int, cost: Cost, shared: PrefixStates | None = None):
         self.task = task
         self.batches = batches
         self.targets = targets
         self.weight = weight
         self.frozen = frozen
         self.every = cost.every_steps
-        self.prefix: dict[int, torch.Tensor] = {}
+        self.prefix: dict[int, torch.Tensor] = {}  # this trial's, the shared ones copied in
+        self.shared = shared if shared is not None else PrefixStates(0)
+        self.proven = False
         self.stacks: dict[int, Blocks] = {}
         self.replays = frozen > 0 and task.replays_prefix
 
@@ -188,25 +219,34 @@ class PreservationLoss:
         return self.weight * self.task.distance(tuned, self.targets[index].to(device))
 
     def _replay(self, model, index: int, batch) -> Replay:
-        """Replays the frozen blocks' output on this batch, computed once per trial; on the first
-        batch it is proven against the whole model, and a model it fails runs whole."""
+        """Replays the frozen blocks' output on this batch, computed once per worker and depth
+        (`PrefixStates`; once per trial past its budget); on the trial's first batch it is proven
+        against the whole model, and a model it fails runs whole."""
         if not self.replays:
             return no_replay
-        if index not in self.prefix:
-            with torch.no_grad(), evaluating(model):
-                try:
-                    self.prefix[index] = capture(
-                        model, self._blocks(model), (self.frozen,), batch)[self.frozen]
-                except CacheUnusable:
-                    self.replays = False
-                    return no_replay
-                if len(self.prefix) == 1 and not self._replay_matches(model, batch, index):
-                    self.replays = False
-                    return no_replay
+        with torch.no_grad(), evaluating(model):
+            if index not in self.prefix:
+                device = next(iter(batch.values())).device
+                state = self.shared.get(self.frozen, index, device)
+                if state is None:
+                    try:
+                        state = capture(model, self._blocks(model), (self.frozen,), batch)[
+                            self.frozen]
+                    except CacheUnusable:
+                        self.replays = False
+                        return no_replay
+                    if not self._proven(model, batch, state):
+                        return no_replay
+                    self.shared.keep(self.frozen, index, device, state)
+                self.prefix[index] = state
+            if not self._proven(model, batch, self.prefix[index]):
+                return no_replay
         return self._replayer(index)
 
     def _replayer(self, index: int) -> Replay:
-        state = self.prefix[index]
+        return self._replaying(self.prefix[index])
+
+    def _replaying(self, state: torch.Tensor) -> Replay:
         return lambda module: replaying(self._blocks(module), self.frozen, state)
 
     def _blocks(self, module) -> Blocks:
@@ -215,10 +255,18 @@ class PreservationLoss:
             self.stacks[id(module)] = find_blocks(module)
         return self.stacks[id(module)]
 
-    def _replay_matches(self, model, batch, index: int) -> bool:
+    def _proven(self, model, batch, state: torch.Tensor) -> bool:
+        """Whether replaying is proven for this trial: on its first batch, by comparison with
+        the whole model (a model that fails runs whole from then on)."""
+        if not self.proven:
+            self.proven = self._replay_matches(model, batch, state)
+            self.replays = self.proven
+        return self.proven
+
+    def _replay_matches(self, model, batch, state: torch.Tensor) -> bool:
         whole = self.task.reads(model, batch).float()
         try:
-            replayed = self.task.reads(model, batch, self._replayer(index)).float()
+            replayed = self.task.reads(model, batch, self._replaying(state)).float()
         except Exception:  # an architecture that breaks under the stand-ins runs whole
             return False
         gap = (replayed - whole).abs().max().item() if whole.numel() else 0.0

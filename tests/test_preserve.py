@@ -297,3 +297,62 @@ def test_a_preserving_config_says_so_in_words():
     params = {"trainable_layers": 2, "learning_rate": 1e-4, "preserve_weight": 0.3}
     assert describe_params(params, 6).endswith("preservation loss ×0.3")
     assert "preservation" not in describe_params({**params, "preserve_weight": 0.0}, 6)
+
+
+def test_a_later_trial_replays_the_frozen_prefix_its_worker_computed_with_the_same_loss(
+    tiny_model_dir, target, tmp_path, build_tokenizer, base_config, monkeypatch
+):
+    """The untouched bottom blocks' output on the fixed batches is computed once per worker and
+    depth: a second trial captures nothing, and its loss is, step by step, the loss it has with
+    the prefix computed afresh."""
+    import autoft.preserve as preserve
+
+    data, pad_id = target
+    config = base_config("similarity", tmp_path)
+    tokenizer = build_tokenizer()
+    task = build_base_task(config, str(tiny_model_dir), tokenizer, 32)
+    texts = preservation_texts(config, task.split_)
+    captures = []
+    real_capture = preserve.capture
+    monkeypatch.setattr(preserve, "capture",
+                        lambda *args: captures.append(1) or real_capture(*args))
+
+    def trial(preservation: Preservation) -> list[float]:
+        model, _ = load_model(str(tiny_model_dir), data.label_names)
+        freeze(model, HARD.trainable_layers)
+        term = preservation.loss(model, 1.0, 2, CPU)[0]
+        losses = []
+
+        def recorded(model, step):
+            loss = term(model, step)
+            losses.append(float(loss))
+            return loss
+
+        train_trial(model, data, dataclasses.replace(HARD, preserve_weight=1.0), CPU, pad_id,
+                    seed=0, on_evaluation=lambda evaluation: None, loss_terms=[recorded])
+        assert term.replays
+        return losses
+
+    shared = Preservation(task, texts, tokenizer, tmp_path / "preserve", str(tiny_model_dir))
+    first = trial(shared)
+    assert len(captures) == len(shared.batches)
+    again = trial(shared)
+    assert len(captures) == len(shared.batches), "the second trial captured nothing"
+    fresh = trial(Preservation(task, texts, tokenizer, tmp_path / "preserve", str(tiny_model_dir)))
+    assert len(captures) == 2 * len(shared.batches)
+    assert again == fresh == first
+
+
+def test_batches_of_another_size_keep_their_own_targets(tiny_model_dir, tmp_path, build_tokenizer,
+                                                        base_config):
+    """Texts cut to one length give the same token ids in batches of 4 or 8: the stored
+    targets' name must still tell them apart, or each size takes the other's for damaged."""
+    from autoft.preserve import Cost
+
+    config = base_config("drift", tmp_path)
+    tokenizer = build_tokenizer()
+    task = build_base_task(config, str(tiny_model_dir), tokenizer, 32)
+    texts = preservation_texts(config, task.split_)
+    paths = {Preservation(task, texts, tokenizer, tmp_path / "preserve", str(tiny_model_dir),
+                          Cost(max_length=4, batch_texts=size)).path for size in (4, 8)}
+    assert len(paths) == 2
