@@ -28,21 +28,23 @@ def measure_base(task: BaseTask, model, config: BaseTaskConfig, device: torch.de
     """The untouched model's base-task skill on the searched part, on its quick slice and on the
     audit part, with the split itself; stored in the study."""
     full = task.score(model, str(device))
-    quick = task.score(model, str(device), quick=True)
+    quick = task.observe(model, str(device), "quick")  # one pass: the score and its spread
     audit = task.statistic(task.observe(model, str(device)), np.arange(task.units_["audit"]))
     return {"kind": config.kind, "name": task.name, "measures": task.measures,
             "higher_is_better": task.higher_is_better, "score": full.value,
-            "details": full.details, "quick_score": quick.value, "audit_score": audit,
-            "split": task.split_.to_dict(), "min_retention": config.min_retention,
-            "quick_spread": score_spread(task, model, device, "quick")}
+            "details": full.details,
+            "quick_score": task.statistic(quick, np.arange(task.units_["quick"]), "quick"),
+            "audit_score": audit, "split": task.split_.to_dict(),
+            "min_retention": config.min_retention,
+            "quick_spread": score_spread(task, quick, "quick")}
 
 
-def score_spread(task: BaseTask, model, device: torch.device, part: str, seed: int = 0) -> float:
-    """Half the width of the base score's 95% bootstrap interval over `part`'s units, as a share
-    of the score: how precisely that part can measure the skill at all. A stand-in for the
-    interval of a tuned model's retention, which prepare has no tuned model to draw (the audit
-    intervals of tuned models measured here were as wide or wider)."""
-    observed = task.observe(model, str(device), part)
+def score_spread(task: BaseTask, observed, part: str, seed: int = 0) -> float:
+    """Half the width of the base score's 95% bootstrap interval over `part`'s units (`observed`:
+    the untouched model's observations of them), as a share of the score: how precisely that part
+    can measure the skill at all. A stand-in for the interval of a tuned model's retention, which
+    prepare has no tuned model to draw (the audit intervals of tuned models measured here were as
+    wide or wider)."""
     whole = task.statistic(observed, np.arange(task.units_[part]), part)
     rng = np.random.default_rng(seed)
     draws = [task.statistic(observed, rng.integers(0, task.units_[part], task.units_[part]),

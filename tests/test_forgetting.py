@@ -414,7 +414,8 @@ def test_a_dozen_lee_documents_cannot_tell_the_bar_from_ten_points_below(minilm,
                                 check_examples=documents)
         task = build_base_task(config, str(minilm), AutoTokenizer.from_pretrained(minilm), 256,
                                split=BaseSplit("documents", 50, ()))
-        spreads[documents] = score_spread(task, load_tuned(minilm), torch.device("cpu"), "quick")
+        observed = task.observe(load_tuned(minilm), "cpu", "quick")
+        spreads[documents] = score_spread(task, observed, "quick")
     assert spreads[12] > spreads[50] > COIN_FLIP, spreads
 
     train = tmp_path / "train.csv"

@@ -86,27 +86,33 @@ interpolation_mixes: [0.2, 0.6]
 """
 
 
+def mixing_search(tiny_model_dir, tiny_csv, tmp_path, bar: str):
+    """A one-trial search of INTERPOLATING_SPACE with a drift bar: its exit code and trial."""
+    from autoft.cli import main
+
+    space = tmp_path / "space.yaml"
+    space.write_text(INTERPOLATING_SPACE)
+    code = main(["search", "--model", str(tiny_model_dir), "--train", str(tiny_csv), "--space",
+                 str(space), "--n-trials", "1", "--study", "mix", "--studies-dir",
+                 str(tmp_path / "s"), "--base-kind", "drift", "--base-data", str(tiny_csv),
+                 "--min-retention", bar])
+    study = optuna.load_study(study_name="mix", storage=f"sqlite:///{tmp_path / 's/mix/study.db'}")
+    return code, study.trials[0]
+
+
 def test_a_trial_pruned_for_forgetting_mixed_back_keeps_the_bar_and_completes(
     tiny_model_dir, tiny_csv, tmp_path
 ) -> None:
     """Full fine-tuning at a rate that forgets: the quick check prunes it at its first
     evaluation; its weights mixed 20% of the way from the untouched ones keep the bar, so it
     completes there, and the checkpoint and export hold that point."""
-    import optuna
-
-    from autoft.cli import main
     from autoft.config import build_config
     from autoft.export import load_trial_model
     from autoft.prepare import prepare_study
 
+    code, trial = mixing_search(tiny_model_dir, tiny_csv, tmp_path, "0.95")
+    assert code == 0
     space = tmp_path / "space.yaml"
-    space.write_text(INTERPOLATING_SPACE)
-    flags = ["--model", str(tiny_model_dir), "--train", str(tiny_csv), "--space", str(space),
-             "--n-trials", "1", "--study", "mix", "--studies-dir", str(tmp_path / "s"),
-             "--base-kind", "drift", "--base-data", str(tiny_csv), "--min-retention", "0.95"]
-    assert main(["search", *flags]) == 0
-    study = optuna.load_study(study_name="mix", storage=f"sqlite:///{tmp_path / 's/mix/study.db'}")
-    trial = study.trials[0]
     assert trial.state == optuna.trial.TrialState.COMPLETE
     assert trial.user_attrs["prune_reason"].startswith("forgetting")
     low, high = trial.user_attrs["quick_interval"][0]
@@ -136,18 +142,8 @@ def test_a_trial_pruned_for_forgetting_mixed_back_keeps_the_bar_and_completes(
 
 def test_no_passing_point_leaves_the_trial_as_it_trained(tiny_model_dir, tiny_csv, tmp_path):
     """At a bar no mix reaches the pruned trial stays pruned, holding its trained weights."""
-    import optuna
-
-    from autoft.cli import main
-
-    space = tmp_path / "space.yaml"
-    space.write_text(INTERPOLATING_SPACE)
-    flags = ["--model", str(tiny_model_dir), "--train", str(tiny_csv), "--space", str(space),
-             "--n-trials", "1", "--study", "mix", "--studies-dir", str(tmp_path / "s"),
-             "--base-kind", "drift", "--base-data", str(tiny_csv), "--min-retention", "1.5"]
-    assert main(["search", *flags]) == 3
-    study = optuna.load_study(study_name="mix", storage=f"sqlite:///{tmp_path / 's/mix/study.db'}")
-    trial = study.trials[0]
+    code, trial = mixing_search(tiny_model_dir, tiny_csv, tmp_path, "1.5")
+    assert code == 3
     assert trial.state == optuna.trial.TrialState.PRUNED
     assert len(trial.user_attrs["interpolation"]) == 3
     assert trial.user_attrs["mix"] == 1.0
