@@ -120,6 +120,7 @@ def _is_utf8(line: bytes) -> bool:
 
 
 _warned: set[tuple[str, str]] = set()
+_file_warning_level = logging.WARNING
 
 
 def warn_once(path, message: str, *args) -> None:
@@ -128,7 +129,15 @@ def warn_once(path, message: str, *args) -> None:
     key = (str(path), message % args)
     if key not in _warned:
         _warned.add(key)
-        log.warning(message, *args)
+        log.log(_file_warning_level, message, *args)
+
+
+def leave_file_warnings_to_the_parent() -> None:
+    """In a worker the study's own process spawned: that process read the same files first and
+    said each warning once; every worker repeating it would bury it (four packed on one GPU said
+    the demo's one Latin-1 line four more times)."""
+    global _file_warning_level
+    _file_warning_level = logging.DEBUG
 
 
 def _check_unique(names: list[str], path: Path, where: str) -> None:

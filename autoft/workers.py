@@ -22,6 +22,7 @@ import torch
 from optuna.trial import TrialState
 
 from autoft.config import StudyConfig
+from autoft.data import leave_file_warnings_to_the_parent
 from autoft.devices import Slot, device_slots
 from autoft.files import is_disk_full
 from autoft.prepare import prepare_study
@@ -257,6 +258,7 @@ def _child_main(config, url, slot, index, deadline, hard_deadline) -> None:
     """Entry point of a spawned worker process; its exit code says how it ended."""
     logging.basicConfig(level=logging.INFO, format=f"[worker {index} {slot.device}] %(message)s")
     quiet_optuna()
+    leave_file_warnings_to_the_parent()
     interrupted = work(config, url, slot, deadline, hard_deadline)
     raise SystemExit(INTERRUPTED_EXIT if interrupted else 0)
 
