@@ -11,6 +11,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import optuna
+
 from autoft.audit import audit_reported
 from autoft.config import StudyConfig, parse_duration
 from autoft.describe import describe_numbers, describe_settings
@@ -44,9 +46,10 @@ def prepare_process() -> None:
     quiet_optuna()
 
 
-def search(config: StudyConfig) -> int:
+def search(config: StudyConfig) -> optuna.Study:
     """Prepare, run the trials, try a soup of the best ones, audit the reported configs, then
-    summarise and export the best model (the soup when it won).
+    summarise and export the best model (the soup when it won); returns the study (`autoft
+    search` and autoft.search share this path).
 
     After a Ctrl-C (or SIGTERM) the report and the best model are still written from the trials
     that finished; a second signal while they are written waits until they are.
@@ -91,7 +94,7 @@ def search(config: StudyConfig) -> int:
         raise KeyboardInterrupt
     if summary["best"] is None:
         raise NothingToShow(nothing_to_show(summary))
-    return 0
+    return study
 
 
 def check_writable(study_dir: Path) -> None:
