@@ -197,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "worker":
             add_device_flags(sub)
             sub.add_argument("--timeout", help="stop starting trials after this long, like 8h")
+            sub.add_argument("--wait", help="wait up to this long, like 10m, for `autoft search` "
+                             "to create the study (a job array's tasks start in any order; "
+                             "default: do not wait)")
     return parser
 
 
