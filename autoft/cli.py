@@ -20,7 +20,7 @@ from pathlib import Path
 
 from autoft.config import PRECISIONS, StudyConfig, build_config, load_yaml
 from autoft.errors import NOTHING_TO_SHOW_EXIT, NothingToShow, UsageError
-from autoft.files import SQLITE_FULL, is_disk_full
+from autoft.files import full_disk_said
 
 DEMO_FILE = files("autoft") / "demo.yaml"  # package data
 
@@ -197,20 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "worker":
             add_device_flags(sub)
             sub.add_argument("--timeout", help="stop starting trials after this long, like 8h")
+            sub.add_argument("--wait", help="wait up to this long, like 10m, for `autoft search` "
+                             "to create the study (a job array's tasks start in any order; "
+                             "default: do not wait)")
     return parser
-
-
-def disk_full_sentence(error: Exception, study: str) -> str:
-    """What a full disk stopped, and how to get it once there is room: the trials are in the
-    storage, so only what is written from them is missing. SQLite's error names no file: it is
-    the study's storage."""
-    where = getattr(error, "filename", None) or "the study's storage"
-    reason = getattr(error, "strerror", None) or SQLITE_FULL
-    return (
-        f"could not write {where}: the disk is full ({reason}); every completed trial "
-        f"is kept in the study's storage, so once space is freed `autoft report --study "
-        f"{study}` (or the same command again) writes it."
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,13 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         from autoft import commands  # the heavy imports (see the module docstring)
 
         commands.prepare_process()
-        try:
-            return commands.search(config) if config else getattr(commands, args.command)(args)
-        except Exception as error:  # an OSError, or SQLite's (through SQLAlchemy)
-            if not is_disk_full(error):
-                raise
-            raise NothingToShow(
-                disk_full_sentence(error, config.name if config else args.study)) from None
+        with full_disk_said(config.name if config else args.study):
+            if config:
+                commands.search(config)
+                return 0
+            return getattr(commands, args.command)(args)
     except UsageError as error:
         print(f"autoft: {error}", file=sys.stderr)
         return 2

@@ -11,6 +11,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import optuna
+
 from autoft.audit import audit_reported
 from autoft.config import StudyConfig, parse_duration
 from autoft.describe import describe_numbers, describe_settings
@@ -35,7 +37,7 @@ from autoft.storage import (
 from autoft.study import record_study_facts
 from autoft.summary import build_summary
 from autoft.trials import winning_soup
-from autoft.workers import join_study, quiet_optuna, run_workers, time_limits
+from autoft.workers import WAIT_SECONDS, join_study, quiet_optuna, run_workers, time_limits
 
 
 def prepare_process() -> None:
@@ -44,9 +46,10 @@ def prepare_process() -> None:
     quiet_optuna()
 
 
-def search(config: StudyConfig) -> int:
+def search(config: StudyConfig) -> optuna.Study:
     """Prepare, run the trials, try a soup of the best ones, audit the reported configs, then
-    summarise and export the best model (the soup when it won).
+    summarise and export the best model (the soup when it won); returns the study (`autoft
+    search` and autoft.search share this path).
 
     After a Ctrl-C (or SIGTERM) the report and the best model are still written from the trials
     that finished; a second signal while they are written waits until they are.
@@ -91,7 +94,7 @@ def search(config: StudyConfig) -> int:
         raise KeyboardInterrupt
     if summary["best"] is None:
         raise NothingToShow(nothing_to_show(summary))
-    return 0
+    return study
 
 
 def check_writable(study_dir: Path) -> None:
@@ -153,7 +156,8 @@ def status(args: argparse.Namespace) -> int:
 def worker(args: argparse.Namespace) -> int:
     """Run trials of an existing study here, e.g. on a second machine sharing its PostgreSQL."""
     check_writable(Path(args.studies_dir) / args.study)
-    study = load_study(args.study, args.studies_dir, args.storage)
+    study = study_to_join(args.study, args.studies_dir, args.storage,
+                          parse_duration(args.wait, "--wait"))
     if join_study(
         study,
         args.studies_dir,
@@ -164,3 +168,21 @@ def worker(args: argparse.Namespace) -> int:
     ):
         raise KeyboardInterrupt
     return 0
+
+
+def study_to_join(name: str, studies_dir: str, storage: str | None,
+                  wait: float | None) -> optuna.Study:
+    """The study a worker joins, once `autoft search` has created it and recorded its config
+    (its last fact), waiting up to `wait` seconds for that: the tasks of a job array start in
+    any order. Past the wait, the study as it is (join_study says what it lacks)."""
+    deadline = time.time() + (wait or 0)
+    while True:
+        try:
+            study = load_study(name, studies_dir, storage)
+        except UsageError:  # no such study yet, or its database not up yet
+            if time.time() >= deadline:
+                raise
+        else:
+            if "config" in study.user_attrs or time.time() >= deadline:
+                return study
+        time.sleep(WAIT_SECONDS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,35 @@ _STUDY_FIELDS = {f.name: f for f in fields(StudyConfig) if f.name not in ("origi
 _BASE_FIELDS = {f.name: f for f in fields(BaseTaskConfig)}
 
 
+def cli_flag(key: str) -> str:
+    """How a setting is given on the command line ('--train', '--base-kind'), for messages."""
+    return _FLAG_FOR.get(key, "--" + key.replace("_", "-"))
+
+
+def python_argument(key: str) -> str:
+    """How a setting is given to autoft.search ('autoft.search(train=...)'), for messages."""
+    if key.startswith("base_"):
+        return f"autoft.search(base={{'{key[5:]}': ...}})"
+    return f"autoft.search({key}=...)"
+
+
+def flat_settings(settings: dict[str, Any], where: Callable[[str], str]) -> dict[str, Any]:
+    """Settings shaped as a study file's (`base` a mapping) flattened as the flags are (base.kind
+    as base_kind), each name checked; `where(key)` names a setting in messages."""
+    flat = {}
+    for key, value in settings.items():
+        if key != "base":
+            _check_known(key, _STUDY_FIELDS, where(key))
+            flat[key] = value
+        elif value is not None:
+            if not isinstance(value, dict):
+                raise UsageError(f"{where(key)}: expected a mapping (kind, data, ...).")
+            for base_key, base_value in value.items():
+                _check_known(base_key, _BASE_FIELDS, where(f"base_{base_key}"))
+                flat[f"base_{base_key}"] = base_value
+    return flat
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a study file safely into a mapping; a broken file is a UsageError naming it."""
     path = Path(path)
@@ -161,36 +191,32 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def build_config(
-    file_settings: dict[str, Any], file_path: str | Path | None, flag_settings: dict[str, Any]
+    file_settings: dict[str, Any],
+    file_path: str | Path | None,
+    given: dict[str, Any],
+    given_as: Callable[[str], str] = cli_flag,
 ) -> StudyConfig:
-    """Merge a study file's settings with CLI flags (flags win), resolve paths, check values."""
+    """Merge a study file's settings with settings given flat, as flags are (base.kind as
+    base_kind; None: not given), which win; resolve paths, check values. `given_as(key)` says
+    in messages how a setting is given: a flag, or an argument of autoft.search."""
+    def in_file(key: str) -> str:
+        return f"{file_path} field {key.replace('base_', 'base.', 1)}"
+
     origins: dict[str, str] = {}
     values: dict[str, Any] = {}
     base_values: dict[str, Any] = {}
     base_origins: dict[str, str] = {}
     relative_to = Path(file_path).parent if file_path else None
-    for key, value in file_settings.items():
-        if key == "base":
-            if not isinstance(value, dict):
-                raise UsageError(f"{file_path} field base: expected a mapping (kind, data, ...).")
-            for base_key, base_value in value.items():
-                _check_known(base_key, _BASE_FIELDS, f"{file_path} field base.{base_key}")
-                base_values[base_key] = base_value
-                base_origins[base_key] = f"{file_path} field base.{base_key}"
-            continue
-        _check_known(key, _STUDY_FIELDS, f"{file_path} field {key}")
-        values[key] = value
-        origins[key] = f"{file_path} field {key}"
-    for key, value in flag_settings.items():
-        if value is None:
-            continue
-        flag = _FLAG_FOR.get(key, "--" + key.replace("_", "-"))
-        if key.startswith("base_"):
-            base_values[key[5:]] = value
-            base_origins[key[5:]] = flag
-        else:
-            values[key] = value
-            origins[key] = flag
+    for settings, where in ((flat_settings(file_settings, in_file), in_file), (given, given_as)):
+        for key, value in settings.items():
+            if value is None:
+                continue
+            if key.startswith("base_"):
+                base_values[key[5:]] = value
+                base_origins[key[5:]] = where(key)
+            else:
+                values[key] = value
+                origins[key] = where(key)
     values, origins = apply_preset(values, origins)
     for key in _PATH_FIELDS:
         if values.get(key):
@@ -200,10 +226,10 @@ def build_config(
             base_values[key] = resolve_path(str(base_values[key]), relative_to)
     for key in ("model", "train"):
         if not values.get(key):
-            flag = "--" + key
-            raise UsageError(f"No {key} given; pass {flag} or set '{key}:' in the study file.")
+            raise UsageError(
+                f"No {key} given; pass {given_as(key)} or set '{key}:' in the study file.")
     values["timeout"] = parse_duration(values.get("timeout"), origins.get("timeout", "timeout"))
-    base = _build_base(base_values, base_origins) if base_values else None
+    base = _build_base(base_values, base_origins, given_as) if base_values else None
     typed = {
         key: _coerce(value, _STUDY_FIELDS[key], origins.get(key, key))
         for key, value in values.items()
@@ -244,13 +270,13 @@ def _coerce(value: Any, spec: dataclasses.Field, where: str) -> Any:
     return str(value) if kind.startswith("str") else value
 
 
-def _build_base(values: dict[str, Any], origins: dict[str, str]) -> BaseTaskConfig:
+def _build_base(values: dict[str, Any], origins: dict[str, str],
+                given_as: Callable[[str], str]) -> BaseTaskConfig:
     for required in ("kind", "data"):
         if not values.get(required):
-            flag = f"--base-{required}"
             raise UsageError(
-                f"The base task needs '{required}'; pass {flag} or set base.{required} in the "
-                f"study file."
+                f"The base task needs '{required}'; pass {given_as('base_' + required)} or set "
+                f"base.{required} in the study file."
             )
     typed = {
         key: _coerce(value, _BASE_FIELDS[key], origins.get(key, key))

@@ -165,42 +165,72 @@ def soup_card(study: optuna.Study, soup: dict) -> str:
     return "\n".join(lines)
 
 
-def export_trial(study: optuna.Study, trial_number: int | None, out_dir: Path,
-                 study_dir: Path | None = None, overwrite: bool = False) -> Path:
-    """Save a trial's model to out_dir, ready for from_pretrained; without a trial number the
-    study's answer: its soup when one won (autoft.soup), else its best trial.
-
-    out_dir may be new, empty or an earlier export of this study; any other folder only with
-    `overwrite`, and never one that holds the study's model, data or folder (study_dir).
-    """
-    attrs = study.user_attrs
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    soup = winning_soup(study) if trial_number is None else None
-    if trial_number is None and soup is None:
+def answer(study: optuna.Study, trial_number: int | None = None
+           ) -> tuple[dict | None, optuna.trial.FrozenTrial | None]:
+    """What an export saves, as (soup, trial), one of them None: the trial numbered, or
+    without a number the study's answer: its soup when one won (autoft.soup), else its best
+    trial. A UsageError when there is none."""
+    if trial_number is None:
+        soup = winning_soup(study)
+        if soup is not None:
+            return soup, None
         best = best_feasible(study)
         if best is None:
             raise UsageError(
                 f"Study '{study.study_name}' has no best trial yet; "
                 f"pass --trial N or let the study finish a trial first."
             )
-        trial_number = best.number
-    if soup is None and trial_number not in trials:
+        return None, best
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if trial_number not in trials:
         raise UsageError(
             f"Study '{study.study_name}' has no trial {trial_number}; "
             f"`autoft status` lists its trials."
         )
-    check_out_dir(study, Path(out_dir), study_dir, overwrite)
+    return None, trials[trial_number]
+
+
+def load_answer_model(attrs: dict, soup: dict | None, trial: optuna.trial.FrozenTrial | None):
+    """The model and processor of `answer`'s soup or trial, from the study's user attributes."""
     task = recorded_task(attrs)
     if soup is not None:
-        model, processor = load_soup_model(task, attrs, soup)
-        card = soup_card(study, soup)
-        marker = {"study": study.study_name, "trial": None, "soup": soup["members"]}
-    else:
-        trial = trials[trial_number]
-        model, processor = load_trial_model(task, attrs["model"], attrs["label_names"], trial,
-                                            attrs.get("trust_remote_code", False))
-        card = model_card(study, trial)
-        marker = {"study": study.study_name, "trial": trial.number}
+        return load_soup_model(task, attrs, soup)
+    return load_trial_model(task, attrs["model"], attrs["label_names"], trial,
+                            attrs.get("trust_remote_code", False))
+
+
+def export_marker(study_name: str, soup: dict | None,
+                  trial: optuna.trial.FrozenTrial | None) -> dict:
+    """What an export's marker file says it holds: its study and trial, or the soup's members."""
+    if soup is not None:
+        return {"study": study_name, "trial": None, "soup": soup["members"]}
+    return {"study": study_name, "trial": trial.number}
+
+
+def read_marker(folder: Path) -> dict | None:
+    """The marker of an export in `folder` (export_marker), or None where there is none."""
+    try:
+        marker = json.loads((Path(folder) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def export_trial(study: optuna.Study, trial_number: int | None, out_dir: Path,
+                 study_dir: Path | None = None, overwrite: bool = False) -> Path:
+    """Save a trial's model to out_dir, ready for from_pretrained; without a trial number the
+    study's answer (see `answer`).
+
+    out_dir may be new, empty or an earlier export of this study; any other folder only with
+    `overwrite`, and never one that holds the study's model, data or folder (study_dir).
+    """
+    attrs = study.user_attrs
+    soup, trial = answer(study, trial_number)
+    check_out_dir(study, Path(out_dir), study_dir, overwrite)
+    task = recorded_task(attrs)
+    model, processor = load_answer_model(attrs, soup, trial)
+    card = soup_card(study, soup) if soup is not None else model_card(study, trial)
+    marker = export_marker(study.study_name, soup, trial)
 
     def write(folder: Path) -> None:
         with quiet_transformers():  # no 'Writing model shards' bar amid the study's own output
@@ -262,8 +292,5 @@ def check_out_dir(study: optuna.Study, out_dir: Path, study_dir: Path | None,
 
 def is_export_of(folder: Path, study: optuna.Study) -> bool:
     """Whether `folder` is a whole earlier export of this study (its marker names the study)."""
-    try:
-        marker = json.loads((folder / MARKER).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(marker, dict) and marker.get("study") == study.study_name
+    marker = read_marker(folder)
+    return marker is not None and marker.get("study") == study.study_name

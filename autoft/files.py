@@ -1,8 +1,8 @@
 """Writing files and folders whole: into a temporary sibling that is renamed into place, or
 removed when the write fails, so nothing half-written is ever found under the real name.
 
-A write that fails for a full disk raises OSError(ENOSPC) naming the file it was writing; the
-CLI turns that into one sentence (autoft.cli.disk_full_sentence).
+A write that fails for a full disk raises OSError(ENOSPC) naming the file it was writing; a
+command, or autoft.search, turns that into one sentence (full_disk_said).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from autoft.errors import NothingToShow
 
 FULL = (errno.ENOSPC, errno.EDQUOT)
 SQLITE_FULL = "database or disk is full"
@@ -39,6 +41,31 @@ def naming_the_file(path: Path) -> Iterator[None]:
             code = error.errno if isinstance(error, OSError) else errno.ENOSPC
             raise OSError(code, os.strerror(code), str(path)) from error
         raise
+
+
+def disk_full_sentence(error: Exception, study: str) -> str:
+    """What a full disk stopped, and how to get it once there is room: the trials are in the
+    storage, so only what is written from them is missing. SQLite's error names no file: it is
+    the study's storage."""
+    where = getattr(error, "filename", None) or "the study's storage"
+    reason = getattr(error, "strerror", None) or SQLITE_FULL
+    return (
+        f"could not write {where}: the disk is full ({reason}); every completed trial "
+        f"is kept in the study's storage, so once space is freed `autoft report --study "
+        f"{study}` (or the same command again) writes it."
+    )
+
+
+@contextlib.contextmanager
+def full_disk_said(study: str) -> Iterator[None]:
+    """A full disk during a command on `study` (an OSError, or SQLite's error through
+    SQLAlchemy) ends in NothingToShow with one sentence instead of a traceback."""
+    try:
+        yield
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        raise NothingToShow(disk_full_sentence(error, study)) from None
 
 
 def unwritable_folder(folder: Path) -> Path | None:

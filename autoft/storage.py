@@ -256,9 +256,11 @@ def study_read_only(name: str, studies_dir: str, storage: str | None) -> bool:
     return not os.access(path, os.W_OK) or unwritable_folder(path.parent) is not None
 
 
-def load_study(name: str, studies_dir: str, storage: str | None) -> optuna.Study:
-    """An existing study, for status, report and export; a clear error when there is none. A
-    study that cannot be written is opened read-only (SQLite's mode=ro, no start lock)."""
+def load_study(name: str, studies_dir: str, storage: str | None,
+               read_only: bool = False) -> optuna.Study:
+    """An existing study, for status, report, export and autoft.load; a clear error when there
+    is none. A study that cannot be written, or asked for `read_only`, is opened read-only
+    (SQLite's mode=ro, no start lock)."""
     path = sqlite_path(Path(studies_dir) / name)
     url = storage or f"sqlite:///{path.resolve()}"
     if url.startswith("sqlite") and not path.is_file():
@@ -266,8 +268,8 @@ def load_study(name: str, studies_dir: str, storage: str | None) -> optuna.Study
             f"No study '{name}' in {studies_dir}/ (no {name}/study.db); check "
             f"--study and --studies-dir."
         )
-    read_only = study_read_only(name, studies_dir, storage)
-    if read_only:
+    read_only = read_only or study_read_only(name, studies_dir, storage)
+    if read_only and not storage:
         url = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
     try:
         return optuna.load_study(study_name=name, storage=open_storage(url, read_only=read_only))

@@ -354,13 +354,13 @@ def record_study_facts(study: optuna.Study, prepared: Prepared) -> None:
         "starts": prepared.space.start_params(),
         "settings": search_settings(config),
         "base": prepared.base,
-        "config": recordable_config(config),
         "train_examples": len(data.train),
         "data_description": (
             f"{Path(config.train).name} ({len(data.train)} training and "
             f"{len(data.validation)} validation examples, {data.task}, labels "
             f"{', '.join(data.label_names)})"
         ),
+        "config": recordable_config(config),  # last: a waiting worker joins once it is there
     }
     for key, value in facts.items():
         if study.user_attrs.get(key) != value:

@@ -107,8 +107,7 @@ def test_sqlite_s_own_full_disk_error_is_a_full_disk(small_disk, fill_disk):
     same sentence as any full disk, naming the study's storage."""
     import sqlite3
 
-    from autoft.cli import disk_full_sentence
-    from autoft.files import is_disk_full
+    from autoft.files import disk_full_sentence, is_disk_full
 
     disk = small_disk("1m")
     connection = sqlite3.connect(disk / "study.db")

@@ -1,17 +1,22 @@
 """A study on PostgreSQL run by several worker processes at once, `autoft search` on one "machine"
-and `autoft worker` on another (its own studies folder): the budget holds and no password leaks.
+and `autoft worker` on another (its own studies folder): the budget holds and no password leaks;
+the job-array recipes of examples/ run as their tasks would.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import optuna
 import pytest
+import yaml
+from optuna.trial import TrialState
 
 from autoft.config import build_config
 from autoft.prepare import prepare_study
@@ -19,6 +24,7 @@ from autoft.schedule import budget_used
 from autoft.storage import open_storage, open_study, with_installed_driver
 from autoft.study import record_study_facts
 
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SERVER = "127.0.0.1:5432/test"
 PASSWORD = "s3cret-never-shown"
 
@@ -166,3 +172,58 @@ def test_a_second_machine_with_other_data_is_refused(
     with pytest.raises(UsageError, match="was run on other data or model settings"):
         prepare_study(config(there), echo=print)
     assert not (there / "studies" / name / "prepared").exists()
+
+
+def test_job_array_tasks_share_a_postgres_study_and_lose_nothing_to_a_kill(
+    postgres_url, tiny_model_dir, tmp_path, sentiment_rows, write_csv, cli_env, write_space,
+    wait_for_trial_in_progress
+) -> None:
+    """The example recipes run as their tasks would, all started at once, each in its own
+    folder, sharing only the storage URL and the study name: the sbatch file's task 0 (`autoft
+    search`) and task 1, and the Kubernetes Job's pod 2 (`autoft worker`, waiting until task 0
+    has created the study). Task 1 is killed with SIGKILL mid-trial: its trial is found stale
+    and runs again, and the study ends with exactly its budget."""
+    url, name, storage = postgres_url
+    write_csv(tmp_path / "train.csv", sentiment_rows(400))
+    write_space(tmp_path / "space.yaml", epochs=6, batch=8)
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text(f"model: {tiny_model_dir}\ntrain: train.csv\nspace: space.yaml\n"
+                          "n_trials: 6\ndevices: cpu\n")
+    shared = tmp_path / "shared"
+    env = cli_env() | {"AUTOFT_STORAGE": url, "AUTOFT_STUDY": name,
+                       "AUTOFT_STUDY_FILE": str(study_file), "AUTOFT_FOLDERS": str(shared),
+                       "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    pod = yaml.safe_load((EXAMPLES / "kubernetes" / "autoft-workers.yaml").read_text())
+    container = pod["spec"]["template"]["spec"]["containers"][0]
+    sbatch = ["bash", str(EXAMPLES / "slurm" / "autoft-workers.sbatch")]
+    commands = [(sbatch, {"SLURM_ARRAY_TASK_ID": "0"}), (sbatch, {"SLURM_ARRAY_TASK_ID": "1"}),
+                ([*container["command"], *container["args"]], {"JOB_COMPLETION_INDEX": "2"})]
+    tasks = []
+    for index, (command, task_env) in enumerate(commands):
+        (tmp_path / f"node-{index}").mkdir()
+        tasks.append(subprocess.Popen(command, cwd=tmp_path / f"node-{index}",
+                                      env=env | task_env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    try:
+        number = wait_for_trial_in_progress(shared / "task-1", name, tasks[1])
+        tasks[1].send_signal(signal.SIGKILL)  # exec'd: the task's process is autoft itself
+        tasks[1].wait(timeout=30)
+        outputs = [task.communicate(timeout=300)[0] for task in (tasks[0], tasks[2])]
+    finally:
+        for task in tasks:
+            task.kill()
+    assert [tasks[0].returncode, tasks[2].returncode] == [0, 0], "\n".join(outputs)
+
+    study = optuna.load_study(study_name=name, storage=storage)
+    trials = {t.number: t for t in study.get_trials()}
+    victim = trials[number]
+    assert victim.state == TrialState.FAIL and victim.user_attrs["worker"]["pid"] == tasks[1].pid
+    retries = [t for t in trials.values() if t.user_attrs.get("retry_of") == number]
+    assert len(retries) == 1 and retries[0].params == victim.params
+    assert retries[0].state.is_finished()
+    assert budget_used(study) == 6
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    assert {t.user_attrs["worker"]["pid"] for t in trials.values()} >= {
+        tasks[0].pid, tasks[2].pid}, "the search and the pod both ran trials"
+    assert (shared / "task-0" / name / "best_model").is_dir()
+    assert all(PASSWORD not in output for output in outputs)
