@@ -171,3 +171,17 @@ def test_report_plots_render_in_headless_chromium(tmp_path: Path) -> None:
 
     colors = Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 20)
     assert colors is not None and len(colors) > 50  # text and plots, not a blank page
+
+
+def test_learning_curves_show_the_best_trials_in_the_metric_direction(monkeypatch) -> None:
+    """With RMSE (lower is better) the top five are the five lowest, not the five highest."""
+    from autoft import plots
+
+    monkeypatch.setattr(plots, "_png", lambda fig: fig)  # the figure itself, to read its legend
+    study = optuna.create_study(direction="minimize")
+    for i in range(7):  # evaluations 0.5, 0.6, then 0.1 ... 0.7: trials 0-4 reach the lowest
+        add_trial(study, {"learning_rate": 1e-5 * (i + 1), "trainable_layers": 2,
+                          "batch_size": 16}, TrialState.COMPLETE, 0.1 * (i + 1))
+    figure = plots.study_plots(study)[-1].png
+    labels = figure.axes[0].get_legend_handles_labels()[1]
+    assert sorted(int(label.split(":")[0].split()[1]) for label in labels) == [0, 1, 2, 3, 4]
