@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
-from autoft.describe import short_params  # noqa: E402
+from autoft.describe import describe_params  # noqa: E402
 from autoft.tradeoff import search_points  # noqa: E402
 from autoft.trials import full_params as _params  # noqa: E402
 from autoft.trials import is_feasible, last_value, score_sign  # noqa: E402
@@ -197,7 +197,7 @@ def curves_plot(trials: list[FrozenTrial], metric: str, depth: int | None, sign:
     fig, ax = _figure()
     for t in top[:TOP_CURVES]:
         evaluations = t.user_attrs["evaluations"]
-        label = f"trial {t.number}: {short_params(_params(t), depth or 0)}"
+        label = f"trial {t.number}: {describe_params(_params(t), depth or 0, short=True)}"
         if t.state == TrialState.PRUNED:
             label += " (pruned)"
         ax.plot([e["samples_seen"] for e in evaluations], [e["value"] for e in evaluations],
