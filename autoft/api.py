@@ -19,9 +19,8 @@ from autoft.errors import UsageError
 from autoft.export import export_marker, load_answer_model, read_marker
 from autoft.files import full_disk_said
 from autoft.report import nothing_to_show, summary_text
-from autoft.storage import load_study, sqlite_path
+from autoft.storage import load_study, quiet_optuna, sqlite_path
 from autoft.summary import build_summary, trial_entry
-from autoft.workers import quiet_optuna
 
 __all__ = ["StudyResult", "load", "search"]
 

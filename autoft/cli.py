@@ -4,9 +4,10 @@ Bad input ends with one sentence and exit code 2, before any trial starts; a run
 show its result (a full disk) with one sentence and exit code 3.
 
 This module parses and checks the command line; autoft.commands does the work. main() imports it
-once the command line proved good, the one deferred import of autoft's own code: it brings torch,
+once the command line proved good, the deferred import of autoft's own code: it brings torch,
 transformers and matplotlib, about 12 s here (0.2 s without), which `autoft --help` and a
-mistyped flag should not wait for.
+mistyped flag should not wait for. `autoft status` reads the storage alone: main() imports
+autoft.status instead, about 1 s.
 """
 
 from __future__ import annotations
@@ -215,9 +216,13 @@ def main(argv: list[str] | None = None) -> int:
         config = None
         if args.command in ("demo", "search"):
             config = config_from_args(args, DEMO_FILE if args.command == "demo" else None)
-        from autoft import commands  # the heavy imports (see the module docstring)
+        if args.command == "status":  # the storage alone, no torch (see the module docstring)
+            from autoft import status as commands
+        else:
+            from autoft import commands  # the heavy imports (see the module docstring)
+        from autoft.storage import prepare_process  # already imported by either
 
-        commands.prepare_process()
+        prepare_process()
         with full_disk_said(config.name if config else args.study):
             if config:
                 commands.search(config)

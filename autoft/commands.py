@@ -1,12 +1,12 @@
 """What each `autoft` command does: run a search (prepare, workers, soup, audit, report, best
-model), a worker that joins a study, status, report and export. autoft.cli parses the command
-line and imports this module only then, so `autoft --help` does not wait for torch.
+model), a worker that joins a study, report and export (status is autoft.status's, which needs
+no torch). autoft.cli parses the command line and imports this module only then, so `autoft
+--help` does not wait for torch.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import time
 from datetime import datetime
 from pathlib import Path
@@ -23,27 +23,14 @@ from autoft.files import is_disk_full, unwritable_folder
 from autoft.prepare import prepare_study
 from autoft.progress import LiveDisplay
 from autoft.report import nothing_to_show, summary_text, write_report
-from autoft.schedule import budget_left, check_not_stopped, fail_stale_trials
+from autoft.schedule import budget_left, check_not_stopped
 from autoft.signals import Stop
 from autoft.soup import cook_soup
-from autoft.status import status_text
-from autoft.storage import (
-    load_study,
-    open_storage,
-    open_study,
-    storage_url,
-    study_read_only,
-)
+from autoft.storage import load_study, open_storage, open_study, storage_url, study_read_only
 from autoft.study import record_study_facts
 from autoft.summary import build_summary
 from autoft.trials import winning_soup
-from autoft.workers import WAIT_SECONDS, join_study, quiet_optuna, run_workers, time_limits
-
-
-def prepare_process() -> None:
-    """What every command's process sets first: plain log lines, Optuna's own logs quiet."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    quiet_optuna()
+from autoft.workers import WAIT_SECONDS, join_study, run_workers, time_limits
 
 
 def search(config: StudyConfig) -> optuna.Study:
@@ -139,17 +126,6 @@ def report(args: argparse.Namespace) -> int:
         ) from None
     print(summary_text(summary))
     print(f"Report: {study_dir / 'report.html'} (and report.md, summary.json)")
-    return 0
-
-
-def status(args: argparse.Namespace) -> int:
-    study = load_study(args.study, args.studies_dir, args.storage)
-    if study_read_only(args.study, args.studies_dir, args.storage):
-        print(f"(Study '{args.study}' is read-only here: shown as stored, so a trial whose "
-              f"worker died may still show as running.)")
-    else:
-        fail_stale_trials(study)  # a dead worker's trial shows as such, not as running
-    print(status_text(study))
     return 0
 
 

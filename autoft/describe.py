@@ -11,28 +11,47 @@ def describe_layers(trainable_layers: int, depth: int) -> str:
     return f"train the top {trainable_layers} of {depth} layers"
 
 
-def describe_params(params: dict, depth: int) -> str:
-    """'train the top 4 of 6 layers at learning rate 3e-05 (head 10×), batches of 32, 3 epochs'."""
+def describe_params(params: dict, depth: int, mix: float | None = None,
+                    short: bool = False) -> str:
+    """'train the top 4 of 6 layers at learning rate 3.0e-05 (the head 10× that), batches of 32,
+    3 epochs', or `short` for tables and log lines: 'top 4/6 layers, lr 3.0e-05 (head ×10),
+    batch 32, 3 epochs'. One list of parts for both, so a table names what the answer names;
+    `mix` is the tuned share of weights mixed back toward the untouched ones."""
     if not params:
-        return "unknown config"
-    words = [describe_layers(int(params["trainable_layers"]), depth)]
-    if params.get("adapter") == "lora":
-        words[0] = (f"{words[0].replace(' and the embeddings', '')} through LoRA (rank "
-                    f"{params.get('lora_rank')}, alpha {params.get('lora_alpha'):g})")
-    words[0] += f" at learning rate {params['learning_rate']:.1e}"
+        return "config not sampled yet" if short else "unknown config"
+    layers, lora = int(params["trainable_layers"]), params.get("adapter") == "lora"
+    if short:
+        parts = [f"top {layers}/{depth} layers" + (f" LoRA r{params.get('lora_rank')}"
+                                                   if lora else ""),
+                 f"lr {params['learning_rate']:.1e}"]
+    else:
+        parts = [describe_layers(layers, depth)]
+        if lora:
+            parts[0] = (f"{parts[0].replace(' and the embeddings', '')} through LoRA (rank "
+                        f"{params.get('lora_rank')}, alpha {params.get('lora_alpha'):g})")
+        parts[0] += f" at learning rate {params['learning_rate']:.1e}"
     if "head_lr_multiplier" in params:
-        words[0] += f" (the head {params['head_lr_multiplier']:.0f}× that)"
+        parts[-1] += (f" (head ×{params['head_lr_multiplier']:.0f})" if short else
+                      f" (the head {params['head_lr_multiplier']:.0f}× that)")
     if "batch_size" in params:
-        words.append(f"batches of {params['batch_size']}")
+        parts.append(f"{'batch' if short else 'batches of'} {params['batch_size']}")
     if "epochs" in params:
-        epochs = int(params["epochs"])
-        words.append(f"{epochs} epoch{'s' if epochs != 1 else ''}")
+        parts.append(_count(int(params["epochs"]), "epoch"))
     if params.get("preserve_weight"):
-        words.append(f"preservation loss ×{params['preserve_weight']:g}")
+        weight = params["preserve_weight"]
+        parts.append(f"preserve ×{weight:g}" if short else f"preservation loss ×{weight:g}")
     if params.get("head_first_epochs"):
-        epochs = int(params["head_first_epochs"])
-        words.append(f"the head alone for {epochs} epoch{'s' if epochs != 1 else ''} first")
-    return ", ".join(words)
+        epochs = _count(int(params["head_first_epochs"]), "epoch")
+        parts.append(f"head alone {epochs} first" if short else
+                     f"the head alone for {epochs} first")
+    if mix is not None and mix != 1.0:
+        parts.append(f"mixed back, {mix:.0%} tuned" if short else
+                     f"weights mixed back toward the base model ({mix:.0%} tuned)")
+    return ", ".join(parts)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def metric_words(metric: str, direction: str | None) -> str:
@@ -50,24 +69,6 @@ def describe_seconds(seconds: float) -> str:
     if minutes:
         return f"{minutes}m{secs:02d}s"
     return f"{secs}s"
-
-
-def short_params(params: dict, depth: int) -> str:
-    """'top 4/6 layers, lr 3.0e-05 (head ×10), batch 32, 3 epochs', for tables and log lines."""
-    if not params:
-        return "config not sampled yet"
-    parts = [f"top {int(params['trainable_layers'])}/{depth} layers"]
-    if params.get("adapter") == "lora":
-        parts[0] += f" LoRA r{params.get('lora_rank')}"
-    rate = f"lr {params['learning_rate']:.1e}"
-    if "head_lr_multiplier" in params:
-        rate += f" (head ×{params['head_lr_multiplier']:.0f})"
-    parts.append(rate)
-    if "batch_size" in params:
-        parts.append(f"batch {params['batch_size']}")
-    if "epochs" in params:
-        parts.append(f"{int(params['epochs'])} epochs")
-    return ", ".join(parts)
 
 
 def describe_settings(settings: dict) -> str:

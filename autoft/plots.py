@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
-from autoft.describe import short_params  # noqa: E402
+from autoft.describe import describe_params  # noqa: E402
 from autoft.tradeoff import search_points  # noqa: E402
 from autoft.trials import full_params as _params  # noqa: E402
 from autoft.trials import is_feasible, last_value, score_sign  # noqa: E402
@@ -187,16 +187,17 @@ def retention_plot(trials: list[FrozenTrial], metric: str, min_retention: float 
     )
 
 
-def curves_plot(trials: list[FrozenTrial], metric: str, depth: int | None) -> Plot:
+def curves_plot(trials: list[FrozenTrial], metric: str, depth: int | None, sign: int = 1) -> Plot:
+    """The curves of the trials whose best evaluation is best (`sign` -1: lower is better)."""
     title = f"Learning curves of the top {TOP_CURVES} trials"
     scored = [t for t in trials if t.user_attrs.get("evaluations")]
     if not scored:
         return Plot(title, "No trial has recorded an evaluation yet.")
-    top = sorted(scored, key=lambda t: -max(e["value"] for e in t.user_attrs["evaluations"]))
+    top = sorted(scored, key=lambda t: -max(sign * e["value"] for e in t.user_attrs["evaluations"]))
     fig, ax = _figure()
     for t in top[:TOP_CURVES]:
         evaluations = t.user_attrs["evaluations"]
-        label = f"trial {t.number}: {short_params(_params(t), depth or 0)}"
+        label = f"trial {t.number}: {describe_params(_params(t), depth or 0, short=True)}"
         if t.state == TrialState.PRUNED:
             label += " (pruned)"
         ax.plot([e["samples_seen"] for e in evaluations], [e["value"] for e in evaluations],
@@ -206,8 +207,8 @@ def curves_plot(trials: list[FrozenTrial], metric: str, depth: int | None) -> Pl
     ax.legend(fontsize="x-small")
     return Plot(
         title,
-        "The validation score after each evaluation, for the trials that reached the highest "
-        "scores. A curve that still climbs at its end would gain from more epochs.",
+        "The validation score after each evaluation, for the trials that reached the best "
+        "scores. A curve still improving at its end would gain from more epochs.",
         _png(fig),
     )
 
@@ -219,10 +220,11 @@ def study_plots(study: optuna.Study) -> list[Plot]:
     metric = attrs.get("metric") or "score"
     depth = attrs.get("depth")
     base = attrs.get("base") or {}
+    sign = score_sign(study)
     return [
-        history_plot(trials, metric, score_sign(study)),
+        history_plot(trials, metric, sign),
         importance_plot(study),
         layers_plot(trials, metric, depth),
         retention_plot(trials, metric, base.get("min_retention")),
-        curves_plot(trials, metric, depth),
+        curves_plot(trials, metric, depth, sign),
     ]

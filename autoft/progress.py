@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from autoft.describe import describe_seconds, short_params
+from autoft.describe import describe_params, describe_seconds
 from autoft.trials import counts_toward_budget, direction_sign, is_feasible
 
 POLL_SECONDS = 2.0
@@ -162,7 +162,8 @@ def epoch_text(trial: RunningTrial) -> str:
 
 def finished_line(trial: FrozenTrial, metric: str, depth: int) -> str:
     """One line per finished trial, for logs."""
-    params = short_params(trial.user_attrs.get("params") or dict(trial.params), depth)
+    params = describe_params(trial.user_attrs.get("params") or dict(trial.params), depth,
+                             short=True)
     seconds = (
         f" in {describe_seconds((trial.datetime_complete - trial.datetime_start).total_seconds())}"
         if trial.datetime_start and trial.datetime_complete
@@ -392,7 +393,7 @@ class LiveDisplay:
         for trial in snap.running:
             table.add_row(
                 str(trial.number),
-                short_params(trial.params, self.depth),
+                describe_params(trial.params, self.depth, short=True),
                 epoch_text(trial),
                 f"{trial.last_value:.4f}" if trial.last_value is not None else "-",
             )

@@ -21,7 +21,6 @@ from autoft.describe import (
     describe_seconds,
     describe_settings,
     metric_words,
-    short_params,
 )
 from autoft.files import write_text_whole
 from autoft.plots import study_plots
@@ -311,7 +310,7 @@ def trial_rows(study: optuna.Study) -> list[list[str]]:
                 str(t.number),
                 t.state.name.lower(),
                 f"{t.value:.4f}" if t.value is not None else "",
-                short_params(full_params(t), depth),
+                describe_params(full_params(t), depth, attrs.get("mix"), short=True),
                 f"{retention:.3f}" if retention is not None else "",
                 next((attrs[k] for k in ("fail_reason", "prune_reason", "stop_reason")
                       if attrs.get(k)), ""),

@@ -1,6 +1,7 @@
 """Where a study lives: the storage URL (SQLite in the study folder, or the user's PostgreSQL),
 opening it with heartbeats, the file lock beside a SQLite file, the sampler and pruner a study is
-opened with, and the config recorded in the storage for workers and reports.
+opened with, and the config recorded in the storage for workers and reports; the log settings of
+a process that opens one.
 """
 
 from __future__ import annotations
@@ -65,6 +66,18 @@ def with_installed_driver(url: str) -> str:
     if importlib.util.find_spec("psycopg") or not importlib.util.find_spec("psycopg2"):
         return url
     return "postgresql+psycopg2://" + url[len("postgresql://") :]
+
+
+def prepare_process() -> None:
+    """What every command's process sets first: plain log lines, Optuna's own logs quiet."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_optuna()
+
+
+def quiet_optuna() -> None:
+    """Only Optuna's errors reach the screen: autoft logs each trial's end itself, and Optuna's
+    own line for a failed trial would repeat it, with a traceback for every Ctrl-C."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ from autoft.forgetting import BaseSplit, BaseTask, build_base_task
 from autoft.guard import ForgettingGuard, ForgettingPruned
 from autoft.interpolate import TUNED, MixPoint, best_mix, interpolate, mixed_state
 from autoft.model import split_parameters
+from autoft.params import TrialParams
 from autoft.precision import precision_name, set_precision
 from autoft.preserve import Preservation, PreservedTexts, texts_to_preserve
 from autoft.presets import search_settings
@@ -37,7 +38,6 @@ from autoft.train import (
     Evaluation,
     StopTraining,
     TrialFailed,
-    TrialParams,
     TrialResult,
     evaluate,
     frozen_blocks,

@@ -81,11 +81,9 @@ def price_of_the_bar(trials: list[FrozenTrial], min_retention: float, depth: int
 
 def point_words(point: Point, depth: int) -> str:
     """The point's config in words, saying how its score was measured when it is not plain."""
-    words = describe_params(point.params, depth)
+    words = describe_params(point.params, depth, point.mix if point.how == "interpolated" else None)
     if point.how == "pruned":
         return f"{words}; stopped early (pruned), at the score it had then"
     if point.how == "interpolated" and point.mix == 1.0:
         return f"{words}; as trained, at its quick check's retention"
-    if point.how == "interpolated":
-        return f"{words}; weights mixed back toward the base model ({point.mix:.0%} tuned)"
     return words

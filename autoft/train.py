@@ -23,6 +23,7 @@ from autoft.adapters import get_adapter
 from autoft.data import TargetData
 from autoft.dropout import cpu_dropout
 from autoft.model import evaluating, find_blocks, split_parameters
+from autoft.params import TrialParams
 from autoft.precision import autocast
 from autoft.tasks import MAXIMIZE, get_task
 from autoft.trials import direction_sign
@@ -38,24 +39,6 @@ class TrialFailed(Exception):
 class StopTraining(Exception):
     """Raised by an evaluation callback to end the trial early as complete, keeping what it has
     (a trial that fell below the forgetting bar after a feasible checkpoint)."""
-
-
-@dataclass(frozen=True)
-class TrialParams:
-    """The hyperparameters one trial trains with."""
-
-    learning_rate: float
-    head_lr_multiplier: float
-    batch_size: int
-    trainable_layers: int
-    epochs: int
-    weight_decay: float
-    warmup_ratio: float
-    adapter: str = "freeze"  # how the top blocks train (autoft.adapters); the head trains in full
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    preserve_weight: float = 0.0
-    head_first_epochs: int = 0  # epochs the head trains alone first (LP-FT); 0 = off
 
 
 class LossTerm(Protocol):

@@ -41,6 +41,7 @@ from autoft.storage import (
     make_pruner,
     make_sampler,
     open_storage,
+    quiet_optuna,
     recorded_config,
     redact,
     storage_url,
@@ -246,12 +247,6 @@ def fail_own_running_trials(name: str, url: str, worker: dict) -> None:
                 log.warning("trial %d interrupted", frozen.number)
     except Exception as error:  # the storage is unreachable: the heartbeat will find it stale
         log.warning("could not record the interrupted trial (%s); it is retried once stale", error)
-
-
-def quiet_optuna() -> None:
-    """Only Optuna's errors reach the screen: autoft logs each trial's end itself, and Optuna's
-    own line for a failed trial would repeat it, with a traceback for every Ctrl-C."""
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 def _child_main(config, url, slot, index, deadline, hard_deadline) -> None:

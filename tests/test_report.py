@@ -171,3 +171,36 @@ def test_report_plots_render_in_headless_chromium(tmp_path: Path) -> None:
 
     colors = Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 20)
     assert colors is not None and len(colors) > 50  # text and plots, not a blank page
+
+
+def test_learning_curves_show_the_best_trials_in_the_metric_direction(monkeypatch) -> None:
+    """With RMSE (lower is better) the top five are the five lowest, not the five highest."""
+    from autoft import plots
+
+    monkeypatch.setattr(plots, "_png", lambda fig: fig)  # the figure itself, to read its legend
+    study = optuna.create_study(direction="minimize")
+    for i in range(7):  # evaluations 0.5, 0.6, then 0.1 ... 0.7: trials 0-4 reach the lowest
+        add_trial(study, {"learning_rate": 1e-5 * (i + 1), "trainable_layers": 2,
+                          "batch_size": 16}, TrialState.COMPLETE, 0.1 * (i + 1))
+    figure = plots.study_plots(study)[-1].png
+    labels = figure.axes[0].get_legend_handles_labels()[1]
+    assert sorted(int(label.split(":")[0].split()[1]) for label in labels) == [0, 1, 2, 3, 4]
+
+
+def test_trial_table_names_what_the_answer_names(tmp_path: Path) -> None:
+    """The best config preserves and was mixed back: the table's row says both, as the answer
+    above it does."""
+    study = make_study(tmp_path / "s")
+    params = {"learning_rate": 2e-4, "trainable_layers": 4, "batch_size": 16}
+    add_trial(study, params, TrialState.COMPLETE, 0.95, retention=0.97)
+    number = len(study.trials) - 1
+    study.add_trial(create_trial(  # the same trial with its preservation weight and mix
+        state=TrialState.COMPLETE, value=0.96, params=params, distributions=DISTRIBUTIONS,
+        user_attrs={**study.trials[number].user_attrs, "mix": 0.75,
+                    "params": {**params, "epochs": 3, "preserve_weight": 0.3}}))
+    write_report(study, tmp_path / "s")
+    md = (tmp_path / "s" / "report.md").read_text()
+    answer = next(line for line in md.splitlines() if line.startswith("Best config"))
+    row = next(line for line in md.splitlines() if line.startswith(f"| {number + 1} |"))
+    assert "preservation loss ×0.3" in answer and "75%" in answer
+    assert "×0.3" in row and "75%" in row

@@ -15,6 +15,7 @@ from autoft.train import (
     TrialFailed,
     evaluate,
     evaluation_points,
+    linear_schedule,
     train_trial,
 )
 
@@ -123,3 +124,17 @@ def test_without_a_keepable_evaluation_the_best_of_all_is_kept(
                          pad_id, 0, lambda e: None, keepable=lambda: False)
     assert not result.has_keepable
     assert result.best == max(result.evaluations, key=lambda e: e.value)
+
+
+def test_the_learning_rate_warms_up_from_the_first_step_and_decays_to_zero() -> None:
+    """The rates every trial has trained with. transformers' get_linear_schedule_with_warmup
+    gives the first step a rate of 0 and reaches the full rate a step later, so it is not used."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = linear_schedule(optimizer, 20, 0.1)  # 2 warmup steps
+    rates = []
+    for _ in range(20):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[:2] == [0.5, 1.0]
+    assert rates[2:] == pytest.approx([(20 - step) / 18 for step in range(2, 20)])

@@ -289,3 +289,15 @@ def test_an_interrupt_a_weakref_callback_swallowed_is_delivered_again(capfd) -> 
     finally:
         stop.uninstall()
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_status_reads_the_storage_without_torch(tiny_study) -> None:
+    """`autoft status` imports what reading the storage needs, not the training stack (13 s)."""
+    _, folder = tiny_study
+    code = ("import sys; from autoft.cli import main; "
+            f"code = main(['status', '--study', 'tiny', '--studies-dir', {str(folder.parent)!r}]); "
+            "print(code, sorted({'torch', 'transformers', 'matplotlib'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert "Study 'tiny': " in done.stdout
+    assert done.stdout.splitlines()[-1] == "0 []"

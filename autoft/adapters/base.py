@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from autoft.train import TrialParams
+from autoft.params import TrialParams
 
 
 class Adapter(ABC):

@@ -91,14 +91,6 @@ class DriftTask(BaseTask):
         gap = (tuned.float() - target).pow(2).sum(-1) / target.pow(2).sum(-1).clamp(min=EPS)
         return gap.sum(-1).mean()
 
-    def _compute_reference(self, device: str) -> None:
-        """The base model's representations of both slices, once; the base model is then freed."""
-        base = self._base.to(device)
-        self.reference_ = {
-            quick: [layer.cpu() for layer in pooled(base, batches, device, True)]
-            for quick, batches in self.batches_.items()
-        }
-        self._base = None
     @torch.no_grad()
     def observe(self, model, device: str, part: str = "audit", frozen: int = 0) -> torch.Tensor:
         """The last layer's representation of each text of the part (the model runs whole, as

@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 import torch
 from scipy.stats import ConstantInputWarning, pearsonr, spearmanr
+from sklearn.metrics import root_mean_squared_error
 from sklearn.model_selection import train_test_split
 from torch import nn
 
@@ -122,8 +123,9 @@ class TextRegression(TextTask):
     def score(self, metric: str, labels: list, predictions: list) -> float:
         """The metric; a correlation with predictions that do not vary (an untrained head can
         give one value) is 0, not NaN, so the trial gets a score."""
-        if metric == "rmse":
-            return float(np.sqrt(np.mean((np.array(labels) - np.array(predictions)) ** 2)))
+        if metric == "rmse":  # scikit-learn refuses a NaN that a broken model predicts
+            finite = np.isfinite(predictions).all()
+            return float(root_mean_squared_error(labels, predictions)) if finite else math.nan
         correlate = spearmanr if metric == "spearman" else pearsonr
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConstantInputWarning)
