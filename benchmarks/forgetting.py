@@ -290,12 +290,11 @@ def read_word_pairs(path: Path) -> tuple[list[str], list[str], np.ndarray]:
 
 
 @torch.no_grad()
-def word_similarity(model_dir: Path, pairs: tuple[list[str], list[str], np.ndarray]) -> float:
+def word_similarity(encoder, tokenizer, pairs: tuple[list[str], list[str], np.ndarray]) -> float:
     """Spearman of the cosine of the two words' mean-pooled embeddings with the human scores."""
     left, right, gold = pairs
     words = sorted({*left, *right})
-    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-    encoder = transformers.AutoModel.from_pretrained(model_dir).eval()
+    encoder.eval()
     batch = tokenizer(words, padding=True, return_tensors="pt")
     pooled = mean_pool(encoder(**batch).last_hidden_state, batch["attention_mask"])
     unit = torch.nn.functional.normalize(pooled, dim=-1)
@@ -307,8 +306,10 @@ def word_similarity(model_dir: Path, pairs: tuple[list[str], list[str], np.ndarr
 def word_retention(tuned_dir: Path, base_dir: Path, pairs_file: Path) -> float:
     """The tuned model's word-level similarity over the base model's."""
     pairs = read_word_pairs(pairs_file)
-    base = word_similarity(base_dir, pairs)
-    return retention(base, word_similarity(tuned_dir, pairs), higher_is_better=True)
+    scores = [word_similarity(transformers.AutoModel.from_pretrained(folder),
+                              transformers.AutoTokenizer.from_pretrained(folder), pairs)
+              for folder in (base_dir, tuned_dir)]
+    return retention(*scores, higher_is_better=True)
 
 
 @torch.no_grad()
