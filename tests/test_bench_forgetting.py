@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, BertForSequenceClassification
+from transformers import AutoModel, AutoTokenizer, BertForSequenceClassification
 
 BENCH_FILE = Path(__file__).resolve().parents[1] / "benchmarks" / "forgetting.py"
 # Pairs of the tiny tokenizer's words with made-up human scores (conftest.WORDS).
@@ -41,7 +41,9 @@ def test_an_untouched_model_keeps_all_of_its_word_similarity(bench, tiny_model_d
     pairs = bench.read_word_pairs(pairs_file)
     assert len(pairs[0]) == len(PAIRS)
     # retention() calls a base without skill (≤ 0) fully kept, which would prove nothing here
-    assert bench.word_similarity(tiny_model_dir, pairs) > 0.1
+    encoder, tokenizer = AutoModel.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(
+        tiny_model_dir)
+    assert bench.word_similarity(encoder, tokenizer, pairs) > 0.1
     assert bench.word_retention(tiny_model_dir, tiny_model_dir, pairs_file) == 1.0
 
 
@@ -79,19 +81,40 @@ def test_freeze_only_holds_every_method_off_and_drops_the_starts_that_use_one(be
 
 
 def test_the_table_shows_each_number_or_a_dash_and_the_targets(bench):
+    plain = bench.Row("tweets", "plain", 200.0, "macro_f1", "1/0/0", 0.723, 0.723,
+                      test=0.736, plain_test=0.736)
     audited = bench.Row("tweets", "default", 312.4, "macro_f1", "9/3/0", 0.712, 0.701,
-                        {"retention": 0.951, "low": 0.912, "high": 0.990},
-                        {"WS353": 0.981, "SimLex": 0.874}, 0.695)
-    missed = bench.Row("newsgroups", "freeze-only", 800.0, "accuracy", "4/8/0", 0.60, 0.45)
+                        [0.85, 1.12], {"retention": 0.951, "low": 0.912, "high": 0.990},
+                        {"WS353": 0.981, "SimLex": 0.874}, 0.727, plain_test=0.736)
+    missed = bench.Row("newsgroups", "own-texts", 800.0, "accuracy", "4/8/0", 0.60, 0.45,
+                       audit={"retention": 0.81, "low": 0.5, "high": 1.1}, test=0.40,
+                       plain_test=0.45)
     failed = bench.Row("newsgroups", "default", None, trials="failed")
-    lines = bench.format_table([audited, missed, failed]).splitlines()
-    assert lines[0].split()[:3] == ["task", "space", "wall"]
-    assert lines[1].split() == [
-        "tweets", "default", "312", "macro_f1", "9/3/0", "0.712", "0.701", "1.1", "0.951",
-        "[0.912,", "0.990]", "0.981", "0.874", "0.695", "gap", "ok,", "audit", "ok"]
-    assert "15.0" in lines[2] and "gap missed, audit —" in lines[2]
-    assert lines[3].split()[:4] == ["newsgroups", "default", "—", "—"] and "failed" in lines[3]
-    assert lines[-1].startswith("targets: best ≥0.95 within 2 points")
+    lines = bench.format_table([plain, audited, missed, failed]).splitlines()
+    assert lines[0].split()[:3] == ["task", "variant", "wall"]
+    assert lines[1].split()[-3:] == ["0.736", "—", "—"]  # plain is what the others are held to
+    assert lines[2].split() == [
+        "tweets", "default", "312", "macro_f1", "9/3/0", "0.712", "0.701", "1.1", "[0.85,",
+        "1.12]", "0.951", "[0.91,", "0.99]", "0.981", "0.874", "0.727", "-0.9", "test", "ok,",
+        "audit", "ok"]
+    assert "15.0" in lines[3] and "-5.0" in lines[3] and "test missed, audit missed" in lines[3]
+    assert lines[4].split()[:4] == ["newsgroups", "default", "—", "—"] and "failed" in lines[4]
+    assert lines[-1].startswith("answer: the study's answer on validation")
+
+
+def test_plain_fine_tuning_is_one_fixed_config_of_every_layer_without_a_curve(bench):
+    space = {"learning_rate": {"low": 1e-5, "high": 1e-3, "log": True},
+             "epochs": {"low": 2, "high": 4, "default": 3},
+             "interpolation_mixes": [0.5], "starts": [{"trainable_layers": 2}]}
+    plain = bench.plain(space)
+    assert all(set(spec) == {"value"} for name, spec in plain.items()
+               if name not in ("interpolation_mixes", "starts"))
+    assert plain["trainable_layers"] == {"value": "max"} and plain["epochs"] == {"value": 3}
+    assert plain["learning_rate"] == {"value": 5.0e-5} and plain["preserve_weight"] == {"value": 0}
+    assert plain["interpolation_mixes"] == [] and plain["starts"] == []
+    assert bench.base_check(bench.VARIANTS["plain"].base)["min_retention"] == 0.0
+    assert "preserve_data" not in bench.base_check(bench.VARIANTS["own-texts"].base)
+    assert "preserve_data" in bench.base_check(bench.VARIANTS["default"].base)
 
 
 def test_the_best_with_no_bar_counts_every_evaluation_of_complete_trials_and_the_last_of_pruned(
