@@ -445,7 +445,7 @@ def test_json_lines_row_naming_a_key_twice(tiny_model_dir, tmp_path, capsys, sen
 def test_a_model_load_is_quiet_before_the_sentence(tiny_csv, tmp_path, save_tiny_bert):
     """Loading for the classification check once printed a 'Loading weights' bar and a table
     of MISSING keys before autoft's own sentence, which names those keys itself."""
-    model = save_tiny_bert(tmp_path / "encoder-only", head=False)
+    model = save_tiny_bert(tmp_path / "encoder-only", head=None)
     args = search_args(model, tiny_csv, tmp_path, "--base-kind", "classification",
                        "--base-data", str(tiny_csv))
     done = subprocess.run([sys.executable, "-m", "autoft", *args], capture_output=True, text=True,

@@ -55,7 +55,7 @@ def word_model(tmp_path_factory, save_tiny_bert) -> Path:
     """A random 2-layer BERT whose word-level vocabulary holds every WordSim-353 word."""
     words = sorted({row[key].lower() for row in read_pairs("wordsim353.tsv")
                     for key in ("word1", "word2")})
-    return save_tiny_bert(tmp_path_factory.mktemp("word-bert"), head=False, words=words)
+    return save_tiny_bert(tmp_path_factory.mktemp("word-bert"), head=None, words=words)
 
 
 def search(model: Path, train: Path, tmp_path: Path, *extra: str) -> int:

@@ -40,7 +40,7 @@ OTHERS = [
 
 @pytest.fixture(scope="module")
 def headless_model(tmp_path_factory, save_tiny_bert) -> Path:
-    return save_tiny_bert(tmp_path_factory.mktemp("headless"), head=False)
+    return save_tiny_bert(tmp_path_factory.mktemp("headless"), head=None)
 
 
 @pytest.fixture(scope="module")
