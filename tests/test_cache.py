@@ -284,6 +284,7 @@ def _build_in_child(model_dir: str, folder: str, queue, fresh_model, data, pad_i
     queue.put(use.note)
 
 
+@pytest.mark.slow
 def test_concurrent_workers_build_once_and_share(
     model_dir: Path, tmp_path: Path, fresh_model, make_data, pad_id
 ) -> None:

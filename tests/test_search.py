@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import optuna
+import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
@@ -84,6 +85,7 @@ def test_rerun_resumes_to_the_total_budget(tiny_model_dir, tiny_csv, tmp_path):
     assert counts["complete"] + counts["pruned"] == 4
 
 
+@pytest.mark.slow
 def test_cli_entry_point_runs_a_study_file(tiny_model_dir, tiny_csv, tmp_path):
     """`autoft search study.yaml`, as a user types it, in its own process."""
     space = tmp_path / "space.yaml"
