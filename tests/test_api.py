@@ -20,6 +20,7 @@ import autoft
 from autoft.trials import best_feasible, full_params
 
 
+@pytest.mark.slow
 def test_search_in_process_returns_what_the_storage_and_summary_hold(
     tiny_model_dir, tiny_csv, tmp_path, write_space, open_sqlite_study
 ) -> None:

@@ -318,6 +318,7 @@ def cache_attrs(tiny_model_dir, tiny_csv, tmp_path: Path, *flags: str) -> list:
     ]
 
 
+@pytest.mark.slow
 def test_a_search_records_per_trial_whether_it_used_the_cache(
     tiny_model_dir, tiny_csv, tmp_path: Path
 ) -> None:

@@ -97,6 +97,7 @@ def search(tmp_path: Path, model: Path, train: Path, space: str, study: str, n: 
                              storage=f"sqlite:///{tmp_path / 's' / study / 'study.db'}")
 
 
+@pytest.mark.slow
 def test_targets_are_computed_once_per_study_and_reused(tiny_model_dir, tiny_csv, tmp_path, texts,
                                                        write_lines):
     preserve = write_lines(tmp_path / "preserve.txt", texts(40, seed=5))
@@ -115,6 +116,7 @@ def test_targets_are_computed_once_per_study_and_reused(tiny_model_dir, tiny_csv
     assert study.trials[3].user_attrs["preserve_targets"] == "computed", "damage is recomputed"
 
 
+@pytest.mark.slow
 def test_weight_zero_trains_exactly_as_without_preservation(
     tiny_model_dir, tiny_csv, tmp_path, texts, write_lines
 ):
@@ -131,6 +133,7 @@ def test_weight_zero_trains_exactly_as_without_preservation(
     assert not (tmp_path / "s" / "off" / "preserve").exists()
 
 
+@pytest.mark.slow
 def test_without_base_side_texts_it_preserves_on_the_tasks_own_training_texts(
     tiny_model_dir, tmp_path, sentiment_rows, write_csv, capfd, write_lines
 ):

@@ -242,6 +242,7 @@ def test_sigint_marks_running_trials_interrupted_and_the_study_resumes(
     assert all("retry_of" in t.user_attrs for t in resumed[:len(rerun)]), "retries come first"
 
 
+@pytest.mark.slow
 def test_the_hard_time_limit_interrupts_a_running_trial(
     tiny_model_dir, slow_csv, tmp_path, open_sqlite_study, write_space
 ) -> None:
