@@ -24,6 +24,7 @@ from sklearn.datasets import load_digits
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     BertConfig,
+    BertForMaskedLM,
     BertForSequenceClassification,
     BertModel,
     PreTrainedTokenizerFast,
@@ -34,7 +35,7 @@ from transformers import (
     ViTImageProcessorPil,
 )
 
-from autoft.config import build_config
+from autoft.config import BaseTaskConfig, build_config
 from autoft.data import TargetData
 from autoft.model import freeze, load_model
 from autoft.prepare import prepare_study
@@ -67,17 +68,22 @@ def build_tokenizer(words: list[str] = WORDS) -> PreTrainedTokenizerFast:
         sep_token="[SEP]", mask_token="[MASK]", model_max_length=32)
 
 
-def save_tiny_bert(folder: Path, layers: int = 2, seed: int = 0, head: bool = True,
-                   words: list[str] = WORDS) -> Path:
+HEADS = {"classification": BertForSequenceClassification, "masked_lm": BertForMaskedLM,
+         None: BertModel}
+
+
+def save_tiny_bert(folder: Path, layers: int = 2, seed: int = 0,
+                   head: str | None = "classification", words: list[str] = WORDS) -> Path:
     """A random 2-layer BERT (hidden 32) saved with its tokenizer over `words`, as a user's model
-    folder; head=False saves the encoder alone (as all-MiniLM-L6-v2 is), so every trial's head
-    is new."""
+    folder, with a sequence-classification head, a masked-LM head (`head="masked_lm"`, for the
+    masked_lm check) or none (`head=None`: the encoder alone, as all-MiniLM-L6-v2 is, so every
+    trial's head is new)."""
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(words)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=layers,
                         num_attention_heads=2, intermediate_size=48, max_position_embeddings=32,
                         pad_token_id=tokenizer.pad_token_id)
-    (BertForSequenceClassification if head else BertModel)(config).save_pretrained(folder)
+    HEADS[head](config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -125,8 +131,8 @@ def build_tokenizer_fixture():
 
 @pytest.fixture(name="save_tiny_bert", scope="session")
 def save_tiny_bert_fixture():
-    """save_tiny_bert(folder, layers=2, seed=0, head=True, words=WORDS): a tiny BERT saved as a
-    model folder."""
+    """save_tiny_bert(folder, layers=2, seed=0, head="classification", words=WORDS): a tiny BERT
+    saved as a model folder."""
     return save_tiny_bert
 
 
@@ -140,6 +146,53 @@ def sentiment_rows_fixture():
 def write_csv_fixture():
     """write_csv(path, rows): the rows as a CSV file."""
     return write_csv
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(name="write_lines", scope="session")
+def write_lines_fixture():
+    """write_lines(path, lines): the lines as a text file, one a line."""
+    return write_lines
+
+
+def texts(n: int, seed: int) -> list[str]:
+    """The sentiment task's texts without their labels."""
+    return [row["text"] for row in sentiment_rows(n, seed=seed)]
+
+
+@pytest.fixture(name="texts", scope="session")
+def texts_fixture():
+    """texts(n, seed): the sentiment task's texts without their labels."""
+    return texts
+
+
+def base_config(kind: str, folder: Path) -> BaseTaskConfig:
+    """A base task of `kind` on texts of the tiny vocabulary (rated pairs, labels 0 and 1 as the
+    tiny BERT's own head's ids, or lines), with a preservation file, written into `folder`."""
+    base = texts(40, seed=3)
+    preserve = write_lines(folder / "preserve.txt", texts(64, seed=5))
+    if kind == "similarity":
+        rows = [{"text": a, "pair": b, "score": str(i % 5)}
+                for i, (a, b) in enumerate(zip(base, base[1:], strict=False))]
+        data = write_csv(folder / "pairs.csv", rows)
+        return BaseTaskConfig(kind, str(data), text_pair_column="pair",
+                              preserve_data=str(preserve))
+    if kind == "classification":
+        data = write_csv(folder / "labelled.csv",
+                         [{"text": t, "label": str(i % 2)} for i, t in enumerate(base)])
+        return BaseTaskConfig(kind, str(data), preserve_data=str(preserve))
+    return BaseTaskConfig(kind, str(write_lines(folder / "base.txt", base)),
+                          preserve_data=str(preserve))
+
+
+@pytest.fixture(name="base_config", scope="session")
+def base_config_fixture():
+    """base_config(kind, folder): a base task of each kind on texts of the tiny vocabulary."""
+    return base_config
 
 
 # A random-token task for the training loop and the cache: ids of the tiny vocabulary's range,
@@ -414,6 +467,12 @@ def vocab_size() -> int:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_mlm_dir(tmp_path_factory) -> Path:
+    """A tiny BERT saved with a masked-LM head, for the masked_lm check."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-mlm"), seed=1, head="masked_lm")
 
 
 @pytest.fixture(scope="session")

@@ -148,6 +148,7 @@ starts:
 """
 
 
+@pytest.mark.slow
 def test_a_search_over_adapters_runs_lora_trials_and_exports_a_plain_model(
     tiny_model_dir, tiny_csv, tmp_path: Path
 ) -> None:

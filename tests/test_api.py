@@ -20,6 +20,7 @@ import autoft
 from autoft.trials import best_feasible, full_params
 
 
+@pytest.mark.slow
 def test_search_in_process_returns_what_the_storage_and_summary_hold(
     tiny_model_dir, tiny_csv, tmp_path, write_space, open_sqlite_study
 ) -> None:
@@ -109,6 +110,7 @@ def test_bad_input_is_a_usage_error_naming_the_argument(tiny_model_dir, tiny_csv
         autoft.load(tmp_path)
 
 
+@pytest.mark.slow
 def test_import_autoft_brings_no_torch() -> None:
     code = "import sys, autoft; print(sorted({'torch', 'optuna', 'autoft.api'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

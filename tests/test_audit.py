@@ -139,6 +139,7 @@ def base_texts(count: int, words) -> list[str]:
     return sorted(texts)
 
 
+@pytest.mark.slow
 def test_study_audits_the_best_on_data_no_trial_read(tiny_model_dir, tiny_csv, tmp_path,
                                                      monkeypatch, build_tokenizer, words):
     texts = base_texts(120, words)

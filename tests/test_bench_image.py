@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 
 import optuna
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_the_image_benchmark_runs_end_to_end_on_real_digits(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 # One process for all of them: torch and transformers are imported once.
@@ -25,6 +27,7 @@ sys.exit(1 if failed else 0)
 """
 
 
+@pytest.mark.slow
 def test_every_benchmark_script_imports() -> None:
     scripts = sorted(str(p) for p in BENCHMARKS.glob("*.py"))
     assert len(scripts) >= 10

@@ -294,6 +294,7 @@ def _build_in_child(model_dir: str, folder: str, queue, fresh_model, data, pad_i
     queue.put(use.note)
 
 
+@pytest.mark.slow
 def test_concurrent_workers_build_once_and_share(
     model_dir: Path, tmp_path: Path, fresh_model, make_data, pad_id
 ) -> None:
@@ -327,6 +328,7 @@ def cache_attrs(tiny_model_dir, tiny_csv, tmp_path: Path, *flags: str) -> list:
     ]
 
 
+@pytest.mark.slow
 def test_a_search_records_per_trial_whether_it_used_the_cache(
     tiny_model_dir, tiny_csv, tmp_path: Path
 ) -> None:

@@ -31,6 +31,7 @@ def get(url: str, deadline: float):
             time.sleep(0.3)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(DASHBOARD is None, reason="optuna-dashboard is not installed (test extra)")
 def test_dashboard_serves_the_trials_with_autoft_attributes(tiny_study) -> None:
     study, folder = tiny_study

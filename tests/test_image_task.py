@@ -42,6 +42,7 @@ def prepared(model_dir: Path, train: Path, **settings):
     return model, TASK.encode(rows, processor, model.config, settings)
 
 
+@pytest.mark.slow
 def test_a_search_on_an_image_folder_runs_end_to_end(digit_folder, tiny_resnet_dir, tmp_path,
                                                      capsys) -> None:
     code = cli_main(["search", "--model", str(tiny_resnet_dir), "--train", str(digit_folder),

@@ -119,6 +119,7 @@ def test_bad_timeout(tiny_model_dir, tiny_csv, tmp_path, capsys, value):
     assert_refused(code, err, "--timeout", tmp_path=tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_process_exits_2_without_traceback(tiny_model_dir, tmp_path):
     """The installed entry point, as a user runs it: exit status 2 and one line on stderr."""
     args = search_args(tiny_model_dir, tmp_path / "x.csv", tmp_path)
@@ -442,10 +443,11 @@ def test_json_lines_row_naming_a_key_twice(tiny_model_dir, tmp_path, capsys, sen
     assert_refused(code, err, "twice.jsonl", "line 4", "'text' twice", tmp_path=tmp_path)
 
 
+@pytest.mark.slow
 def test_a_model_load_is_quiet_before_the_sentence(tiny_csv, tmp_path, save_tiny_bert):
     """Loading for the classification check once printed a 'Loading weights' bar and a table
     of MISSING keys before autoft's own sentence, which names those keys itself."""
-    model = save_tiny_bert(tmp_path / "encoder-only", head=False)
+    model = save_tiny_bert(tmp_path / "encoder-only", head=None)
     args = search_args(model, tiny_csv, tmp_path, "--base-kind", "classification",
                        "--base-data", str(tiny_csv))
     done = subprocess.run([sys.executable, "-m", "autoft", *args], capture_output=True, text=True,

@@ -128,6 +128,7 @@ def test_base_pairs_columns_named_by_flags(tiny_model_dir, tiny_csv, tmp_path, w
     assert any(line.startswith("  base similarity_spearman") for line in prepare(config))
 
 
+@pytest.mark.slow
 def test_a_failure_repeating_stops_the_study(tiny_model_dir, tiny_csv, tmp_path):
     """Every trial fails alike (here: no evaluation, with the interval check bypassed); the study
     stops after three with one sentence instead of starting trials until the deadline."""

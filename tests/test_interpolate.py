@@ -100,6 +100,7 @@ def mixing_search(tiny_model_dir, tiny_csv, tmp_path, bar: str):
     return code, study.trials[0]
 
 
+@pytest.mark.slow
 def test_a_trial_pruned_for_forgetting_mixed_back_keeps_the_bar_and_completes(
     tiny_model_dir, tiny_csv, tmp_path
 ) -> None:
@@ -140,6 +141,7 @@ def test_a_trial_pruned_for_forgetting_mixed_back_keeps_the_bar_and_completes(
     assert evaluate(model, data, 0, torch.device("cpu")) == trial.value
 
 
+@pytest.mark.slow
 def test_no_passing_point_leaves_the_trial_as_it_trained(tiny_model_dir, tiny_csv, tmp_path):
     """At a bar no mix reaches the pruned trial stays pruned, holding its trained weights."""
     code, trial = mixing_search(tiny_model_dir, tiny_csv, tmp_path, "1.5")

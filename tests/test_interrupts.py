@@ -52,6 +52,7 @@ def communicate_or_dump(process: subprocess.Popen, timeout: float) -> tuple[str,
         pytest.fail(f"still running {timeout} s after the signal; its threads:\n{err[-6000:]}")
 
 
+@pytest.mark.slow
 def test_sigint_during_the_default_trial_runs_its_config_again_first(
     tiny_model_dir, slow_csv, tmp_path, cli_env, open_sqlite_study, search_args,
     wait_for_trial_in_progress, write_space
@@ -89,6 +90,7 @@ def test_sigint_during_the_default_trial_runs_its_config_again_first(
     assert summary["default"]["number"] == 1 and summary["default"]["value"] is not None
 
 
+@pytest.mark.slow
 def test_a_sigint_after_the_last_trial_still_writes_the_report_and_best_model(
     tiny_model_dir, tiny_csv, tmp_path, cli_env, open_sqlite_study, search_args, write_space
 ) -> None:
@@ -114,6 +116,7 @@ def _open_when_told(url: str, go) -> None:
     open_storage(url)
 
 
+@pytest.mark.slow
 def test_processes_creating_one_sqlite_storage_at_once_all_succeed(tmp_path) -> None:
     """Forked at once and released together, several rounds: without the file lock one process
     in most rounds fails on Alembic's version row (UNIQUE constraint failed)."""
@@ -131,6 +134,7 @@ def test_processes_creating_one_sqlite_storage_at_once_all_succeed(tmp_path) -> 
         assert [p.exitcode for p in processes] == [0, 0, 0, 0], f"round {round_}"
 
 
+@pytest.mark.slow
 def test_two_searches_creating_the_same_study_at_once_both_finish(
     tiny_model_dir, tiny_csv, tmp_path, cli_env, open_sqlite_study, search_args, write_space
 ) -> None:

@@ -62,6 +62,7 @@ def test_other_data_is_refused_by_the_storage_when_prepared_is_gone(
     assert len(optuna.load_study(study_name="s", storage=storage).trials) == 1
 
 
+@pytest.mark.slow
 def test_two_searches_on_one_sqlite_study_sample_different_configs(
     tiny_model_dir, tiny_csv, write_space, search_args, cli_env, tmp_path
 ):

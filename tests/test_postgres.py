@@ -63,6 +63,7 @@ def postgres_url():
     storage.engine.dispose()
 
 
+@pytest.mark.slow
 def test_search_and_a_second_machine_s_workers_share_a_postgres_study(
     postgres_url, tiny_model_dir, tmp_path, sentiment_rows, write_csv, cli_env, search_args,
     write_space
@@ -113,6 +114,7 @@ def test_search_and_a_second_machine_s_workers_share_a_postgres_study(
     assert (here / name / "summary.json").is_file()
 
 
+@pytest.mark.slow
 def test_an_interrupted_default_runs_again_first_on_postgres_with_two_workers(
     postgres_url, tiny_model_dir, tmp_path, sentiment_rows, write_csv, cli_env, search_args,
     wait_for_trial_in_progress, write_space
@@ -174,6 +176,7 @@ def test_a_second_machine_with_other_data_is_refused(
     assert not (there / "studies" / name / "prepared").exists()
 
 
+@pytest.mark.slow
 def test_job_array_tasks_share_a_postgres_study_and_lose_nothing_to_a_kill(
     postgres_url, tiny_model_dir, tmp_path, sentiment_rows, write_csv, cli_env, write_space,
     wait_for_trial_in_progress

@@ -13,7 +13,7 @@ import optuna
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+from transformers import BertTokenizerFast
 
 from autoft.cli import main
 from autoft.config import BaseTaskConfig, build_config
@@ -29,59 +29,6 @@ from autoft.train import TrialParams, train_trial
 CPU = torch.device("cpu")
 HARD = TrialParams(learning_rate=1e-2, head_lr_multiplier=1.0, batch_size=16, trainable_layers=2,
                    epochs=2, weight_decay=0.0, warmup_ratio=0.0)
-
-
-@pytest.fixture(scope="module")
-def texts(sentiment_rows):
-    """texts(n, seed): the sentiment task's texts without their labels."""
-
-    def make(n: int, seed: int) -> list[str]:
-        return [row["text"] for row in sentiment_rows(n, seed=seed)]
-
-    return make
-
-
-def write_lines(path: Path, lines: list[str]) -> Path:
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_mlm_dir(tmp_path_factory, build_tokenizer) -> Path:
-    """A tiny BERT saved with a masked-LM head, for the masked_lm kind."""
-    folder = tmp_path_factory.mktemp("tiny-mlm")
-    torch.manual_seed(1)
-    tokenizer = build_tokenizer()
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=48, max_position_embeddings=32,
-                        pad_token_id=tokenizer.pad_token_id)
-    BertForMaskedLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture
-def base_config(texts, write_csv):
-    """base_config(kind, folder): a base task of each kind on texts of the tiny vocabulary, with
-    a preservation file."""
-    return lambda kind, folder: make_base_config(kind, folder, texts, write_csv)
-
-
-def make_base_config(kind: str, folder: Path, texts, write_csv) -> BaseTaskConfig:
-    base = texts(40, seed=3)
-    preserve = write_lines(folder / "preserve.txt", texts(64, seed=5))
-    if kind == "similarity":
-        rows = [{"text": a, "pair": b, "score": str(i % 5)}
-                for i, (a, b) in enumerate(zip(base, base[1:], strict=False))]
-        data = write_csv(folder / "pairs.csv", rows)
-        return BaseTaskConfig(kind, str(data), text_pair_column="pair",
-                              preserve_data=str(preserve))
-    if kind == "classification":
-        data = write_csv(folder / "labelled.csv",
-                         [{"text": t, "label": str(i % 2)} for i, t in enumerate(base)])
-        return BaseTaskConfig(kind, str(data), preserve_data=str(preserve))
-    return BaseTaskConfig(kind, str(write_lines(folder / "base.txt", base)),
-                          preserve_data=str(preserve))
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +97,9 @@ def search(tmp_path: Path, model: Path, train: Path, space: str, study: str, n: 
                              storage=f"sqlite:///{tmp_path / 's' / study / 'study.db'}")
 
 
-def test_targets_are_computed_once_per_study_and_reused(tiny_model_dir, tiny_csv, tmp_path, texts):
+@pytest.mark.slow
+def test_targets_are_computed_once_per_study_and_reused(tiny_model_dir, tiny_csv, tmp_path, texts,
+                                                       write_lines):
     preserve = write_lines(tmp_path / "preserve.txt", texts(40, seed=5))
     space = PRESERVING_SPACE + "preserve_weight: {value: 1}\n"
     flags = ("--base-preserve-data", str(preserve))
@@ -167,8 +116,9 @@ def test_targets_are_computed_once_per_study_and_reused(tiny_model_dir, tiny_csv
     assert study.trials[3].user_attrs["preserve_targets"] == "computed", "damage is recomputed"
 
 
+@pytest.mark.slow
 def test_weight_zero_trains_exactly_as_without_preservation(
-    tiny_model_dir, tiny_csv, tmp_path, texts
+    tiny_model_dir, tiny_csv, tmp_path, texts, write_lines
 ):
     preserve = write_lines(tmp_path / "preserve.txt", texts(40, seed=5))
     before = search(tmp_path, tiny_model_dir, tiny_csv, PRESERVING_SPACE, "plain", 1)
@@ -183,8 +133,9 @@ def test_weight_zero_trains_exactly_as_without_preservation(
     assert not (tmp_path / "s" / "off" / "preserve").exists()
 
 
+@pytest.mark.slow
 def test_without_base_side_texts_it_preserves_on_the_tasks_own_training_texts(
-    tiny_model_dir, tmp_path, sentiment_rows, write_csv, capfd
+    tiny_model_dir, tmp_path, sentiment_rows, write_csv, capfd, write_lines
 ):
     """The base items are all scored (a tiny base file) and there is no preservation file: the
     trials preserve on the task's own training texts (Learning without Forgetting), never its
@@ -270,7 +221,8 @@ def test_without_a_base_task_or_for_images_preserve_weight_is_held_at_zero(
     assert images.words == "image-classification has no preservation loss"
 
 
-def test_without_a_file_only_base_texts_the_check_never_scores_are_used(tmp_path, texts):
+def test_without_a_file_only_base_texts_the_check_never_scores_are_used(tmp_path, texts,
+                                                                        write_lines):
     lines = texts(30, seed=3)
     data = write_lines(tmp_path / "base.txt", lines)
     config = BaseTaskConfig("drift", str(data), max_examples=20)
@@ -279,7 +231,7 @@ def test_without_a_file_only_base_texts_the_check_never_scores_are_used(tmp_path
     assert set(free) <= set(lines[20:])
 
 
-def test_preservation_never_reads_what_the_audit_holds_back(tmp_path, texts):
+def test_preservation_never_reads_what_the_audit_holds_back(tmp_path, texts, write_lines):
     lines = texts(300, seed=4)
     config = BaseTaskConfig("drift", str(write_lines(tmp_path / "base.txt", lines)),
                             max_examples=100)

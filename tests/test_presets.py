@@ -43,6 +43,7 @@ def test_unknown_preset_names_the_flag_and_the_choices(tiny_model_dir, tiny_csv)
         config(tiny_model_dir, tiny_csv, preset="fast")
 
 
+@pytest.mark.slow
 def test_model_and_train_alone_choose_validation_metric_and_length_and_say_why(
     tiny_model_dir, tmp_path: Path, monkeypatch, capsys, sentiment_rows, write_csv
 ) -> None:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -39,6 +40,7 @@ def make_study(path: Path) -> tuple[optuna.Study, str]:
     return optuna.create_study(study_name="watched", storage=url, direction="maximize"), url
 
 
+@pytest.mark.slow
 def test_plain_lines_follow_trials_run_by_another_process(tmp_path: Path) -> None:
     study, url = make_study(tmp_path)
     out = io.StringIO()
@@ -55,6 +57,7 @@ def test_plain_lines_follow_trials_run_by_another_process(tmp_path: Path) -> Non
     assert len(lines) == 3
 
 
+@pytest.mark.slow
 def test_terminal_panel_shows_each_running_trial_with_its_epoch(
     tmp_path: Path, monkeypatch
 ) -> None:

@@ -55,7 +55,7 @@ def word_model(tmp_path_factory, save_tiny_bert) -> Path:
     """A random 2-layer BERT whose word-level vocabulary holds every WordSim-353 word."""
     words = sorted({row[key].lower() for row in read_pairs("wordsim353.tsv")
                     for key in ("word1", "word2")})
-    return save_tiny_bert(tmp_path_factory.mktemp("word-bert"), head=False, words=words)
+    return save_tiny_bert(tmp_path_factory.mktemp("word-bert"), head=None, words=words)
 
 
 def search(model: Path, train: Path, tmp_path: Path, *extra: str) -> int:
@@ -67,6 +67,7 @@ def search(model: Path, train: Path, tmp_path: Path, *extra: str) -> int:
                  "--devices", "cpu", *extra])
 
 
+@pytest.mark.slow
 def test_wordsim_pairs_are_detected_as_regression_and_the_export_scores_the_answer(
     word_model, wordsim_csv, tmp_path, capsys
 ) -> None:
@@ -96,6 +97,7 @@ def test_wordsim_pairs_are_detected_as_regression_and_the_export_scores_the_answ
     assert best["value"] > 0.1
 
 
+@pytest.mark.slow
 def test_rmse_is_minimized_and_said_to_be(word_model, wordsim_csv, tmp_path, capsys) -> None:
     assert search(word_model, wordsim_csv, tmp_path, "--n-trials", "3", "--metric", "rmse") == 0
     out = capsys.readouterr().out
@@ -114,6 +116,7 @@ def test_rmse_is_minimized_and_said_to_be(word_model, wordsim_csv, tmp_path, cap
     assert f"Validation rmse (lower is better): {answer:.4f}" in card
 
 
+@pytest.mark.slow
 def test_a_label_that_is_not_a_number_is_refused_naming_its_row(
     word_model, tmp_path, capsys, write_csv
 ) -> None:
@@ -159,6 +162,7 @@ def test_the_study_file_names_the_task_and_an_unknown_one_is_refused(
     assert task.name == "text-regression" and note is None
 
 
+@pytest.mark.slow
 def test_a_regression_head_starts_at_the_mean_label(word_model) -> None:
     task = get_task("text-regression")
     torch.manual_seed(0)

@@ -147,6 +147,7 @@ def chromium() -> str:
     return found
 
 
+@pytest.mark.slow
 def test_report_plots_render_in_headless_chromium(tmp_path: Path) -> None:
     browser = chromium()
     make_study(tmp_path / "s")

@@ -40,7 +40,7 @@ OTHERS = [
 
 @pytest.fixture(scope="module")
 def headless_model(tmp_path_factory, save_tiny_bert) -> Path:
-    return save_tiny_bert(tmp_path_factory.mktemp("headless"), head=False)
+    return save_tiny_bert(tmp_path_factory.mktemp("headless"), head=None)
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +98,7 @@ def test_one_config_scores_the_same_first_later_and_retried(headless_model, smal
         assert torch.equal(weights[1][name], tensor) and torch.equal(weights[2][name], tensor), name
 
 
+@pytest.mark.slow
 def test_the_same_study_run_twice_gives_the_same_trials(headless_model, small_csv, tmp_path):
     runs = []
     for attempt in ("first", "second"):

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import optuna
+import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
@@ -41,6 +42,7 @@ def load(tmp_path: Path) -> optuna.Study:
     return optuna.load_study(study_name="tiny", storage=storage)
 
 
+@pytest.mark.slow
 def test_search_writes_summary_and_a_loadable_best_model(tiny_model_dir, tiny_csv, tmp_path):
     assert search(tiny_model_dir, tiny_csv, tmp_path, 3) == 0
     folder = tmp_path / "studies" / "tiny"
@@ -72,6 +74,7 @@ def test_search_writes_summary_and_a_loadable_best_model(tiny_model_dir, tiny_cs
         assert torch.equal(exported[name].detach(), tensor), name
 
 
+@pytest.mark.slow
 def test_rerun_resumes_to_the_total_budget(tiny_model_dir, tiny_csv, tmp_path):
     assert search(tiny_model_dir, tiny_csv, tmp_path, 2) == 0
     first_numbers = [t.number for t in load(tmp_path).trials]
@@ -84,6 +87,7 @@ def test_rerun_resumes_to_the_total_budget(tiny_model_dir, tiny_csv, tmp_path):
     assert counts["complete"] + counts["pruned"] == 4
 
 
+@pytest.mark.slow
 def test_cli_entry_point_runs_a_study_file(tiny_model_dir, tiny_csv, tmp_path):
     """`autoft search study.yaml`, as a user types it, in its own process."""
     space = tmp_path / "space.yaml"
@@ -118,6 +122,7 @@ def test_a_night_of_failed_trials_exits_3_with_their_reason(
     assert next(iter(summary["failures"])).startswith("training loss became")
 
 
+@pytest.mark.slow
 def test_a_bar_no_trial_can_reach_exits_3_and_keeps_the_trials(
     tiny_model_dir, tiny_csv, tmp_path, capsys
 ):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import optuna
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification
@@ -100,6 +101,7 @@ def model_and_data(study: optuna.Study, study_dir):
     return load, data
 
 
+@pytest.mark.slow
 def test_a_search_records_its_greedy_soup(tiny_model_dir, tiny_csv, tmp_path) -> None:
     assert search(tiny_model_dir, tiny_csv, tmp_path, "soup", 4) == 0
     study_dir = tmp_path / "s" / "soup"
@@ -142,6 +144,7 @@ def test_a_search_records_its_greedy_soup(tiny_model_dir, tiny_csv, tmp_path) ->
         assert "did not beat the best trial" in (study_dir / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_without_a_base_task_a_soup_needs_only_to_score_better(tiny_model_dir, tiny_csv,
                                                                tmp_path) -> None:
     assert search(tiny_model_dir, tiny_csv, tmp_path, "plain", 3, base=False) == 0
@@ -156,6 +159,7 @@ def test_without_a_base_task_a_soup_needs_only_to_score_better(tiny_model_dir, t
     assert soup["value"] == current
 
 
+@pytest.mark.slow
 def test_a_winning_soup_is_audited_reported_and_exported(tiny_model_dir, tiny_csv,
                                                          tmp_path) -> None:
     """Two trials built from one set of weights whose head predicts better, pushed apart in

@@ -59,6 +59,7 @@ def run_in_terminal(argv: list[str], cwd: Path, timeout: float = 240) -> list[st
     return [line.rstrip() for line in scrolled + screen.display]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("devices", ["cpu", "cpu:2"])
 def test_live_panel_stays_one_panel_under_the_log_lines(
     tiny_model_dir, tiny_csv, tmp_path, devices

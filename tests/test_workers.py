@@ -126,6 +126,7 @@ def test_a_nan_trial_fails_alone_with_its_reason(
     assert "trial 0 failed: training loss became" in log_text
 
 
+@pytest.mark.slow
 def test_three_workers_end_with_exactly_the_budget(
     tiny_model_dir, tiny_csv, tmp_path, capsys, cli_env, open_sqlite_study, search_args,
     write_space
@@ -159,6 +160,7 @@ def test_three_workers_end_with_exactly_the_budget(
     assert "of 7 · 0 running" in status
 
 
+@pytest.mark.slow
 def test_a_killed_lone_worker_s_trial_is_seen_stale_at_once_and_retried_clean(
     tiny_model_dir, slow_csv, tmp_path, cli_env, open_sqlite_study, search_args,
     wait_for_trial_in_progress, write_space
@@ -203,6 +205,7 @@ def test_a_killed_lone_worker_s_trial_is_seen_stale_at_once_and_retried_clean(
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
 
 
+@pytest.mark.slow
 def test_sigint_marks_running_trials_interrupted_and_the_study_resumes(
     tiny_model_dir, slow_csv, tmp_path, cli_env, open_sqlite_study, search_args,
     wait_for_trial_in_progress, write_space
@@ -239,6 +242,7 @@ def test_sigint_marks_running_trials_interrupted_and_the_study_resumes(
     assert all("retry_of" in t.user_attrs for t in resumed[:len(rerun)]), "retries come first"
 
 
+@pytest.mark.slow
 def test_the_hard_time_limit_interrupts_a_running_trial(
     tiny_model_dir, slow_csv, tmp_path, open_sqlite_study, write_space
 ) -> None:
@@ -291,6 +295,7 @@ def test_an_interrupt_a_weakref_callback_swallowed_is_delivered_again(capfd) -> 
     assert "Traceback" not in capfd.readouterr().err
 
 
+@pytest.mark.slow
 def test_status_reads_the_storage_without_torch(tiny_study) -> None:
     """`autoft status` imports what reading the storage needs, not the training stack (13 s)."""
     _, folder = tiny_study

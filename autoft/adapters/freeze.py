@@ -21,13 +21,16 @@ class FreezeAdapter(Adapter):
         return freeze(model, trainable_layers)
 
     def kept_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """The trained parameters, and the buffers of the modules that own them: a BatchNorm's
-        running statistics move while it trains, and its weights are only right with them."""
+        """The trained parameters, and the saved buffers of the modules that own them: a
+        BatchNorm's running statistics move while it trains, and its weights are only right with
+        them. Buffers the model does not save (Swin's relative position index) are no weights:
+        an export would refuse a checkpoint holding them."""
         kept = {}
         for prefix, module in model.named_modules():
             own = dict(module.named_parameters(recurse=False))
             if any(p.requires_grad for p in own.values()):
-                own |= dict(module.named_buffers(recurse=False))
+                own |= {name: buffer for name, buffer in module.named_buffers(recurse=False)
+                        if name not in module._non_persistent_buffers_set}
                 kept |= {f"{prefix}.{name}".lstrip("."): tensor.detach().to("cpu", copy=True)
                          for name, tensor in own.items()
                          if not isinstance(tensor, nn.Parameter) or tensor.requires_grad}

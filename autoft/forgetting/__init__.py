@@ -29,6 +29,7 @@ __all__ = [
     "BaseScore",
     "BaseSplit",
     "BaseTask",
+    "KINDS",
     "Replay",
     "build_base_task",
     "find_pair_columns",
@@ -53,13 +54,14 @@ def build_base_task(
 
     `split` is the study's stored split of the data; without one the data is split now (seeded).
     """
-    if config.kind not in _KINDS:
-        raise UsageError(f"Unknown base-task kind '{config.kind}'; use one of {', '.join(_KINDS)}.")
-    return _KINDS[config.kind](config, model_source, tokenizer, max_length, trust_remote_code,
-                               split, seed)
+    if config.kind not in KINDS:
+        raise UsageError(f"Unknown base-task kind '{config.kind}'; use one of {', '.join(KINDS)}.")
+    return KINDS[config.kind](config, model_source, tokenizer, max_length, trust_remote_code,
+                              split, seed)
 
 
-_KINDS = {
+# The registry of base-check kinds by name (config.BASE_KINDS names the same, without torch).
+KINDS = {
     "similarity": SimilarityTask,
     "classification": ClassificationTask,
     "masked_lm": MaskedLMTask,
