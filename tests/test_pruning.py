@@ -6,12 +6,15 @@ from __future__ import annotations
 import math
 import subprocess
 
+import numpy as np
 import optuna
 import pytest
 from optuna.trial import create_trial
 
 from autoft.pruning import prune_reason
 from autoft.storage import make_pruner
+from autoft.tasks import get_task
+from autoft.tasks.base import Task
 
 # The first evaluations of three complete trials on 500 SMS messages (macro-F1): median 0.991.
 FIRST_THREE = (0.991, 0.955, 0.991)
@@ -82,3 +85,17 @@ def test_every_evaluation_of_a_real_trial_records_its_noise(
     assert [e["step"] for e in evaluations] == [1, 2]
     for evaluation in evaluations:
         assert 0 < evaluation["standard_error"] < math.inf, evaluation
+
+
+@pytest.mark.parametrize("metric", ["macro_f1", "accuracy"])
+def test_a_classification_scores_every_draw_as_its_score_does(metric) -> None:
+    """The confusion-count bootstrap gives score's own value on every draw, classes missing from
+    some draws (the rare class 3) included."""
+    task = get_task("text-classification")
+    rng = np.random.default_rng(1)
+    labels = rng.choice(4, size=60, p=[0.5, 0.3, 0.17, 0.03]).tolist()
+    predictions = [label if rng.random() < 0.7 else int(rng.integers(4)) for label in labels]
+    draws = rng.integers(0, len(labels), (50, len(labels)))
+    looped = Task.scores_over(task, metric, labels, predictions, draws)
+    assert np.allclose(task.scores_over(metric, labels, predictions, draws), looped)
+    assert looped.std() > 0
