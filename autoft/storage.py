@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 from autoft.config import BaseTaskConfig, StudyConfig
 from autoft.errors import UsageError
 from autoft.files import unwritable_folder
+from autoft.pruning import NoisyMedianPruner
 from autoft.schedule import run_stale_again
 from autoft.signals import Stop
 
@@ -181,10 +182,10 @@ def make_sampler(seed: int, n_trials: int) -> TrialSeededSampler:
         return TrialSeededSampler(seed, n_startup_trials=startup, multivariate=True, group=True)
 
 
-def make_pruner(startup_trials: int, warmup_steps: int) -> optuna.pruners.BasePruner:
-    """Median pruning after a few complete trials, so early trials are not all cut."""
-    return optuna.pruners.MedianPruner(n_startup_trials=startup_trials,
-                                       n_warmup_steps=warmup_steps)
+def make_pruner(startup_trials: int, warmup_steps: int) -> NoisyMedianPruner:
+    """Median pruning after a few complete trials, so early trials are not all cut, and only
+    beyond a trial's own noise (autoft.pruning)."""
+    return NoisyMedianPruner(n_startup_trials=startup_trials, n_warmup_steps=warmup_steps)
 
 
 def open_study(config: StudyConfig, storage: RDBStorage | None = None,

@@ -31,6 +31,7 @@ from autoft.params import TrialParams
 from autoft.precision import precision_name, set_precision
 from autoft.preserve import Preservation, PreservedTexts, texts_to_preserve
 from autoft.presets import search_settings
+from autoft.pruning import prune_reason
 from autoft.space import SearchSpace
 from autoft.storage import INPUTS, check_same_inputs, recordable_config
 from autoft.tasks import DEFAULT_TASK, Task, get_task
@@ -185,11 +186,9 @@ class Objective:
             if guard is not None:
                 guard.after_evaluation(trial, any(e["keepable"] for e in evaluations))
             if trial.should_prune():
-                trial.set_user_attr("prune_reason", "worse than the median of earlier trials")
-                raise optuna.TrialPruned(
-                    f"{data.metric} {evaluation.value:.4f} at step "
-                    f"{evaluation.step} is worse than the median"
-                )
+                reason = prune_reason(trial.study, evaluations)
+                trial.set_user_attr("prune_reason", reason)
+                raise optuna.TrialPruned(f"{data.metric} at step {evaluation.step}: {reason}")
 
         pruned = None
         try:

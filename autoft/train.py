@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
 import torch
 
 from autoft.adapters import get_adapter
@@ -31,6 +32,10 @@ from autoft.trials import direction_sign
 if TYPE_CHECKING:
     from autoft.cache import PrefixCache
     from autoft.replay import SplitStates
+    from autoft.tasks import Task
+
+SCORE_RESAMPLES = 200  # bootstrap draws behind an evaluation's standard error
+
 
 class TrialFailed(Exception):
     """The trial cannot go on (NaN loss, out of memory); its message is the recorded reason."""
@@ -51,11 +56,14 @@ class LossTerm(Protocol):
 
 @dataclass(frozen=True)
 class Evaluation:
-    """One evaluation; `step` is the unit every trial shares (epoch, or evaluation index)."""
+    """One evaluation; `step` is the unit every trial shares (epoch, or evaluation index).
+    `standard_error` says how precisely `value` is known from these validation rows (score_error):
+    the pruner decides only beyond it."""
 
     step: int
     samples_seen: int
     value: float
+    standard_error: float | None
     train_loss: float
     seconds: float
     keepable: bool = True
@@ -187,14 +195,14 @@ def forward(model, batch: dict, indices: list[int], prefix: SplitStates | None):
 
 
 @torch.no_grad()
-def evaluate(
+def predict(
     model,
     data: TargetData,
     pad_id: int,
     device: torch.device,
     prefix: SplitStates | None = None,
-) -> float:
-    """The data's metric on its validation split, in eval mode, as its task predicts and scores;
+) -> list:
+    """The model's prediction for each validation row, in eval mode, as its task predicts;
     restores every module's mode after."""
     task, split = get_task(data.task), data.validation
     predictions = [None] * len(split)
@@ -204,7 +212,31 @@ def evaluate(
                 logits = forward(model, batch, indices, prefix).logits
             for i, prediction in zip(indices, task.predictions(logits), strict=True):
                 predictions[i] = prediction
-    return task.score(data.metric, split.labels, predictions)
+    return predictions
+
+
+def evaluate(
+    model,
+    data: TargetData,
+    pad_id: int,
+    device: torch.device,
+    prefix: SplitStates | None = None,
+) -> float:
+    """The data's metric on its validation split, as its task scores the predictions."""
+    predictions = predict(model, data, pad_id, device, prefix)
+    return get_task(data.task).score(data.metric, data.validation.labels, predictions)
+
+
+def score_error(task: Task, metric: str, labels: list, predictions: list) -> float | None:
+    """The standard error of `metric` on these rows: the spread of its value, scored as the task
+    scores, over SCORE_RESAMPLES draws of the rows with repeats. How far the score could move had
+    validation held other rows of the same kind; 500 rows with 65 of one class leave a macro-F1
+    of 0.97 about ±0.01. Seeded, so every evaluation of every trial draws the same rows. None
+    when no draw has a score (a model that predicts NaN)."""
+    rows = np.random.default_rng(0).integers(0, len(labels), (SCORE_RESAMPLES, len(labels)))
+    draws = task.scores_over(metric, labels, predictions, rows)
+    finite = draws[np.isfinite(draws)]
+    return float(finite.std()) if finite.size else None
 
 
 def evaluation_points(
@@ -359,11 +391,13 @@ def _evaluate_and_report(
     if not math.isfinite(train_loss):
         raise TrialFailed(f"training loss became {train_loss} (not finite)")
     began = time.perf_counter()
-    value = evaluate(model, data, pad_id, device, prefix)
+    task, labels = get_task(data.task), data.validation.labels
+    predictions = predict(model, data, pad_id, device, prefix)
     evaluation = Evaluation(
         step=len(result.evaluations) + 1,
         samples_seen=result.samples_seen,
-        value=value,
+        value=task.score(data.metric, labels, predictions),
+        standard_error=score_error(task, data.metric, labels, predictions),
         train_loss=train_loss,
         seconds=time.perf_counter() - began,
         keepable=keepable() if keepable is not None else True,

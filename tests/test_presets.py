@@ -27,7 +27,7 @@ def test_preset_chooses_space_budget_and_pruner(
     chosen = config(tiny_model_dir, tiny_csv, preset=preset)
     assert (chosen.space, chosen.n_trials) == (space, n_trials)
     pruner = make_pruner(chosen.pruner_startup, chosen.pruner_warmup_steps)
-    assert (pruner._n_startup_trials, pruner._n_warmup_steps) == (startup, warmup)
+    assert (pruner.n_startup_trials, pruner.n_warmup_steps) == (startup, warmup)
     assert chosen.where("n_trials") == f"preset '{preset}'"
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import torch
 
 MAXIMIZE, MINIMIZE = "maximize", "minimize"
@@ -173,6 +174,13 @@ class Task(ABC):
     @abstractmethod
     def score(self, metric: str, labels: list, predictions: list) -> float:
         """The value of `metric` for `predictions` against `labels`."""
+
+    def scores_over(self, metric: str, labels: list, predictions: list,
+                    draws: np.ndarray) -> np.ndarray:
+        """`score` over the rows each row of `draws` picks (repeats allowed): the bootstrap
+        behind an evaluation's standard error."""
+        labels, predictions = np.asarray(labels), np.asarray(predictions)
+        return np.array([self.score(metric, labels[draw], predictions[draw]) for draw in draws])
 
     def choose_metric(self, settings: DataSettings, labels: list) -> tuple[str, str | None]:
         """The metric the search optimizes, and a note saying why when it was chosen here."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
+import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import train_test_split
 
@@ -110,3 +111,24 @@ class Classification(LabelledTask):
         if metric == "macro_f1":
             return float(f1_score(labels, predictions, average="macro", zero_division=0))
         return float(accuracy_score(labels, predictions))
+
+    def scores_over(self, metric: str, labels: list, predictions: list,
+                    draws: np.ndarray) -> np.ndarray:
+        """Every draw at once from its confusion counts, the values `score` gives (tested):
+        scikit-learn's f1_score called per draw took 0.5-0.7 s for 200 draws of 500 rows
+        (benchmarks/score_noise.py), at every evaluation. As f1_score does, macro-F1 averages the
+        classes present in the draw's labels or predictions, F1 = 2 TP / (labelled + predicted)."""
+        classes, coded = np.unique(np.concatenate([labels, predictions]), return_inverse=True)
+        true, predicted = coded[:len(labels)][draws], coded[len(labels):][draws]
+        if metric != "macro_f1":
+            return (true == predicted).mean(axis=1)
+        size = len(classes)
+        offset = np.arange(len(draws))[:, None] * size
+
+        def counts(codes: np.ndarray) -> np.ndarray:
+            return np.bincount(codes.ravel(), minlength=len(draws) * size).reshape(-1, size)
+
+        hits = counts((offset + true)[true == predicted])
+        seen = counts(offset + true) + counts(offset + predicted)
+        present = seen > 0
+        return (2 * hits / np.maximum(seen, 1)).sum(axis=1) / present.sum(axis=1)
