@@ -72,6 +72,7 @@ def test_no_pruning_before_the_startup_trials_or_during_warmup(startup, warmup):
     assert not running(study, 0.5, None).should_prune()
 
 
+@pytest.mark.slow
 def test_every_evaluation_of_a_real_trial_records_its_noise(
     tiny_model_dir, tiny_csv, write_space, search_args, cli_env, open_sqlite_study, tmp_path
 ):
