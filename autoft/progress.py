@@ -171,6 +171,8 @@ def finished_line(trial: FrozenTrial, metric: str, depth: int) -> str:
     )
     if trial.state == TrialState.COMPLETE:
         outcome = f"complete, {metric} {trial.value:.4f}" if trial.value is not None else "complete"
+        if trial.user_attrs.get("stop_reason"):  # stopped early: a plateau, or forgetting
+            outcome += f" ({trial.user_attrs['stop_reason']})"
     elif trial.state == TrialState.PRUNED:
         steps = len(trial.user_attrs.get("evaluations") or [])
         outcome = f"pruned after {steps} evaluation{'s' if steps != 1 else ''}"

@@ -31,7 +31,7 @@ from autoft.params import TrialParams
 from autoft.precision import precision_name, set_precision
 from autoft.preserve import Preservation, PreservedTexts, texts_to_preserve
 from autoft.presets import search_settings
-from autoft.pruning import prune_reason
+from autoft.pruning import against_the_best, plateau, prune_reason
 from autoft.space import SearchSpace
 from autoft.storage import INPUTS, check_same_inputs, recordable_config
 from autoft.tasks import DEFAULT_TASK, Task, get_task
@@ -45,7 +45,7 @@ from autoft.train import (
     train_trial,
     trial_seed,
 )
-from autoft.trials import COUNTS_TOWARD_BUDGET
+from autoft.trials import COUNTS_TOWARD_BUDGET, direction_sign
 
 log = logging.getLogger("autoft")
 
@@ -130,6 +130,20 @@ def evaluation_interval(prepared: Prepared) -> int | None:
     return max(1, shortest // MIN_EVALUATIONS_WITH_BASE)
 
 
+def worth_mixing(trial: optuna.Trial, evaluation: Evaluation, source: str) -> bool:
+    """Whether a trial's curve from these weights may lead: weights clearly behind the best
+    feasible trial so far are not mixed back (where a mix helped a feasible trial it moved the
+    score by about its noise; it gains most on weights that scored well and forgot), and why is
+    recorded as `kept_not_mixed` or `top_not_mixed`."""
+    behind = against_the_best(trial.study, evaluation.value, evaluation.standard_error)
+    if behind is None or not behind.worse:
+        return True
+    name = "kept" if source == "kept" else "best-scoring"
+    trial.set_user_attr(f"{source}_not_mixed", f"its {name} weights are clearly behind the best "
+                        f"feasible trial so far ({behind.numbers}), so they were not mixed back")
+    return False
+
+
 class Objective:
     """Runs one trial: sample, load, adapt (freeze or LoRA), train with reporting and pruning,
     record, save."""
@@ -189,6 +203,11 @@ class Objective:
                 reason = prune_reason(trial.study, evaluations)
                 trial.set_user_attr("prune_reason", reason)
                 raise optuna.TrialPruned(f"{data.metric} at step {evaluation.step}: {reason}")
+            if reason := plateau(evaluations, len(data.train) * params.epochs,
+                                 direction_sign(self.prepared.direction)):
+                trial.set_user_attr("stop_reason", reason)
+                log.info("trial %d: %s", trial.number, reason)
+                raise StopTraining
 
         pruned = None
         try:
@@ -255,10 +274,11 @@ class Objective:
         """Weight-space interpolation (autoft.interpolate) of every trial with a base task: its
         kept weights' trained body, and its best-scoring weights' when the guard did not let it
         keep them, mixed back toward the untouched body at the space's mixing weights, each point
-        scored and quick-checked. The trial keeps the best point that passes the bar (none
-        passing, its kept weights as trained). Every point
-        is recorded (`interpolation`: autoft.interpolate.MixPoint), the choice as `mix` and
-        `mixed_from`. True when the chosen point passes the bar."""
+        scored and quick-checked, unless they are clearly behind the best feasible trial so far
+        (`worth_mixing`). The trial keeps the best point that passes the bar (none passing, its
+        kept weights as trained). Every point is recorded (`interpolation`:
+        autoft.interpolate.MixPoint), the choice as `mix` and `mixed_from`. True when the
+        chosen point passes the bar."""
         head = frozenset(split_parameters(model).head)
         curves = [("kept", result.best_state, result.best)]
         if result.top_state and result.top is not result.best:
@@ -284,9 +304,9 @@ class Objective:
             states[source] = tuned
             kept = checked[evaluation.step - 1] if len(checked) >= evaluation.step else None
             tuned_check = check() if kept is None else (kept, guard.passes(kept))
+            mixes = prepared.space.mixes if worth_mixing(trial, evaluation, source) else ()
             points += [MixPoint(TUNED, evaluation.value, *tuned_check, source),
-                       *interpolate(model, untouched, tuned, head, prepared.space.mixes, score,
-                                    check, source)]
+                       *interpolate(model, untouched, tuned, head, mixes, score, check, source)]
         chosen = best_mix(points, prepared.direction)
         if not chosen.keepable:  # no point passes: the trial stays as it trained, infeasible
             chosen = points[0]

@@ -58,7 +58,8 @@ class LossTerm(Protocol):
 class Evaluation:
     """One evaluation; `step` is the unit every trial shares (epoch, or evaluation index).
     `standard_error` says how precisely `value` is known from these validation rows (score_error):
-    the pruner decides only beyond it."""
+    the pruner decides only beyond it. `train_seconds` is the training time up to it (without
+    evaluations, checks or the cache), by which the pruner tells costly trials."""
 
     step: int
     samples_seen: int
@@ -66,6 +67,7 @@ class Evaluation:
     standard_error: float | None
     train_loss: float
     seconds: float
+    train_seconds: float = 0.0
     keepable: bool = True
 
 
@@ -400,6 +402,7 @@ def _evaluate_and_report(
         standard_error=score_error(task, data.metric, labels, predictions),
         train_loss=train_loss,
         seconds=time.perf_counter() - began,
+        train_seconds=result.train_seconds,
         keepable=keepable() if keepable is not None else True,
     )
     result.evaluations.append(evaluation)

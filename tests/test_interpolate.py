@@ -180,3 +180,27 @@ def test_interpolated_points_without_a_base_task_leave_the_retention_plot_empty(
     assert search_points([trial]) == []
     assert retention_plot([trial], "spearman", None).png is None
 
+
+
+def test_weights_clearly_behind_the_best_feasible_trial_are_not_mixed_back() -> None:
+    """A curve costs a few evaluations and checks: it runs where it may lead (within noise of
+    the best feasible trial, or no such trial yet) and is skipped, with the reason, where not."""
+    from optuna.trial import create_trial
+
+    from autoft.study import worth_mixing
+    from autoft.train import Evaluation
+
+    def scored(value: float) -> Evaluation:
+        return Evaluation(step=1, samples_seen=100, value=value, standard_error=0.01,
+                          train_loss=0.5, seconds=1.0)
+
+    study = optuna.create_study(direction="maximize")
+    assert worth_mixing(study.ask(), scored(0.5), "kept"), "nothing feasible to lead yet"
+    study.add_trial(create_trial(value=0.97, user_attrs={"constraint": [0.2]}))  # infeasible
+    study.add_trial(create_trial(value=0.90, user_attrs={"constraint": [-0.01]}))
+    assert worth_mixing(study.ask(), scored(0.885), "kept"), "within its noise of 0.90"
+    behind = study.ask()
+    assert not worth_mixing(behind, scored(0.85), "top")
+    assert behind.study.trials[-1].user_attrs["top_not_mixed"] == (
+        "its best-scoring weights are clearly behind the best feasible trial so far (0.8500 "
+        "against 0.9000, beyond its noise of ±0.0200), so they were not mixed back")

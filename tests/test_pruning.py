@@ -1,9 +1,11 @@
 """The median pruner decides only beyond a trial's own noise: a trial one or two validation rows
-below the median runs on, one far below it stops, and every evaluation records that noise."""
+below the median runs on, one far below it stops, and every evaluation records that noise. A
+costly trial runs on only while it leads, and a trial whose score stopped rising ends early."""
 
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 
 import numpy as np
@@ -11,7 +13,7 @@ import optuna
 import pytest
 from optuna.trial import create_trial
 
-from autoft.pruning import prune_reason
+from autoft.pruning import plateau, prune_reason
 from autoft.storage import make_pruner
 from autoft.tasks import get_task
 from autoft.tasks.base import Task
@@ -20,22 +22,30 @@ from autoft.tasks.base import Task
 FIRST_THREE = (0.991, 0.955, 0.991)
 
 
+def evaluation(value: float, error: float | None, seconds: float = 10.0) -> dict:
+    """An evaluation at step 1 after 1,000 samples, as a real trial records it."""
+    return {"step": 1, "value": value, "standard_error": error, "samples_seen": 1000,
+            "train_seconds": seconds}
+
+
 def study_of(direction: str, values: tuple[float, ...]) -> optuna.Study:
     """An in-memory study with the autoft pruner and one complete trial per value, each
-    reported at step 1 as it scored."""
+    reported at step 1 as it scored, after 10 s of training."""
     study = optuna.create_study(direction=direction, pruner=make_pruner(3, 0))
     for value in values:
-        study.add_trial(create_trial(value=value, intermediate_values={1: value}))
+        study.add_trial(create_trial(value=value, intermediate_values={1: value},
+                                     user_attrs={"evaluations": [evaluation(value, 0.01)]}))
     return study
 
 
-def running(study: optuna.Study, value: float, error: float | None) -> optuna.Trial:
-    """A running trial that scored `value` at step 1, with its standard error recorded as a
-    real trial records it, or none."""
+def running(study: optuna.Study, value: float, error: float | None,
+            seconds: float = 10.0) -> optuna.Trial:
+    """A running trial that scored `value` at step 1 after `seconds` of training, with its
+    standard error recorded as a real trial records it, or none."""
     trial = study.ask()
     trial.report(value, 1)
     if error is not None:
-        trial.set_user_attr("evaluations", [{"step": 1, "value": value, "standard_error": error}])
+        trial.set_user_attr("evaluations", [evaluation(value, error, seconds)])
     return trial
 
 
@@ -63,6 +73,63 @@ def test_a_minimized_metric_is_pruned_above_the_median():
     assert running(study, 0.70, 0.02).should_prune()
     assert running(study, 0.52, None).should_prune()
     assert not running(study, 0.40, None).should_prune()
+
+
+def test_a_costly_trial_runs_on_only_while_it_leads():
+    """At 2.5 times the complete trials' training time per sample, a trial above the median but
+    clearly behind the best stops; within its noise of the best it runs on."""
+    study = study_of("maximize", (0.80, 0.95, 0.85))  # median 0.85, best 0.95
+    assert not running(study, 0.90, 0.01).should_prune(), "as cheap as the others: the median"
+    behind = running(study, 0.90, 0.01, seconds=25.0)
+    assert behind.should_prune()
+    assert prune_reason(study, behind.user_attrs["evaluations"]) == (
+        "behind the best of earlier trials, at 2.5× their median training time per sample (a "
+        "trial that costs 2× or more runs on only while it leads): 0.9000 against 0.9500, "
+        "beyond its noise of ±0.0200")
+    assert not running(study, 0.94, 0.01, seconds=25.0).should_prune()
+
+
+def test_a_costly_trial_of_a_minimized_metric_must_be_as_low_as_the_lowest():
+    study = study_of("minimize", (0.50, 0.40, 0.60))  # RMSE: median 0.50, best 0.40
+    assert running(study, 0.45, 0.01, seconds=30.0).should_prune()
+    assert not running(study, 0.45, 0.01).should_prune()
+
+
+def scores(*values: float, every: int = 500) -> list[dict]:
+    """A trial's evaluations: `values` after every `every` samples."""
+    return [{"step": k, "value": v, "samples_seen": k * every}
+            for k, v in enumerate(values, start=1)]
+
+
+def test_a_trial_stops_after_more_than_a_quarter_of_its_run_without_gain():
+    planned = 4000  # 8 evaluations of 500 samples
+    assert plateau(scores(0.70, 0.80, 0.79, 0.80), planned, 1) is None, "a quarter: not more"
+    reason = plateau(scores(0.70, 0.80, 0.79, 0.80, 0.78), planned, 1)
+    assert reason == ("no gain over its last 1,500 of 4,000 samples (best 0.8000 after 1,000): "
+                      "stopped there, keeping its best checkpoint")
+    assert plateau(scores(0.70, 0.80, 0.79, 0.80, 0.81), planned, 1) is None, "a gain resets it"
+    assert plateau(scores(0.5, 0.4, 0.45, 0.45, 0.45), planned, -1) is not None, "RMSE: lower"
+    assert plateau(scores(0.8, 0.7, 0.7, 0.7, every=1000), planned, 1) is None, "its last"
+
+
+@pytest.mark.slow
+def test_a_real_trial_that_learns_nothing_stops_at_its_plateau(
+    tiny_model_dir, tiny_csv, write_space, search_args, cli_env, open_sqlite_study, tmp_path
+):
+    """At a learning rate that changes no prediction, 4 epochs end after the third: two
+    evaluations without gain are half the run."""
+    space = write_space(tmp_path / "space.yaml", learning_rate="{value: 1.0e-12}", epochs=4)
+    studies = tmp_path / "studies"
+    run = subprocess.run(search_args(tiny_model_dir, tiny_csv, space, studies, "flat", 1, "cpu"),
+                         env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    (trial,) = open_sqlite_study(studies, "flat").trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert [e["step"] for e in trial.user_attrs["evaluations"]] == [1, 2, 3]
+    assert trial.user_attrs["stop_reason"].startswith("no gain over its last ")
+    assert trial.user_attrs["checkpoint"].endswith("trainable.safetensors")
+    assert re.search(r"trial 0 complete, \w+ [\d.]+ \(no gain over its last ",
+                     run.stdout + run.stderr), "said on screen"
 
 
 @pytest.mark.parametrize(("startup", "warmup"), [(4, 0), (3, 2)])
