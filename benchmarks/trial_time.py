@@ -21,8 +21,9 @@ from autoft.trials import trial_seconds
 PARTS = ("train", "evals", "checks", "curve", "cache")
 
 
-def parts(trial: optuna.trial.FrozenTrial) -> dict[str, float]:
-    """Seconds of each part of one trial, and `other`: its wall time less the parts."""
+def parts(trial: optuna.trial.FrozenTrial, wall: float) -> dict[str, float]:
+    """Seconds of each part of one trial, and `other`: its `wall` time less the parts (every
+    finished trial, pruned ones too, records its training seconds when its weights are saved)."""
     attrs = trial.user_attrs
     measured = {
         "train": attrs.get("train_seconds") or 0.0,
@@ -31,10 +32,7 @@ def parts(trial: optuna.trial.FrozenTrial) -> dict[str, float]:
         "curve": attrs.get("interpolation_seconds") or 0.0,
         "cache": attrs.get("cache_seconds") or 0.0,
     }
-    if not measured["train"]:  # a pruned trial records no total: its evaluations have it
-        measured["train"] = max((e.get("train_seconds", 0.0)
-                                 for e in attrs.get("evaluations") or []), default=0.0)
-    measured["other"] = (trial_seconds(trial) or 0.0) - sum(measured.values())
+    measured["other"] = wall - sum(measured.values())
     return measured
 
 
@@ -58,13 +56,14 @@ def show(study_dir: Path) -> None:
     for trial in study.trials:
         if not trial.state.is_finished():
             continue
-        seconds = parts(trial)
-        wall += trial_seconds(trial) or 0.0
+        own = trial_seconds(trial) or 0.0
+        seconds = parts(trial, own)
+        wall += own
         for key, value in seconds.items():
             totals[key] += value
         params = describe_params(trial.user_attrs.get("params") or trial.params, depth,
                                  short=True)
-        print(f"{trial.number:>3} {trial.state.name.lower():<9}{trial_seconds(trial) or 0:>8.1f}"
+        print(f"{trial.number:>3} {trial.state.name.lower():<9}{own:>8.1f}"
               + "".join(f"{seconds[p]:>8.1f}" for p in (*PARTS, "other"))
               + f"  {params}; {ending(trial)}")
     shares = "".join(f"{100 * totals[p] / wall:>7.0f}%" if wall else f"{'-':>8}"
