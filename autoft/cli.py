@@ -19,7 +19,14 @@ import sys
 from importlib.resources import files
 from pathlib import Path
 
-from autoft.config import PRECISIONS, StudyConfig, build_config, load_yaml
+from autoft.config import (
+    BASE_KINDS,
+    PRECISIONS,
+    StudyConfig,
+    build_config,
+    load_yaml,
+    setting_names,
+)
 from autoft.errors import NOTHING_TO_SHOW_EXIT, NothingToShow, UsageError
 from autoft.files import full_disk_said
 
@@ -90,7 +97,7 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
         help="what trials compute in: bf16 (autocast), fp32, or auto: bf16 where the CPU or "
         "GPU has bf16 instructions (default auto)",
     )
-    add("--base-kind", help="base-task check: similarity, classification, masked_lm or drift")
+    add("--base-kind", help=f"base-task check: {', '.join(BASE_KINDS)}")
     add("--base-data", help="base-task data file")
     add("--base-ratings", help="for the Lee layout: the matrix of similarity ratings")
     add("--base-text-column", help="base-task table: its text column (default: text)")
@@ -121,53 +128,11 @@ def add_device_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-STUDY_FLAG_FIELDS = (
-    "devices",
-    "trials_per_gpu",
-    "model",
-    "task",
-    "train",
-    "validation",
-    "val_fraction",
-    "text_column",
-    "text_pair_column",
-    "label_column",
-    "metric",
-    "max_length",
-    "max_train_samples",
-    "max_val_samples",
-    "eval_every_samples",
-    "preset",
-    "space",
-    "n_trials",
-    "pruner_startup_trials",
-    "pruner_warmup_steps",
-    "timeout",
-    "seed",
-    "name",
-    "studies_dir",
-    "storage",
-    "trust_remote_code",
-    "augment",
-    "cache",
-    "precision",
-    "base_kind",
-    "base_data",
-    "base_ratings",
-    "base_preserve_data",
-    "base_text_column",
-    "base_text_pair_column",
-    "base_score_column",
-    "base_label_column",
-    "base_min_retention",
-)
-
-
 def config_from_args(args: argparse.Namespace, default_file: Path | None = None) -> StudyConfig:
     """Study file (if any) plus flags into one checked StudyConfig."""
     path = args.study_file or default_file
     file_settings = load_yaml(path) if path else {}
-    flags = {name: getattr(args, name, None) for name in STUDY_FLAG_FIELDS}
+    flags = {name: getattr(args, name, None) for name in setting_names()}
     return build_config(file_settings, path, flags)
 
 

@@ -11,6 +11,7 @@ import importlib.util
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,12 @@ from autoft.errors import UsageError
 from autoft.presets import apply_preset
 
 PRECISIONS = ("auto", "bf16", "fp32")
-BASE_KINDS = ("similarity", "classification", "masked_lm", "drift")
+# The base-check kinds: one module each in autoft/forgetting/kinds/, named as the kind; read from
+# the folder, not imported, so the CLI and the config check them without torch.
+BASE_KINDS = tuple(sorted(
+    entry.name.removesuffix(".py") for entry in (files("autoft") / "forgetting" / "kinds").iterdir()
+    if entry.name.endswith(".py") and not entry.name.startswith("_")
+))
 DATA_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _SECONDS_PER_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -43,14 +49,12 @@ class BaseTaskConfig:
     preserve_data: str | None = None
 
 
-@dataclass(frozen=True)
-class StudyConfig:
-    """Everything one study needs; paths are already resolved, values already checked."""
+@dataclass(frozen=True, kw_only=True)
+class DataSettings:
+    """The settings that shape a study's target data, defined once: a StudyConfig is one, and a
+    task reads its data from one (autoft.tasks). `origins` says where each value came from."""
 
-    model: str
     train: str
-    name: str = "study"
-    task: str = "auto"  # an autoft.tasks name; auto: detected from the data (prepare_study)
     validation: str | None = None
     val_fraction: float = 0.2
     text_column: str = "text"
@@ -60,14 +64,40 @@ class StudyConfig:
     max_length: int | None = None
     max_train_samples: int | None = None
     max_val_samples: int | None = None
+    seed: int = 0
+    augment: bool = False  # image-classification: random flips and shifts of training images
+    origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_config(cls, config: DataSettings) -> DataSettings:
+        """The data settings alone, of a StudyConfig (or anything with the same fields)."""
+        return cls(**{name: getattr(config, name) for name in data_setting_names()},
+                   origins=config.origins)
+
+    def where(self, name: str) -> str:
+        """Where a field's value came from, for error messages ('--train', 'x.yaml field train')."""
+        return self.origins.get(name, f"setting '{name}'")
+
+
+def data_setting_names() -> tuple[str, ...]:
+    """The names of the data settings (DataSettings' fields but `origins`)."""
+    return tuple(f.name for f in fields(DataSettings) if f.name != "origins")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyConfig(DataSettings):
+    """Everything one study needs: its data settings and the rest; paths are already resolved,
+    values already checked."""
+
+    model: str
+    name: str = "study"
+    task: str = "auto"  # an autoft.tasks name; auto: detected from the data (prepare_study)
     space: str = "default"
     n_trials: int = 20
     timeout: float | None = None
-    seed: int = 0
     studies_dir: str = "studies"
     storage: str | None = None
     trust_remote_code: bool = False
-    augment: bool = False  # image-classification: random flips and shifts of training images
     eval_every_samples: int | None = None
     devices: str = "auto"
     trials_per_gpu: int = 1
@@ -77,7 +107,6 @@ class StudyConfig:
     pruner_startup_trials: int | None = None
     pruner_warmup_steps: int = 0
     base: BaseTaskConfig | None = None
-    origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def pruner_startup(self) -> int:
@@ -90,10 +119,6 @@ class StudyConfig:
     def study_dir(self) -> Path:
         """The folder that holds this study's storage, caches, logs, report and best model."""
         return Path(self.studies_dir) / self.name
-
-    def where(self, name: str) -> str:
-        """Where a field's value came from, for error messages ('--train', 'x.yaml field train')."""
-        return self.origins.get(name, f"setting '{name}'")
 
 
 def parse_duration(value: Any, where: str) -> float | None:
@@ -141,6 +166,12 @@ _PATH_FIELDS = ("model", "train", "validation", "space")
 _FLAG_FOR = {"name": "--study", "base_min_retention": "--min-retention"}
 _STUDY_FIELDS = {f.name: f for f in fields(StudyConfig) if f.name not in ("origins", "base")}
 _BASE_FIELDS = {f.name: f for f in fields(BaseTaskConfig)}
+
+
+def setting_names() -> tuple[str, ...]:
+    """Every setting of a study, flat as the flags and autoft.search take them (base.kind as
+    base_kind): the fields of StudyConfig and BaseTaskConfig, so a new field is a new setting."""
+    return (*_STUDY_FIELDS, *(f"base_{name}" for name in _BASE_FIELDS))
 
 
 def cli_flag(key: str) -> str:

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 
 from autoft.adapters import get_adapter
-from autoft.config import StudyConfig
+from autoft.config import StudyConfig, data_setting_names
 from autoft.errors import UsageError
 from autoft.files import write_text_whole
-from autoft.forgetting import BaseSplit, find_pair_columns, preservation_texts
+from autoft.forgetting import BaseSplit, find_pair_columns, kinds_for, preservation_texts
 from autoft.guard import BASE_MAX_LENGTH, COIN_FLIP, measure_base
 from autoft.model import model_depth
 from autoft.preserve import PreservedTexts, texts_to_preserve
@@ -25,22 +25,8 @@ from autoft.study import Prepared, load_prepared_data, save_prepared, study_base
 from autoft.tasks import DataSettings, Task, detect_task, get_task
 from autoft.tasks.text import model_length_limit
 
-DATA_FIELDS = (
-    "task",
-    "model",
-    "train",
-    "validation",
-    "val_fraction",
-    "text_column",
-    "text_pair_column",
-    "label_column",
-    "metric",
-    "max_length",
-    "max_train_samples",
-    "max_val_samples",
-    "seed",
-    "augment",
-)
+# What shapes the prepared data: the task, the model and every data setting.
+DATA_FIELDS = ("task", "model", *data_setting_names())
 HASHES_FILE = "file_hashes.json"
 
 
@@ -224,10 +210,10 @@ def check_task_settings(task: Task, config: StudyConfig) -> None:
             f"{config.where('metric')}: unknown metric '{config.metric}' for {task.name}; use "
             f"one of {', '.join(names)} (or auto)."
         )
-    if config.base and config.base.kind not in task.base_kinds:
+    if config.base and config.base.kind not in kinds_for(task):
         raise UsageError(
             f"{config.where('base.kind')}: {task.name} has no '{config.base.kind}' base-task "
-            f"check; use one of {', '.join(task.base_kinds)}."
+            f"check; use one of {', '.join(kinds_for(task))}."
         )
     if config.base and config.base.preserve_data and not task.preserves:
         raise UsageError(

@@ -10,16 +10,22 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import autoft
 from autoft.adapters import ADAPTERS, get_adapter, plain_state_dict
 from autoft.config import BASE_KINDS, BaseTaskConfig
 from autoft.errors import UsageError
-from autoft.forgetting import KINDS, build_base_task, paired_interval, retention
+from autoft.forgetting import KINDS, build_base_task, kinds_for, paired_interval, retention
 from autoft.forgetting.base import takes_images
 from autoft.model import evaluating, freeze, model_depth
 from autoft.params import TrialParams
@@ -38,7 +44,7 @@ TASK_ASSETS = {
 METRIC_RANGES = {"accuracy": (0, 1), "macro_f1": (0, 1), "spearman": (-1, 1),
                  "pearson": (-1, 1), "rmse": (0, math.inf)}
 # Every base-check kind under every task kind that supports it: the check reads that task's model.
-BASE_PAIRS = [(task, kind) for task, kind_class in TASKS.items() for kind in kind_class.base_kinds]
+BASE_PAIRS = [(task, kind) for task, task_class in TASKS.items() for kind in kinds_for(task_class)]
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +74,49 @@ def module_state(model) -> tuple[list[bool], list[bool]]:
 def test_the_registries_agree():
     """config validates base kinds without torch, from its own list: it must name the registry's."""
     assert BASE_KINDS == tuple(KINDS)
-    supported = {kind for task in TASKS.values() for kind in task.base_kinds}
+    supported = {kind for task in TASKS.values() for kind in kinds_for(task)}
     assert supported == set(KINDS), "every base kind is supported by a task, and no other"
+
+
+NEW_KIND = """
+from autoft.forgetting.kinds.drift import DriftTask
+
+
+class EchoTask(DriftTask):
+    name = "echo_cka"
+    inputs = ("image",)
+"""
+PROBE = """
+import json, sys
+from autoft.cli import build_parser
+from autoft.config import BASE_KINDS, build_config
+from autoft.forgetting import KINDS, kinds_for
+from autoft.tasks import get_task
+config = build_config({"model": sys.argv[1], "train": sys.argv[2],
+                       "base": {"kind": "echo", "data": sys.argv[2]}}, None, {})
+print(json.dumps({"kinds": BASE_KINDS, "class": KINDS["echo"].__name__, "config": config.base.kind,
+                  "image": kinds_for(get_task("image-classification")),
+                  "text": kinds_for(get_task("text-classification")),
+                  "help": build_parser()._subparsers._group_actions[0].choices["search"]
+                  .format_help()}))
+"""
+
+
+def test_a_new_base_kind_is_one_module(tmp_path, tiny_model_dir, tiny_csv):
+    """A module dropped into forgetting/kinds/ is a kind everywhere: the config's check, the
+    CLI's help, the registry, and the tasks whose inputs it reads (in a copy of the package)."""
+    copy = tmp_path / "autoft"
+    shutil.copytree(Path(autoft.__file__).parent, copy,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "forgetting" / "kinds" / "echo.py").write_text(NEW_KIND)
+    done = subprocess.run([sys.executable, "-c", PROBE, str(tiny_model_dir), str(tiny_csv)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert "echo" in seen["kinds"] and seen["class"] == "EchoTask" and seen["config"] == "echo"
+    assert "echo" in seen["image"] and "echo" not in seen["text"]
+    assert "echo" in " ".join(seen["help"].split())
 
 
 @pytest.mark.parametrize("name", list(TASKS))

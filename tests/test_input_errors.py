@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoft.cli import main
+from autoft.cli import build_parser, main
+from autoft.config import data_setting_names, setting_names
+from autoft.prepare import DATA_FIELDS
 from autoft.space import find_space_file
 
 
@@ -457,3 +459,12 @@ def test_a_model_load_is_quiet_before_the_sentence(tiny_csv, tmp_path, save_tiny
         done.stderr
     assert "no saved head for 'classification'" in done.stderr
     assert "classifier.weight" in done.stderr
+
+
+def test_every_setting_is_a_flag_and_every_data_setting_shapes_the_fingerprint():
+    """Settings are defined once (the config's dataclasses): the command line passes each on,
+    and the prepared data's identity covers every data setting."""
+    flags = set(vars(build_parser().parse_args(["search"])))
+    file_only = {"base_max_examples", "base_check_examples"}  # tuning a base check, in the file
+    assert set(setting_names()) - flags == file_only
+    assert set(data_setting_names()) <= set(DATA_FIELDS)

@@ -1,13 +1,16 @@
 """Base-task checks: how much of what the pretrained model knew a tuned model still knows.
 
-Owns the `BaseTask` interface, its four kinds (similarity, classification, masked_lm, drift)
-and `retention`, the share of the base score a tuned model kept. Each kind reads its data in
-units (documents, pairs or examples) split (split.py) into a searched part and the audit's.
+Owns the `BaseTask` interface, the registry of its kinds (one module each in kinds/: similarity,
+classification, masked_lm, drift), `kinds_for` a task, and `retention`, the share of the base
+score a tuned model kept. Each kind reads its data in units (documents, pairs or examples) split
+(split.py) into a searched part and the audit's.
 """
 
 from __future__ import annotations
 
-from autoft.config import BaseTaskConfig
+import importlib
+
+from autoft.config import BASE_KINDS, BaseTaskConfig
 from autoft.errors import UsageError
 from autoft.forgetting.base import (
     BaseScore,
@@ -17,12 +20,8 @@ from autoft.forgetting.base import (
     paired_interval,
     retention,
 )
-from autoft.forgetting.classification import ClassificationTask
-from autoft.forgetting.drift import DriftTask
 from autoft.forgetting.encoders import linear_cka
-from autoft.forgetting.masked_lm import MaskedLMTask
 from autoft.forgetting.readers import find_pair_columns, preservation_texts
-from autoft.forgetting.similarity import SimilarityTask
 from autoft.forgetting.split import BaseSplit
 
 __all__ = [
@@ -32,6 +31,7 @@ __all__ = [
     "KINDS",
     "Replay",
     "build_base_task",
+    "kinds_for",
     "find_pair_columns",
     "linear_cka",
     "no_replay",
@@ -60,10 +60,18 @@ def build_base_task(
                               split, seed)
 
 
-# The registry of base-check kinds by name (config.BASE_KINDS names the same, without torch).
-KINDS = {
-    "similarity": SimilarityTask,
-    "classification": ClassificationTask,
-    "masked_lm": MaskedLMTask,
-    "drift": DriftTask,
-}
+def _kind_class(kind: str) -> type[BaseTask]:
+    """The BaseTask subclass that the kind's module (autoft/forgetting/kinds/<kind>.py) defines."""
+    module = importlib.import_module(f"autoft.forgetting.kinds.{kind}")
+    return next(value for value in vars(module).values() if isinstance(value, type)
+                and issubclass(value, BaseTask) and value.__module__ == module.__name__)
+
+
+def kinds_for(task) -> tuple[str, ...]:
+    """The base-check kinds that can check a model of `task` (a Task or its class): those whose
+    `inputs` hold the task's."""
+    return tuple(kind for kind, check in KINDS.items() if task.inputs in check.inputs)
+
+
+# The registry of base-check kinds by name: a new kind is a new module in kinds/.
+KINDS = {kind: _kind_class(kind) for kind in BASE_KINDS}

@@ -47,6 +47,7 @@ class BaseTask(ABC):
     name: str
     measures: str
     higher_is_better: bool
+    inputs: tuple[str, ...]  # the target tasks' inputs whose models it checks: text, image
     replays_prefix = True  # whether `reads` can start from the frozen blocks' cached output
     split_: BaseSplit
     units_: dict[str, int]  # how many units each part holds: quick, search, audit

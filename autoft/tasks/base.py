@@ -8,45 +8,17 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import torch
 
+from autoft.config import DataSettings
+
 MAXIMIZE, MINIMIZE = "maximize", "minimize"
 EVAL_BATCH_SIZE = 128
-
-
-@dataclass(frozen=True)
-class DataSettings:
-    """The settings that shape a study's target data (a slice of StudyConfig), with where each
-    came from, for error messages."""
-
-    train: str
-    validation: str | None = None
-    val_fraction: float = 0.2
-    text_column: str = "text"
-    text_pair_column: str | None = None
-    label_column: str = "label"
-    metric: str = "auto"
-    max_length: int | None = None
-    max_train_samples: int | None = None
-    max_val_samples: int | None = None
-    seed: int = 0
-    augment: bool = False
-    origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
-
-    @classmethod
-    def from_config(cls, config) -> DataSettings:
-        """The data settings of a StudyConfig (or anything with the same fields)."""
-        names = [name for name in cls.__dataclass_fields__ if name != "origins"]
-        return cls(**{name: getattr(config, name) for name in names}, origins=config.origins)
-
-    def where(self, name: str) -> str:
-        """Where a field's value came from ('--train', 'x.yaml field train')."""
-        return self.origins.get(name, f"setting '{name}'")
 
 
 @dataclass(frozen=True)
@@ -77,7 +49,7 @@ class Task(ABC):
 
     name: ClassVar[str]  # 'text-classification': the value of `task:` and --task
     metrics: ClassVar[tuple[Metric, ...]]  # the first is the default unless choose_metric says
-    base_kinds: ClassVar[tuple[str, ...]]  # forgetting checks it supports (config.BASE_KINDS)
+    inputs: ClassVar[str]  # what its examples are: text or image (the base checks it supports)
     cache_layout: ClassVar[str]  # 'per_token' (unpadded rows + offsets) or 'fixed' (one shape)
     split_class: ClassVar[type]  # a dataclass of plain lists: prepared/ keeps it as JSON
     preserves: ClassVar[bool] = True  # whether it has the preservation loss (base-side texts)

@@ -31,7 +31,7 @@ class ImageClassification(Classification):
     """Single-label classification of images."""
 
     name = "image-classification"
-    base_kinds = ("classification", "drift")
+    inputs = "image"
     cache_layout = "fixed"
     split_class = ImageSplit
     auto_class = "AutoModelForImageClassification"

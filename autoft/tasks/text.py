@@ -157,6 +157,7 @@ class TextTask(LabelledTask):
     """A task on texts or text pairs with AutoModelForSequenceClassification and a tokenizer;
     subclasses say what a label is and how it is split and scored."""
 
+    inputs = "text"
     cache_layout = "per_token"
     split_class = Split
     auto_class = "AutoModelForSequenceClassification"

@@ -13,4 +13,3 @@ class TextClassification(TextTask, Classification):
     """Single-label classification of texts or text pairs."""
 
     name = "text-classification"
-    base_kinds = ("similarity", "classification", "masked_lm", "drift")

@@ -45,7 +45,6 @@ class TextRegression(TextTask):
         Metric("pearson", MAXIMIZE),
         Metric("rmse", MINIMIZE),
     )
-    base_kinds = ("similarity", "classification", "masked_lm", "drift")
     stratified = False
 
     @classmethod

@@ -38,6 +38,7 @@ class MaskedLMTask(BaseTask):
     """Masked-LM loss of the tuned encoder under the base model's own masked-LM head."""
 
     name = "masked_lm_loss"
+    inputs = ("text",)
     measures = "How well the base model's masked-LM head, fed by the tuned encoder, fills blanks."
     higher_is_better = False
 

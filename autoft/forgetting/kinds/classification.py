@@ -36,6 +36,7 @@ class ClassificationTask(BaseTask):
     base.text_pair_column, on text pairs (an NLI or paraphrase head), segment ids included."""
 
     name = "classification_accuracy"
+    inputs = ("text", "image")
     measures = "How often the base model's own classifier head, fed by the tuned encoder, is right."
     higher_is_better = True
 

@@ -37,6 +37,7 @@ class DriftTask(BaseTask):
     """Linear CKA between the base model's and the tuned encoder's representations, per layer."""
 
     name = "drift_cka"
+    inputs = ("text", "image")
     measures = "How close the tuned encoder's representations of base-task texts stay to the base."
     higher_is_better = True
     replays_prefix = False

@@ -26,6 +26,7 @@ class SimilarityTask(BaseTask):
     """Cosine of mean-pooled embeddings against human similarity ratings."""
 
     name = "similarity_spearman"
+    inputs = ("text",)
     measures = "How well the cosine of the encoder's embeddings ranks text pairs as people do."
     higher_is_better = True
 
