@@ -15,7 +15,7 @@ import optuna
 import torch
 
 from autoft.config import BaseTaskConfig
-from autoft.forgetting import BaseTask, paired_interval, retention
+from autoft.forgetting import BaseTask, paired_interval, retention, unit_draws
 from autoft.train import StopTraining
 
 BASE_MAX_LENGTH = 256  # base texts keep their own max length: they are often longer
@@ -46,9 +46,8 @@ def score_spread(task: BaseTask, observed, part: str, seed: int = 0) -> float:
     prepare has no tuned model to draw (the audit intervals of tuned models measured here were as
     wide or wider)."""
     whole = task.statistic(observed, np.arange(task.units_[part]), part)
-    rng = np.random.default_rng(seed)
-    draws = [task.statistic(observed, rng.integers(0, task.units_[part], task.units_[part]),
-                            part) for _ in range(CHECK_RESAMPLES)]
+    draws = unit_draws(task, part, seed, CHECK_RESAMPLES,
+                       lambda rows: task.statistic(observed, rows, part))
     low, high = np.nanpercentile(draws, [2.5, 97.5])
     return float((high - low) / 2 / max(abs(whole), 1e-6))
 

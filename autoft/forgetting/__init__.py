@@ -19,6 +19,7 @@ from autoft.forgetting.base import (
     no_replay,
     paired_interval,
     retention,
+    unit_draws,
 )
 from autoft.forgetting.encoders import linear_cka
 from autoft.forgetting.readers import find_pair_columns, preservation_texts
@@ -38,6 +39,7 @@ __all__ = [
     "paired_interval",
     "preservation_texts",
     "retention",
+    "unit_draws",
 ]
 
 

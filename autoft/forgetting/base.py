@@ -133,19 +133,23 @@ def retention(base: float, tuned: float, higher_is_better: bool) -> float:
     return max(base, EPS) / max(tuned, EPS)
 
 
+def unit_draws(task: BaseTask, part: str, seed: int, resamples: int,
+               measure: Callable[[np.ndarray], float]) -> list[float]:
+    """`measure(rows)` over `resamples` bootstrap draws (seeded) of `part`'s units, each draw as
+    many rows, with replacement, as the part holds units."""
+    units = task.units_[part]
+    rng = np.random.default_rng(seed)
+    return [measure(rng.integers(0, units, units)) for _ in range(resamples)]
+
+
 def paired_interval(task: BaseTask, base_observed, tuned_observed, part: str, seed: int,
                     resamples: int, level: float = 0.95) -> tuple[float, float]:
     """The percentile interval of the retention over bootstrap draws of `part`'s units (pairs,
     documents with the pairs among them, or examples), the base and the tuned model paired:
     how far the retention could move had the base data held other units of the same kind."""
-    units = task.units_[part]
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(resamples):
-        rows = rng.integers(0, units, units)
-        draws.append(retention(task.statistic(base_observed, rows, part),
-                               task.statistic(tuned_observed, rows, part),
-                               task.higher_is_better))
+    draws = unit_draws(task, part, seed, resamples, lambda rows: retention(
+        task.statistic(base_observed, rows, part), task.statistic(tuned_observed, rows, part),
+        task.higher_is_better))
     low, high = np.nanpercentile(draws, [50 * (1 - level), 50 * (1 + level)])
     return float(low), float(high)
 
