@@ -18,6 +18,7 @@ from autoft.config import build_config, flat_settings, load_yaml, python_argumen
 from autoft.errors import UsageError
 from autoft.export import export_marker, load_answer_model, read_marker
 from autoft.files import full_disk_said
+from autoft.record import TrialRecord
 from autoft.report import nothing_to_show, summary_text
 from autoft.storage import load_study, quiet_optuna, sqlite_path
 from autoft.summary import build_summary, trial_entry
@@ -113,7 +114,7 @@ def trials_frame(trials: list[optuna.trial.FrozenTrial], audits: dict | None) ->
     for trial in trials:
         entry = trial_entry(trial, audits)
         params = entry.pop("params")
-        rows.append(entry | {"fail_reason": trial.user_attrs.get("fail_reason")}
+        rows.append(entry | {"fail_reason": TrialRecord.of(trial).fail_reason}
                     | {f"params_{name}": value for name, value in sorted(params.items())})
     return pd.DataFrame(rows)
 

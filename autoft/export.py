@@ -18,6 +18,7 @@ from autoft.describe import describe_numbers, describe_params, metric_words
 from autoft.errors import UsageError
 from autoft.files import replace_folder, unwritable_folder
 from autoft.model import quiet_transformers
+from autoft.record import TrialRecord
 from autoft.tasks import Task, recorded_task
 from autoft.trials import best_feasible, full_params, winning_soup
 
@@ -50,7 +51,7 @@ def load_trial_model(
 ):
     """The base model with the task's head and the trial's trained parameters put back; returns
     model and processor."""
-    checkpoint = trial.user_attrs.get("checkpoint")
+    checkpoint = TrialRecord.of(trial).checkpoint
     if not checkpoint or not Path(checkpoint).is_file():
         raise UsageError(
             f"Trial {trial.number} has no saved weights on this machine ({checkpoint or 'none'}); "
@@ -75,9 +76,10 @@ def load_soup_model(task: Task, attrs: dict, soup: dict):
 
 def score_line(trial: optuna.trial.FrozenTrial, metric: str) -> str:
     """How good the saved weights are, and whether the trial ran to its end."""
-    evaluations = trial.user_attrs.get("evaluations") or []
-    best = trial.user_attrs.get("best_value")
-    at = f" (after evaluation {trial.user_attrs.get('best_step')})" if best is not None else ""
+    record = TrialRecord.of(trial)
+    evaluations = record.evaluations
+    best = record.best_value
+    at = f" (after evaluation {record.best_step})" if best is not None else ""
     if trial.state == TrialState.COMPLETE and trial.value is not None:
         return f"Validation {metric}: {trial.value:.4f}{at}"
     if best is None:
@@ -91,14 +93,16 @@ def score_line(trial: optuna.trial.FrozenTrial, metric: str) -> str:
 
 
 def retention_line(trial: optuna.trial.FrozenTrial, base: dict | None) -> str:
-    retention = trial.user_attrs.get("retention")
+    record = TrialRecord.of(trial)
+    retention = record.retention
     if retention is None:
         return "Retention: not measured (the study had no base task, or the check did not run)"
     if not base:
         return f"Retention of base-task skill: {retention:.1%}"
     return (
         f"Retention of the base model's {base.get('kind')} skill: {retention:.1%} "
-        f"({base.get('name')} {trial.user_attrs.get('base_score', float('nan')):.4f} against "
+        f"({base.get('name')} "
+        f"{record.base_score if record.base_score is not None else float('nan'):.4f} against "
         f"{base.get('score', float('nan')):.4f} before tuning; the study's bar was "
         f"{base.get('min_retention', 0):.0%})"
     )

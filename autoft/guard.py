@@ -16,6 +16,7 @@ import torch
 
 from autoft.config import BaseTaskConfig
 from autoft.forgetting import BaseTask, paired_interval, retention, unit_draws
+from autoft.record import TrialRecord
 from autoft.train import StopTraining
 
 BASE_MAX_LENGTH = 256  # base texts keep their own max length: they are often longer
@@ -67,7 +68,8 @@ class ForgettingPruned(optuna.TrialPruned):
 
 
 class ForgettingGuard:
-    """Per-trial base-task checks, recorded as user attributes and as Optuna's constraint.
+    """Per-trial base-task checks, recorded in the trial's record (autoft.record) and as Optuna's
+    constraint.
 
     Each check's retention comes with a paired bootstrap interval over the units it read (the
     untouched model's observations of them, `base_observed`, taken once per worker): with a
@@ -89,8 +91,8 @@ class ForgettingGuard:
         self.frozen = frozen
         self.untouched = not self.task.reads_trained(model)
         if self.untouched:
-            trial.set_user_attr(
-                "base_check", "skipped: the trial trains nothing the base task reads, so it "
+            TrialRecord.write(
+                trial, base_check="skipped: the trial trains nothing the base task reads, so it "
                 "keeps the base skill exactly")
 
     def measure(self, model, device: torch.device, part: str) -> Check:
@@ -117,9 +119,9 @@ class ForgettingGuard:
         began = time.perf_counter()
         kept, low, high, _ = self.measure(model, device, "quick")
         self._add_seconds(trial, time.perf_counter() - began)
-        for key, value in (("quick_retention", round(kept, 4)),
-                           ("quick_interval", [round(low, 4), round(high, 4)])):
-            trial.set_user_attr(key, trial.user_attrs.get(key, []) + [value])
+        record = TrialRecord.of(trial)
+        TrialRecord.write(trial, quick_retention=[*record.quick_retention, round(kept, 4)],
+                          quick_interval=[*record.quick_interval, [round(low, 4), round(high, 4)]])
         self._constrain(trial, kept, final=False)
         return self.passes(kept)
 
@@ -127,29 +129,30 @@ class ForgettingGuard:
         """Clearly below the bar (its whole interval under it), a trial that already kept a
         feasible checkpoint stops there as complete; one that never had a feasible point is
         pruned. Below the bar by less than the noise, it trains on."""
-        kept = trial.user_attrs["quick_retention"][-1]
-        low, high = trial.user_attrs["quick_interval"][-1]
+        record = TrialRecord.of(trial)
+        kept = record.quick_retention[-1]
+        low, high = record.quick_interval[-1]
         bar = self.base["min_retention"]
         if high >= bar:
             return
         reason = (f"forgetting: kept {kept:.2f} of the base skill on the quick check, clearly "
                   f"below the bar {bar:.2f} (95% interval {low:.2f}-{high:.2f})")
         if has_keepable:
-            trial.set_user_attr("stop_reason", f"{reason}; it keeps its best checkpoint above "
-                                "the bar")
+            TrialRecord.write(trial, stop_reason=f"{reason}; it keeps its best checkpoint above "
+                              "the bar")
             raise StopTraining
-        trial.set_user_attr("prune_reason", reason)
+        TrialRecord.write(trial, prune_reason=reason)
         raise ForgettingPruned(reason)
 
     def on_prune(self, trial: optuna.Trial) -> None:
         """A pruned trial's constraint is its last quick retention, so the sampler learns too."""
-        kept = trial.user_attrs.get("quick_retention", [1.0])[-1]
+        kept = (TrialRecord.of(trial).quick_retention or [1.0])[-1]
         self._constrain(trial, kept, final=True)
 
     def _constrain(self, trial: optuna.Trial, kept: float, final: bool) -> None:
         """Feasible when ≤ 0; Optuna accepts a trial's constraint once, so only at its end."""
         violation = self.base["min_retention"] - kept
-        trial.set_user_attr("constraint", [violation])
+        TrialRecord.write(trial, constraint=[violation])
         if final:
             trial.set_constraint("retention", violation)
 
@@ -160,12 +163,10 @@ class ForgettingGuard:
         model.load_state_dict(best_state, strict=False)
         kept, low, high, tuned = self.measure(model, device, "search")
         self._add_seconds(trial, time.perf_counter() - began)
-        trial.set_user_attr("base_score", tuned)
-        trial.set_user_attr("retention", kept)
-        trial.set_user_attr("retention_interval", [low, high])
+        TrialRecord.write(trial, base_score=tuned, retention=kept, retention_interval=[low, high])
         self._constrain(trial, kept, final=True)
 
     @staticmethod
     def _add_seconds(trial: optuna.Trial, seconds: float) -> None:
-        total = trial.user_attrs.get("base_check_seconds", 0.0) + seconds
-        trial.set_user_attr("base_check_seconds", round(total, 3))
+        total = (TrialRecord.of(trial).base_check_seconds or 0.0) + seconds
+        TrialRecord.write(trial, base_check_seconds=round(total, 3))

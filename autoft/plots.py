@@ -17,6 +17,7 @@ import optuna  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from autoft.describe import describe_params  # noqa: E402
+from autoft.record import TrialRecord  # noqa: E402
 from autoft.tradeoff import search_points  # noqa: E402
 from autoft.trials import full_params as _params  # noqa: E402
 from autoft.trials import is_feasible, last_value, score_sign  # noqa: E402
@@ -190,13 +191,13 @@ def retention_plot(trials: list[FrozenTrial], metric: str, min_retention: float 
 def curves_plot(trials: list[FrozenTrial], metric: str, depth: int | None, sign: int = 1) -> Plot:
     """The curves of the trials whose best evaluation is best (`sign` -1: lower is better)."""
     title = f"Learning curves of the top {TOP_CURVES} trials"
-    scored = [t for t in trials if t.user_attrs.get("evaluations")]
+    curves = [(t, TrialRecord.of(t).evaluations) for t in trials]
+    scored = [(t, evaluations) for t, evaluations in curves if evaluations]
     if not scored:
         return Plot(title, "No trial has recorded an evaluation yet.")
-    top = sorted(scored, key=lambda t: -max(sign * e["value"] for e in t.user_attrs["evaluations"]))
+    top = sorted(scored, key=lambda curve: -max(sign * e["value"] for e in curve[1]))
     fig, ax = _figure()
-    for t in top[:TOP_CURVES]:
-        evaluations = t.user_attrs["evaluations"]
+    for t, evaluations in top[:TOP_CURVES]:
         label = f"trial {t.number}: {describe_params(_params(t), depth or 0, short=True)}"
         if t.state == TrialState.PRUNED:
             label += " (pruned)"

@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from autoft.describe import describe_params, describe_seconds
+from autoft.record import TrialRecord
 from autoft.trials import counts_toward_budget, direction_sign, is_feasible
 
 POLL_SECONDS = 2.0
@@ -56,9 +57,10 @@ class Snapshot:
 
 
 def running_trial(trial: FrozenTrial, train_size: int | None) -> RunningTrial:
-    """Progress from the user attrs the objective sets after sampling and after each evaluation."""
-    params = trial.user_attrs.get("params") or dict(trial.params)
-    evaluations = trial.user_attrs.get("evaluations") or []
+    """Progress from the record the objective writes after sampling and after each evaluation."""
+    record = TrialRecord.of(trial)
+    params = record.params or dict(trial.params)
+    evaluations = record.evaluations
     epoch = None
     if evaluations:
         last = evaluations[-1]
@@ -75,13 +77,13 @@ def running_trial(trial: FrozenTrial, train_size: int | None) -> RunningTrial:
 
 def samples_seen(trial: FrozenTrial) -> int:
     """Training samples the trial has been through, as of its last evaluation."""
-    evaluations = trial.user_attrs.get("evaluations") or []
+    evaluations = TrialRecord.of(trial).evaluations
     return evaluations[-1]["samples_seen"] if evaluations else 0
 
 
 def samples_planned(trial: FrozenTrial, train_size: int | None) -> int | None:
     """Training samples the trial's config asks for (its epochs over the training set)."""
-    epochs = (trial.user_attrs.get("params") or trial.params).get("epochs")
+    epochs = (TrialRecord.of(trial).params or trial.params).get("epochs")
     return int(epochs * train_size) if epochs and train_size else None
 
 
@@ -162,8 +164,8 @@ def epoch_text(trial: RunningTrial) -> str:
 
 def finished_line(trial: FrozenTrial, metric: str, depth: int) -> str:
     """One line per finished trial, for logs."""
-    params = describe_params(trial.user_attrs.get("params") or dict(trial.params), depth,
-                             short=True)
+    record = TrialRecord.of(trial)
+    params = describe_params(record.params or dict(trial.params), depth, short=True)
     seconds = (
         f" in {describe_seconds((trial.datetime_complete - trial.datetime_start).total_seconds())}"
         if trial.datetime_start and trial.datetime_complete
@@ -171,15 +173,15 @@ def finished_line(trial: FrozenTrial, metric: str, depth: int) -> str:
     )
     if trial.state == TrialState.COMPLETE:
         outcome = f"complete, {metric} {trial.value:.4f}" if trial.value is not None else "complete"
-        if trial.user_attrs.get("stop_reason"):  # stopped early: a plateau, or forgetting
-            outcome += f" ({trial.user_attrs['stop_reason']})"
+        if record.stop_reason:  # stopped early: a plateau, or forgetting
+            outcome += f" ({record.stop_reason})"
     elif trial.state == TrialState.PRUNED:
-        steps = len(trial.user_attrs.get("evaluations") or [])
+        steps = len(record.evaluations)
         outcome = f"pruned after {steps} evaluation{'s' if steps != 1 else ''}"
-        if trial.user_attrs.get("prune_reason"):
-            outcome += f" ({trial.user_attrs['prune_reason']})"
+        if record.prune_reason:
+            outcome += f" ({record.prune_reason})"
     else:
-        outcome = f"failed ({trial.user_attrs.get('fail_reason', 'see the log')})"
+        outcome = f"failed ({record.fail_reason or 'see the log'})"
     return f"trial {trial.number} {outcome}{seconds}: {params}"
 
 

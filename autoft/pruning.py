@@ -16,6 +16,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from autoft.record import TrialRecord
 from autoft.trials import best_feasible, score_sign
 
 NOISE_ERRORS = 2  # standard errors a trial must fall below the median by: about its 95% band
@@ -77,7 +78,7 @@ def seconds_per_sample(evaluations: list[dict] | None) -> float | None:
 def relative_cost(evaluations: list[dict] | None, complete: list[FrozenTrial]) -> float | None:
     """A trial's training seconds per sample over the median of the complete trials'."""
     own = seconds_per_sample(evaluations)
-    theirs = [seconds_per_sample(t.user_attrs.get("evaluations")) for t in complete]
+    theirs = [seconds_per_sample(TrialRecord.of(t).evaluations) for t in complete]
     theirs = [cost for cost in theirs if cost]
     if own is None or not theirs:
         return None
@@ -131,7 +132,7 @@ class NoisyMedianPruner(optuna.pruners.BasePruner):
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         comparison = self.compare(study, trial.intermediate_values,
-                                  trial.user_attrs.get("evaluations"))
+                                  TrialRecord.of(trial).evaluations)
         return comparison is not None and comparison.worse
 
 

@@ -24,6 +24,7 @@ from autoft.describe import (
 )
 from autoft.files import write_text_whole
 from autoft.plots import study_plots
+from autoft.record import TrialRecord
 from autoft.summary import write_summary
 from autoft.trials import full_params, trial_seconds
 
@@ -302,18 +303,18 @@ def trial_rows(study: optuna.Study) -> list[list[str]]:
     depth = study.user_attrs.get("depth") or 0
     rows = []
     for t in study.get_trials(deepcopy=False):
-        attrs = t.user_attrs
-        retention = attrs.get("retention")
+        record = TrialRecord.of(t)
+        retention = record.retention
         seconds = trial_seconds(t)
         rows.append(
             [
                 str(t.number),
                 t.state.name.lower(),
                 f"{t.value:.4f}" if t.value is not None else "",
-                describe_params(full_params(t), depth, attrs.get("mix"), short=True),
+                describe_params(full_params(t), depth, record.mix, short=True),
                 f"{retention:.3f}" if retention is not None else "",
-                next((attrs[k] for k in ("fail_reason", "prune_reason", "stop_reason")
-                      if attrs.get(k)), ""),
+                next((reason for reason in (record.fail_reason, record.prune_reason,
+                                            record.stop_reason) if reason), ""),
                 f"{seconds:.0f}" if seconds is not None else "",
             ]
         )

@@ -13,14 +13,10 @@ import optuna
 from optuna.trial import TrialState
 
 from autoft.errors import UsageError
+from autoft.record import TrialRecord
 from autoft.trials import FINISHED, counts_toward_budget, trial_config
 
 log = logging.getLogger("autoft")
-
-# User attributes a queued trial starts with: which of the space's starts it runs (0 is the
-# default config) and which trial's config it runs again.
-START = "start"
-RETRY_OF = "retry_of"
 
 # A config whose trial went stale this many times is not queued again: it likely kills its worker.
 MAX_ATTEMPTS = 3
@@ -30,21 +26,23 @@ REPEATED_FAILURES = 3  # this many trials in a row failing alike stop the study
 def to_run_again(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
     """Interrupted trials (a signal or the hard time limit) whose config is not queued again yet,
     the default config's first."""
-    queued = {t.user_attrs.get(RETRY_OF) for t in trials}
+    queued = {TrialRecord.of(t).retry_of for t in trials}
     waiting = [
         t for t in trials
-        if t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") == "interrupted"
+        if t.state == TrialState.FAIL and TrialRecord.of(t).fail_reason == "interrupted"
         and t.number not in queued and trial_config(t)
     ]
-    return sorted(waiting, key=lambda t: (t.user_attrs.get(START) != 0, t.number))
+    return sorted(waiting, key=lambda t: (TrialRecord.of(t).start != 0, t.number))
 
 
 def queue_again(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Queue a stopped trial's config as a new trial that starts clean: only its params and
-    where it came from, none of the stopped attempt's measurements."""
-    attrs = {RETRY_OF: trial.number}
-    if START in trial.user_attrs:
-        attrs[START] = trial.user_attrs[START]
+    where it came from (its record's `retry_of` and `start`), none of the stopped attempt's
+    measurements."""
+    start = TrialRecord.of(trial).start
+    attrs = TrialRecord.attrs(retry_of=trial.number)
+    if start is not None:
+        attrs |= TrialRecord.attrs(start=start)
     study.enqueue_trial(trial_config(trial), user_attrs=attrs)
 
 
@@ -52,8 +50,8 @@ def run_stale_again(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Non
     """Optuna calls this once for each trial it finds stale (its worker died)."""
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     attempts, earlier = 1, trial
-    while RETRY_OF in earlier.user_attrs and earlier.user_attrs[RETRY_OF] in by_number:
-        attempts, earlier = attempts + 1, by_number[earlier.user_attrs[RETRY_OF]]
+    while TrialRecord.of(earlier).retry_of in by_number:
+        attempts, earlier = attempts + 1, by_number[TrialRecord.of(earlier).retry_of]
     if attempts >= MAX_ATTEMPTS:
         log.warning("trial %d's worker died; workers died on its config %d times, so it is not "
                     "run again", trial.number, attempts)
@@ -76,10 +74,10 @@ def queue_next_config(study: optuna.Study) -> None:
     if again:
         queue_again(study, again[0])
         return
-    taken = {t.user_attrs.get(START) for t in trials}
+    taken = {TrialRecord.of(t).start for t in trials}
     for index, params in enumerate(study.user_attrs.get("starts", [])):
         if index not in taken:
-            study.enqueue_trial(params, user_attrs={START: index})
+            study.enqueue_trial(params, user_attrs=TrialRecord.attrs(start=index))
             return
 
 
@@ -104,7 +102,7 @@ def repeated_failure(study: optuna.Study, since: datetime) -> str | None:
         ),
         key=lambda t: t.datetime_complete,
     )[-REPEATED_FAILURES:]
-    reasons = {t.user_attrs.get("fail_reason") if t.state == TrialState.FAIL else None
+    reasons = {TrialRecord.of(t).fail_reason if t.state == TrialState.FAIL else None
                for t in ended}
     reason = reasons.pop() if len(ended) == REPEATED_FAILURES and len(reasons) == 1 else None
     if reason in (None, "interrupted"):

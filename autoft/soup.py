@@ -23,6 +23,7 @@ from autoft.describe import describe_numbers
 from autoft.files import write_whole
 from autoft.guard import ForgettingGuard
 from autoft.precision import set_precision
+from autoft.record import TrialRecord
 from autoft.study import load_prepared_data
 from autoft.tasks import recorded_task
 from autoft.train import evaluate
@@ -90,7 +91,7 @@ def candidates(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     sign = score_sign(study)
     trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
               if is_feasible(t) and t.value is not None
-              and Path(t.user_attrs.get("checkpoint") or "").is_file()]
+              and Path(TrialRecord.of(t).checkpoint or "").is_file()]
     return sorted(trials, key=lambda t: -sign * t.value)[:CANDIDATES]
 
 
@@ -107,9 +108,10 @@ class Judge:
         self.model, self.tokenizer = recorded_task(attrs).load_model(
             attrs["model"], attrs["label_names"], config["trust_remote_code"])
         self.model.to(self.device)
-        self.trained = {t.number: load_file(t.user_attrs["checkpoint"]) for t in trials}
-        self.recorded = {t.number: t.user_attrs.get("retention") for t in trials}
-        self.intervals = {(t.number,): t.user_attrs.get("retention_interval") for t in trials}
+        records = {t.number: TrialRecord.of(t) for t in trials}
+        self.trained = {n: load_file(record.checkpoint) for n, record in records.items()}
+        self.recorded = {n: record.retention for n, record in records.items()}
+        self.intervals = {(n,): record.retention_interval for n, record in records.items()}
         names = set().union(*self.trained.values())
         self.untouched = {n: v.detach().cpu().clone() for n, v in self.model.state_dict().items()
                           if n in names}  # beside the checkpoints, which load on the CPU

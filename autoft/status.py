@@ -13,7 +13,8 @@ from optuna.trial import TrialState
 
 from autoft.describe import describe_seconds
 from autoft.progress import epoch_text, status_line, take_snapshot
-from autoft.schedule import RETRY_OF, fail_stale_trials, to_run_again
+from autoft.record import TrialRecord
+from autoft.schedule import fail_stale_trials, to_run_again
 from autoft.storage import load_study, study_read_only
 
 
@@ -46,7 +47,7 @@ def status_text(study: optuna.Study) -> str:
     metric = attrs.get("metric", "value")
     lines = [f"Study '{study.study_name}': {status_line(snapshot, metric)}"]
     for trial, progress in zip(running, snapshot.running, strict=True):
-        worker = trial.user_attrs.get("worker") or {}
+        worker = TrialRecord.of(trial).worker or {}
         where = f"{worker.get('device', '?')} on {worker.get('host', '?')} pid {worker.get('pid')}"
         value = progress.last_value
         last = f", last {metric} {value:.4f}" if value is not None else ""
@@ -61,11 +62,12 @@ def status_text(study: optuna.Study) -> str:
 def stopped_lines(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
     """What became of trials that did not finish (interrupted, or their worker died): whose
     config runs again, and which trial ran it."""
-    queued = [t.user_attrs[RETRY_OF] for t in trials
-              if t.state == TrialState.WAITING and RETRY_OF in t.user_attrs]
+    retried = [(TrialRecord.of(t).retry_of, t) for t in trials]
+    queued = [retry_of for retry_of, t in retried
+              if t.state == TrialState.WAITING and retry_of is not None]
     waiting = sorted(queued + [t.number for t in to_run_again(trials)])
-    rerun = [(t.user_attrs[RETRY_OF], t.number) for t in trials
-             if t.state != TrialState.WAITING and RETRY_OF in t.user_attrs]
+    rerun = [(retry_of, t.number) for retry_of, t in retried
+             if t.state != TrialState.WAITING and retry_of is not None]
     lines = []
     if waiting:
         lines.append(

@@ -1,6 +1,6 @@
 """The objective that runs one trial (sample, load, adapt, train with reporting and pruning, record,
 save), the facts a study records once, and the prepared data kept on disk. Everything a trial
-learns goes into the storage as user attributes.
+learns goes into the storage as its record (autoft.record: user attributes).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from autoft.precision import precision_name, set_precision
 from autoft.preserve import Preservation, PreservedTexts, texts_to_preserve
 from autoft.presets import search_settings
 from autoft.pruning import against_the_best, plateau, prune_reason
+from autoft.record import TrialRecord
 from autoft.space import SearchSpace
 from autoft.storage import INPUTS, check_same_inputs, recordable_config
 from autoft.tasks import DEFAULT_TASK, Task, get_task
@@ -45,7 +46,7 @@ from autoft.train import (
     train_trial,
     trial_seed,
 )
-from autoft.trials import COUNTS_TOWARD_BUDGET, direction_sign
+from autoft.trials import direction_sign
 
 log = logging.getLogger("autoft")
 
@@ -139,8 +140,9 @@ def worth_mixing(trial: optuna.Trial, evaluation: Evaluation, source: str) -> bo
     if behind is None or not behind.worse:
         return True
     name = "kept" if source == "kept" else "best-scoring"
-    trial.set_user_attr(f"{source}_not_mixed", f"its {name} weights are clearly behind the best "
-                        f"feasible trial so far ({behind.numbers}), so they were not mixed back")
+    TrialRecord.write(trial, **{f"{source}_not_mixed": f"its {name} weights are clearly behind "
+                                f"the best feasible trial so far ({behind.numbers}), so they "
+                                f"were not mixed back"})
     return False
 
 
@@ -159,21 +161,17 @@ class Objective:
         config, data = self.prepared.config, self.prepared.data
         sampled = self.prepared.space.sample(trial)
         params = TrialParams(**sampled)
-        trial.set_user_attr("params", sampled)
-        trial.set_user_attr("device", str(self.device))
-        trial.set_user_attr("precision", precision_name(self.device))
-        trial.set_user_attr("host", socket.gethostname())
         seed = trial_seed(config.seed, sampled)
-        trial.set_user_attr("seed", seed)
-        trial.set_user_attr("threads", torch.get_num_threads())  # CPU sums depend on it
+        TrialRecord.write(trial, params=sampled, device=str(self.device),
+                          precision=precision_name(self.device), host=socket.gethostname(),
+                          seed=seed, threads=torch.get_num_threads(), adapter=params.adapter)
         torch.manual_seed(seed)  # the new head's initial weights, whatever ran before
-        trial.set_user_attr("adapter", params.adapter)
         model, _ = self.prepared.task.load_model(config.model, data.label_names,
                                                  config.trust_remote_code)
         self.prepared.task.start_head(model, data)
         adapter = get_adapter(params.adapter)
-        trial.set_user_attr(
-            "trainable_parameters", adapter.apply(model, params.trainable_layers, params)
+        TrialRecord.write(
+            trial, trainable_parameters=adapter.apply(model, params.trainable_layers, params)
         )
         if self.base_check is not None:
             self.base_check.on_start(trial, model, frozen_blocks(model, params.trainable_layers))
@@ -186,7 +184,7 @@ class Objective:
 
         def on_evaluation(evaluation: Evaluation) -> None:
             evaluations.append(dataclasses.asdict(evaluation))
-            trial.set_user_attr("evaluations", evaluations)
+            TrialRecord.write(trial, evaluations=evaluations)
             log.info(
                 "trial %d evaluation %d after %d samples: %s %.4f, train loss %.4f",
                 trial.number,
@@ -201,11 +199,11 @@ class Objective:
                 guard.after_evaluation(trial, any(e["keepable"] for e in evaluations))
             if trial.should_prune():
                 reason = prune_reason(trial.study, evaluations)
-                trial.set_user_attr("prune_reason", reason)
+                TrialRecord.write(trial, prune_reason=reason)
                 raise optuna.TrialPruned(f"{data.metric} at step {evaluation.step}: {reason}")
             if reason := plateau(evaluations, len(data.train) * params.epochs,
                                  direction_sign(self.prepared.direction)):
-                trial.set_user_attr("stop_reason", reason)
+                TrialRecord.write(trial, stop_reason=reason)
                 log.info("trial %d: %s", trial.number, reason)
                 raise StopTraining
 
@@ -244,8 +242,8 @@ class Objective:
                 guard.on_prune(trial)
             raise pruned
         if pruned is not None:
-            trial.set_user_attr("stop_reason", f"{trial.user_attrs['prune_reason']}; mixed back "
-                                f"toward the untouched weights it keeps the bar")
+            TrialRecord.write(trial, stop_reason=f"{TrialRecord.of(trial).prune_reason}; mixed "
+                              f"back toward the untouched weights it keeps the bar")
         best = self._record(trial, result)
         if guard is not None:
             adapter.restore(model, result.best_state)
@@ -258,15 +256,14 @@ class Objective:
         if params.preserve_weight <= 0:
             return []
         if self.base_check.untouched:
-            trial.set_user_attr("preserve_targets", "skipped: nothing it trains is read")
+            TrialRecord.write(trial, preserve_targets="skipped: nothing it trains is read")
             return []
         if self.preservation is None:
             self.preservation = make_preservation(self.prepared, self.base_check.task)
         preservation, preserved = self.preservation
         term, note = preservation.loss(
             model, params.preserve_weight, self.base_check.frozen, self.device)
-        trial.set_user_attr("preserve_targets", note)
-        trial.set_user_attr("preserve_on", preserved.source)
+        TrialRecord.write(trial, preserve_targets=note, preserve_on=preserved.source)
         return [term]
 
     def _curve(self, trial: optuna.Trial, model, adapter, untouched: dict,
@@ -284,7 +281,7 @@ class Objective:
         if result.top_state and result.top is not result.best:
             curves.append(("top", result.top_state, result.top))
         if not set(result.best_state) - head:  # only the head trained: nothing to mix
-            trial.set_user_attr("interpolation", [])
+            TrialRecord.write(trial, interpolation=[])
             return result.has_keepable
         prepared, guard = self.prepared, self.base_check
 
@@ -296,7 +293,7 @@ class Objective:
             kept = guard.quick_retention(model, self.device)
             return kept, guard.passes(kept)
 
-        checked = trial.user_attrs.get("quick_retention", [])  # one per evaluation, in order
+        checked = TrialRecord.of(trial).quick_retention  # one per evaluation, in order
         began = time.perf_counter()
         points, states = [], {}
         for source, tuned, evaluation in curves:
@@ -310,10 +307,9 @@ class Objective:
         chosen = best_mix(points, prepared.direction)
         if not chosen.keepable:  # no point passes: the trial stays as it trained, infeasible
             chosen = points[0]
-        trial.set_user_attr("interpolation", [dataclasses.asdict(p) for p in points])
-        trial.set_user_attr("interpolation_seconds", round(time.perf_counter() - began, 3))
-        trial.set_user_attr("mix", chosen.mix)
-        trial.set_user_attr("mixed_from", chosen.source)
+        TrialRecord.write(trial, interpolation=[dataclasses.asdict(p) for p in points],
+                          interpolation_seconds=round(time.perf_counter() - began, 3),
+                          mix=chosen.mix, mixed_from=chosen.source)
         if (chosen.mix, chosen.source) != (TUNED, "kept"):
             result.best_state = mixed_state(untouched, states[chosen.source], head, chosen.mix)
             result.interpolated = chosen.value
@@ -323,8 +319,7 @@ class Objective:
         return chosen.keepable
 
     def _fail(self, trial: optuna.Trial, reason: str) -> None:
-        trial.set_user_attr("fail_reason", reason)
-        trial.set_user_attr(COUNTS_TOWARD_BUDGET, True)
+        TrialRecord.write(trial, fail_reason=reason, counts_toward_budget=True)
         raise TrialFailed(reason)
 
     def _record(self, trial: optuna.Trial, result) -> float:
@@ -338,16 +333,13 @@ class Objective:
             if not is_disk_full(error):
                 raise
             self._fail(trial, f"could not save its weights to {path}: the disk is full")
-        trial.set_user_attr("checkpoint", str(path.resolve()))
-        trial.set_user_attr("best_value", value)
-        trial.set_user_attr("best_step", best.step)
-        trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
-        trial.set_user_attr("samples_per_second", round(result.samples_per_second, 1))
+        TrialRecord.write(trial, checkpoint=str(path.resolve()), best_value=value,
+                          best_step=best.step, train_seconds=round(result.train_seconds, 3),
+                          samples_per_second=round(result.samples_per_second, 1))
         if result.head_first_seconds:
-            trial.set_user_attr("head_first_seconds", round(result.head_first_seconds, 3))
-        trial.set_user_attr("cache_used", result.cache_used)
-        trial.set_user_attr("cache_note", result.cache_note)
-        trial.set_user_attr("cache_seconds", round(result.cache_seconds, 3))
+            TrialRecord.write(trial, head_first_seconds=round(result.head_first_seconds, 3))
+        TrialRecord.write(trial, cache_used=result.cache_used, cache_note=result.cache_note,
+                          cache_seconds=round(result.cache_seconds, 3))
         return value
 
 

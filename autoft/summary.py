@@ -12,6 +12,7 @@ import optuna
 from optuna.trial import TrialState
 
 from autoft.files import write_text_whole
+from autoft.record import TrialRecord
 from autoft.tradeoff import price_of_the_bar
 from autoft.trials import (
     best_feasible,
@@ -31,22 +32,22 @@ def trial_entry(trial: optuna.trial.FrozenTrial | None, audits: dict | None = No
     `audit` is its retention on the held-out base data (autoft.audit), when it was audited."""
     if trial is None:
         return None
-    attrs = trial.user_attrs
+    record = TrialRecord.of(trial)
     stopped = trial.state == TrialState.PRUNED
     return {
         "number": trial.number,
         "state": trial.state.name.lower(),
         "value": last_value(trial) if stopped else trial.value,
-        "stopped": attrs.get("prune_reason", "pruned") if stopped else None,
+        "stopped": (record.prune_reason or "pruned") if stopped else None,
         "params": full_params(trial),
-        "retention": attrs.get("retention"),
-        "retention_interval": attrs.get("retention_interval"),
-        "base_score": attrs.get("base_score"),
+        "retention": record.retention,
+        "retention_interval": record.retention_interval,
+        "base_score": record.base_score,
         "audit": (audits or {}).get(str(trial.number)),
-        "train_seconds": attrs.get("train_seconds"),
-        "checkpoint": attrs.get("checkpoint"),
-        "mix": attrs.get("mix"),
-        "mixed_from": attrs.get("mixed_from"),
+        "train_seconds": record.train_seconds,
+        "checkpoint": record.checkpoint,
+        "mix": record.mix,
+        "mixed_from": record.mixed_from,
     }
 
 
@@ -67,24 +68,21 @@ def soup_entry(study: optuna.Study, audits: dict | None) -> dict | None:
 def retention_front(study: optuna.Study) -> list[dict]:
     """Complete trials not beaten on both target score and retention (the trade-off curve)."""
     sign = score_sign(study)
-    rated = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.user_attrs.get("retention") is not None and t.value is not None
-    ]
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    kept = {t.number: TrialRecord.of(t).retention for t in complete}
+    rated = [t for t in complete if kept[t.number] is not None and t.value is not None]
     front = [
         t
         for t in rated
         if not any(
             sign * o.value >= sign * t.value
-            and o.user_attrs["retention"] >= t.user_attrs["retention"]
-            and (sign * o.value > sign * t.value
-                 or o.user_attrs["retention"] > t.user_attrs["retention"])
+            and kept[o.number] >= kept[t.number]
+            and (sign * o.value > sign * t.value or kept[o.number] > kept[t.number])
             for o in rated
         )
     ]
     return [
-        {"number": t.number, "value": t.value, "retention": t.user_attrs["retention"]}
+        {"number": t.number, "value": t.value, "retention": kept[t.number]}
         for t in sorted(front, key=lambda t: t.value)
     ]
 
@@ -108,8 +106,7 @@ def build_summary(study: optuna.Study) -> dict:
         "failures": failure_reasons(study),
         "seconds": (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0,
         "notes": attrs.get("notes", []),
-        "precision": sorted({t.user_attrs["precision"] for t in trials
-                             if "precision" in t.user_attrs}),
+        "precision": sorted({TrialRecord.of(t).precision for t in trials} - {None}),
         "soup": soup_entry(study, audits),
     }
     if attrs.get("base"):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from optuna.trial import FrozenTrial, TrialState
 
 from autoft.describe import describe_params
+from autoft.record import TrialRecord
 from autoft.trials import full_params, last_value
 
 # The bars of the price table, besides the study's own; None is "no bar".
@@ -38,22 +39,22 @@ def search_points(trials: list[FrozenTrial]) -> list[Point]:
     """Every (score, retention) the search measured, in trial order."""
     points = []
     for trial in trials:
-        attrs = trial.user_attrs
+        record = TrialRecord.of(trial)
         if trial.state == TrialState.COMPLETE and trial.value is not None:
-            if attrs.get("retention") is not None:
-                points.append(Point(trial.number, trial.value, attrs["retention"], "complete",
+            if record.retention is not None:
+                points.append(Point(trial.number, trial.value, record.retention, "complete",
                                     full_params(trial)))
-        elif trial.state == TrialState.PRUNED and attrs.get("quick_retention"):
+        elif trial.state == TrialState.PRUNED and record.quick_retention:
             value = last_value(trial)
             if value is not None:
-                points.append(Point(trial.number, value, attrs["quick_retention"][-1], "pruned",
+                points.append(Point(trial.number, value, record.quick_retention[-1], "pruned",
                                     full_params(trial)))
         if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
             # the trial's curve: [{"mix", "value", "retention", ...}, ...] (a pruned trial's
             # too); without a base task its points have no retention, so no place here
             points += [Point(trial.number, p["value"], p["retention"], "interpolated",
                              full_params(trial), p["mix"])
-                       for p in attrs.get("interpolation") or [] if p["retention"] is not None]
+                       for p in record.interpolation if p["retention"] is not None]
     return points
 
 

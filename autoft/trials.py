@@ -8,9 +8,9 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+from autoft.record import TrialRecord
 
-COUNTS_TOWARD_BUDGET = "counts_toward_budget"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def trial_config(trial: optuna.trial.FrozenTrial) -> dict:
@@ -22,13 +22,13 @@ def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
     """Complete and pruned trials, and failures that were the trial's own (not interrupted or
     stale ones, which are run again)."""
     return trial.state in FINISHED or (
-        trial.state == TrialState.FAIL and bool(trial.user_attrs.get(COUNTS_TOWARD_BUDGET))
+        trial.state == TrialState.FAIL and bool(TrialRecord.of(trial).counts_toward_budget)
     )
 
 
 def full_params(trial: FrozenTrial) -> dict:
     """Searched and fixed params alike (Optuna's `params` holds only the searched ones)."""
-    return {**trial.user_attrs.get("params", {}), **trial.params}
+    return {**TrialRecord.of(trial).params, **trial.params}
 
 
 def last_value(trial: FrozenTrial) -> float | None:
@@ -39,7 +39,7 @@ def last_value(trial: FrozenTrial) -> float | None:
 
 
 def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
-    return all(value <= 0 for value in trial.user_attrs.get("constraint", [0.0]))
+    return all(value <= 0 for value in TrialRecord.of(trial).constraint)
 
 
 def default_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
@@ -83,8 +83,8 @@ def winning_soup(study: optuna.Study) -> dict | None:
 
 def least_forgetful(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    rated = [t for t in complete if t.user_attrs.get("retention") is not None]
-    return max(rated, key=lambda t: t.user_attrs["retention"], default=None)
+    rated = [t for t in complete if TrialRecord.of(t).retention is not None]
+    return max(rated, key=lambda t: TrialRecord.of(t).retention, default=None)
 
 
 def counts(study: optuna.Study) -> dict[str, int]:
@@ -110,7 +110,7 @@ def failure_reasons(study: optuna.Study) -> dict[str, int]:
     reasons: dict[str, int] = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         if counts_toward_budget(trial):
-            reason = trial.user_attrs.get("fail_reason", "no reason recorded")
+            reason = TrialRecord.of(trial).fail_reason or "no reason recorded"
             reasons[reason] = reasons.get(reason, 0) + 1
     return dict(sorted(reasons.items(), key=lambda item: -item[1]))
 

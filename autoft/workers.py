@@ -26,8 +26,8 @@ from autoft.data import leave_file_warnings_to_the_parent
 from autoft.devices import Slot, device_slots
 from autoft.files import is_disk_full
 from autoft.prepare import prepare_study
+from autoft.record import TrialRecord
 from autoft.schedule import (
-    RETRY_OF,
     budget_left,
     check_not_stopped,
     fail_stale_trials,
@@ -48,7 +48,6 @@ from autoft.storage import (
 )
 from autoft.study import Objective
 from autoft.train import TrialFailed
-from autoft.trials import COUNTS_TOWARD_BUDGET
 
 log = logging.getLogger("autoft")
 
@@ -118,8 +117,8 @@ class TrialRunner:
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.lock.release()
-        trial.set_user_attr("worker", self.worker)
-        retry_of = trial.user_attrs.get(RETRY_OF)
+        TrialRecord.write(trial, worker=self.worker)
+        retry_of = TrialRecord.of(trial).retry_of
         with trial_log(trial_log_path(self.study_dir, trial.number)):
             log.info(
                 "trial %d started on %s (pid %d)%s",
@@ -139,13 +138,13 @@ class TrialRunner:
                 log.warning("trial %d failed: %s", trial.number, failed)
                 raise
             except KeyboardInterrupt:
-                trial.set_user_attr("fail_reason", "interrupted")  # its config runs again
+                TrialRecord.write(trial, fail_reason="interrupted")  # its config runs again
                 log.warning("trial %d interrupted", trial.number)
                 raise
             except Exception as error:
                 log.exception("trial %d failed with an unexpected error", trial.number)
-                trial.set_user_attr("fail_reason", f"{type(error).__name__}: {error}"[:500])
-                trial.set_user_attr(COUNTS_TOWARD_BUDGET, True)
+                TrialRecord.write(trial, fail_reason=f"{type(error).__name__}: {error}"[:500],
+                                  counts_toward_budget=True)
                 raise
             log.info("trial %d finished: %s", trial.number, value)
             return value
@@ -240,9 +239,9 @@ def fail_own_running_trials(name: str, url: str, worker: dict) -> None:
     try:
         study = optuna.load_study(study_name=name, storage=open_storage(url))
         for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if frozen.user_attrs.get("worker") == worker:
+            if TrialRecord.of(frozen).worker == worker:
                 trial = optuna.trial.Trial(study, frozen._trial_id)
-                trial.set_user_attr("fail_reason", "interrupted")
+                TrialRecord.write(trial, fail_reason="interrupted")
                 study.tell(frozen.number, state=TrialState.FAIL)
                 log.warning("trial %d interrupted", frozen.number)
     except Exception as error:  # the storage is unreachable: the heartbeat will find it stale

@@ -15,7 +15,6 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from autoft.report import write_report
-from autoft.trials import COUNTS_TOWARD_BUDGET
 
 DISTRIBUTIONS = {
     "learning_rate": FloatDistribution(1e-5, 1e-3, log=True),
@@ -40,7 +39,7 @@ def add_trial(study, params, state, value=None, retention=None, reason=None):
     if reason:
         attrs["fail_reason" if state == TrialState.FAIL else "prune_reason"] = reason
     if state == TrialState.FAIL:
-        attrs[COUNTS_TOWARD_BUDGET] = True  # a failure of its own, as the objective records
+        attrs["counts_toward_budget"] = True  # a failure of its own, as the objective records
     study.add_trial(create_trial(
         state=state, value=value if state == TrialState.COMPLETE else None, params=params,
         distributions=DISTRIBUTIONS, user_attrs=attrs,
