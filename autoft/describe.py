@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-
-def describe_layers(trainable_layers: int, depth: int) -> str:
-    if trainable_layers == 0:
-        return f"train only the new head (all {depth} layers frozen)"
-    if trainable_layers >= depth:
-        return f"train all {depth} layers and the embeddings"
-    return f"train the top {trainable_layers} of {depth} layers"
+from autoft.adapters import ADAPTERS, SEARCH_PARAMETERS
 
 
 def describe_params(params: dict, depth: int, mix: float | None = None,
@@ -16,42 +10,23 @@ def describe_params(params: dict, depth: int, mix: float | None = None,
     """'train the top 4 of 6 layers at learning rate 3.0e-05 (the head 10× that), batches of 32,
     3 epochs', or `short` for tables and log lines: 'top 4/6 layers, lr 3.0e-05 (head ×10),
     batch 32, 3 epochs'. One list of parts for both, so a table names what the answer names;
-    `mix` is the tuned share of weights mixed back toward the untouched ones."""
+    `mix` is the tuned share of weights mixed back toward the untouched ones. The blocks are said
+    by the trial's adapter, every other part by its parameter's declared words."""
     if not params:
         return "config not sampled yet" if short else "unknown config"
-    layers, lora = int(params["trainable_layers"]), params.get("adapter") == "lora"
-    if short:
-        parts = [f"top {layers}/{depth} layers" + (f" LoRA r{params.get('lora_rank')}"
-                                                   if lora else ""),
-                 f"lr {params['learning_rate']:.1e}"]
-    else:
-        parts = [describe_layers(layers, depth)]
-        if lora:
-            parts[0] = (f"{parts[0].replace(' and the embeddings', '')} through LoRA (rank "
-                        f"{params.get('lora_rank')}, alpha {params.get('lora_alpha'):g})")
-        parts[0] += f" at learning rate {params['learning_rate']:.1e}"
+    adapter = ADAPTERS.get(params.get("adapter"), ADAPTERS["freeze"])()  # one since removed: freeze
+    rate = params["learning_rate"]
+    parts = [adapter.describe(params, depth, short)
+             + (f", lr {rate:.1e}" if short else f" at learning rate {rate:.1e}")]
     if "head_lr_multiplier" in params:
         parts[-1] += (f" (head ×{params['head_lr_multiplier']:.0f})" if short else
                       f" (the head {params['head_lr_multiplier']:.0f}× that)")
-    if "batch_size" in params:
-        parts.append(f"{'batch' if short else 'batches of'} {params['batch_size']}")
-    if "epochs" in params:
-        parts.append(_count(int(params["epochs"]), "epoch"))
-    if params.get("preserve_weight"):
-        weight = params["preserve_weight"]
-        parts.append(f"preserve ×{weight:g}" if short else f"preservation loss ×{weight:g}")
-    if params.get("head_first_epochs"):
-        epochs = _count(int(params["head_first_epochs"]), "epoch")
-        parts.append(f"head alone {epochs} first" if short else
-                     f"the head alone for {epochs} first")
+    parts += [spec.words(params[spec.name], short) for spec in SEARCH_PARAMETERS
+              if spec.words and params.get(spec.name)]
     if mix is not None and mix != 1.0:
         parts.append(f"mixed back, {mix:.0%} tuned" if short else
                      f"weights mixed back toward the base model ({mix:.0%} tuned)")
     return ", ".join(parts)
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def metric_words(metric: str, direction: str | None) -> str:

@@ -17,36 +17,28 @@ from typing import Any
 import optuna
 import yaml
 
-from autoft.adapters import ADAPTER_NAMES
+from autoft.adapters import SEARCH_PARAMETERS
 from autoft.errors import UsageError
+from autoft.params import COMMON_PARAMETERS, LATE_PARAMETERS
 
 # Package data: autoft/search_spaces links to the top-level search_spaces/, so a checkout, an
 # editable install and a wheel all read the same files.
 SPACES_DIR = files("autoft") / "search_spaces"
-PARAMETERS = (
-    "learning_rate",
-    "head_lr_multiplier",
-    "batch_size",
-    "trainable_layers",
-    "epochs",
-    "weight_decay",
-    "warmup_ratio",
-    "preserve_weight",
-    "adapter",
-    "lora_rank",
-    "lora_alpha",
-    "head_first_epochs",
-)
-# Parameters a space file may leave out, with the value they then keep: preserve_weight 0 (the
-# method stays off); the adapter freeze, as autoft always trained; LoRA's own (None) are then
-# absent, and a LoRA trial takes TrialParams' defaults.
-OPTIONAL_PARAMETERS = {"preserve_weight": 0.0, "adapter": "freeze", "lora_rank": None,
-                       "lora_alpha": None, "head_first_epochs": 0}
-INTEGER_PARAMETERS = ("batch_size", "trainable_layers", "epochs", "lora_rank", "head_first_epochs")
-POSITIVE_PARAMETERS = ("learning_rate", "head_lr_multiplier", "batch_size", "epochs", "lora_rank",
-                       "lora_alpha")
-# Parameters whose values come from a fixed set (words, or true/false), with the values each takes.
-WORD_PARAMETERS = {"adapter": ADAPTER_NAMES}
+COMMON_NAMES = {spec.name for spec in (*COMMON_PARAMETERS, *LATE_PARAMETERS)}
+# Everything below is derived from the parameters' declarations (autoft.params, each adapter's
+# module), in the order trials sample them.
+PARAMETERS = tuple(spec.name for spec in SEARCH_PARAMETERS)
+# Parameters a space file may leave out, with the value they then keep: a common one's default
+# (preserve_weight 0, the method off; adapter freeze, as autoft always trained; no LP-FT), or None
+# for an adapter's own: absent from trials' params, the adapter trains with its declared default.
+OPTIONAL_PARAMETERS = {
+    spec.name: (spec.default if spec.name in COMMON_NAMES else None)
+    for spec in SEARCH_PARAMETERS if spec.default is not None
+}
+INTEGER_PARAMETERS = tuple(spec.name for spec in SEARCH_PARAMETERS if spec.kind is int)
+POSITIVE_PARAMETERS = tuple(spec.name for spec in SEARCH_PARAMETERS if spec.positive)
+# Parameters whose values come from a fixed set of words, with the words each takes.
+WORD_PARAMETERS = {spec.name: spec.choices for spec in SEARCH_PARAMETERS if spec.kind is str}
 # The mixing weights every trial's curve scores (top-level `interpolation_mixes`; [] turns it off).
 DEFAULT_MIXES = (0.25, 0.5, 0.75)
 # Words trainable_layers may use for a model whose depth is known only once it is loaded:

@@ -147,7 +147,7 @@ def worth_mixing(trial: optuna.Trial, evaluation: Evaluation, source: str) -> bo
 
 
 class Objective:
-    """Runs one trial: sample, load, adapt (freeze or LoRA), train with reporting and pruning,
+    """Runs one trial: sample, load, adapt (autoft.adapters), train with reporting and pruning,
     record, save."""
 
     def __init__(self, prepared: Prepared, device: torch.device):
@@ -160,7 +160,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         config, data = self.prepared.config, self.prepared.data
         sampled = self.prepared.space.sample(trial)
-        params = TrialParams(**sampled)
+        params = TrialParams.from_sampled(sampled)
         seed = trial_seed(config.seed, sampled)
         TrialRecord.write(trial, params=sampled, device=str(self.device),
                           precision=precision_name(self.device), host=socket.gethostname(),

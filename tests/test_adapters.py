@@ -28,7 +28,8 @@ from autoft.model import load_model
 from autoft.train import TrialParams, train_trial
 
 LORA_ARCHS = ("bert", "roberta", "distilbert", "gpt2", "llama")
-PARAMS = TrialParams(1e-2, 1.0, 8, 1, 1, 0.0, 0.0, adapter="lora", lora_rank=4, lora_alpha=8.0)
+PARAMS = TrialParams(1e-2, 1.0, 8, 1, 1, 0.0, 0.0, adapter="lora",
+                     adapter_params={"lora_rank": 4, "lora_alpha": 8.0})
 
 
 def lora_model(arch, k: int):

@@ -178,7 +178,8 @@ def test_a_task_reads_encodes_trains_and_scores_its_data(name, task_assets):
     assert low <= evaluate(model, data, pad_id, CPU) <= high
 
 
-ADAPTER_PARAMS = TrialParams(1e-2, 1.0, 8, 1, 1, 0.0, 0.0, lora_rank=4, lora_alpha=8.0)
+ADAPTER_PARAMS = TrialParams(1e-2, 1.0, 8, 1, 1, 0.0, 0.0,
+                             adapter_params={"lora_rank": 4, "lora_alpha": 8.0})
 
 
 def train_steps(arch, model, frozen: int, count: int = 2) -> None:

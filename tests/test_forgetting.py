@@ -271,7 +271,8 @@ def test_a_lora_trial_is_checked_as_its_merged_plain_model(
     task = build_base_task(base_config(kind, base_files), str(folder), tokenizer, max_length=32)
     model = load_tuned(folder)
     adapter = get_adapter("lora")
-    adapter.apply(model, 1, TrialParams(0, 1, 8, 1, 1, 0, 0, "lora", lora_rank=4, lora_alpha=8))
+    adapter.apply(model, 1, TrialParams(0, 1, 8, 1, 1, 0, 0, "lora",
+                                        adapter_params={"lora_rank": 4, "lora_alpha": 8}))
     assert task.reads_trained(model)
     noise_rng = random.Random(3)
     noise = [" ".join(noise_rng.choices(FILLERS, k=7)) for _ in range(256)]

@@ -6,24 +6,31 @@ LoRA trial's checkpoint holds plain transformers names and loads without peft.
 from __future__ import annotations
 
 import sys
-
-import torch
-from torch import nn
-from transformers.pytorch_utils import Conv1D
+from typing import TYPE_CHECKING
 
 from autoft.adapters.base import Adapter
 from autoft.errors import UsageError
-from autoft.model import find_blocks, freeze, split_parameters
+from autoft.params import ParamSpec
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 ADAPTER = "default"  # peft's name for the one adapter a trial injects
-LINEAR = (nn.Linear, Conv1D)  # GPT-2 writes its linear layers as Conv1D
 
 
 def linear_layer_names(model: nn.Module, trainable_layers: int) -> list[str]:
-    """Full names of the linear layers inside the top `trainable_layers` blocks, found by type."""
+    """Full names of the linear layers inside the top `trainable_layers` blocks, found by type
+    (GPT-2 writes its linear layers as Conv1D)."""
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    from autoft.model import find_blocks
+
     blocks = list(find_blocks(model))
     top = {id(m) for block in blocks[len(blocks) - trainable_layers :] for m in block.modules()}
-    return [name for name, m in model.named_modules() if id(m) in top and isinstance(m, LINEAR)]
+    return [name for name, m in model.named_modules()
+            if id(m) in top and isinstance(m, (nn.Linear, Conv1D))]
 
 
 def lora_layers(module: nn.Module) -> dict[str, nn.Module]:
@@ -36,39 +43,27 @@ def lora_layers(module: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in module.named_modules() if isinstance(m, LoraLayer)}
 
 
-@torch.no_grad()
-def plain_state_dict(module: nn.Module, trained_only: bool = False) -> dict[str, torch.Tensor]:
-    """`module.state_dict()` as the plain model names it, each LoRA layer merged into its base
-    layer's weight; with `trained_only`, only the parameters that training changes.
-
-    Any trial's model can be read this way: without LoRA layers it is the state dict itself.
-    """
-    layers = lora_layers(module)
-    inside = tuple(f"{name}." for name in layers)
-    if trained_only:
-        own = {n: p for n, p in module.named_parameters() if p.requires_grad}
-    else:
-        own = module.state_dict()
-    state = {n: t.detach() for n, t in own.items() if not n.startswith(inside)}
-    for name, layer in layers.items():
-        trained = layer.lora_A[ADAPTER].weight.requires_grad
-        if trained_only and not trained:
-            continue
-        base = layer.get_base_layer()
-        kept = {"weight": base.weight} if trained_only else base.state_dict()
-        for leaf, tensor in kept.items():
-            state[f"{name}.{leaf}"] = tensor.detach()
-        state[f"{name}.weight"] = base.weight + layer.get_delta_weight(ADAPTER)
-    return state
-
-
 class LoraAdapter(Adapter):
     """LoRA of rank `lora_rank`, scaled by `lora_alpha / lora_rank`, on the top blocks' linear
     layers (no per-family names: peft gets the exact names found by type); no dropout."""
 
     name = "lora"
+    parameters = (ParamSpec("lora_rank", int, positive=True, default=8),
+                  ParamSpec("lora_alpha", float, positive=True, default=16.0))
+
+    def describe(self, params, depth: int, short: bool = False) -> str:
+        """'train the top 4 of 6 layers through LoRA (rank 8, alpha 16)', short 'top 4/6 layers
+        LoRA r8': the embeddings never train."""
+        settings = self.settings(params)
+        layers = super().describe(params, depth, short)
+        if short:
+            return f"{layers} LoRA r{settings['lora_rank']}"
+        return (f"{layers.replace(' and the embeddings', '')} through LoRA (rank "
+                f"{settings['lora_rank']}, alpha {settings['lora_alpha']:g})")
 
     def check(self, model: nn.Module, source: str) -> None:
+        from autoft.model import find_blocks
+
         if not linear_layer_names(model, len(find_blocks(model))):
             block = type(find_blocks(model)[0]).__name__
             raise UsageError(
@@ -83,15 +78,20 @@ class LoraAdapter(Adapter):
         The parameter groups are split before peft changes any name, so the frozen prefix and its
         cache key are exactly those of a freeze trial of the same depth.
         """
+        from transformers.pytorch_utils import Conv1D
+
+        from autoft.model import freeze, split_parameters
+
         freeze(model, 0)
         head = set(split_parameters(model).head)
         targets = linear_layer_names(model, trainable_layers)
         if targets:
             from peft import LoraConfig, inject_adapter_in_model
 
+            settings = self.settings(params.adapter_params)
             config = LoraConfig(
-                r=params.lora_rank,
-                lora_alpha=params.lora_alpha,
+                r=settings["lora_rank"],
+                lora_alpha=settings["lora_alpha"],
                 lora_dropout=0.0,
                 target_modules=targets,
                 fan_in_fan_out=isinstance(model.get_submodule(targets[0]), Conv1D),
@@ -102,7 +102,21 @@ class LoraAdapter(Adapter):
                 param.requires_grad_(True)
         return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
+    @classmethod
+    def plain_layers(cls, module: nn.Module, trained_only: bool) -> dict[str, dict]:
+        """Each LoRA layer as its base layer with the update merged into the weight."""
+        plain = {}
+        for name, layer in lora_layers(module).items():
+            if trained_only and not layer.lora_A[ADAPTER].weight.requires_grad:
+                continue
+            base = layer.get_base_layer()
+            leaves = {"weight": base.weight} if trained_only else base.state_dict()
+            plain[name] = leaves | {"weight": base.weight + layer.get_delta_weight(ADAPTER)}
+        return plain
+
     def kept_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        from autoft.adapters import plain_state_dict
+
         state = plain_state_dict(model, trained_only=True)
         return {name: tensor.to("cpu", copy=True) for name, tensor in state.items()}
 
