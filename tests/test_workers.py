@@ -5,12 +5,14 @@ exact, survive kill -9 and SIGINT, and fail a NaN trial alone.
 from __future__ import annotations
 
 import gc
+import logging
 import signal
 import subprocess
 import sys
 import time
 import weakref
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 
@@ -306,3 +308,44 @@ def test_status_reads_the_storage_without_torch(tiny_study) -> None:
                           check=True)
     assert "Study 'tiny': " in done.stdout
     assert done.stdout.splitlines()[-1] == "0 []"
+
+
+DEFAULT = {"learning_rate": 1e-4, "head_lr_multiplier": 10.0, "batch_size": 32,
+           "trainable_layers": 1, "epochs": 1, "weight_decay": 0.01, "warmup_ratio": 0.1}
+
+
+def study_with_starts(tmp_path, starts: list[dict]) -> optuna.Study:
+    """A real SQLite study with the facts a search records, and start 0 finished at 2 ms a
+    sample with its one top layer (1 ms a sample per layer and head)."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="s")
+    for key, value in {"starts": starts, "default_params": DEFAULT, "train_examples": 1000,
+                       "depth": 6}.items():
+        study.set_user_attr(key, value)
+    evaluation = {"step": 1, "samples_seen": 1000, "value": 0.5, "train_seconds": 2.0}
+    study.add_trial(optuna.trial.create_trial(
+        value=0.5, user_attrs={"start": 0, "params": DEFAULT, "evaluations": [evaluation]}))
+    return study
+
+
+def test_a_start_that_cannot_finish_before_the_timeout_is_skipped_and_said(tmp_path, caplog):
+    """Full depth for 2 epochs would train about 1 ms x 7 x 2,000 samples = 14 s: with 10 s
+    left it is skipped (said, and recorded), and the next start, about 3 s, runs instead."""
+    starts = [DEFAULT, {"trainable_layers": 6, "epochs": 2}, {"trainable_layers": 2}]
+    study = study_with_starts(tmp_path, starts)
+    with caplog.at_level(logging.INFO, logger="autoft"):
+        queue_next_config(study, seconds_left=10.0)
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert [(t.user_attrs["start"], t.system_attrs["fixed_params"]) for t in waiting] == [
+        (2, {"trainable_layers": 2})]
+    why = "it would train for about 14s and 10s are left before the timeout"
+    assert study.user_attrs["skipped_starts"] == {"1": why}
+    assert f"start 1 (top 6/6 layers, lr 1.0e-04 (head ×10), batch 32, 2 epochs) is skipped: " \
+           f"{why}" in caplog.text
+
+
+def test_without_a_timeout_every_start_runs(tmp_path):
+    starts = [DEFAULT, {"trainable_layers": 6, "epochs": 2}]
+    study = study_with_starts(tmp_path, starts)
+    queue_next_config(study, seconds_left=None)
+    assert [t.user_attrs["start"] for t in study.get_trials(states=(TrialState.WAITING,))] == [1]
+    assert "skipped_starts" not in study.user_attrs
