@@ -188,16 +188,23 @@ def make_pruner(startup_trials: int, warmup_steps: int) -> NoisyMedianPruner:
     return NoisyMedianPruner(n_startup_trials=startup_trials, n_warmup_steps=warmup_steps)
 
 
+def policies(config: StudyConfig) -> tuple[TrialSeededSampler, NoisyMedianPruner]:
+    """The sampler and the pruner the study's trials are run with."""
+    return (make_sampler(config.seed, config.n_trials),
+            make_pruner(config.pruner_startup, config.pruner_warmup_steps))
+
+
 def open_study(config: StudyConfig, storage: RDBStorage | None = None,
                direction: str = "maximize") -> optuna.Study:
     """Create the study or load it to resume; same name and storage means the same study.
     `direction` is the target metric's (Prepared.direction): RMSE is minimized."""
+    sampler, pruner = policies(config)
     return optuna.create_study(
         storage=storage or open_storage(storage_url(config)),
         study_name=config.name,
         direction=direction,
-        sampler=make_sampler(config.seed, config.n_trials),
-        pruner=make_pruner(config.pruner_startup, config.pruner_warmup_steps),
+        sampler=sampler,
+        pruner=pruner,
         load_if_exists=True,
     )
 
