@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import functools
 import hashlib
 import importlib.util
@@ -20,13 +19,14 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import optuna
+from filelock import FileLock
 from optuna.storages import RDBStorage
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from autoft.config import BaseTaskConfig, StudyConfig
 from autoft.errors import UsageError
-from autoft.files import unwritable_folder
+from autoft.files import file_lock, unwritable_folder
 from autoft.pruning import NoisyMedianPruner
 from autoft.schedule import run_stale_again
 from autoft.signals import Stop
@@ -81,16 +81,10 @@ def quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
-@contextlib.contextmanager
-def sqlite_lock(database: str):
-    """An exclusive fcntl lock on a file beside a SQLite database, shared by every process of its
-    studies on this machine; the kernel frees it when its holder dies, even by kill -9."""
-    with open(f"{database}.start-lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def sqlite_lock(database: str) -> FileLock:
+    """The lock on a file beside a SQLite database, shared by every process of its studies on
+    this machine (files.file_lock)."""
+    return file_lock(f"{database}.start-lock")
 
 
 class ShieldedStorage(RDBStorage):
@@ -303,7 +297,7 @@ class StartLock:
 
     Without it two workers both see one trial left and both start one. Optuna's ask is several
     transactions, so a database transaction cannot cover it; a lock the workers share can. For
-    SQLite (one machine) that is an fcntl lock on a file beside the database: the kernel frees
+    SQLite (one machine) that is a file lock beside the database (`sqlite_lock`): the kernel frees
     it when a worker dies, even by kill -9. For PostgreSQL (many machines) it is a session-level
     advisory lock keyed by the study name: the server frees it when the worker's connection
     closes. Other databases get no lock and may overshoot by a trial per extra worker.
