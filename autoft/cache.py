@@ -17,8 +17,6 @@ before first use.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -26,7 +24,6 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,12 +32,13 @@ import torch
 from torch import nn
 
 from autoft.data import TargetData
+from autoft.files import file_lock
 from autoft.model import evaluating, find_blocks, split_parameters
 from autoft.precision import autocast, autocast_dtype
 from autoft.replay import CacheUnusable, SplitStates, capture, check_replay, offsets
 from autoft.tasks import get_task
 
-__all__ = ["CacheUse", "PrefixCache", "PrefixStates", "cache_key", "locked"]
+__all__ = ["CacheUse", "PrefixCache", "PrefixStates", "cache_key"]
 
 log = logging.getLogger("autoft")
 
@@ -144,7 +142,7 @@ class PrefixCache:
             header = _open_valid(path, data, warn=False)
             note = "reused"
             if header is None:
-                with locked(path.with_suffix(".lock")):
+                with file_lock(path.with_suffix(".lock")):  # one builder; the others then reuse it
                     header = _open_valid(path, data, warn=True)
                     if header is None:
                         paths = {frozen: path} | self._spare_depths(
@@ -206,18 +204,6 @@ def _size(size: int) -> str:
         if size >= scale // 10:
             return f"{size / scale:.{2 if unit == 'GiB' else 1}f} {unit}"
     return f"{size / 2**10:.1f} KiB"
-
-
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """One builder per key across processes; the others wait, then reuse what it wrote."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @torch.no_grad()

@@ -58,8 +58,9 @@ def search(config: StudyConfig) -> optuna.Study:
     deferred.install()
     try:
         with LiveDisplay(study, config.n_trials, data.metric, prepared.depth, len(data.train)):
-            interrupted = run_workers(config, storage_url(config), slots,
-                                      *time_limits(config.timeout))
+            interrupted = run_workers(prepared, storage_url(config), slots,
+                                      *time_limits(config.timeout),
+                                      sampler_and_pruner=(study.sampler, study.pruner))
         if not interrupted:
             check_not_stopped(study, since, config.n_trials)
         cook_soup(study, config.study_dir)  # the best trials averaged, where that wins

@@ -8,9 +8,11 @@ whole or not at all.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import optuna
+from huggingface_hub import ModelCard, ModelCardData
 from optuna.trial import TrialState
 from safetensors.torch import load_file
 
@@ -23,6 +25,11 @@ from autoft.tasks import Task, recorded_task
 from autoft.trials import best_feasible, full_params, winning_soup
 
 MARKER = ".autoft-export.json"  # hidden: a study prepared from an export does not hash it
+# The Hub's pipeline for a task kind's model (a regression head is a sequence classifier too).
+PIPELINE_TAGS = {"text-classification": "text-classification",
+                 "text-regression": "text-classification",
+                 "image-classification": "image-classification"}
+HUB_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?")
 
 
 def load_checkpoint_model(task: Task, model_source: str, label_names: list[str],
@@ -169,6 +176,23 @@ def soup_card(study: optuna.Study, soup: dict) -> str:
     return "\n".join(lines)
 
 
+def hub_name(model: str | None) -> str | None:
+    """The base model's Hub name (`owner/name`), or None for a local folder or a packaged one."""
+    if not model or Path(model).exists() or not HUB_NAME.fullmatch(model):
+        return None
+    return model
+
+
+def card_file(study: optuna.Study, text: str) -> ModelCard:
+    """The model card as the Hub reads it: `text` under metadata (library, pipeline, tags, and
+    the base model where it is a Hub name), through huggingface_hub's ModelCard."""
+    attrs = study.user_attrs
+    task = recorded_task(attrs)
+    data = ModelCardData(library_name="transformers", pipeline_tag=PIPELINE_TAGS.get(task.name),
+                         tags=["autoft", task.name], base_model=hub_name(attrs.get("model")))
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{text}")
+
+
 def answer(study: optuna.Study, trial_number: int | None = None
            ) -> tuple[dict | None, optuna.trial.FrozenTrial | None]:
     """What an export saves, as (soup, trial), one of them None: the trial numbered, or
@@ -233,14 +257,15 @@ def export_trial(study: optuna.Study, trial_number: int | None, out_dir: Path,
     check_out_dir(study, Path(out_dir), study_dir, overwrite)
     task = recorded_task(attrs)
     model, processor = load_answer_model(attrs, soup, trial)
-    card = soup_card(study, soup) if soup is not None else model_card(study, trial)
+    card = card_file(study, soup_card(study, soup) if soup is not None else
+                     model_card(study, trial))
     marker = export_marker(study.study_name, soup, trial)
 
     def write(folder: Path) -> None:
         with quiet_transformers():  # no 'Writing model shards' bar amid the study's own output
             model.save_pretrained(folder)
         task.save_processor(processor, folder)
-        (folder / "README.md").write_text(card)
+        card.save(folder / "README.md")
         (folder / MARKER).write_text(json.dumps(marker))  # last: the export is whole
 
     replace_folder(Path(out_dir), write)

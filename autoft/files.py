@@ -1,5 +1,6 @@
 """Writing files and folders whole: into a temporary sibling that is renamed into place, or
-removed when the write fails, so nothing half-written is ever found under the real name.
+removed when the write fails, so nothing half-written is ever found under the real name; and the
+file lock that lets one process of this machine at a time do something (`file_lock`).
 
 A write that fails for a full disk raises OSError(ENOSPC) naming the file it was writing; a
 command, or autoft.search, turns that into one sentence (full_disk_said).
@@ -13,6 +14,8 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from filelock import FileLock
 
 from autoft.errors import NothingToShow
 
@@ -117,3 +120,11 @@ def replace_folder(path: Path, write: Callable[[Path], object]) -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def file_lock(path: Path | str) -> FileLock:
+    """An exclusive lock between this machine's processes, held on the file at `path` (made, with
+    its folder, when missing) while in its `with` block: filelock's flock, which the kernel frees
+    when its holder dies, even by kill -9; a second process waits for it."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(path)

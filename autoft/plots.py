@@ -1,5 +1,6 @@
-"""The report's plots, drawn with matplotlib into PNG bytes from a study's trials; a plot that the
-study cannot support yet (too few trials, no retention measured) becomes a sentence instead.
+"""The report's plots, drawn with matplotlib into PNG bytes from a study's trials (Optuna's own
+matplotlib plots where they show what the report needs); a plot that the study cannot support yet
+(too few trials, no retention measured) becomes a sentence instead.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
+from optuna.visualization import matplotlib as optuna_plots  # noqa: E402
 
 from autoft.describe import describe_params  # noqa: E402
 from autoft.record import TrialRecord  # noqa: E402
@@ -49,6 +51,14 @@ def _figure():
     fig, ax = plt.subplots(figsize=(WIDTH, HEIGHT))
     ax.grid(alpha=0.3)
     return fig, ax
+
+
+def _optuna_plot(draw, *args, **kwargs):
+    """The axes of one of Optuna's matplotlib plots, in the report's size, without its warnings
+    (the plots are marked experimental; importances warn on few trials) on the reader's screen."""
+    with warnings.catch_warnings(), plt.rc_context({"figure.figsize": (WIDTH, HEIGHT)}):
+        warnings.simplefilter("ignore")
+        return draw(*args, **kwargs)
 
 
 def complete_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
@@ -93,6 +103,7 @@ def history_plot(trials: list[FrozenTrial], metric: str, sign: int = 1) -> Plot:
 
 
 def importance_plot(study: optuna.Study) -> Plot:
+    """Optuna's plot of its parameter importances, or a sentence where it cannot rank them."""
     title = "Which settings mattered"
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(complete) < 2:
@@ -106,15 +117,15 @@ def importance_plot(study: optuna.Study) -> Plot:
         return Plot(title, f"Optuna could not rank the settings yet ({error}).")
     if not importances:
         return Plot(title, "The complete trials share one config, so no setting can be ranked.")
-    fig, ax = _figure()
-    names = list(importances)[::-1]
-    ax.barh(names, [importances[n] for n in names], color=FEASIBLE)
+    ax = _optuna_plot(optuna_plots.plot_param_importances, study)
+    ax.set_title("", loc="left")  # the report's heading names it
+    ax.get_legend().remove()  # one bar per setting, all of the one objective
     ax.set_xlabel("share of the score's variation explained")
     return Plot(
         title,
         f"Optuna's parameter importances over {len(complete)} complete trials: how much each "
         "setting explains the differences in score. With few trials this is only a hint.",
-        _png(fig),
+        _png(ax.figure),
     )
 
 

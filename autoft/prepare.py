@@ -18,10 +18,11 @@ from autoft.files import write_text_whole
 from autoft.forgetting import BaseSplit, find_pair_columns, kinds_for, preservation_texts
 from autoft.guard import BASE_MAX_LENGTH, COIN_FLIP, measure_base
 from autoft.model import model_depth
+from autoft.prepared import Prepared, load_prepared_data, prepared_folder, save_prepared
 from autoft.preserve import PreservedTexts, texts_to_preserve
 from autoft.space import SPACES_DIR, SearchSpace, load_space
 from autoft.storage import check_same_inputs, recorded_inputs
-from autoft.study import Prepared, load_prepared_data, save_prepared, study_base_task
+from autoft.study import study_base_task
 from autoft.tasks import DataSettings, Task, detect_task, get_task
 from autoft.tasks.text import model_length_limit
 
@@ -92,10 +93,6 @@ def _load_hashes(folder: Path) -> dict:
 
 def _save_hashes(folder: Path, known: dict) -> None:
     write_text_whole(folder / HASHES_FILE, json.dumps(known))  # workers may write it at once
-
-
-def prepared_folder(config: StudyConfig) -> Path:
-    return config.study_dir / "prepared"
 
 
 def measure_base_skill(config: StudyConfig, model, tokenizer, echo) -> dict:

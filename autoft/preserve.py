@@ -23,9 +23,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from autoft.cache import locked
 from autoft.config import BaseTaskConfig
-from autoft.files import write_whole
+from autoft.files import file_lock, write_whole
 from autoft.forgetting import BaseSplit, BaseTask, Replay, no_replay, preservation_texts
 from autoft.model import Blocks, evaluating, find_blocks
 from autoft.replay import CacheUnusable, capture, replaying
@@ -125,7 +124,7 @@ class Preservation:
         targets = self._read()
         if targets is not None:
             return targets, "reused"
-        with locked(self.path.with_suffix(".lock")):
+        with file_lock(self.path.with_suffix(".lock")):
             targets = self._read()
             if targets is not None:
                 return targets, "reused"

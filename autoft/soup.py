@@ -23,8 +23,8 @@ from autoft.describe import describe_numbers
 from autoft.files import write_whole
 from autoft.guard import ForgettingGuard
 from autoft.precision import set_precision
+from autoft.prepared import load_prepared_data
 from autoft.record import TrialRecord
-from autoft.study import load_prepared_data
 from autoft.tasks import recorded_task
 from autoft.train import evaluate
 from autoft.trials import best_feasible, is_feasible, score_sign

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import functools
 import hashlib
 import importlib.util
@@ -20,13 +19,14 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import optuna
+from filelock import FileLock
 from optuna.storages import RDBStorage
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from autoft.config import BaseTaskConfig, StudyConfig
 from autoft.errors import UsageError
-from autoft.files import unwritable_folder
+from autoft.files import file_lock, unwritable_folder
 from autoft.pruning import NoisyMedianPruner
 from autoft.schedule import run_stale_again
 from autoft.signals import Stop
@@ -81,16 +81,10 @@ def quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
-@contextlib.contextmanager
-def sqlite_lock(database: str):
-    """An exclusive fcntl lock on a file beside a SQLite database, shared by every process of its
-    studies on this machine; the kernel frees it when its holder dies, even by kill -9."""
-    with open(f"{database}.start-lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def sqlite_lock(database: str) -> FileLock:
+    """The lock on a file beside a SQLite database, shared by every process of its studies on
+    this machine (files.file_lock)."""
+    return file_lock(f"{database}.start-lock")
 
 
 class ShieldedStorage(RDBStorage):
@@ -188,16 +182,23 @@ def make_pruner(startup_trials: int, warmup_steps: int) -> NoisyMedianPruner:
     return NoisyMedianPruner(n_startup_trials=startup_trials, n_warmup_steps=warmup_steps)
 
 
+def policies(config: StudyConfig) -> tuple[TrialSeededSampler, NoisyMedianPruner]:
+    """The sampler and the pruner the study's trials are run with."""
+    return (make_sampler(config.seed, config.n_trials),
+            make_pruner(config.pruner_startup, config.pruner_warmup_steps))
+
+
 def open_study(config: StudyConfig, storage: RDBStorage | None = None,
                direction: str = "maximize") -> optuna.Study:
     """Create the study or load it to resume; same name and storage means the same study.
     `direction` is the target metric's (Prepared.direction): RMSE is minimized."""
+    sampler, pruner = policies(config)
     return optuna.create_study(
         storage=storage or open_storage(storage_url(config)),
         study_name=config.name,
         direction=direction,
-        sampler=make_sampler(config.seed, config.n_trials),
-        pruner=make_pruner(config.pruner_startup, config.pruner_warmup_steps),
+        sampler=sampler,
+        pruner=pruner,
         load_if_exists=True,
     )
 
@@ -296,7 +297,7 @@ class StartLock:
 
     Without it two workers both see one trial left and both start one. Optuna's ask is several
     transactions, so a database transaction cannot cover it; a lock the workers share can. For
-    SQLite (one machine) that is an fcntl lock on a file beside the database: the kernel frees
+    SQLite (one machine) that is a file lock beside the database (`sqlite_lock`): the kernel frees
     it when a worker dies, even by kill -9. For PostgreSQL (many machines) it is a session-level
     advisory lock keyed by the study name: the server frees it when the worker's connection
     closes. Other databases get no lock and may overshoot by a trial per extra worker.

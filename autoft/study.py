@@ -1,17 +1,15 @@
 """The objective that runs one trial (sample, load, adapt, train with reporting and pruning, record,
-save), the facts a study records once, and the prepared data kept on disk. Everything a trial
-learns goes into the storage as its record (autoft.record: user attributes).
+save) and the facts a study records once. Everything a trial learns goes into the storage as
+its record (autoft.record: user attributes).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -21,21 +19,19 @@ from safetensors.torch import save_file
 from autoft.adapters import get_adapter
 from autoft.cache import PrefixCache
 from autoft.config import StudyConfig
-from autoft.data import TargetData
-from autoft.files import is_disk_full, write_text_whole, write_whole
+from autoft.files import is_disk_full, write_whole
 from autoft.forgetting import BaseSplit, BaseTask, build_base_task
 from autoft.guard import ForgettingGuard, ForgettingPruned
 from autoft.interpolate import TUNED, MixPoint, best_mix, interpolate, mixed_state
 from autoft.model import split_parameters
 from autoft.params import TrialParams
 from autoft.precision import precision_name, set_precision
+from autoft.prepared import Prepared
 from autoft.preserve import Preservation, PreservedTexts, texts_to_preserve
 from autoft.presets import search_settings
 from autoft.pruning import against_the_best, plateau, prune_reason
 from autoft.record import TrialRecord
-from autoft.space import SearchSpace
 from autoft.storage import INPUTS, check_same_inputs, recordable_config
-from autoft.tasks import DEFAULT_TASK, Task, get_task
 from autoft.train import (
     Evaluation,
     StopTraining,
@@ -51,29 +47,6 @@ from autoft.trials import direction_sign
 log = logging.getLogger("autoft")
 
 MIN_EVALUATIONS_WITH_BASE = 4
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """What every worker needs to run trials, computed once per study and kept on disk."""
-
-    config: StudyConfig
-    data: TargetData
-    space: SearchSpace
-    depth: int
-    pad_id: int
-    fingerprint: str  # the inputs' identity (prepare.data_fingerprint), recorded in the storage
-    base: dict | None = None
-
-    @property
-    def task(self) -> Task:
-        """The task kind its data was prepared for (autoft.tasks)."""
-        return get_task(self.data.task)
-
-    @property
-    def direction(self) -> str:
-        """Whether the search maximizes or minimizes its target metric."""
-        return self.task.metric(self.data.metric).direction
 
 
 def trial_dir(config: StudyConfig, number: int) -> Path:
@@ -376,46 +349,3 @@ def record_study_facts(study: optuna.Study, prepared: Prepared) -> None:
     for key, value in facts.items():
         if study.user_attrs.get(key) != value:
             study.set_user_attr(key, value)
-
-
-def save_prepared(prepared: Prepared, folder: Path) -> None:
-    """Keep the tokenized data and resolved space beside the storage, for workers and resumes."""
-    folder.mkdir(parents=True, exist_ok=True)
-    data = prepared.data
-    content = {
-        "task": data.task,
-        "train": dataclasses.asdict(data.train),
-        "validation": dataclasses.asdict(data.validation),
-        "label_names": data.label_names,
-        "metric": data.metric,
-        "max_length": data.max_length,
-        "notes": data.notes,
-        "depth": prepared.depth,
-        "pad_id": prepared.pad_id,
-        "base": prepared.base,
-    }
-    write_text_whole(folder / "target.json", json.dumps(content))  # two processes may prepare it
-
-
-def load_prepared_data(folder: Path) -> tuple[TargetData, int, int, dict | None] | None:
-    """The tokenized data saved by `save_prepared`, or None when there is none yet; a ValueError
-    when the file is damaged (truncated, edited)."""
-    path = folder / "target.json"
-    if not path.is_file():
-        return None
-    try:
-        content = json.loads(path.read_text())
-        task = content.get("task", DEFAULT_TASK)  # prepared before tasks: classification
-        split = get_task(task).split_class
-        data = TargetData(
-            train=split(**content["train"]),
-            validation=split(**content["validation"]),
-            label_names=content["label_names"],
-            metric=content["metric"],
-            max_length=content["max_length"],
-            notes=content["notes"],
-            task=task,
-        )
-        return data, content["depth"], content["pad_id"], content.get("base")
-    except (KeyError, TypeError) as error:
-        raise ValueError(f"{type(error).__name__}: {error}") from None

@@ -21,11 +21,11 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from autoft.config import StudyConfig
 from autoft.data import leave_file_warnings_to_the_parent
 from autoft.devices import Slot, device_slots
 from autoft.files import is_disk_full
 from autoft.prepare import prepare_study
+from autoft.prepared import Prepared
 from autoft.record import TrialRecord
 from autoft.schedule import (
     budget_left,
@@ -38,9 +38,8 @@ from autoft.signals import Stop
 from autoft.storage import (
     HEARTBEAT_SECONDS,
     StartLock,
-    make_pruner,
-    make_sampler,
     open_storage,
+    policies,
     quiet_optuna,
     recorded_config,
     redact,
@@ -186,17 +185,22 @@ def run_trials(
 
 
 def work(
-    config: StudyConfig,
+    prepared: Prepared,
     url: str,
     slot: Slot,
     deadline: float | None = None,
     hard_deadline: float | None = None,
+    sampler_and_pruner: tuple | None = None,
 ) -> bool:
     """Run the study's trials on one slot until the budget is used; True if SIGINT or SIGTERM
     stopped it.
 
-    The study and its prepared data must exist (`autoft search` or `autoft worker` made them).
+    The study must exist and `prepared` is what the process that started this worker prepared
+    (`autoft search` or `autoft worker`), so a worker neither hashes the inputs nor loads the
+    model to check them again. `sampler_and_pruner` are the study's own where this worker runs in
+    the process that opened it; otherwise they are built here, once.
     """
+    config = prepared.config
     if slot.visible is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = slot.visible  # before anything initialises CUDA
     torch.set_num_threads(slot.threads)
@@ -205,14 +209,10 @@ def work(
     runner = None
     try:
         try:
-            prepared = prepare_study(config, echo=log.debug)
             storage = open_storage(url, stop)  # a signal never cuts a storage call in half
-            study = optuna.load_study(
-                study_name=config.name,
-                storage=storage,
-                sampler=make_sampler(config.seed, config.n_trials),
-                pruner=make_pruner(config.pruner_startup, config.pruner_warmup_steps),
-            )
+            sampler, pruner = sampler_and_pruner or policies(config)
+            study = optuna.load_study(study_name=config.name, storage=storage, sampler=sampler,
+                                      pruner=pruner)
             objective = Objective(prepared, torch.device(slot.torch_device))
             runner = TrialRunner(objective, config.study_dir, slot, StartLock(storage, config.name),
                                  stop)
@@ -248,25 +248,30 @@ def fail_own_running_trials(name: str, url: str, worker: dict) -> None:
         log.warning("could not record the interrupted trial (%s); it is retried once stale", error)
 
 
-def _child_main(config, url, slot, index, deadline, hard_deadline) -> None:
-    """Entry point of a spawned worker process; its exit code says how it ended."""
+def _child_main(prepared, url, slot, index, deadline, hard_deadline) -> None:
+    """Entry point of a spawned worker process, handed the parent's prepared study; its exit
+    code says how it ended."""
     logging.basicConfig(level=logging.INFO, format=f"[worker {index} {slot.device}] %(message)s")
     quiet_optuna()
     leave_file_warnings_to_the_parent()
-    interrupted = work(config, url, slot, deadline, hard_deadline)
+    interrupted = work(prepared, url, slot, deadline, hard_deadline)
     raise SystemExit(INTERRUPTED_EXIT if interrupted else 0)
 
 
 def run_workers(
-    config: StudyConfig,
+    prepared: Prepared,
     url: str,
     slots: list[Slot],
     deadline: float | None = None,
     hard_deadline: float | None = None,
+    sampler_and_pruner: tuple | None = None,
 ) -> bool:
     """Run the study on every slot and wait for all; True if a signal stopped it.
 
-    A single CPU slot runs in this process (no start-up cost). Otherwise each slot gets a process
+    Every worker trains on `prepared`, this process's prepared study, handed to it whole (pickled
+    with its arguments): a worker neither reads the data, hashes the inputs nor loads the model
+    to prepare it again. A single CPU slot runs in this process (no start-up cost), with this
+    process's `sampler_and_pruner` where given. Otherwise each slot gets a process
     from multiprocessing's forkserver: a clean server process that imports autoft once but never
     touches CUDA, and forks each worker, which sets CUDA_VISIBLE_DEVICES before its first CUDA
     call. Spawned workers would each import torch and transformers again (about 11 CPU-seconds
@@ -283,13 +288,13 @@ def run_workers(
         redact(url),
     )
     if len(slots) == 1 and slots[0].visible is None:
-        return work(config, url, slots[0], deadline, hard_deadline)
+        return work(prepared, url, slots[0], deadline, hard_deadline, sampler_and_pruner)
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])  # autoft, torch and transformers, imported once
     processes = [
         context.Process(
             target=_child_main,
-            args=(config, url, slot, index, deadline, hard_deadline),
+            args=(prepared, url, slot, index, deadline, hard_deadline),
             name=f"autoft-worker-{index}",
         )
         for index, slot in enumerate(slots)
@@ -344,7 +349,9 @@ def join_study(
 
     The config comes from the storage (recorded by `autoft search`); devices and the timeout are
     this machine's own. The prepared data comes from the local study folder, prepared again
-    (deterministically, from the same data files) when this machine has none yet.
+    (deterministically, from the same data files) when this machine has none yet; either way
+    prepare_study checks here, once for all this machine's workers, that this machine's inputs
+    are those the study's trials trained on (the fingerprint the storage records).
     """
     recorded = recorded_config(study, studies_dir, storage)
     config = dataclasses.replace(
@@ -354,9 +361,9 @@ def join_study(
         timeout=timeout,
     )
     slots = device_slots(config.devices, config.trials_per_gpu)
-    prepare_study(config)
+    prepared = prepare_study(config)
     since = datetime.now()
-    interrupted = run_workers(config, storage_url(config), slots, *time_limits(config.timeout))
+    interrupted = run_workers(prepared, storage_url(config), slots, *time_limits(config.timeout))
     if not interrupted:
         check_not_stopped(study, since, config.n_trials)
     return interrupted

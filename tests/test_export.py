@@ -125,3 +125,18 @@ def test_export_on_a_full_disk_keeps_the_earlier_export_and_says_so(
     assert "autoft report --study tiny" in error and len(error.strip().splitlines()) == 1
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in disk.iterdir()) == ["filler", "model"]
+
+
+def test_the_model_card_carries_the_hubs_metadata(tiny_study, tmp_path: Path) -> None:
+    """README.md is a Hugging Face model card: metadata the Hub reads above the same text; the
+    tiny model is a local folder, so no base_model is claimed."""
+    from huggingface_hub import ModelCard
+
+    study, _ = tiny_study
+    out = export_trial(study, None, tmp_path / "card")
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "transformers"
+    assert card.data.pipeline_tag == "text-classification"
+    assert card.data.tags == ["autoft", "text-classification"]
+    assert card.data.base_model is None
+    assert card.text.startswith(f"# autoft study 'tiny', trial {best_feasible(study).number}")

@@ -22,7 +22,7 @@ from autoft.cli import main as cli_main
 from autoft.config import build_config
 from autoft.model import freeze
 from autoft.prepare import prepare_study
-from autoft.study import load_prepared_data
+from autoft.prepared import load_prepared_data
 from autoft.tasks import DataSettings, get_task
 from autoft.tasks.image_classification import ImageClassification
 from autoft.train import TrialParams, evaluate, train_trial

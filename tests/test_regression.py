@@ -18,7 +18,7 @@ from transformers import (
 
 from autoft.cli import main
 from autoft.data import TargetData
-from autoft.study import load_prepared_data
+from autoft.prepared import load_prepared_data
 from autoft.summary import build_summary
 from autoft.tasks import DataSettings, detect_task, get_task
 from autoft.tasks.text import Split

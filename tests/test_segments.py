@@ -19,7 +19,7 @@ from autoft.config import BaseTaskConfig, build_config
 from autoft.forgetting import build_base_task
 from autoft.model import freeze, load_model
 from autoft.prepare import prepare_study, prepared_folder
-from autoft.study import load_prepared_data
+from autoft.prepared import load_prepared_data
 from autoft.tasks.text import collate
 from autoft.train import TrialParams, train_trial
 
@@ -73,7 +73,7 @@ def test_pairs_train_evaluate_and_cache_with_their_segment_ids(pair_bert, pair_c
              "name": "pairs", "studies_dir": str(tmp_path / "studies")}
     config = build_config({}, None, flags)
     prepare_study(config, echo=lambda line: None)
-    data = load_prepared_data(prepared_folder(config))[0]  # as workers read it back
+    data = load_prepared_data(prepared_folder(config))[0]  # as a resume reads it back
     for ids, segments in zip(data.train.input_ids, data.train.token_type_ids, strict=True):
         second = ids.index(3) + 1  # after the first [SEP]
         assert segments == [0] * second + [1] * (len(ids) - second)

@@ -17,8 +17,8 @@ from transformers import AutoModelForSequenceClassification
 from autoft.cli import main
 from autoft.export import load_checkpoint_model, load_trial_model
 from autoft.model import split_parameters
+from autoft.prepared import load_prepared_data
 from autoft.soup import Step, average, greedy
-from autoft.study import load_prepared_data
 from autoft.tasks import recorded_task
 from autoft.train import evaluate
 from autoft.trials import winning_soup

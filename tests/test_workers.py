@@ -116,7 +116,7 @@ def test_a_nan_trial_fails_alone_with_its_reason(
         "n_trials": 2, "name": "nan", "studies_dir": str(tmp_path / "studies")})
     prepared = prepare_study(config, echo=lambda line: None)
     record_study_facts(open_study(config), prepared)
-    assert work(config, storage_url(config), Slot("cpu", 1)) is False
+    assert work(prepared, storage_url(config), Slot("cpu", 1)) is False
     study = open_sqlite_study(tmp_path / "studies", "nan")
     first, second = sorted(study.get_trials(), key=lambda t: t.number)
     assert first.state == TrialState.FAIL
@@ -262,7 +262,7 @@ def test_the_hard_time_limit_interrupts_a_running_trial(
     prepared = prepare_study(config, echo=lambda line: None)
     record_study_facts(open_study(config), prepared)
     now = time.time()
-    assert work(config, storage_url(config), Slot("cpu", 1), now + 1, now + 4) is False
+    assert work(prepared, storage_url(config), Slot("cpu", 1), now + 1, now + 4) is False
     trials = open_sqlite_study(tmp_path / "studies", "hard").get_trials()
     assert [(t.state, t.user_attrs.get("fail_reason")) for t in trials] == [
         (TrialState.FAIL, "interrupted")
@@ -349,3 +349,45 @@ def test_without_a_timeout_every_start_runs(tmp_path):
     queue_next_config(study, seconds_left=None)
     assert [t.user_attrs["start"] for t in study.get_trials(states=(TrialState.WAITING,))] == [1]
     assert "skipped_starts" not in study.user_attrs
+
+
+def test_a_worker_trains_on_what_its_parent_prepared_and_a_changed_input_is_refused(
+    tiny_model_dir, tmp_path, monkeypatch, write_csv, sentiment_rows, open_sqlite_study
+) -> None:
+    """The default space offers LoRA, which prepare_study checks on the loaded model: a worker
+    handed the prepared study starts its first trial without hashing an input or loading the
+    model (the trial loads it to train); `autoft worker` on inputs that changed is refused."""
+    import autoft.prepare
+    from autoft.config import build_config
+    from autoft.prepare import prepare_study
+    from autoft.storage import load_study, open_study
+    from autoft.study import record_study_facts
+    from autoft.workers import TrialRunner, join_study, work
+
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(120))
+    studies = tmp_path / "studies"
+    config = build_config({}, None, {
+        "model": str(tiny_model_dir), "train": str(train), "space": "default",
+        "n_trials": 1, "name": "once", "studies_dir": str(studies)})
+    prepared = prepare_study(config, echo=lambda line: None)
+    assert "lora" in prepared.space.values_of("adapter")
+    record_study_facts(open_study(config), prepared)
+
+    calls = []
+    task_class = type(prepared.task)
+    load_model, run_trial = task_class.load_model, TrialRunner.__call__
+    monkeypatch.setattr(autoft.prepare, "_file_digest",
+                        lambda *args: calls.append("hash") or "hashed")
+    monkeypatch.setattr(task_class, "load_model",
+                        lambda *args: calls.append("model") or load_model(*args))
+    monkeypatch.setattr(TrialRunner, "__call__",
+                        lambda *args: calls.append("trial") or run_trial(*args))
+    assert work(prepared, storage_url(config), Slot("cpu", 1)) is False
+    assert calls[:2] == ["trial", "model"], calls  # nothing before the first trial
+    assert "hash" not in calls
+    assert open_sqlite_study(studies, "once").trials[0].state == TrialState.COMPLETE
+
+    monkeypatch.undo()
+    write_csv(train, sentiment_rows(120, seed=1))  # other rows under the same name
+    with pytest.raises(UsageError, match="was run on other data or model settings"):
+        join_study(load_study("once", str(studies), None), str(studies), None, devices="cpu:1")
