@@ -43,9 +43,11 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
         help="training data: .csv, .tsv, .jsonl, .json, .parquet, a saved datasets "
         "folder, or a hub name",
     )
-    add("--task", help="text-classification, text-regression or image-classification (default: "
-        "auto, from the data: a folder of class folders of images or a table with an image "
-        "column is image-classification, a label column of many distinct numbers a regression)")
+    add("--task", help="text-classification, text-regression, multi-label or "
+        "image-classification (default: auto, from the data: a folder of class folders of "
+        "images or a table with an image column is image-classification, a label column of "
+        "lists or of names separated by ';', '|' or ',' multi-label, one of many distinct "
+        "numbers a regression)")
     add("--validation", help="validation data (default: a stratified split of --train)")
     add("--val-fraction", type=float, help="share of train kept for validation (default 0.2)")
     add("--text-column", help="column with the text (default: text)")
