@@ -20,7 +20,7 @@ from autoft.errors import UsageError
 from autoft.export import export_trial
 from autoft.storage import load_study
 from autoft.tasks import DataSettings, detect_task, get_task
-from autoft.tasks.multi_label import best_threshold, f1_at, iterative_split
+from autoft.tasks.multi_label import best_threshold, f1_at, fill_empty_sides, iterative_split
 
 TASK = "multi-label"
 
@@ -86,6 +86,15 @@ def test_the_split_keeps_every_label_on_both_sides(tagged_rows):
             assert on_each[1][label] == pytest.approx(0.2 * n, abs=max(2, 0.1 * n)), label
 
 
+def test_a_label_left_on_one_side_gets_a_row_moved_across():
+    labels = [["a", "b"], ["a", "b"], ["b"], ["b"], ["c"], ["c"]]
+    side = [0, 0, 1, 1, 0, 1]  # 'a' only in training: both its rows also carry 'b'
+    fill_empty_sides(labels, side, list(range(len(labels))))
+    assert {side[0], side[1]} == {0, 1}
+    for label in "abc":
+        assert {side[i] for i, row in enumerate(labels) if label in row} == {0, 1}, label
+
+
 def test_a_label_too_rare_to_split_is_one_sentence(tmp_path, tagged_rows, write_jsonl):
     rows = [{"text": row["text"], "label": row["tags"]} for row in tagged_rows(60)]
     rows[5]["label"] = rows[5]["label"] + ["lonely"]
@@ -124,6 +133,18 @@ def test_a_tuned_threshold_scores_at_least_what_one_half_does():
         assert get_task(TASK).score(metric, labels.tolist(), probabilities.tolist()) == tuned
     confident = np.where(labels == 1, 0.9, 0.1)  # any middle threshold is perfect: 0.5 is kept
     assert best_threshold("micro_f1", labels, confident) == (0.5, 1.0)
+
+
+def test_each_output_starts_at_its_labels_share(tiny_model_dir, tagged_jsonl):
+    task, settings = get_task(TASK), DataSettings(train=str(tagged_jsonl))
+    rows = task.read(settings)
+    model, tokenizer = task.load_model(str(tiny_model_dir), task.label_names(rows, settings),
+                                       False)
+    data = task.encode(rows, tokenizer, model.config, settings)
+    task.start_head(model, data)
+    shares = np.mean(data.train.labels, axis=0)
+    started = torch.sigmoid(model.classifier.bias.detach()).numpy()
+    np.testing.assert_allclose(started, shares, rtol=1e-5)
 
 
 def prepared_validation(study_dir: Path) -> tuple[list[list[int]], list[list[float]]]:

@@ -11,9 +11,11 @@ from collections import Counter
 
 import numpy as np
 import torch
+from torch import nn
 
 from autoft.data import column, is_missing, read_table, row_name
 from autoft.errors import UsageError
+from autoft.model import split_parameters
 from autoft.tasks.base import MAXIMIZE, DataSettings, Metric, Rows
 from autoft.tasks.text import TextTask
 
@@ -99,8 +101,25 @@ def iterative_split(labels: list[list[str]], fraction: float, seed: int
             k = 0 if rows_wanted[0] >= rows_wanted[1] else 1
             side[i] = k
             rows_wanted[k] -= 1
+    fill_empty_sides(labels, side, order)
     return [i for i in range(len(labels)) if side[i] == 0], \
         [i for i in range(len(labels)) if side[i] == 1]
+
+
+def fill_empty_sides(labels: list[list[str]], side: list[int], order: list[int]) -> None:
+    """Where a label of two rows or more ended on one side only (its rows all placed earlier,
+    by rarer labels they carry), move one of its rows across: one whose every label keeps a row
+    on the side it leaves. A label no such move serves stays where it is."""
+    for label in sorted({name for row in labels for name in row}):
+        rows = [i for i in order if label in labels[i]]
+        sides = Counter(side[i] for i in rows)
+        if len(rows) < 2 or len(sides) == 2:
+            continue
+        here = side[rows[0]]
+        count = Counter(name for i in order if side[i] == here for name in labels[i])
+        movable = next((i for i in rows if all(count[name] >= 2 for name in labels[i])), None)
+        if movable is not None:
+            side[movable] = 1 - here
 
 
 def multi_hot(labels: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -230,6 +249,15 @@ class MultiLabel(TextTask):
                 f"that row, or give --validation."
             )
         kept, held = iterative_split(labels, settings.val_fraction, settings.seed)
+        sides = [{label for i in part for label in labels[i]} for part in (kept, held)]
+        one_sided = sorted(sides[0] ^ sides[1])
+        if one_sided:
+            raise UsageError(
+                f"{settings.where('train')}: label '{one_sided[0]}' in column "
+                f"'{settings.label_column}' of {settings.train} could not be kept in both "
+                f"training and validation (its rows also carry other rare labels); add rows "
+                f"with it, or give --validation."
+            )
         return ([inputs[i] for i in kept], [inputs[i] for i in held],
                 [labels[i] for i in kept], [labels[i] for i in held],
                 ", every label on both sides")
@@ -257,6 +285,20 @@ class MultiLabel(TextTask):
                     hot[index[label]] = 1.0
             encoded.append(hot)
         return encoded
+
+    def start_head(self, model, data) -> None:
+        """Each output starts at its label's share of the training rows (its bias the log-odds;
+        the weights stay small and random), as Lin et al. (2017) start a detector's rare
+        classes: from zero every label starts at probability 0.5, and the first steps of a
+        trial went on pushing most of them down."""
+        shares = np.clip(np.mean(data.train.labels, axis=0), 1e-3, 1 - 1e-3)
+        head = set(split_parameters(model).head)
+        outputs = [module for name, module in model.named_modules()
+                   if isinstance(module, nn.Linear) and module.out_features == len(shares)
+                   and f"{name}.bias" in head]
+        if outputs:
+            with torch.no_grad():
+                outputs[-1].bias.copy_(torch.from_numpy(np.log(shares / (1 - shares))))
 
     def head_settings(self) -> dict:
         return {"problem_type": "multi_label_classification"}
