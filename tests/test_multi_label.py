@@ -147,6 +147,20 @@ def test_each_output_starts_at_its_labels_share(tiny_model_dir, tagged_jsonl):
     np.testing.assert_allclose(started, shares, rtol=1e-5)
 
 
+@pytest.mark.parametrize("metric", ["micro_f1", "macro_f1"])
+def test_scores_over_draws_are_the_scores_of_each_draw(metric):
+    rng = np.random.default_rng(1)
+    labels = (rng.random((60, 6)) < 0.2).astype(float)
+    labels[:, 5] = 0  # a label absent from validation
+    probabilities = np.clip(0.2 + 0.4 * labels + rng.normal(0, 0.2, labels.shape), 0, 1)
+    draws = rng.integers(0, 60, (30, 60))
+    task = get_task(TASK)
+    at_once = task.scores_over(metric, labels.tolist(), probabilities.tolist(), draws)
+    each = [task.score(metric, labels[draw].tolist(), probabilities[draw].tolist())
+            for draw in draws]
+    np.testing.assert_allclose(at_once, each, rtol=1e-12)
+
+
 def prepared_validation(study_dir: Path) -> tuple[list[list[int]], list[list[float]]]:
     content = json.loads((study_dir / "prepared" / "target.json").read_text())
     return content["validation"]["input_ids"], content["validation"]["labels"]

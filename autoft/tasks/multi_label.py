@@ -314,6 +314,38 @@ class MultiLabel(TextTask):
             return math.nan
         return best_threshold(metric, labels, predictions)[1]
 
+    def scores_over(self, metric: str, labels: list, predictions: list,
+                    draws: np.ndarray) -> np.ndarray:
+        """Every draw at once, the values `score` gives (tested): each draw's counts are its rows'
+        counts weighted by how often it drew them, at each threshold, and the best threshold
+        is the draw's own. Calling `score` per draw took 0.9 s for 200 draws of 369 rows and 88
+        labels, at every evaluation."""
+        truth = np.asarray(labels, dtype=float)
+        probabilities = np.asarray(predictions, dtype=float)
+        if not np.isfinite(probabilities).all():
+            return np.full(len(draws), math.nan)
+        # counts in float32 are exact (whole numbers far below 2**24) and twice as fast
+        weights = np.stack([np.bincount(draw, minlength=len(truth)) for draw in draws]
+                           ).astype(np.float32)
+        truth = truth.astype(np.float32)
+        labelled = (weights @ truth).astype(float)
+        best = np.full(len(draws), -np.inf)
+        for threshold in THRESHOLDS:
+            predicted = (probabilities >= threshold).astype(np.float32)
+            hits = (weights @ (truth * predicted)).astype(float)
+            guessed = (weights @ predicted).astype(float)
+            seen = labelled + guessed
+            if metric == "micro_f1":
+                total = seen.sum(1)
+                value = np.where(total > 0, 2 * hits.sum(1) / np.maximum(total, 1), 1.0)
+            else:
+                present = seen > 0
+                f1 = np.where(present, 2 * hits / np.maximum(seen, 1), 0.0)
+                count = present.sum(1)
+                value = np.where(count > 0, f1.sum(1) / np.maximum(count, 1), 1.0)
+            best = np.maximum(best, value)
+        return best
+
     def tuned_on_validation(self, metric: str, labels: list, predictions: list) -> dict:
         """The decision threshold, and what the model scores at it on validation."""
         labels, predictions = np.asarray(labels, dtype=float), np.asarray(predictions, float)
