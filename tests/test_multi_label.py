@@ -63,10 +63,11 @@ def test_single_labels_are_not_read_as_multi_label(tiny_csv):
     assert detect_task("auto", DataSettings(train=str(tiny_csv)))[0].name == "text-classification"
 
 
-def test_a_label_list_given_to_a_single_label_task_is_one_sentence(tagged_jsonl):
+@pytest.mark.parametrize("single", ["text-classification", "text-regression"])
+def test_a_label_list_given_to_a_single_label_task_is_one_sentence(single, tagged_jsonl):
     settings = DataSettings(train=str(tagged_jsonl))
     with pytest.raises(UsageError) as refused:
-        get_task("text-classification").read(settings)
+        get_task(single).read(settings)
     message = str(refused.value)
     assert str(tagged_jsonl) in message and "'label'" in message
     assert message.endswith("set --task multi-label.") and message.count(". ") == 0
