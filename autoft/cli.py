@@ -53,6 +53,8 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
     add("--text-column", help="column with the text (default: text)")
     add("--text-pair-column", help="a second text column, for sentence pairs")
     add("--label-column", help="column with the label (default: label)")
+    add("--label-columns", help="multi-label: columns of 0 and 1, one per label, named by commas "
+        "(a,b,c), in place of one --label-column")
     add("--metric", help="classification: accuracy or macro_f1 (default: auto, macro_f1 for "
         "unbalanced classes); regression: spearman (default), pearson or rmse")
     add("--max-length", type=int, help="tokens per text (default: from the data's lengths)")

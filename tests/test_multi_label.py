@@ -16,8 +16,10 @@ import torch
 from sklearn.metrics import f1_score
 from transformers import AutoModelForSequenceClassification
 
+from autoft.config import build_config
 from autoft.errors import UsageError
 from autoft.export import export_trial
+from autoft.prepare import check_task_settings
 from autoft.storage import load_study
 from autoft.tasks import DataSettings, detect_task, get_task
 from autoft.tasks.multi_label import best_threshold, f1_at, fill_empty_sides, iterative_split
@@ -57,6 +59,32 @@ def test_a_separator_found_in_many_rows_splits_the_labels_and_is_said(
     assert read.notes[0] == f"labels: split on '{separator}' in column 'label'"
     assert set(task.label_names(read, settings)) == {"food", "neg", "pos", "screen"}
     assert max(map(len, read.train_labels)) == 3
+
+
+def test_one_column_of_0_and_1_per_label_reads_as_multi_label(tmp_path, tagged_rows,
+                                                               write_csv):
+    tags = ("food", "neg", "pos", "screen")
+    rows = [{"text": row["text"], **{tag: str(int(tag in row["tags"])) for tag in tags}}
+            for row in tagged_rows(80)]
+    path = write_csv(tmp_path / "flags.csv", rows)
+    settings = DataSettings(train=str(path), label_columns="pos, neg,food,screen")
+    task, note = detect_task("auto", settings)
+    assert task.name == TASK and "names 4 columns, one per label" in note
+    read = task.read(settings)
+    every = {row["text"]: sorted(row["tags"]) for row in tagged_rows(80)}
+    assert all(labels == every[text] for text, labels in
+               zip(read.train_inputs, read.train_labels, strict=True))
+    rows[7]["food"] = "2"
+    write_csv(path, rows)
+    with pytest.raises(UsageError, match=r"line 9 of .* holds 2 in column 'food'.*0 or 1"):
+        task.read(settings)
+
+
+def test_label_columns_given_to_a_single_label_task_is_one_sentence(tiny_model_dir, tiny_csv):
+    config = build_config({}, None, {"model": str(tiny_model_dir), "train": str(tiny_csv),
+                                     "label_columns": "a,b"})
+    with pytest.raises(UsageError, match=r"^--label-columns: text-classification reads one "):
+        check_task_settings(get_task("text-classification"), config)
 
 
 def test_single_labels_are_not_read_as_multi_label(tiny_csv):

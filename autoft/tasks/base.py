@@ -55,6 +55,7 @@ class Task(ABC):
     preserves: ClassVar[bool] = True  # whether it has the preservation loss (base-side texts)
     auto_class: ClassVar[str]  # the transformers class that loads the exported model
     tunes_on_validation: ClassVar[bool] = False  # whether export asks tuned_on_validation
+    reads_label_columns: ClassVar[bool] = False  # whether it takes --label-columns (0/1 each)
 
     # reading and checking the data
 

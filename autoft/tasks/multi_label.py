@@ -17,7 +17,7 @@ from autoft.data import column, is_missing, read_table, row_name
 from autoft.errors import UsageError
 from autoft.model import split_parameters
 from autoft.tasks.base import MAXIMIZE, DataSettings, Metric, Rows
-from autoft.tasks.text import TextTask
+from autoft.tasks.text import TextTask, texts_of
 
 SEPARATORS = (";", "|", ",")
 # A string column is multi-label when one separator splits at least this share of its rows
@@ -66,6 +66,37 @@ def label_sets(values: list, separator: str | None, settings: DataSettings, wher
             labels = [label for label in labels if label] if text else []
         rows.append(sorted(set(labels)))
     return rows
+
+
+def label_place(settings: DataSettings) -> str:
+    """Where the labels are, for messages: the label column, or the --label-columns."""
+    if settings.label_columns:
+        return f"columns {', '.join(column_names(settings))}"
+    return f"column '{settings.label_column}'"
+
+
+def column_names(settings: DataSettings) -> list[str]:
+    """The --label-columns names."""
+    return [name.strip() for name in settings.label_columns.split(",") if name.strip()]
+
+
+def labels_of_columns(table, settings: DataSettings, where: str, source: str
+                      ) -> list[list[str]]:
+    """Each row's labels: the --label-columns columns that hold 1 (or true) there; a value
+    other than 0 or 1 is refused, naming its row and column."""
+    rows: list[list[str]] = [[] for _ in range(len(table))]
+    for name in column_names(settings):
+        values = column(table, name, f"{where} / {settings.where('label_columns')}", source)
+        for i, value in enumerate(values):
+            flag = str(value).strip().lower()
+            if flag not in ("0", "1", "0.0", "1.0", "true", "false"):
+                raise UsageError(
+                    f"{where}: {row_name(source, i)} of {source} holds {value!r} in column "
+                    f"'{name}', one of --label-columns; each must hold 0 or 1."
+                )
+            if flag in ("1", "1.0", "true"):
+                rows[i].append(name)
+    return [sorted(row) for row in rows]
 
 
 def iterative_split(labels: list[list[str]], fraction: float, seed: int
@@ -173,13 +204,18 @@ class MultiLabel(TextTask):
     )
     stratified = False  # the kind's own subsample and split keep the labels (iterative_split)
     tunes_on_validation = True
+    reads_label_columns = True
 
     def __init__(self):
         self.separator_: str | None = None  # found in the training data's label column
 
     @classmethod
     def detect(cls, settings: DataSettings) -> str | None:
-        """Lists in the label column, or strings a separator splits in many rows."""
+        """0/1 columns named by --label-columns; lists in the label column, or strings a
+        separator splits in many rows."""
+        if settings.label_columns:
+            names = column_names(settings)
+            return f"{settings.where('label_columns')} names {len(names)} columns, one per label"
         try:
             table = read_table(settings.train, settings.where("train"))
             values = column(table, settings.label_column, "", settings.train)
@@ -197,7 +233,13 @@ class MultiLabel(TextTask):
         return f"{where} holds labels separated by '{separator}' in {rows} of {len(values)} rows"
 
     def _read_split(self, source: str, settings: DataSettings, field_name: str, split: str):
-        """The separator is found in the training file, and validation is split on it too."""
+        """The separator is found in the training file, and validation is split on it too;
+        with --label-columns, a row's labels are the columns holding 1."""
+        if settings.label_columns:
+            where = settings.where(field_name)
+            table = read_table(source, where, split)
+            labels = labels_of_columns(table, settings, where, source)
+            return texts_of(table, settings, where, source), labels
         if field_name == "train":
             table = read_table(source, settings.where(field_name), split)
             values = column(table, settings.label_column,
@@ -222,8 +264,9 @@ class MultiLabel(TextTask):
         names = {label for row in labels for label in row}
         if len(names) < 2:
             raise UsageError(
-                f"{settings.where('train')}: column '{settings.label_column}' of "
-                f"{settings.train} holds {len(names)} distinct label"
+                f"{settings.where('train')}: {label_place(settings)} of "
+                f"{settings.train} hold{'s' * (not settings.label_columns)} {len(names)} "
+                f"distinct label"
                 f"{'' if len(names) == 1 else 's'}; multi-label needs at least two (lists like "
                 f"[\"a\", \"b\"], or names separated by ';', '|' or ',')."
             )
@@ -243,8 +286,8 @@ class MultiLabel(TextTask):
         rare = sorted(label for label, n in counts.items() if n < 2)
         if rare:
             raise UsageError(
-                f"{settings.where('train')}: label '{rare[0]}' in column "
-                f"'{settings.label_column}' of {settings.train} occurs in a single row, too few "
+                f"{settings.where('train')}: label '{rare[0]}' in {label_place(settings)} of "
+                f"{settings.train} occurs in a single row, too few "
                 f"to keep it in both training and validation; add rows with it, drop it from "
                 f"that row, or give --validation."
             )
@@ -253,8 +296,8 @@ class MultiLabel(TextTask):
         one_sided = sorted(sides[0] ^ sides[1])
         if one_sided:
             raise UsageError(
-                f"{settings.where('train')}: label '{one_sided[0]}' in column "
-                f"'{settings.label_column}' of {settings.train} could not be kept in both "
+                f"{settings.where('train')}: label '{one_sided[0]}' in {label_place(settings)} "
+                f"of {settings.train} could not be kept in both "
                 f"training and validation (its rows also carry other rare labels); add rows "
                 f"with it, or give --validation."
             )
