@@ -113,7 +113,7 @@ def iterative_split(labels: list[list[str]], fraction: float, seed: int
              {label: max(1.0, fraction * n) for label, n in counts.items()}]
     rows_wanted = [(1 - fraction) * len(labels), fraction * len(labels)]
     side = [-1] * len(labels)
-    rows_of = {label: [i for i in order if label in labels[i]] for label in counts}
+    rows_of = rows_by_label(labels, order)
     remaining = dict(counts)  # each label's rows not yet placed
     while any(remaining.values()):
         label = min((name for name, n in remaining.items() if n), key=lambda name: (
@@ -137,12 +137,20 @@ def iterative_split(labels: list[list[str]], fraction: float, seed: int
         [i for i in range(len(labels)) if side[i] == 1]
 
 
+def rows_by_label(labels: list[list[str]], order: list[int]) -> dict[str, list[int]]:
+    """The rows of each label, in `order`."""
+    rows: dict[str, list[int]] = {}
+    for i in order:
+        for label in labels[i]:
+            rows.setdefault(label, []).append(i)
+    return rows
+
+
 def fill_empty_sides(labels: list[list[str]], side: list[int], order: list[int]) -> None:
     """Where a label of two rows or more ended on one side only (its rows all placed earlier,
     by rarer labels they carry), move one of its rows across: one whose every label keeps a row
     on the side it leaves. A label no such move serves stays where it is."""
-    for label in sorted({name for row in labels for name in row}):
-        rows = [i for i in order if label in labels[i]]
+    for _, rows in sorted(rows_by_label(labels, order).items()):
         sides = Counter(side[i] for i in rows)
         if len(rows) < 2 or len(sides) == 2:
             continue
