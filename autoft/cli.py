@@ -43,14 +43,18 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
         help="training data: .csv, .tsv, .jsonl, .json, .parquet, a saved datasets "
         "folder, or a hub name",
     )
-    add("--task", help="text-classification, text-regression or image-classification (default: "
-        "auto, from the data: a folder of class folders of images or a table with an image "
-        "column is image-classification, a label column of many distinct numbers a regression)")
+    add("--task", help="text-classification, text-regression, multi-label or "
+        "image-classification (default: auto, from the data: a folder of class folders of "
+        "images or a table with an image column is image-classification, a label column of "
+        "lists or of names separated by ';', '|' or ',' multi-label, one of many distinct "
+        "numbers a regression)")
     add("--validation", help="validation data (default: a stratified split of --train)")
     add("--val-fraction", type=float, help="share of train kept for validation (default 0.2)")
     add("--text-column", help="column with the text (default: text)")
     add("--text-pair-column", help="a second text column, for sentence pairs")
     add("--label-column", help="column with the label (default: label)")
+    add("--label-columns", help="multi-label: columns of 0 and 1, one per label, named by commas "
+        "(a,b,c), in place of one --label-column")
     add("--metric", help="classification: accuracy or macro_f1 (default: auto, macro_f1 for "
         "unbalanced classes); regression: spearman (default), pearson or rmse")
     add("--max-length", type=int, help="tokens per text (default: from the data's lengths)")

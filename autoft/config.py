@@ -60,6 +60,7 @@ class DataSettings:
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
+    label_columns: str | None = None  # multi-label: 0/1 columns, one per label, comma-separated
     metric: str = "auto"
     max_length: int | None = None
     max_train_samples: int | None = None

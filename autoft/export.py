@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import optuna
+import torch
 from huggingface_hub import ModelCard, ModelCardData
 from optuna.trial import TrialState
 from safetensors.torch import load_file
@@ -20,8 +21,11 @@ from autoft.describe import describe_numbers, describe_params, metric_words
 from autoft.errors import UsageError
 from autoft.files import replace_folder, unwritable_folder
 from autoft.model import quiet_transformers
+from autoft.precision import set_precision
 from autoft.record import TrialRecord
+from autoft.study import load_prepared_data
 from autoft.tasks import Task, recorded_task
+from autoft.train import predict
 from autoft.trials import best_feasible, full_params, winning_soup
 
 MARKER = ".autoft-export.json"  # hidden: a study prepared from an export does not hash it
@@ -115,7 +119,28 @@ def retention_line(trial: optuna.trial.FrozenTrial, base: dict | None) -> str:
     )
 
 
-def model_card(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
+def tuned_settings(task: Task, attrs: dict, model, study_dir: Path | None) -> dict:
+    """What the task tunes on validation for the exported model (multi-label: its decision
+    threshold), from the model's predictions on the study's prepared validation split, computed
+    as the trials computed them; nothing for a kind that tunes nothing."""
+    if not task.tunes_on_validation:
+        return {}
+    saved = load_prepared_data(Path(study_dir) / "prepared") if study_dir is not None else None
+    if saved is None:
+        raise UsageError(
+            f"A {task.name} export tunes its decision threshold on the study's validation data, "
+            f"which is not on this machine ({study_dir or 'no study folder given'}); export on "
+            f"the machine that prepared the study, with its --studies-dir."
+        )
+    data, _, pad_id, _ = saved
+    set_precision(attrs.get("config", {}).get("precision", "auto"))  # as the trials scored
+    device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    predictions = predict(model.to(device), data, pad_id, device)
+    model.to("cpu")
+    return task.tuned_on_validation(data.metric, data.validation.labels, predictions)
+
+
+def model_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, tuned: dict) -> str:
     """A README.md that says where the model came from, how it was trained and how good it is."""
     attrs = study.user_attrs
     params = full_params(trial)
@@ -127,6 +152,7 @@ def model_card(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
         "",
         f"- Task: {recorded_task(attrs).name}",
         *recorded_task(attrs).card_lines(attrs["label_names"]),
+        *(recorded_task(attrs).tuned_lines(tuned) if tuned else []),
         f"- Config: {describe_params(params, attrs['depth'])}",
         f"- {score_line(trial, metric)}",
         f"- {retention_line(trial, attrs.get('base'))}",
@@ -145,7 +171,7 @@ def model_card(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
     return "\n".join(lines)
 
 
-def soup_card(study: optuna.Study, soup: dict) -> str:
+def soup_card(study: optuna.Study, soup: dict, tuned: dict) -> str:
     """A README.md for the soup: its members with their configs, its score against the best
     trial's and its retention."""
     attrs = study.user_attrs
@@ -162,6 +188,7 @@ def soup_card(study: optuna.Study, soup: dict) -> str:
         "",
         f"- Task: {recorded_task(attrs).name}",
         *recorded_task(attrs).card_lines(attrs["label_names"]),
+        *(recorded_task(attrs).tuned_lines(tuned) if tuned else []),
         *[f"- Trial {n}: {describe_params(full_params(trials[n]), attrs['depth'])} "
           f"(validation {trials[n].value:.4f})" for n in soup["members"]],
         f"- Validation {metric}: {soup['value']:.4f} (the best single trial, "
@@ -257,8 +284,10 @@ def export_trial(study: optuna.Study, trial_number: int | None, out_dir: Path,
     check_out_dir(study, Path(out_dir), study_dir, overwrite)
     task = recorded_task(attrs)
     model, processor = load_answer_model(attrs, soup, trial)
-    card = card_file(study, soup_card(study, soup) if soup is not None else
-                     model_card(study, trial))
+    tuned = tuned_settings(task, attrs, model, study_dir)
+    model.config.update(tuned)  # saved in config.json, read back by from_pretrained
+    card = card_file(study, soup_card(study, soup, tuned) if soup is not None else
+                     model_card(study, trial, tuned))
     marker = export_marker(study.study_name, soup, trial)
 
     def write(folder: Path) -> None:

@@ -71,6 +71,8 @@ def data_fingerprint(config: StudyConfig, known: dict) -> str:
     The bar (min_retention) is not part of it: it judges trials, it does not shape what they
     train or are measured on."""
     identity = {name: getattr(config, name) for name in DATA_FIELDS}
+    if identity["label_columns"] is None:  # unset, so studies from before it keep theirs
+        del identity["label_columns"]
     for name in ("model", "train", "validation"):
         identity[name] = _content_identity(getattr(config, name), known)
     if config.base:
@@ -202,6 +204,11 @@ def with_found_pair_columns(config: StudyConfig, echo) -> StudyConfig:
 def check_task_settings(task: Task, config: StudyConfig) -> None:
     """The metric and the base-task check must be ones the task has."""
     names = [metric.name for metric in task.metrics]
+    if config.label_columns and not task.reads_label_columns:
+        raise UsageError(
+            f"{config.where('label_columns')}: {task.name} reads one label column, not one 0/1 "
+            f"column per label; drop --label-columns, or set --task multi-label."
+        )
     if config.metric != "auto" and config.metric not in names:
         raise UsageError(
             f"{config.where('metric')}: unknown metric '{config.metric}' for {task.name}; use "

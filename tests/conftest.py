@@ -6,6 +6,7 @@ builders behind them, handed to tests as fixtures (no test file imports another'
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
 import re
@@ -105,6 +106,23 @@ def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    return path
+
+
+def tagged_rows(n: int, seed: int = 0) -> list[dict]:
+    """The sentiment texts with any number of tags each: the sentiment, 'food' where the text
+    says food, 'screen' where it says film or show (so some rows have one tag, some three)."""
+    rows = []
+    for row in sentiment_rows(n, seed):
+        words = row["text"].split()
+        tags = [row["label"]] + ["food"] * ("food" in words)
+        tags += ["screen"] * bool({"film", "show"} & set(words))
+        rows.append({"text": row["text"], "tags": tags})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
 
 
@@ -478,6 +496,25 @@ def tiny_mlm_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_csv(tmp_path_factory) -> Path:
     return write_csv(tmp_path_factory.mktemp("data") / "train.csv", sentiment_rows(400))
+
+
+@pytest.fixture(scope="session")
+def tagged_jsonl(tmp_path_factory) -> Path:
+    """A multi-label task as JSON Lines: a text and a list of tags per row (tagged_rows)."""
+    rows = [{"text": row["text"], "label": row["tags"]} for row in tagged_rows(160)]
+    return write_jsonl(tmp_path_factory.mktemp("tagged") / "train.jsonl", rows)
+
+
+@pytest.fixture(name="tagged_rows", scope="session")
+def tagged_rows_fixture():
+    """tagged_rows(n, seed=0): rows with a text and a list of tags."""
+    return tagged_rows
+
+
+@pytest.fixture(name="write_jsonl", scope="session")
+def write_jsonl_fixture():
+    """write_jsonl(path, rows): rows as JSON Lines."""
+    return write_jsonl
 
 
 QUICK_TRIALS = "{low: 1.0e-4, high: 1.0e-3, log: true, default: 3.0e-4}"

@@ -54,6 +54,8 @@ class Task(ABC):
     split_class: ClassVar[type]  # a dataclass of plain lists: prepared/ keeps it as JSON
     preserves: ClassVar[bool] = True  # whether it has the preservation loss (base-side texts)
     auto_class: ClassVar[str]  # the transformers class that loads the exported model
+    tunes_on_validation: ClassVar[bool] = False  # whether export asks tuned_on_validation
+    reads_label_columns: ClassVar[bool] = False  # whether it takes --label-columns (0/1 each)
 
     # reading and checking the data
 
@@ -170,6 +172,16 @@ class Task(ABC):
     def save_processor(self, processor, folder: Path) -> None:
         """Save what turns raw inputs into model inputs beside the exported model."""
         processor.save_pretrained(folder)
+
+    def tuned_on_validation(self, metric: str, labels: list, predictions: list) -> dict:
+        """What the exported model needs, learned from its validation predictions, to predict
+        as it scored (multi-label: the decision threshold): export writes it into config.json.
+        Asked only of a kind that `tunes_on_validation`."""
+        return {}
+
+    def tuned_lines(self, tuned: dict) -> list[str]:
+        """Lines the exported model's card adds about what `tuned_on_validation` gave."""
+        return []
 
     def card_lines(self, label_names: list[str]) -> list[str]:
         """Lines the exported model's card adds about what the head outputs."""

@@ -12,7 +12,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import train_test_split
 
-from autoft.data import is_missing
+from autoft.data import is_missing, row_name
 from autoft.errors import UsageError
 from autoft.tasks.base import MAXIMIZE, DataSettings, Metric, Rows
 from autoft.tasks.labelled import LabelledTask
@@ -47,6 +47,14 @@ class Classification(LabelledTask):
     stratified = True
 
     def parse_labels(self, values: list, settings: DataSettings, where: str, source: str):
+        listed = next((i for i, value in enumerate(values)
+                       if isinstance(value, (list, tuple, np.ndarray))), None)
+        if listed is not None:
+            raise UsageError(
+                f"{where}: {row_name(source, listed)} of {source} holds a list of labels in "
+                f"column '{settings.label_column}', but {self.name} takes one label per row; "
+                f"set --task multi-label."
+            )
         if any(value == "" or is_missing(value) for value in values):
             raise UsageError(
                 f"{where}: column '{settings.label_column}' of {source} has empty labels; fill "

@@ -61,6 +61,10 @@ class LabelledTask(Task):
     def encode_labels(self, labels: list, label_names: list[str]) -> list:
         """Labels as the model's loss reads them (class indices, floats)."""
 
+    def subsample_rows(self, inputs: list, labels: list, limit: int | None, seed: int):
+        """At most `limit` rows (subsample, stratified where the kind is)."""
+        return subsample(inputs, labels, limit, seed, self.stratified)
+
     def read(self, settings: DataSettings) -> Rows:
         notes: list[str] = []
         train_inputs, train_labels = self._read_split(settings.train, settings, "train", "train")
@@ -72,10 +76,10 @@ class LabelledTask(Task):
         else:
             train_inputs, val_inputs, train_labels, val_labels, how = self.split_off_validation(
                 train_inputs, train_labels, settings)
-        train_inputs, train_labels = subsample(
-            train_inputs, train_labels, settings.max_train_samples, settings.seed, self.stratified)
-        val_inputs, val_labels = subsample(
-            val_inputs, val_labels, settings.max_val_samples, settings.seed, self.stratified)
+        train_inputs, train_labels = self.subsample_rows(
+            train_inputs, train_labels, settings.max_train_samples, settings.seed)
+        val_inputs, val_labels = self.subsample_rows(
+            val_inputs, val_labels, settings.max_val_samples, settings.seed)
         if not settings.validation:
             capped = f", at most {settings.max_val_samples}" if settings.max_val_samples else ""
             notes.append(

@@ -69,6 +69,12 @@ class TextRegression(TextTask):
     def parse_labels(self, values: list, settings: DataSettings, where: str, source: str):
         numbers = [as_number(value) for value in values]
         bad = next((i for i, number in enumerate(numbers) if number is None), None)
+        if bad is not None and isinstance(values[bad], (list, tuple, np.ndarray)):
+            raise UsageError(
+                f"{where}: {row_name(source, bad)} of {source} holds a list of labels in column "
+                f"'{settings.label_column}', but text-regression takes one number per row; set "
+                f"--task multi-label."
+            )
         if bad is not None:
             raise UsageError(
                 f"{where}: {row_name(source, bad)} of {source} has the label "
