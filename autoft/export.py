@@ -22,8 +22,8 @@ from autoft.errors import UsageError
 from autoft.files import replace_folder, unwritable_folder
 from autoft.model import quiet_transformers
 from autoft.precision import set_precision
+from autoft.prepared import load_prepared_data
 from autoft.record import TrialRecord
-from autoft.study import load_prepared_data
 from autoft.tasks import Task, recorded_task
 from autoft.train import predict
 from autoft.trials import best_feasible, full_params, winning_soup
