@@ -70,9 +70,9 @@ def expected_seconds(params: dict, trials: list[optuna.trial.FrozenTrial],
     their median, times this config's depth plus one and its planned samples. None before any
     trial finished. On the demo's tweets it was low for full depth (7.5 against 10.4 ms a
     sample), so a start is skipped only when even this estimate does not fit."""
-    speeds = [seconds_per_sample(record.evaluations) / (record.params["trainable_layers"] + 1)
-              for record in map(TrialRecord.of, trials)
-              if record.params and seconds_per_sample(record.evaluations)]
+    records = [record for record in map(TrialRecord.of, trials) if record.params]
+    speeds = [speed / (record.params["trainable_layers"] + 1) for record in records
+              if (speed := seconds_per_sample(record.evaluations))]
     if not speeds or not train_examples:
         return None
     samples = params["epochs"] * train_examples
