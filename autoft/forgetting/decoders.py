@@ -130,6 +130,46 @@ class NextTokenTask(BaseTask):
         return top_kl(tuned, target)
 
 
+def prompt_and_answer(tokenizer, question: str, answer: str) -> tuple[list[int], list[int]]:
+    """(question tokens, answer tokens) as the model is asked and would answer: the user turn and
+    the assistant's reply in the tokenizer's chat template where it has one, else the question, a
+    newline, then the answer and the end-of-sequence token."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    if tokenizer.chat_template:
+        user = [{"role": "user", "content": question}]
+        asked = tokenizer.apply_chat_template(user, add_generation_prompt=True, return_dict=False)
+        whole = tokenizer.apply_chat_template(
+            user + [{"role": "assistant", "content": answer}], return_dict=False)
+        if whole[: len(asked)] == asked and len(whole) > len(asked):
+            return list(asked), list(whole[len(asked):])
+        return list(asked), tokenizer(answer, add_special_tokens=False)["input_ids"] + eos
+    return (tokenizer(question + "\n")["input_ids"],
+            tokenizer(answer, add_special_tokens=False)["input_ids"] + eos)
+
+
+def answer_batches(tokenizer, questions: list[str], answers: list[str], max_length: int,
+                   size: int) -> list[tuple]:
+    """Batches of question and answer, right-padded, whose labels count the answer's tokens only;
+    past `max_length` the question loses its start, the answer (kept whole where it fits) never
+    its beginning."""
+    rows = []
+    for question, answer in zip(questions, answers, strict=True):
+        asked, said = prompt_and_answer(tokenizer, question, answer)
+        said = said[: max_length - 1]
+        asked = asked[-(max_length - len(said)):]
+        rows.append((asked + said, [IGNORED] * len(asked) + said))
+    batches = []
+    for start in range(0, len(rows), size):
+        chunk = rows[start : start + size]
+        batch = tokenizer.pad({"input_ids": [ids for ids, _ in chunk]}, padding_side="right",
+                              return_tensors="pt")
+        labels = torch.full(batch["input_ids"].shape, IGNORED)
+        for row, (_ids, counted) in enumerate(chunk):
+            labels[row, : len(counted)] = torch.tensor(counted)
+        batches.append((batch, labels))
+    return batches
+
+
 def every_token(batches: list) -> list[tuple]:
     """Batches of plain texts with their labels: every real token counts."""
     return [(batch, batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORED))
