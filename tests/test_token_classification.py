@@ -11,6 +11,7 @@ import logging
 import subprocess
 import sys
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -239,3 +240,20 @@ def test_a_search_exports_a_model_that_reloads_and_scores_its_trial_again(
                             env=cli_env(), timeout=300)
     assert report.returncode == 0, report.stderr
     assert "entity_f1" in report.stdout
+
+
+def test_a_saved_datasets_folder_with_tag_indices_reads_through_their_names(tmp_path):
+    """conll2003-style: `ner_tags` as a sequence of ClassLabel indices, read by their names."""
+    features = datasets.Features({
+        "tokens": datasets.Sequence(datasets.Value("string")),
+        "ner_tags": datasets.Sequence(datasets.ClassLabel(names=["O", "B-PER", "I-PER"]))})
+    table = datasets.Dataset.from_dict(
+        {"tokens": [["Bob", "Dylan", "sang"], ["we", "met", "Bob"]] * 3,
+         "ner_tags": [[1, 2, 0], [0, 0, 1]] * 3}, features=features)
+    table.save_to_disk(str(tmp_path / "saved"))
+    settings = DataSettings(train=str(tmp_path / "saved"))
+    task, _ = detect_task("auto", settings)
+    rows = task.read(settings)
+    assert task.name == TASK
+    assert sorted(map(tuple, rows.train_labels + rows.val_labels)) == sorted(
+        [("B-PER", "I-PER", "O"), ("O", "O", "B-PER")] * 3)
