@@ -6,6 +6,7 @@ whose exported model reloads and scores its trial again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import subprocess
@@ -20,7 +21,11 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from tokenizers.processors import TemplateProcessing
 from transformers import AutoModelForTokenClassification, AutoTokenizer, PreTrainedTokenizerFast
 
+from autoft.adapters import get_adapter
 from autoft.errors import UsageError
+from autoft.model import find_blocks
+from autoft.params import TrialParams
+from autoft.replay import check_replay
 from autoft.storage import load_study
 from autoft.tasks import DataSettings, detect_task, get_task
 from autoft.tasks.token_classification import IGNORED, align, tag_names
@@ -257,3 +262,39 @@ def test_a_saved_datasets_folder_with_tag_indices_reads_through_their_names(tmp_
     assert task.name == TASK
     assert sorted(map(tuple, rows.train_labels + rows.val_labels)) == sorted(
         [("B-PER", "I-PER", "O"), ("O", "O", "B-PER")] * 3)
+
+
+def test_lora_trains_a_token_classifier_from_its_batches(tiny_model_dir, ner_jsonl):
+    """LoRA on the top block of the tiny BERT's token classifier: a batch as the task collates
+    it trains the LoRA matrices and the head, nothing else."""
+    task = get_task(TASK)
+    settings = DataSettings(train=str(ner_jsonl))
+    rows = task.read(settings)
+    model, tokenizer = task.load_model(str(tiny_model_dir), task.label_names(rows, settings),
+                                       False)
+    data = task.encode(rows, tokenizer, model.config, settings)
+    params = dataclasses.replace(
+        TrialParams(1e-2, 1.0, 8, 1, 1, 0.0, 0.0,
+                    adapter_params={"lora_rank": 4, "lora_alpha": 8.0}), adapter="lora")
+    get_adapter("lora").apply(model, 1, params)
+    batch = task.collate(data.train, list(range(8)), tokenizer.pad_token_id, torch.device("cpu"))
+    assert (batch["labels"] == IGNORED).any() and (batch["labels"] >= 0).any()
+    model(**batch).loss.backward()
+    trained = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.any()}
+    assert trained and all("lora_" in n or n.startswith("classifier") for n in trained)
+    assert any(n.startswith("classifier") for n in trained)
+    assert any("layer.1." in n and "lora_" in n for n in trained)
+
+
+def test_the_prefix_cache_replays_a_token_classifier(tiny_model_dir, ner_jsonl):
+    """Replayed from stored states, the token classifier's logits at every real token are its
+    own (the padding's differ, and no label reads them): the cache serves its trials."""
+    task = get_task(TASK)
+    settings = DataSettings(train=str(ner_jsonl))
+    rows = task.read(settings)
+    model, tokenizer = task.load_model(str(tiny_model_dir), task.label_names(rows, settings),
+                                       False)
+    data = task.encode(rows, tokenizer, model.config, settings)
+    width, _ = check_replay(model.eval(), find_blocks(model), 1, task, data.validation,
+                            tokenizer.pad_token_id, torch.device("cpu"))
+    assert width == model.config.hidden_size
