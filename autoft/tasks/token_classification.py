@@ -221,9 +221,6 @@ class TokenClassification(TextTask):
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer
 
-    def head_settings(self) -> dict:
-        return {}
-
     # encoding and batches
 
     def encode(self, rows: Rows, processor, model_config, settings: DataSettings) -> TargetData:
