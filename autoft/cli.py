@@ -56,7 +56,8 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
     add("--label-columns", help="multi-label: columns of 0 and 1, one per label, named by commas "
         "(a,b,c), in place of one --label-column")
     add("--metric", help="classification: accuracy or macro_f1 (default: auto, macro_f1 for "
-        "unbalanced classes); regression: spearman (default), pearson or rmse")
+        "unbalanced classes); regression: spearman (default), pearson or rmse; "
+        "token-classification: entity_f1 (default, micro) or entity_macro_f1")
     add("--max-length", type=int, help="tokens per text (default: from the data's lengths)")
     add("--max-train-samples", type=int, help="use at most this many training rows")
     add("--max-val-samples", type=int, help="use at most this many validation rows")

@@ -27,7 +27,7 @@ BASE_KINDS = tuple(sorted(
     entry.name.removesuffix(".py") for entry in (files("autoft") / "forgetting" / "kinds").iterdir()
     if entry.name.endswith(".py") and not entry.name.startswith("_")
 ))
-DATA_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+DATA_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".conll")  # .conll: CoNLL text
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _SECONDS_PER_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 

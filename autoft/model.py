@@ -52,9 +52,11 @@ def load_model(
     label_names: list[str],
     trust_remote_code: bool = False,
     problem_type: str | None = None,
+    auto_class=AutoModelForSequenceClassification,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load `source` (a hub name or a saved folder) with a fresh head for `label_names` (one
-    output per name; a regression head has one name and `problem_type` 'regression').
+    """Load `source` (a hub name or a saved folder) as `auto_class` with a fresh head for
+    `label_names` (one output per name; a regression head has one name and `problem_type`
+    'regression').
 
     A head of another size in the checkpoint is replaced (`ignore_mismatched_sizes`), weights come
     from safetensors where the checkpoint has them, and a tokenizer without a pad token (GPT-2)
@@ -64,8 +66,8 @@ def load_model(
         _check_labels(label_names)
     with loading(source):
         tokenizer = load_tokenizer(source, trust_remote_code)
-        model = with_new_head(AutoModelForSequenceClassification, source, label_names,
-                              trust_remote_code, problem_type=problem_type)
+        model = with_new_head(auto_class, source, label_names, trust_remote_code,
+                              problem_type=problem_type)
     _ensure_pad_token(model, tokenizer)
     return model, tokenizer
 
@@ -123,10 +125,12 @@ def with_new_head(auto_class, source: str, label_names: list[str], trust_remote_
     )
 
 
-def load_tokenizer(source: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """The model's tokenizer alone (workers' base-task checks need it without the model)."""
+def load_tokenizer(source: str, trust_remote_code: bool = False,
+                   **settings) -> PreTrainedTokenizerBase:
+    """The model's tokenizer alone (workers' base-task checks need it without the model);
+    `settings` go to from_pretrained (add_prefix_space)."""
     _check_tokenizer_files(source, trust_remote_code)
-    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **settings)
 
 
 # How the files of a saved tokenizer begin (tokenizer.json, tokenizer_config.json, vocab.txt,

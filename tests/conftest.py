@@ -121,6 +121,20 @@ def tagged_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def ner_rows(n: int, seed: int = 0) -> list[dict]:
+    """The sentiment texts as words with BIO tags: the sentiment word is a POS or NEG entity of
+    one word, and every other sentence ends in 'the film', a WORK entity of two."""
+    rows = []
+    for i, row in enumerate(sentiment_rows(n, seed)):
+        tokens = [word for word in row["text"].split() if word not in ("the", "film")]
+        tags = [("B-" + row["label"].upper()) if word in POSITIVE + NEGATIVE else "O"
+                for word in tokens]
+        if i % 4 < 2:
+            tokens, tags = tokens + ["the", "film"], tags + ["B-WORK", "I-WORK"]
+        rows.append({"tokens": tokens, "tags": tags})
+    return rows
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
@@ -507,6 +521,19 @@ def tagged_jsonl(tmp_path_factory) -> Path:
     """A multi-label task as JSON Lines: a text and a list of tags per row (tagged_rows)."""
     rows = [{"text": row["text"], "label": row["tags"]} for row in tagged_rows(160)]
     return write_jsonl(tmp_path_factory.mktemp("tagged") / "train.jsonl", rows)
+
+
+@pytest.fixture(scope="session")
+def ner_jsonl(tmp_path_factory) -> Path:
+    """A token-classification task as JSON Lines: a list of words and their tags a row
+    (ner_rows)."""
+    return write_jsonl(tmp_path_factory.mktemp("ner") / "train.jsonl", ner_rows(160))
+
+
+@pytest.fixture(name="ner_rows", scope="session")
+def ner_rows_fixture():
+    """ner_rows(n, seed=0): rows with a list of words and a list of their BIO tags."""
+    return ner_rows
 
 
 @pytest.fixture(name="tagged_rows", scope="session")

@@ -40,10 +40,12 @@ TASK_ASSETS = {
     "text-regression": ("tiny_model_dir", "rated_csv"),
     "multi-label": ("tiny_model_dir", "tagged_jsonl"),
     "image-classification": ("tiny_resnet_dir", "digit_folder"),
+    "token-classification": ("tiny_model_dir", "ner_jsonl"),
 }
 # Where each metric's values lie (a new metric names its range here).
 METRIC_RANGES = {"accuracy": (0, 1), "macro_f1": (0, 1), "micro_f1": (0, 1), "spearman": (-1, 1),
-                 "pearson": (-1, 1), "rmse": (0, math.inf)}
+                 "pearson": (-1, 1), "rmse": (0, math.inf), "entity_f1": (0, 1),
+                 "entity_macro_f1": (0, 1)}
 # Every base-check kind under every task kind that supports it: the check reads that task's model.
 BASE_PAIRS = [(task, kind) for task, task_class in TASKS.items() for kind in kinds_for(task_class)]
 

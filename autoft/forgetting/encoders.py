@@ -58,13 +58,16 @@ def load_with_head(auto_class, model_source: str, kind: str, trust_remote_code: 
 
 def copy_encoder(tuned, original) -> None:
     """Put the tuned encoder's weights into the original model, whose own head stays as saved
-    (a LoRA trial's merged into plain weights)."""
+    (a LoRA trial's merged into plain weights). A part the tuned encoder was built without
+    (a token classifier's BERT has no pooler) stays as saved too: no trial changed it."""
     weights = plain_state_dict(tuned.base_model)
     wanted = original.base_model.state_dict().keys()
-    missing = [key for key in wanted if key not in weights]
+    missing = [key for key in wanted if key not in weights
+               and getattr(tuned.base_model, key.split(".")[0], None) is not None]
     if missing:
         raise ValueError(f"The tuned encoder lacks {missing[:3]}; it is not the base model's kind.")
-    original.base_model.load_state_dict({key: weights[key] for key in wanted})
+    original.base_model.load_state_dict({key: weights[key] for key in wanted if key in weights},
+                                        strict=False)
 
 
 def _trained_encoder(tuned, original) -> dict[str, torch.Tensor]:

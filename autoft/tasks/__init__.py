@@ -10,6 +10,7 @@ from autoft.tasks.image_classification import ImageClassification
 from autoft.tasks.multi_label import MultiLabel
 from autoft.tasks.text_classification import TextClassification
 from autoft.tasks.text_regression import TextRegression
+from autoft.tasks.token_classification import TokenClassification
 
 __all__ = [
     "DEFAULT_TASK",
@@ -29,7 +30,8 @@ __all__ = [
 # Detection asks the kinds in this order; the last is what data that says nothing plainly is.
 TASKS: dict[str, type[Task]] = {
     kind.name: kind
-    for kind in (ImageClassification, MultiLabel, TextRegression, TextClassification)
+    for kind in (ImageClassification, TokenClassification, MultiLabel, TextRegression,
+                 TextClassification)
 }
 TASK_NAMES = tuple(TASKS)
 DEFAULT_TASK = TextClassification.name

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import transformers
 
 from autoft.data import TargetData, column, read_table, text_column
 from autoft.errors import UsageError
@@ -60,9 +61,20 @@ def bucketed_batches(
 
 
 def collate(split: Split, indices: list[int], pad_id: int, device: torch.device) -> dict:
-    """Pad one batch to its longest example; the mask marks the real tokens. Segment ids, where
-    the split has them, pad with 0 (padding is masked out). Labels keep their type: class
-    indices become a long tensor, numbers a float one."""
+    """One batch with its labels, on `device`: the inputs padded (pad_inputs); labels keep their
+    type: class indices become a long tensor, numbers a float one."""
+    batch = pad_inputs(split, indices, pad_id)
+    batch["labels"] = torch.tensor([split.labels[i] for i in indices])
+    return to_device(batch, device)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
+
+
+def pad_inputs(split: Split, indices: list[int], pad_id: int) -> dict:
+    """Pad one batch's inputs to its longest example; the mask marks the real tokens. Segment
+    ids, where the split has them, pad with 0 (padding is masked out)."""
     width = max(len(split.input_ids[i]) for i in indices)
     ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(indices), width), dtype=torch.long)
@@ -76,8 +88,7 @@ def collate(split: Split, indices: list[int], pad_id: int, device: torch.device)
     batch = {"input_ids": ids, "attention_mask": mask}
     if segments is not None:
         batch["token_type_ids"] = segments
-    batch["labels"] = torch.tensor([split.labels[i] for i in indices])
-    return {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
+    return batch
 
 
 def tokenize(tokenizer, texts: list, max_length: int | None) -> dict[str, list[list[int]]]:
@@ -171,7 +182,9 @@ class TextTask(LabelledTask):
         return texts_of(table, settings, where, source), labels
 
     def load_model(self, source: str, label_names: list[str], trust_remote_code: bool):
-        return load_model(source, label_names, trust_remote_code, **self.head_settings())
+        return load_model(source, label_names, trust_remote_code,
+                          auto_class=getattr(transformers, self.auto_class),
+                          **self.head_settings())
 
     def head_settings(self) -> dict:
         """How the new head is configured beyond its labels (problem_type)."""
