@@ -220,6 +220,16 @@ def test_a_label_with_enough_rows_gets_its_own_threshold_and_a_rare_one_the_glob
         assert task.score(metric, labels.tolist(), probabilities.tolist()) == score
         decided = np.array(task.decisions(metric, labels.tolist(), probabilities.tolist()))
         np.testing.assert_array_equal(decided, probabilities >= each)
+    # what export saves and the card says: the global threshold, and each label's
+    tuned = task.tuned_on_validation("micro_f1", labels.tolist(), probabilities.tolist(),
+                                     ["a", "b", "c"])
+    overall, each, score = tuned_at("micro_f1", labels, probabilities)
+    assert tuned["decision_threshold"] == overall
+    assert tuned["decision_thresholds"] == each.tolist()
+    assert tuned["validation_scores"]["micro_f1"] == round(score, 4)
+    lines = task.tuned_lines(tuned, ["a", "b", "c"])
+    assert f"Decision threshold: {overall:.2f}" in lines[0]
+    assert f"scored higher: b {each[1]:.2f} (" in lines[0]  # a: the global one; c: too rare
     # with the rare label given enough rows, it gets its own too
     labels[60:60 + MIN_POSITIVES, 2] = 1
     probabilities[:, 2] = np.where(labels[:, 2] == 1, 0.45, 0.35)
