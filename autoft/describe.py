@@ -63,3 +63,37 @@ def describe_numbers(numbers: list[int]) -> str:
     """'3', '3 and 5', '3, 5 and 7': trial numbers in a sentence."""
     names = [str(n) for n in numbers]
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+MAX_CLASSES_SHOWN = 20  # per-class precision and recall are shown up to this many classes
+PER_CLASS_COLUMNS = ["class", "precision", "recall", "F1", "support"]
+
+
+def describe_details(details: dict | None) -> str:
+    """'precision 0.8123, recall 0.7900 (macro average)', with ', subset accuracy 0.4100' where
+    there is one (multi-label): a trial's Task.score_details in words; '' where none was
+    recorded (regression, older studies)."""
+    if not details:
+        return ""
+    words = (f"precision {details['precision']:.4f}, recall {details['recall']:.4f} "
+             f"({details['average']} average)")
+    if "subset_accuracy" in details:
+        words += f", subset accuracy {details['subset_accuracy']:.4f}"
+    return words
+
+
+def shown_details(details: dict | None) -> dict | None:
+    """A trial's score_details as summary.json shows them: per class only up to
+    MAX_CLASSES_SHOWN classes."""
+    if not details or len(details.get("per_label", {})) <= MAX_CLASSES_SHOWN:
+        return details
+    return {key: value for key, value in details.items() if key != "per_label"}
+
+
+def per_class_rows(details: dict | None) -> list[list[str]]:
+    """One row per class (PER_CLASS_COLUMNS) of a trial's score_details; [] where none were
+    recorded or there are more than MAX_CLASSES_SHOWN classes."""
+    per_label = (shown_details(details) or {}).get("per_label") or {}
+    return [[name, f"{scores['precision']:.4f}", f"{scores['recall']:.4f}",
+             f"{scores['f1']:.4f}", str(scores["support"])]
+            for name, scores in per_label.items()]

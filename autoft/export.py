@@ -17,7 +17,14 @@ from huggingface_hub import ModelCard, ModelCardData
 from optuna.trial import TrialState
 from safetensors.torch import load_file
 
-from autoft.describe import describe_numbers, describe_params, metric_words
+from autoft.describe import (
+    PER_CLASS_COLUMNS,
+    describe_details,
+    describe_numbers,
+    describe_params,
+    metric_words,
+    per_class_rows,
+)
 from autoft.errors import UsageError
 from autoft.files import replace_folder, unwritable_folder
 from autoft.model import quiet_transformers
@@ -138,7 +145,24 @@ def tuned_settings(task: Task, attrs: dict, model, study_dir: Path | None) -> di
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     predictions = predict(model.to(device), data, pad_id, device)
     model.to("cpu")
-    return task.tuned_on_validation(data.metric, data.validation.labels, predictions)
+    return task.tuned_on_validation(data.metric, data.validation.labels, predictions,
+                                    data.label_names)
+
+
+def details_lines(trial: optuna.trial.FrozenTrial) -> list[str]:
+    """The kept weights' validation precision and recall, where the trial recorded them."""
+    words = describe_details(TrialRecord.of(trial).score_details)
+    return [f"- Validation {words}"] if words else []
+
+
+def per_class_table(details: dict | None) -> list[str]:
+    """A Markdown table of each class's validation precision, recall, F1 and support, up to
+    describe.MAX_CLASSES_SHOWN classes; [] otherwise."""
+    rows = per_class_rows(details)
+    if not rows:
+        return []
+    return ["", "## Per class (validation)", "", "| " + " | ".join(PER_CLASS_COLUMNS) + " |",
+            "|" + "---|" * len(PER_CLASS_COLUMNS), *["| " + " | ".join(row) + " |" for row in rows]]
 
 
 def model_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, tuned: dict) -> str:
@@ -153,9 +177,10 @@ def model_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, tuned: dict
         "",
         f"- Task: {recorded_task(attrs).name}",
         *recorded_task(attrs).card_lines(attrs["label_names"]),
-        *(recorded_task(attrs).tuned_lines(tuned) if tuned else []),
+        *(recorded_task(attrs).tuned_lines(tuned, attrs["label_names"]) if tuned else []),
         f"- Config: {describe_params(params, attrs['depth'])}",
         f"- {score_line(trial, metric)}",
+        *details_lines(trial),
         f"- {retention_line(trial, attrs.get('base'))}",
         "",
         "## Parameters",
@@ -164,6 +189,7 @@ def model_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, tuned: dict
         "|---|---|",
     ]
     lines += [f"| {name} | {value} |" for name, value in sorted(params.items())]
+    lines += per_class_table(TrialRecord.of(trial).score_details)
     lines += [
         "",
         f"Load it with `{recorded_task(attrs).auto_class}.from_pretrained(this_folder)`.",
@@ -189,7 +215,7 @@ def soup_card(study: optuna.Study, soup: dict, tuned: dict) -> str:
         "",
         f"- Task: {recorded_task(attrs).name}",
         *recorded_task(attrs).card_lines(attrs["label_names"]),
-        *(recorded_task(attrs).tuned_lines(tuned) if tuned else []),
+        *(recorded_task(attrs).tuned_lines(tuned, attrs["label_names"]) if tuned else []),
         *[f"- Trial {n}: {describe_params(full_params(trials[n]), attrs['depth'])} "
           f"(validation {trials[n].value:.4f})" for n in soup["members"]],
         f"- Validation {metric}: {soup['value']:.4f} (the best single trial, "

@@ -65,6 +65,9 @@ class TrialRecord:
     checkpoint: str | None = None  # the saved trainable weights' path, on its worker's machine
     best_value: float | None = None  # the score of the weights it keeps
     best_step: int | None = None  # the evaluation they come from
+    # their precision and recall on validation, overall and per class (Task.score_details);
+    # None for a kind without classes, and in studies from before it was recorded
+    score_details: dict | None = None
     train_seconds: float | None = None  # training time, without evaluations and checks
     samples_per_second: float | None = None  # training speed
     head_first_seconds: float | None = None  # LP-FT's head-only phase, when it had one

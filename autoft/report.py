@@ -16,11 +16,14 @@ from pathlib import Path
 import optuna
 
 from autoft.describe import (
+    PER_CLASS_COLUMNS,
+    describe_details,
     describe_numbers,
     describe_params,
     describe_seconds,
     describe_settings,
     metric_words,
+    per_class_rows,
 )
 from autoft.files import write_text_whole
 from autoft.plots import study_plots
@@ -196,6 +199,8 @@ def summary_text(summary: dict) -> str:
     if default is not None:
         score += f" (the default config scored {default_score(summary)}{default_forgot(summary)})"
     lines.append(score)
+    if describe_details(best.get("score_details")):
+        lines.append(f"  {describe_details(best['score_details'])}")
     if best.get("retention") is not None:
         base = summary["base"]
         audited = audit_words(best, base)
@@ -255,6 +260,9 @@ def answer_lines(summary: dict) -> list[str]:
             f"so tuning {improvement(summary, best['value'], default['value'])}."
         )
     lines.append(score)
+    details = details_line(summary)
+    if details:
+        lines.append(details)
     if best.get("retention") is not None and base:
         audited = audit_words(best, base)
         checked = (f"{base.get('name', 'score')} {best['base_score']:.4f} against "
@@ -287,6 +295,19 @@ def answer_lines(summary: dict) -> list[str]:
         )
     soup = soup_lines(summary)
     return soup + lines if (summary.get("soup") or {}).get("answer") else lines + soup
+
+
+def details_line(summary: dict) -> str:
+    """The best config's validation precision and recall beside its score, and the default
+    config's; '' where none were recorded (regression, older studies)."""
+    best, default = summary["best"], summary["default"] or {}
+    words = describe_details(best.get("score_details"))
+    if not words:
+        return ""
+    line = f"At it, its validation {words}"
+    if default.get("number") != best["number"] and describe_details(default.get("score_details")):
+        line += f"; the default config's: {describe_details(default['score_details'])}"
+    return line + "."
 
 
 def setting_lines(study: optuna.Study, summary: dict) -> list[str]:
@@ -335,6 +356,14 @@ def report_blocks(study: optuna.Study, summary: dict, plots: list) -> list[tuple
         ("h2", "The answer"),
         *[("p", line) for line in answer_lines(summary)],
     ]
+    per_class = per_class_rows((summary["best"] or {}).get("score_details"))
+    if per_class:
+        blocks += [
+            ("h2", "Per class"),
+            ("p", "The best config's validation precision, recall and F1 for each class, and "
+                  "how many validation rows have it (support)."),
+            ("table", PER_CLASS_COLUMNS, per_class),
+        ]
     if summary.get("price"):
         blocks += [
             ("h2", "The price of the bar"),

@@ -39,6 +39,8 @@ from autoft.train import (
     TrialResult,
     evaluate,
     frozen_blocks,
+    predict,
+    score_details,
     train_trial,
     trial_seed,
 )
@@ -286,6 +288,11 @@ class Objective:
         if (chosen.mix, chosen.source) != (TUNED, "kept"):
             result.best_state = mixed_state(untouched, states[chosen.source], head, chosen.mix)
             result.interpolated = chosen.value
+            adapter.restore(model, result.best_state)
+            result.best_details = score_details(
+                prepared.task, prepared.data,
+                predict(model, prepared.data, prepared.pad_id, self.device,
+                        result.validation_states))
             log.info("trial %d keeps its %s weights mixed %.2f of the way from the untouched "
                      "ones: %s %.4f", trial.number, "kept" if chosen.source == "kept" else
                      "best-scoring", chosen.mix, prepared.data.metric, chosen.value)
@@ -309,6 +316,8 @@ class Objective:
         TrialRecord.write(trial, checkpoint=str(path.resolve()), best_value=value,
                           best_step=best.step, train_seconds=round(result.train_seconds, 3),
                           samples_per_second=round(result.samples_per_second, 1))
+        if result.best_details:
+            TrialRecord.write(trial, score_details=result.best_details)
         if result.head_first_seconds:
             TrialRecord.write(trial, head_first_seconds=round(result.head_first_seconds, 3))
         TrialRecord.write(trial, cache_used=result.cache_used, cache_note=result.cache_note,

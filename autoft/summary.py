@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from autoft.describe import shown_details
 from autoft.files import write_text_whole
 from autoft.record import TrialRecord
 from autoft.tradeoff import price_of_the_bar
@@ -40,6 +41,7 @@ def trial_entry(trial: optuna.trial.FrozenTrial | None, audits: dict | None = No
         "value": last_value(trial) if stopped else trial.value,
         "stopped": (record.prune_reason or "pruned") if stopped else None,
         "params": full_params(trial),
+        "score_details": shown_details(record.score_details),
         "retention": record.retention,
         "retention_interval": record.retention_interval,
         "base_score": record.base_score,

@@ -95,6 +95,7 @@ class TrialResult:
     cache_note: str = ""
     cache_seconds: float = 0.0
     interpolated: float | None = None  # the score of the interpolation point it keeps, if any
+    best_details: dict = field(default_factory=dict)  # the kept weights' Task.score_details
     head_first_seconds: float = 0.0  # LP-FT's head-only phase, apart from the trained samples
     direction: str = MAXIMIZE  # the metric's: which evaluation is best
 
@@ -227,6 +228,14 @@ def evaluate(
     """The data's metric on its validation split, as its task scores the predictions."""
     predictions = predict(model, data, pad_id, device, prefix)
     return get_task(data.task).score(data.metric, data.validation.labels, predictions)
+
+
+def score_details(task: Task, data: TargetData, predictions: list) -> dict:
+    """Precision and recall beside the metric (Task.score_details) of these validation
+    predictions, decided as the metric decides them."""
+    labels = data.validation.labels
+    return task.score_details(labels, task.decisions(data.metric, labels, predictions),
+                              data.label_names)
 
 
 def score_error(task: Task, metric: str, labels: list, predictions: list) -> float | None:
@@ -408,6 +417,7 @@ def _evaluate_and_report(
     result.evaluations.append(evaluation)
     if result.best is evaluation:
         result.best_state = adapter.kept_weights(model)
+        result.best_details = score_details(task, data, predictions)
     elif result.top is evaluation:
         result.top_state = adapter.kept_weights(model)
     try:

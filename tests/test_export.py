@@ -12,6 +12,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from autoft.cli import main
 from autoft.errors import UsageError
 from autoft.export import export_trial, load_trial_model
+from autoft.record import TrialRecord
 from autoft.tasks import recorded_task
 from autoft.trials import best_feasible
 
@@ -140,3 +141,16 @@ def test_the_model_card_carries_the_hubs_metadata(tiny_study, tmp_path: Path) ->
     assert card.data.tags == ["autoft", "text-classification"]
     assert card.data.base_model is None
     assert card.text.startswith(f"# autoft study 'tiny', trial {best_feasible(study).number}")
+
+
+def test_the_model_card_gives_precision_and_recall_beside_the_score(tiny_study, tmp_path):
+    study, _ = tiny_study
+    best = best_feasible(study)
+    details = TrialRecord.of(best).score_details
+    card = (export_trial(study, None, tmp_path / "card") / "README.md").read_text()
+    assert (f"- Validation precision {details['precision']:.4f}, recall "
+            f"{details['recall']:.4f} (macro average)") in card
+    table = card.split("## Per class (validation)")[1]
+    for name, scores in details["per_label"].items():
+        assert (f"| {name} | {scores['precision']:.4f} | {scores['recall']:.4f} | "
+                f"{scores['f1']:.4f} | {scores['support']} |") in table

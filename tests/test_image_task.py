@@ -6,6 +6,7 @@ follows training without it; augmentation changes the training images and turns 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -56,6 +57,9 @@ def test_a_search_on_an_image_folder_runs_end_to_end(digit_folder, tiny_resnet_d
     assert len(trials) == 2
     assert study.user_attrs["task"] == "image-classification"
     assert any(t.user_attrs["cache_used"] for t in trials), [t.user_attrs for t in trials]
+    for trial in trials:  # precision and recall beside the score, per digit
+        assert set(trial.user_attrs["score_details"]["per_label"]) == {"0", "1", "2"}
+    assert re.search(r"precision [01]\.\d{4}, recall [01]\.\d{4} \(macro average\)", out)
     exported = tmp_path / "digits" / "best_model"
     assert (exported / "preprocessor_config.json").is_file()
     model = AutoModelForImageClassification.from_pretrained(exported)

@@ -110,6 +110,7 @@ def test_a_trial_pruned_for_forgetting_mixed_back_keeps_the_bar_and_completes(
     from autoft.config import build_config
     from autoft.export import load_trial_model
     from autoft.prepare import prepare_study
+    from autoft.train import predict, score_details
 
     code, trial = mixing_search(tiny_model_dir, tiny_csv, tmp_path, "0.95")
     assert code == 0
@@ -139,6 +140,10 @@ def test_a_trial_pruned_for_forgetting_mixed_back_keeps_the_bar_and_completes(
     model, _ = load_trial_model(get_task(data.task), str(tiny_model_dir), data.label_names,
                                 trial)
     assert evaluate(model, data, 0, torch.device("cpu")) == trial.value
+    # and its precision and recall are the mixed weights', not those it trained to
+    predictions = predict(model, data, 0, torch.device("cpu"))
+    assert trial.user_attrs["score_details"] == score_details(get_task(data.task), data,
+                                                              predictions)
 
 
 @pytest.mark.slow

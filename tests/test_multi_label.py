@@ -16,13 +16,21 @@ import torch
 from sklearn.metrics import f1_score
 from transformers import AutoModelForSequenceClassification
 
+from autoft.cli import main
 from autoft.config import build_config
 from autoft.errors import UsageError
 from autoft.export import export_trial
 from autoft.prepare import check_task_settings
+from autoft.record import TrialRecord
 from autoft.storage import load_study
 from autoft.tasks import DataSettings, detect_task, get_task
-from autoft.tasks.multi_label import best_threshold, f1_at, fill_empty_sides, iterative_split
+from autoft.tasks.multi_label import (
+    MIN_POSITIVES,
+    f1_at,
+    fill_empty_sides,
+    iterative_split,
+    tuned_at,
+)
 
 TASK = "multi-label"
 
@@ -101,6 +109,31 @@ def test_a_label_list_given_to_a_single_label_task_is_one_sentence(single, tagge
     assert message.endswith("set --task multi-label.") and message.count(". ") == 0
 
 
+@pytest.mark.parametrize("form", ["list", "separated"])
+def test_search_with_text_classification_on_label_lists_is_one_sentence_naming_the_fix(
+    form, tiny_model_dir, tmp_path, tagged_rows, write_csv, write_jsonl, capsys
+):
+    """`autoft search --task text-classification` on a label column of lists (["a", "b"]) or of
+    names separated by ';' ("a;b"): exit 2 before any trial, one sentence naming the file, the
+    column and --task multi-label."""
+    rows = [{"text": row["text"], "label": row["tags"]} for row in tagged_rows(80)]
+    if form == "list":
+        train = write_jsonl(tmp_path / "tags.jsonl", rows)
+    else:
+        train = write_csv(tmp_path / "tags.csv",
+                          [row | {"label": ";".join(row["label"])} for row in rows])
+    studies = tmp_path / "studies"
+    code = main(["search", "--model", str(tiny_model_dir), "--train", str(train),
+                 "--task", "text-classification", "--studies-dir", str(studies),
+                 "--study", "lists", "--n-trials", "1"])
+    message = capsys.readouterr().err.strip()
+    assert code == 2 and len(message.splitlines()) == 1, message
+    assert str(train) in message and "column 'label'" in message
+    assert message.endswith("takes one label per row; set --task multi-label.")
+    assert (form == "separated") == ("separated by ';' in" in message)
+    assert not (studies / "lists" / "study.db").exists()
+
+
 def test_the_split_keeps_every_label_on_both_sides(tagged_rows):
     labels = [row["tags"] for row in tagged_rows(200)]
     labels[3] = labels[3] + ["rare"]
@@ -156,12 +189,52 @@ def test_a_tuned_threshold_scores_at_least_what_one_half_does():
     # an under-confident model: true labels about 0.35, others about 0.15
     probabilities = np.clip(0.15 + 0.2 * labels + rng.normal(0, 0.08, labels.shape), 0, 1)
     for metric in ("micro_f1", "macro_f1"):
-        threshold, tuned = best_threshold(metric, labels, probabilities)
+        threshold, _, tuned = tuned_at(metric, labels, probabilities)
         at_half = f1_at(metric, labels, probabilities >= 0.5)
         assert tuned > at_half + 0.3 and threshold < 0.5, metric
         assert get_task(TASK).score(metric, labels.tolist(), probabilities.tolist()) == tuned
     confident = np.where(labels == 1, 0.9, 0.1)  # any middle threshold is perfect: 0.5 is kept
-    assert best_threshold("micro_f1", labels, confident) == (0.5, 1.0)
+    threshold, each, tuned = tuned_at("micro_f1", labels, confident)
+    assert (threshold, tuned) == (0.5, 1.0) and list(each) == [0.5] * 5
+
+
+def test_a_label_with_enough_rows_gets_its_own_threshold_and_a_rare_one_the_global():
+    """'a' sits high (0.8 against 0.6) and 'b' low (0.3 against 0.1): no one threshold serves
+    both, their own do. 'c' has fewer than MIN_POSITIVES rows: it keeps the global threshold
+    though its own (0.4) would score higher on these rows."""
+    labels = np.zeros((100, 3))
+    labels[:30, 0] = labels[30:60, 1] = 1
+    labels[60:60 + MIN_POSITIVES // 2, 2] = 1
+    probabilities = np.stack([np.where(labels[:, 0] == 1, 0.8, 0.6),
+                              np.where(labels[:, 1] == 1, 0.3, 0.1),
+                              np.where(labels[:, 2] == 1, 0.45, 0.35)], axis=1)
+    task = get_task(TASK)
+    for metric in ("micro_f1", "macro_f1"):
+        overall, each, score = tuned_at(metric, labels, probabilities)
+        assert 0.6 < each[0] <= 0.8 and 0.1 < each[1] <= 0.3, metric
+        assert each[2] == overall, metric
+        assert score == pytest.approx(f1_at(metric, labels, probabilities >= each))
+        assert score > f1_at(metric, labels, probabilities >= overall) + 0.15, metric
+        own_c = np.array([each[0], each[1], 0.4])
+        assert f1_at(metric, labels, probabilities >= own_c) > score, metric
+        assert task.score(metric, labels.tolist(), probabilities.tolist()) == score
+        decided = np.array(task.decisions(metric, labels.tolist(), probabilities.tolist()))
+        np.testing.assert_array_equal(decided, probabilities >= each)
+    # what export saves and the card says: the global threshold, and each label's
+    tuned = task.tuned_on_validation("micro_f1", labels.tolist(), probabilities.tolist(),
+                                     ["a", "b", "c"])
+    overall, each, score = tuned_at("micro_f1", labels, probabilities)
+    assert tuned["decision_threshold"] == overall
+    assert tuned["decision_thresholds"] == each.tolist()
+    assert tuned["validation_scores"]["micro_f1"] == round(score, 4)
+    lines = task.tuned_lines(tuned, ["a", "b", "c"])
+    assert f"Decision threshold: {overall:.2f}" in lines[0]
+    assert f"scored higher: b {each[1]:.2f} (" in lines[0]  # a: the global one; c: too rare
+    # with the rare label given enough rows, it gets its own too
+    labels[60:60 + MIN_POSITIVES, 2] = 1
+    probabilities[:, 2] = np.where(labels[:, 2] == 1, 0.45, 0.35)
+    overall, each, score = tuned_at("micro_f1", labels, probabilities)
+    assert 0.35 < each[2] <= 0.45 and score == 1.0
 
 
 def test_each_output_starts_at_its_labels_share(tiny_model_dir, tagged_jsonl):
@@ -207,11 +280,13 @@ def probabilities(model, input_ids: list[list[int]], pad_id: int) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_a_search_completes_a_trial_and_its_export_scores_its_value_at_its_threshold(
+def test_a_search_completes_a_trial_and_its_export_scores_its_value_at_its_thresholds(
     tiny_model_dir, tagged_jsonl, tmp_path, write_space, search_args, cli_env
 ):
     """A real `autoft search --task multi-label` on the tiny BERT; the exported trial reloads with
-    from_pretrained, holds its threshold in config.json and scores the trial's value with it."""
+    from_pretrained, holds its thresholds in config.json (the global one, and one per label) and
+    scores the trial's value, precision and recall again with them; summary, report and card
+    show precision, recall and subset accuracy beside micro-F1."""
     space = write_space(tmp_path / "space.yaml", epochs=3)
     studies = tmp_path / "studies"
     command = search_args(tiny_model_dir, tagged_jsonl, space, studies, "tags", 1, "cpu")
@@ -227,12 +302,30 @@ def test_a_search_completes_a_trial_and_its_export_scores_its_value_at_its_thres
     model = AutoModelForSequenceClassification.from_pretrained(out)
     assert model.config.problem_type == "multi_label_classification"
     threshold = model.config.decision_threshold
-    assert 0 < threshold < 1
+    thresholds = np.array(model.config.decision_thresholds)
+    assert 0 < threshold < 1 and len(thresholds) == model.config.num_labels == 4
     card = (out / "README.md").read_text()
     assert f"Decision threshold: {threshold:.2f}" in card and "subset accuracy" in card
     input_ids, labels = prepared_validation(studies / "tags")
+    labels = np.array(labels)
+    assert labels.sum(0).max() >= MIN_POSITIVES  # some label may tune its own threshold
     scores = probabilities(model, input_ids, model.config.pad_token_id)
-    assert f1_at("micro_f1", np.array(labels), scores >= threshold) == pytest.approx(
-        trial.value, abs=1e-6)
-    assert json.loads((studies / "tags" / "best_model" / "config.json").read_text())[
-        "decision_threshold"] == threshold
+    decided = scores >= thresholds
+    assert f1_at("micro_f1", labels, decided) == pytest.approx(trial.value, abs=1e-6)
+    details = TrialRecord.of(trial).score_details
+    assert details["average"] == "micro"
+    assert details["precision"] == pytest.approx(
+        (labels * decided).sum() / decided.sum(), abs=1e-4)
+    assert details["recall"] == pytest.approx((labels * decided).sum() / labels.sum(), abs=1e-4)
+    saved = json.loads((studies / "tags" / "best_model" / "config.json").read_text())
+    assert (saved["decision_threshold"], saved["decision_thresholds"]) == (
+        threshold, thresholds.tolist())
+
+    words = (f"precision {details['precision']:.4f}, recall {details['recall']:.4f} (micro "
+             f"average), subset accuracy {details['subset_accuracy']:.4f}")
+    assert f"- Validation {words}" in card and "| screen |" in card  # per label: 4 of them
+    summary = json.loads((studies / "tags" / "summary.json").read_text())
+    assert summary["best"]["score_details"] == details
+    report = (studies / "tags" / "report.md").read_text()
+    assert f"At it, its validation {words}." in report and "## Per class" in report
+    assert words in done.stdout

@@ -14,7 +14,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from autoft.report import write_report
+from autoft.report import summary_text, write_report
 
 DISTRIBUTIONS = {
     "learning_rate": FloatDistribution(1e-5, 1e-3, log=True),
@@ -121,6 +121,24 @@ def test_report_of_a_real_tiny_study(tiny_study) -> None:
     assert re.search(r"chose validation: \d+ rows held out of train.csv, stratified", md)
     assert "chose max_length" in md
     assert "pruned" in md and "| 3 | pruned |" in md
+    details = summary["best"]["score_details"]
+    assert details["average"] == "macro" and set(details["per_label"]) == {"neg", "pos"}
+    words = f"precision {details['precision']:.4f}, recall {details['recall']:.4f} (macro average)"
+    assert f"At it, its validation {words}" in md
+    assert "## Per class" in md and re.search(r"\| pos \| [01]\.\d{4} \| [01]\.\d{4} \|", md)
+    assert words in (folder / "report.html").read_text()
+    assert f"  {words}" in summary_text(summary).splitlines()
+
+
+def test_a_study_from_before_precision_and_recall_were_recorded_reports_without_them(
+    tmp_path: Path
+) -> None:
+    study = make_study(tmp_path)
+    summary = write_report(study, tmp_path)
+    assert summary["best"]["score_details"] is None
+    md = (tmp_path / "report.md").read_text()
+    assert "precision" not in md and "Per class" not in md
+    assert "precision" not in summary_text(summary)
 
 
 PROBE = """<script>

@@ -149,6 +149,18 @@ class Task(ABC):
     def score(self, metric: str, labels: list, predictions: list) -> float:
         """The value of `metric` for `predictions` against `labels`."""
 
+    def decisions(self, metric: str, labels: list, predictions: list) -> list:
+        """The predictions as `metric` scores them (multi-label: 0/1 at the thresholds it tunes
+        on these rows), for score_details; by default the predictions themselves."""
+        return predictions
+
+    def score_details(self, labels: list, predictions: list, label_names: list[str]) -> dict:
+        """Precision and recall beside the metric, overall and per label/class/entity type:
+        {"precision": p, "recall": r, "per_label": {name: {"precision": .., "recall": ..,
+        "f1": .., "support": n}}}; {} for a kind without classes (regression). `predictions`
+        are `decisions`'."""
+        return {}
+
     def scores_over(self, metric: str, labels: list, predictions: list,
                     draws: np.ndarray) -> np.ndarray:
         """`score` over the rows each row of `draws` picks (repeats allowed): the bootstrap
@@ -173,13 +185,14 @@ class Task(ABC):
         """Save what turns raw inputs into model inputs beside the exported model."""
         processor.save_pretrained(folder)
 
-    def tuned_on_validation(self, metric: str, labels: list, predictions: list) -> dict:
+    def tuned_on_validation(self, metric: str, labels: list, predictions: list,
+                            label_names: list[str]) -> dict:
         """What the exported model needs, learned from its validation predictions, to predict
-        as it scored (multi-label: the decision threshold): export writes it into config.json.
+        as it scored (multi-label: the decision thresholds): export writes it into config.json.
         Asked only of a kind that `tunes_on_validation`."""
         return {}
 
-    def tuned_lines(self, tuned: dict) -> list[str]:
+    def tuned_lines(self, tuned: dict, label_names: list[str]) -> list[str]:
         """Lines the exported model's card adds about what `tuned_on_validation` gave."""
         return []
 

@@ -15,7 +15,9 @@ from sklearn.model_selection import train_test_split
 from autoft.data import is_missing, row_name
 from autoft.errors import UsageError
 from autoft.tasks.base import MAXIMIZE, DataSettings, Metric, Rows
+from autoft.tasks.details import precision_recall
 from autoft.tasks.labelled import LabelledTask
+from autoft.tasks.multi_label import find_separator
 
 IMBALANCE_RATIO = 1.5
 
@@ -54,6 +56,16 @@ class Classification(LabelledTask):
                 f"{where}: {row_name(source, listed)} of {source} holds a list of labels in "
                 f"column '{settings.label_column}', but {self.name} takes one label per row; "
                 f"set --task multi-label."
+            )
+        separated = find_separator(values) if all(
+            isinstance(value, str) for value in values) else None
+        if separated is not None:
+            separator, rows = separated
+            example = next(value for value in values if separator in value)
+            raise UsageError(
+                f"{where}: column '{settings.label_column}' of {source} holds labels separated "
+                f"by '{separator}' in {rows} of {len(values)} rows (like '{example}'), but "
+                f"{self.name} takes one label per row; set --task multi-label."
             )
         if any(value == "" or is_missing(value) for value in values):
             raise UsageError(
@@ -119,6 +131,11 @@ class Classification(LabelledTask):
         if metric == "macro_f1":
             return float(f1_score(labels, predictions, average="macro", zero_division=0))
         return float(accuracy_score(labels, predictions))
+
+    def score_details(self, labels: list, predictions: list, label_names: list[str]) -> dict:
+        """Macro-averaged precision and recall, whatever the metric: with one label per row,
+        micro-averaged ones are both the accuracy; macro ones say which way the classes err."""
+        return precision_recall(labels, predictions, label_names, "macro")
 
     def scores_over(self, metric: str, labels: list, predictions: list,
                     draws: np.ndarray) -> np.ndarray:

@@ -1,7 +1,8 @@
 """multi-label: any number of labels per text (or text pair), read as a list column or split on a
 separator found in the data; sigmoid outputs trained with binary cross-entropy; a validation
-split that keeps every label on both sides; micro-F1 (default) or macro-F1 at one decision
-threshold tuned on validation, which export writes into the model's config.
+split that keeps every label on both sides; micro-F1 (default) or macro-F1 at decision thresholds
+tuned on validation (one global, and a label's own where it has enough rows), which export writes
+into the model's config.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from autoft.data import column, is_missing, read_table, row_name
 from autoft.errors import UsageError
 from autoft.model import split_parameters
 from autoft.tasks.base import MAXIMIZE, DataSettings, Metric, Rows
+from autoft.tasks.details import DIGITS, precision_recall
 from autoft.tasks.text import TextTask, texts_of
 
 SEPARATORS = (";", "|", ",")
@@ -26,6 +28,9 @@ SEPARATED_SHARE = 0.1
 # The decision thresholds tried on validation: 0.05 to 0.95 by 0.05 (0.5 among them).
 THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.05), 2)
 DEFAULT_THRESHOLD = 0.5
+# A label gets a threshold of its own where validation has at least this many rows with it:
+# fewer positives tune it to noise (one row more or less moves its F1 by a tenth or more).
+MIN_POSITIVES = 10
 
 
 def is_list(value) -> bool:
@@ -167,26 +172,108 @@ def multi_hot(labels: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, ..
     return (labels & predicted).sum(0), labels.sum(0), predicted.sum(0)
 
 
-def f1_at(metric: str, labels: np.ndarray, predicted: np.ndarray) -> float:
+def f1_of(metric: str, hits: np.ndarray, labelled: np.ndarray, guessed: np.ndarray
+          ) -> np.ndarray:
     """micro-F1 (every label's decisions pooled) or macro-F1 (the mean of each label's F1, a
     label never labelled nor predicted left out, as scikit-learn's f1_score does with
-    zero_division=0 over present labels) of 0/1 matrices; F1 = 2 TP / (labelled + predicted)."""
-    hits, labelled, predicted_n = multi_hot(labels, predicted)
-    seen = labelled + predicted_n
+    zero_division=0 over present labels) from per-label counts (the last axis);
+    F1 = 2 TP / (labelled + predicted)."""
+    seen = labelled + guessed
     if metric == "micro_f1":
-        return float(2 * hits.sum() / seen.sum()) if seen.sum() else 1.0
+        total = seen.sum(-1)
+        return np.where(total > 0, 2 * hits.sum(-1) / np.maximum(total, 1), 1.0)
     present = seen > 0
-    return float((2 * hits[present] / seen[present]).mean()) if present.any() else 1.0
+    f1 = np.where(present, 2 * hits / np.maximum(seen, 1), 0.0)
+    count = present.sum(-1)
+    return np.where(count > 0, f1.sum(-1) / np.maximum(count, 1), 1.0)
 
 
-def best_threshold(metric: str, labels: np.ndarray, probabilities: np.ndarray
-                   ) -> tuple[float, float]:
-    """(threshold, score): the THRESHOLDS value where `metric` is highest on these rows, the one
-    nearest 0.5 among equals, so a tuned threshold scores at least what 0.5 does."""
-    scored = [(f1_at(metric, labels, probabilities >= t), -abs(t - DEFAULT_THRESHOLD), t)
-              for t in THRESHOLDS]
-    score, _, threshold = max(scored)
-    return float(threshold), score
+def f1_at(metric: str, labels: np.ndarray, predicted: np.ndarray) -> float:
+    """`f1_of` 0/1 matrices."""
+    hits, labelled, guessed = multi_hot(labels, predicted)
+    return float(f1_of(metric, hits, labelled, guessed))
+
+
+def counts_at(truth: np.ndarray, probabilities: np.ndarray, weights: np.ndarray
+              ) -> tuple[np.ndarray, ...]:
+    """Each draw's (rows of `weights`: how often it drew each row) true positives and predicted
+    counts per label at each of THRESHOLDS, [threshold, draw, label], and labelled counts,
+    [draw, label]. In float32 the counts are exact (whole numbers far below 2**24) and twice
+    as fast."""
+    weights, truth = weights.astype(np.float32), truth.astype(np.float32)
+    hits, guessed = [], []
+    for threshold in THRESHOLDS:
+        predicted = (probabilities >= threshold).astype(np.float32)
+        hits.append(weights @ (truth * predicted))
+        guessed.append(weights @ predicted)
+    return (np.stack(hits).astype(float), np.stack(guessed).astype(float),
+            (weights @ truth).astype(float))
+
+
+# THRESHOLDS' indices, nearest DEFAULT_THRESHOLD first: argmax along them picks it among equals
+NEAREST_HALF = np.argsort(np.abs(THRESHOLDS - DEFAULT_THRESHOLD), kind="stable")
+
+
+def nearest_best(scores: np.ndarray) -> np.ndarray:
+    """The index into THRESHOLDS of the highest of `scores` [threshold, draw], per draw; the one
+    nearest 0.5 among equals."""
+    return NEAREST_HALF[scores[NEAREST_HALF].argmax(0)]
+
+
+def tune_thresholds(metric: str, hits: np.ndarray, guessed: np.ndarray, labelled: np.ndarray,
+                    min_positives: int = MIN_POSITIVES
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(global threshold [draw], each label's threshold [draw, label], both indices into
+    THRESHOLDS, and the score at them [draw]) from counts_at's counts. First the one threshold
+    best for `metric` over every label (nearest 0.5 among equals); then each label with at least
+    `min_positives` rows, in turn, gets the threshold that raises `metric` most with the others
+    held, kept only where it scores strictly higher: a rarer label stays at the global one, whose
+    few rows would tune its own to noise. So the score never falls below the global threshold's,
+    nor that below 0.5's."""
+    draws = np.arange(hits.shape[1])
+    overall = nearest_best(f1_of(metric, hits, labelled[None], guessed))
+    chosen = np.repeat(overall[:, None], hits.shape[2], axis=1)
+    hit, guess = hits[overall, draws], guessed[overall, draws]  # [draw, label] at the choice
+    score = f1_of(metric, hit, labelled, guess)
+    for label in np.flatnonzero((labelled >= min_positives).any(0)):
+        own = labelled[:, label] >= min_positives
+        tried = label_scores(metric, hit, guess, labelled, label, hits[:, :, label],
+                             guessed[:, :, label])
+        best = nearest_best(tried)
+        better = own & (tried[best, draws] > score + 1e-12)
+        chosen[better, label] = best[better]
+        hit[better, label] = hits[best, draws, label][better]
+        guess[better, label] = guessed[best, draws, label][better]
+        score = f1_of(metric, hit, labelled, guess)
+    return overall, chosen, score
+
+
+def label_scores(metric: str, hit: np.ndarray, guess: np.ndarray, labelled: np.ndarray,
+                 label: int, label_hits: np.ndarray, label_guessed: np.ndarray) -> np.ndarray:
+    """`metric` [threshold, draw] with `label`'s counts at each threshold and every other
+    label's as they are (`hit`, `guess`: [draw, label]): the others' sums once, not per
+    threshold, so tuning every label costs what one pass over the counts does."""
+    seen = labelled + guess
+    mine = labelled[:, label] + label_guessed  # [threshold, draw]
+    if metric == "micro_f1":
+        hits_rest = hit.sum(1) - hit[:, label]
+        seen_rest = seen.sum(1) - seen[:, label]
+        total = seen_rest + mine
+        return np.where(total > 0, 2 * (hits_rest + label_hits) / np.maximum(total, 1), 1.0)
+    present = seen > 0
+    f1 = np.where(present, 2 * hit / np.maximum(seen, 1), 0.0)
+    f1_rest = f1.sum(1) - f1[:, label]
+    count = present.sum(1) - present[:, label] + (mine > 0)
+    own = np.where(mine > 0, 2 * label_hits / np.maximum(mine, 1), 0.0)
+    return np.where(count > 0, (f1_rest + own) / np.maximum(count, 1), 1.0)
+
+
+def tuned_at(metric: str, labels: np.ndarray, probabilities: np.ndarray,
+             min_positives: int = MIN_POSITIVES) -> tuple[float, np.ndarray, float]:
+    """(global threshold, each label's threshold, score) tuned on these rows (tune_thresholds)."""
+    counts = counts_at(labels, probabilities, np.ones((1, len(labels))))
+    overall, chosen, score = tune_thresholds(metric, *counts, min_positives)
+    return float(THRESHOLDS[overall[0]]), THRESHOLDS[chosen[0]], float(score[0])
 
 
 def validation_details(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
@@ -198,8 +285,13 @@ def validation_details(labels: np.ndarray, predicted: np.ndarray) -> dict[str, f
         "macro_f1": f1_at("macro_f1", labels, predicted),
         "precision": float(hits.sum() / predicted_n.sum()) if predicted_n.sum() else 0.0,
         "recall": float(hits.sum() / labelled.sum()) if labelled.sum() else 0.0,
-        "subset_accuracy": float((labels.astype(bool) == predicted.astype(bool)).all(1).mean()),
+        "subset_accuracy": subset_accuracy(labels, predicted),
     }
+
+
+def subset_accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
+    """The share of rows whose every label is right."""
+    return float((labels.astype(bool) == predicted.astype(bool)).all(1).mean())
 
 
 class MultiLabel(TextTask):
@@ -359,58 +451,65 @@ class MultiLabel(TextTask):
         return torch.sigmoid(logits.float()).tolist()
 
     def score(self, metric: str, labels: list, predictions: list) -> float:
-        """The metric at the threshold tuned on these rows (best_threshold)."""
+        """The metric at the thresholds tuned on these rows (tune_thresholds): the thresholds
+        export saves, so a trial's value is what its exported model scores on validation."""
         labels, predictions = np.asarray(labels, dtype=float), np.asarray(predictions, float)
         if not np.isfinite(predictions).all():
             return math.nan
-        return best_threshold(metric, labels, predictions)[1]
+        return tuned_at(metric, labels, predictions)[2]
 
     def scores_over(self, metric: str, labels: list, predictions: list,
                     draws: np.ndarray) -> np.ndarray:
         """Every draw at once, the values `score` gives (tested): each draw's counts are its rows'
-        counts weighted by how often it drew them, at each threshold, and the best threshold
-        is the draw's own. Calling `score` per draw took 0.9 s for 200 draws of 369 rows and 88
+        counts weighted by how often it drew them, at each threshold, and its thresholds are
+        the draw's own. Calling `score` per draw took 0.9 s for 200 draws of 369 rows and 88
         labels, at every evaluation."""
         truth = np.asarray(labels, dtype=float)
         probabilities = np.asarray(predictions, dtype=float)
         if not np.isfinite(probabilities).all():
             return np.full(len(draws), math.nan)
-        # counts in float32 are exact (whole numbers far below 2**24) and twice as fast
-        weights = np.stack([np.bincount(draw, minlength=len(truth)) for draw in draws]
-                           ).astype(np.float32)
-        truth = truth.astype(np.float32)
-        labelled = (weights @ truth).astype(float)
-        best = np.full(len(draws), -np.inf)
-        for threshold in THRESHOLDS:
-            predicted = (probabilities >= threshold).astype(np.float32)
-            hits = (weights @ (truth * predicted)).astype(float)
-            guessed = (weights @ predicted).astype(float)
-            seen = labelled + guessed
-            if metric == "micro_f1":
-                total = seen.sum(1)
-                value = np.where(total > 0, 2 * hits.sum(1) / np.maximum(total, 1), 1.0)
-            else:
-                present = seen > 0
-                f1 = np.where(present, 2 * hits / np.maximum(seen, 1), 0.0)
-                count = present.sum(1)
-                value = np.where(count > 0, f1.sum(1) / np.maximum(count, 1), 1.0)
-            best = np.maximum(best, value)
-        return best
+        weights = np.stack([np.bincount(draw, minlength=len(truth)) for draw in draws])
+        return tune_thresholds(metric, *counts_at(truth, probabilities, weights))[2]
 
-    def tuned_on_validation(self, metric: str, labels: list, predictions: list) -> dict:
-        """The decision threshold, and what the model scores at it on validation."""
+    def decisions(self, metric: str, labels: list, predictions: list) -> list[list[int]]:
+        """Each label's 0/1 decision at the thresholds `score` tunes on these rows."""
+        probabilities = np.asarray(predictions, float)
+        thresholds = tuned_at(metric, np.asarray(labels, dtype=float), probabilities)[1]
+        return (probabilities >= thresholds).astype(int).tolist()
+
+    def score_details(self, labels: list, predictions: list, label_names: list[str]) -> dict:
+        """Micro-averaged precision and recall (every label's decisions pooled, as the default
+        micro-F1 does), subset accuracy, and each label's precision, recall and F1."""
+        labels, predictions = np.asarray(labels, dtype=int), np.asarray(predictions, dtype=int)
+        return precision_recall(labels, predictions, label_names, "micro") | {
+            "subset_accuracy": round(subset_accuracy(labels, predictions), DIGITS)}
+
+    def tuned_on_validation(self, metric: str, labels: list, predictions: list,
+                            label_names: list[str]) -> dict:
+        """The decision thresholds (the global one, and one per label: its own where it had
+        enough validation rows, else the global one), and what the model scores at them on
+        validation."""
         labels, predictions = np.asarray(labels, dtype=float), np.asarray(predictions, float)
-        threshold, _ = best_threshold(metric, labels, predictions)
-        details = validation_details(labels, predictions >= threshold)
-        return {"decision_threshold": threshold,
-                "validation_scores": {name: round(value, 4) for name, value in details.items()}}
+        overall, thresholds, _ = tuned_at(metric, labels, predictions)
+        details = validation_details(labels, predictions >= thresholds)
+        return {"decision_threshold": overall,
+                "decision_thresholds": [float(t) for t in thresholds],
+                "validation_scores": {name: round(value, DIGITS)
+                                      for name, value in details.items()}}
 
-    def tuned_lines(self, tuned: dict) -> list[str]:
-        scores = tuned["validation_scores"]
+    def tuned_lines(self, tuned: dict, label_names: list[str]) -> list[str]:
+        scores, overall = tuned["validation_scores"], tuned["decision_threshold"]
+        own = [f"{name} {threshold:.2f}" for name, threshold in
+               zip(label_names, tuned.get("decision_thresholds", []), strict=False)
+               if threshold != overall]
         return [
-            f"- Decision threshold: {tuned['decision_threshold']:.2f} on every label's sigmoid "
-            f"probability, tuned on validation (`decision_threshold` in config.json)",
-            "- At it on validation: " + ", ".join(
+            f"- Decision threshold: {overall:.2f} on a label's sigmoid probability, tuned on "
+            f"validation (`decision_threshold` in config.json)"
+            + (f"; labels with at least {MIN_POSITIVES} validation rows got their own where it "
+               f"scored higher: {', '.join(own)} (`decision_thresholds` in config.json, one per "
+               f"label in id2label's order: predict a label where its probability reaches its "
+               f"threshold)" if own else ""),
+            "- At them on validation: " + ", ".join(
                 f"{name.replace('_', ' ')} {value:.4f}" for name, value in scores.items()),
         ]
 
