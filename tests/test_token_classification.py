@@ -92,12 +92,14 @@ def test_entity_f1_against_a_hand_computed_case():
 
 def test_score_details_give_precision_recall_and_each_entity_type():
     details = get_task(TASK).score_details(GOLD, GUESSED, NAMES)
-    assert details["precision"] == pytest.approx(2 / 3)
-    assert details["recall"] == pytest.approx(2 / 3)
+    assert details["average"] == "micro"
+    assert details["precision"] == pytest.approx(2 / 3, abs=1e-4)  # stored to 4 digits
+    assert details["recall"] == pytest.approx(2 / 3, abs=1e-4)
     assert details["per_label"] == {
         "LOC": {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1},
         "ORG": {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1},
-        "PER": {"precision": 0.5, "recall": 1.0, "f1": pytest.approx(2 / 3), "support": 1},
+        "PER": {"precision": 0.5, "recall": 1.0, "f1": pytest.approx(2 / 3, abs=1e-4),
+                "support": 1},
     }
 
 
@@ -232,7 +234,11 @@ def test_a_search_exports_a_model_that_reloads_and_scores_its_trial_again(
     model = AutoModelForTokenClassification.from_pretrained(out).eval()
     assert list(model.config.id2label.values()) == [
         "O", "B-NEG", "I-NEG", "B-POS", "I-POS", "B-WORK", "I-WORK"]
-    assert "AutoModelForTokenClassification" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "AutoModelForTokenClassification" in card
+    assert "(micro average)" in card and "## Per class (validation)" in card
+    assert {"| NEG |", "| POS |", "| WORK |"} <= {line[:line.index(" |", 2) + 2]
+                                                 for line in card.splitlines() if line[:2] == "| "}
     tokenizer = AutoTokenizer.from_pretrained(out)
     predicted = word_predictions(model, tokenizer, [row["tokens"] for row in rows[120:]])
     assert f1_score([row["tags"] for row in rows[120:]], predicted) == pytest.approx(
@@ -245,6 +251,8 @@ def test_a_search_exports_a_model_that_reloads_and_scores_its_trial_again(
                             env=cli_env(), timeout=300)
     assert report.returncode == 0, report.stderr
     assert "entity_f1" in report.stdout
+    written = (studies / "ner" / "report.md").read_text()
+    assert "(micro average)" in written and "| WORK |" in written, "entity types' scores"
 
 
 def test_a_saved_datasets_folder_with_tag_indices_reads_through_their_names(tmp_path):

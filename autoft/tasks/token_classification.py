@@ -21,6 +21,7 @@ from autoft.data import TargetData, column, is_missing, read_table, row_name, ut
 from autoft.errors import UsageError
 from autoft.model import load_tokenizer, loading
 from autoft.tasks.base import MAXIMIZE, DataSettings, Metric, Rows
+from autoft.tasks.details import DIGITS
 from autoft.tasks.text import (
     Split,
     TextTask,
@@ -294,12 +295,14 @@ class TokenClassification(TextTask):
         types = [name[2:] for name in label_names[1::2]]
         overall = report["micro avg"]
         return {
-            "precision": float(overall["precision"]),
-            "recall": float(overall["recall"]),
+            "average": "micro",
+            "precision": round(float(overall["precision"]), DIGITS),
+            "recall": round(float(overall["recall"]), DIGITS),
             "per_label": {
-                types[int(kind)]: {"precision": float(row["precision"]),
-                                   "recall": float(row["recall"]),
-                                   "f1": float(row["f1-score"]), "support": int(row["support"])}
+                types[int(kind)]: {"precision": round(float(row["precision"]), DIGITS),
+                                   "recall": round(float(row["recall"]), DIGITS),
+                                   "f1": round(float(row["f1-score"]), DIGITS),
+                                   "support": int(row["support"])}
                 for kind, row in report.items() if kind.isdigit()
             },
         }
