@@ -12,17 +12,24 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from autoft.config import BaseTaskConfig, build_config
 from autoft.errors import UsageError
-from autoft.forgetting import build_base_task, find_pair_columns, preservation_texts, retention
+from autoft.forgetting import (
+    build_base_task,
+    find_pair_columns,
+    paired_interval,
+    preservation_texts,
+    retention,
+)
 from autoft.forgetting.decoders import IGNORED, answer_batches
 from autoft.forgetting.readers import read_questions
 from autoft.forgetting.split import split_base
-from autoft.model import evaluating, freeze, load_model
+from autoft.model import evaluating, find_blocks, freeze, load_model
 from autoft.prepare import prepare_study
 from autoft.preserve import Preservation
 from autoft.train import TrialParams, train_trial
@@ -75,6 +82,27 @@ def test_a_causal_lm_is_read_through_its_own_trained_head(
     with torch.no_grad():
         model.lm_head.weight.add_(torch.randn_like(model.lm_head.weight))
     assert retention(base, check.score(model, "cpu").value, check.higher_is_better) < 0.99
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_drift_and_its_audit_split_read_a_causal_lm(family, tiny_decoders, build_chat_tokenizer,
+                                                    texts, write_lines, tmp_path):
+    """drift reads a causal LM's decoder as any encoder's: the untouched model keeps 1.0 on the
+    held-out half (its interval holds 1.0), a perturbed one less."""
+    folder = tiny_decoders[family]
+    data = write_lines(tmp_path / "general.txt", texts(240, seed=3))
+    check = build_base_task(BaseTaskConfig("drift", str(data)), str(folder),
+                            build_chat_tokenizer(), 32)
+    assert check.split_.held_out and check.units_["audit"] == 120
+    model = causal_lm(folder)
+    observed = check.observe(model, "cpu")
+    assert check.statistic(observed, np.arange(120)) == pytest.approx(1.0)
+    assert paired_interval(check, observed, observed, "audit", seed=0, resamples=50)[0] == \
+        pytest.approx(1.0)
+    with torch.no_grad():
+        for parameter in find_blocks(model)[-1].parameters():
+            parameter.add_(torch.randn_like(parameter) * parameter.std())
+    assert check.statistic(check.observe(model, "cpu"), np.arange(120)) < 0.99
 
 
 def test_an_encoder_is_refused_in_one_sentence(tiny_mlm_dir, build_tokenizer, base_config,
