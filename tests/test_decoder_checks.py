@@ -157,6 +157,18 @@ def test_a_long_question_loses_its_start_and_the_answer_is_kept(build_chat_token
     assert (short == IGNORED).all(), "padding never counts"
 
 
+def test_a_processor_without_a_pad_token_pads_with_its_end_of_sequence_token(
+    tiny_decoders, build_chat_tokenizer, base_config, tmp_path
+):
+    """Workers load the processor alone for the preservation batches; GPT-2's has no pad token."""
+    check = build_base_task(base_config("causal_lm", tmp_path), str(tiny_decoders["gpt2"]),
+                            build_chat_tokenizer(), 32)
+    processor = build_chat_tokenizer()
+    processor.pad_token = None
+    [batch] = check.preservation_batches(processor, ["good day", "bad"], 8, 4)
+    assert batch["input_ids"][1, 1] == processor.eos_token_id and batch["attention_mask"][1, 1] == 0
+
+
 @pytest.fixture(scope="module")
 def gpt2_target(tmp_path_factory, tiny_decoders, tiny_csv):
     flags = {"model": str(tiny_decoders["gpt2"]), "train": str(tiny_csv), "name": "p",
