@@ -105,8 +105,10 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
     add("--base-kind", help=f"base-task check: {', '.join(BASE_KINDS)}")
     add("--base-data", help="base-task data file")
     add("--base-ratings", help="for the Lee layout: the matrix of similarity ratings")
-    add("--base-text-column", help="base-task table: its text column (default: text)")
-    add("--base-text-pair-column", help="base-task table of pairs: the second text column")
+    add("--base-text-column",
+        help="base-task table: its text column, or qa's questions (default: text)")
+    add("--base-text-pair-column",
+        help="base-task table of pairs: the second text column, or qa's answers")
     add("--base-score-column", help="base-task table of pairs: the rating (default: score)")
     add("--base-label-column", help="base-task classification table: its labels (default: label)")
     add(

@@ -231,6 +231,20 @@ def base_config_fixture():
     return base_config
 
 
+@pytest.fixture(name="build_chat_tokenizer", scope="session")
+def build_chat_tokenizer_fixture():
+    """build_chat_tokenizer(chat=True): the tiny decoders' tokenizer, built in memory (a Qwen2
+    folder's own tokenizer class reads the word-level vocabulary as byte-level BPE)."""
+    return build_chat_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_decoders(tmp_path_factory) -> dict[str, Path]:
+    """The tiny GPT-2 (tied head), Llama (tied) and Qwen2 (an lm_head of its own), by family."""
+    return {family: save_tiny_causal_lm(tmp_path_factory.mktemp(f"tiny-{family}"), family)
+            for family in ("gpt2", "llama", "qwen2")}
+
+
 # A random-token task for the training loop and the cache: ids of the tiny vocabulary's range,
 # padded with PAD; tests get its builders as the fixtures below.
 PAD = 0

@@ -107,6 +107,8 @@ class NextTokenTask(BaseTask):
             return model(**probe).logits.requires_grad
 
     def preservation_batches(self, tokenizer, texts: list[str], max_length: int, size: int) -> list:
+        """Right-padded (a processor loaded alone, GPT-2's, pads with its end-of-sequence token)."""
+        pad_with_eos(tokenizer, tokenizer.name_or_path)
         return tokenize_texts(tokenizer, texts, max_length, size, padding_side="right",
                               return_token_type_ids=False)
 
