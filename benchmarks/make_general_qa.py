@@ -2,7 +2,7 @@
 check can read (`base.data: pkg:autoft/base_data/general_qa.jsonl`): the first question and
 answer of each conversation (the first answer of a question asked twice) in chatterbot-corpus
 1.3.3's English topics of general knowledge (BSD licence, Gunther Cox; pip install
-chatterbot-corpus==1.3.3). Run from the repository root: python examples/general_qa.py
+chatterbot-corpus==1.3.3). Run from the repository root: python benchmarks/make_general_qa.py
 """
 
 from __future__ import annotations
