@@ -43,8 +43,9 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
         help="training data: .csv, .tsv, .jsonl, .json, .parquet, a saved datasets "
         "folder, or a hub name",
     )
-    add("--task", help="text-classification, text-regression, multi-label or "
-        "image-classification (default: auto, from the data: a folder of class folders of "
+    add("--task", help="text-classification, text-regression, multi-label, causal-lm or "
+        "image-classification (default: auto, from the data: prompt and response columns are "
+        "causal-lm, a folder of class folders of "
         "images or a table with an image column is image-classification, a label column of "
         "lists or of names separated by ';', '|' or ',' multi-label, one of many distinct "
         "numbers a regression)")
@@ -53,10 +54,13 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
     add("--text-column", help="column with the text (default: text)")
     add("--text-pair-column", help="a second text column, for sentence pairs")
     add("--label-column", help="column with the label (default: label)")
+    add("--prompt-column", help="causal-lm: column with the prompt (default: prompt)")
+    add("--response-column", help="causal-lm: column with the response the loss counts "
+        "(default: response)")
     add("--label-columns", help="multi-label: columns of 0 and 1, one per label, named by commas "
         "(a,b,c), in place of one --label-column")
     add("--metric", help="classification: accuracy or macro_f1 (default: auto, macro_f1 for "
-        "unbalanced classes); regression: spearman (default), pearson or rmse")
+        "unbalanced classes); regression: spearman (default), pearson or rmse; causal-lm: loss")
     add("--max-length", type=int, help="tokens per text (default: from the data's lengths)")
     add("--max-train-samples", type=int, help="use at most this many training rows")
     add("--max-val-samples", type=int, help="use at most this many validation rows")

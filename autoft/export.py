@@ -32,7 +32,8 @@ MARKER = ".autoft-export.json"  # hidden: a study prepared from an export does n
 # The Hub's pipeline for a task kind's model (a regression head is a sequence classifier too).
 PIPELINE_TAGS = {"text-classification": "text-classification",
                  "text-regression": "text-classification",
-                 "image-classification": "image-classification"}
+                 "image-classification": "image-classification",
+                 "causal-lm": "text-generation"}
 HUB_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?")
 
 

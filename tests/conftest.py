@@ -740,3 +740,83 @@ def fill_disk(folder: Path, leave: int = 0) -> None:
 def fill_disk_fixture():
     """fill_disk(folder, leave=0): the disk holding the folder filled, but `leave` bytes."""
     return fill_disk
+
+
+# Tiny causal language models (causal-lm): a word-level tokenizer with a chat template, and the
+# decoder families the task must handle, built from configs.
+CHAT_SPECIAL = ["<pad>", "<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}"
+                 "<|im_end|>{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant "
+                 "{% endif %}")
+OPPOSITES = {"good": "bad", "great": "awful", "fine": "poor", "lovely": "nasty"}
+QUESTION_WORDS = ["what", "is", "the", "opposite", "of", "user", "assistant", "?"]
+
+
+def build_chat_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over the question/answer words, `</s>` ending a sequence, with a
+    chat template (ChatML-like) unless `chat` is False."""
+    words = list(dict.fromkeys(QUESTION_WORDS + WORDS))
+    vocab = {token: i for i, token in enumerate(CHAT_SPECIAL + words)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
+        eos_token="</s>", model_max_length=48)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    if chat:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def save_tiny_causal_lm(folder: Path, family: str = "llama", chat: bool = True,
+                        layers: int = 2, seed: int = 0) -> Path:
+    """A random decoder (hidden 32) of `family` (llama, gpt2 or qwen2: tied embeddings for the
+    first two, an lm_head of its own for qwen2) saved with the chat tokenizer."""
+    torch.manual_seed(seed)
+    tokenizer = build_chat_tokenizer(chat)
+    size = len(tokenizer)
+    special = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
+               "eos_token_id": tokenizer.eos_token_id}
+    if family == "gpt2":
+        config = transformers.GPT2Config(vocab_size=size, n_embd=32, n_layer=layers, n_head=2,
+                                         n_positions=48, **special)
+    else:
+        config_class = {"llama": transformers.LlamaConfig,
+                        "qwen2": transformers.Qwen2Config}[family]
+        config = config_class(vocab_size=size, hidden_size=32, intermediate_size=64,
+                              num_hidden_layers=layers, num_attention_heads=2,
+                              num_key_value_heads=1, max_position_embeddings=48,
+                              tie_word_embeddings=family == "llama", **special)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def opposite_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """Questions 'what is the opposite of good ?' with the answer 'bad', and the reverse."""
+    rng = random.Random(seed)
+    pairs = list(OPPOSITES.items()) + [(b, a) for a, b in OPPOSITES.items()]
+    rows = []
+    for _ in range(n):
+        word, answer = rng.choice(pairs)
+        rows.append({"prompt": f"what is the opposite of {word} ?", "response": answer})
+    return rows
+
+
+@pytest.fixture(name="save_tiny_causal_lm", scope="session")
+def save_tiny_causal_lm_fixture():
+    """save_tiny_causal_lm(folder, family="llama", chat=True, layers=2, seed=0)."""
+    return save_tiny_causal_lm
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """The tiny Llama; seed 8 is one whose random model rates the base_config pairs above zero
+    (the conformance similarity check needs a positive score to see retention move)."""
+    return save_tiny_causal_lm(tmp_path_factory.mktemp("tiny_llama"), seed=8)
+
+
+@pytest.fixture(scope="session")
+def qa_jsonl(tmp_path_factory) -> Path:
+    """80 question/answer rows (prompt, response) as JSON Lines."""
+    return write_jsonl(tmp_path_factory.mktemp("qa") / "train.jsonl", opposite_rows(80))
