@@ -31,6 +31,7 @@ from autoft.errors import NOTHING_TO_SHOW_EXIT, NothingToShow, UsageError
 from autoft.files import full_disk_said
 
 DEMO_FILE = files("autoft") / "demo.yaml"  # package data
+DEMO_LM_FILE = files("autoft") / "demo_lm.yaml"  # `autoft demo --task causal-lm`
 
 
 def add_study_flags(parser: argparse.ArgumentParser) -> None:
@@ -147,7 +148,8 @@ def config_from_args(args: argparse.Namespace, default_file: Path | None = None)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autoft", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run the demo study (real model, real tweets)")
+    demo = commands.add_parser("demo", help="run the demo study (real model, real tweets; with "
+                               "--task causal-lm: SmolLM2-135M-Instruct on real conversations)")
     add_study_flags(demo)
     search = commands.add_parser("search", help="run or resume a study")
     add_study_flags(search)
@@ -177,18 +179,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def demo_study(args: argparse.Namespace) -> Path:
+    """The demo's study file, said on screen; the causal-lm demo's model and data are first made
+    in its study's cache (autoft.demo_lm) and given as --model and --train unless set."""
+    if args.task != "causal-lm":
+        print("autoft demo: all-MiniLM-L6-v2 on real tweet sentiment, a small study on this "
+              "machine.")
+        return DEMO_FILE
+    print("autoft demo --task causal-lm: SmolLM2-135M-Instruct tuned on the chatterbot "
+          "corpus's English conversations, a small study on this machine.")
+    from autoft.demo_lm import demo_inputs
+
+    name = args.name or load_yaml(DEMO_LM_FILE)["name"]
+    made = demo_inputs(Path(args.studies_dir or "studies") / name)
+    args.model = args.model or made["model"]
+    args.train = args.train or made["train"]
+    return DEMO_LM_FILE
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # `kill -USR1 PID` prints where every thread of an autoft that seems stuck is, and goes on.
     if sys.__stderr__ is not None:
         faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
     try:
+        demo_file = None
         if args.command == "demo":
-            print("autoft demo: all-MiniLM-L6-v2 on real tweet sentiment, a small study on this "
-                  "machine.")
+            demo_file = demo_study(args)
         config = None
         if args.command in ("demo", "search"):
-            config = config_from_args(args, DEMO_FILE if args.command == "demo" else None)
+            config = config_from_args(args, demo_file)
         if args.command == "status":  # the storage alone, no torch (see the module docstring)
             from autoft import status as commands
         else:
