@@ -12,7 +12,6 @@ head is pretrained, not new, so the search holds head_lr_multiplier at 1.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ from sklearn.model_selection import train_test_split
 from torch.nn import functional
 from transformers import AutoModelForCausalLM
 
-from autoft.data import column, is_missing, read_table, row_name
+from autoft.data import TargetData, column, is_missing, read_table, row_name
 from autoft.errors import UsageError
 from autoft.model import load_tokenizer, loading
 from autoft.tasks.base import MINIMIZE, DataSettings, Metric, Rows, Task
@@ -48,7 +47,7 @@ class Split:
         return len(self.labels)
 
 
-def texts(values: list, name: str, source: str, where: str, empty_fix: str) -> list[str]:
+def column_texts(values: list, name: str, source: str, where: str, empty_fix: str) -> list[str]:
     """A column's values as strings; an empty or missing one is refused, naming its row."""
     bad = next((i for i, value in enumerate(values)
                 if is_missing(value) or not str(value).strip()), None)
@@ -118,17 +117,17 @@ class CausalLM(Task):
         where = settings.where(field_name)
         table = read_table(source, where, split)
         if settings.prompt_column in table.column_names:
-            prompts = texts(column(table, settings.prompt_column, where, source),
+            prompts = column_texts(column(table, settings.prompt_column, where, source),
                             settings.prompt_column, source, where, "fill or drop that row.")
             responses = column(table, settings.response_column,
                                f"{where} / --response-column", source)
-            responses = texts(responses, settings.response_column, source, where,
+            responses = column_texts(responses, settings.response_column, source, where,
                               "a prompt needs the answer the model should learn to give: fill "
                               "or drop that row.")
             return prompts, responses
         values = column(table, settings.text_column, f"{where} / --text-column (or give "
                         f"--prompt-column and --response-column)", source)
-        return [None] * len(values), texts(values, settings.text_column, source, where,
+        return [None] * len(values), column_texts(values, settings.text_column, source, where,
                                            "fill or drop that row.")
 
     def read(self, settings: DataSettings) -> Rows:
@@ -178,8 +177,6 @@ class CausalLM(Task):
         return []
 
     def encode(self, rows: Rows, processor, model_config, settings: DataSettings):
-        from autoft.data import TargetData
-
         limit = model_length_limit(processor, model_config)
         train = [encode_pair(processor, p, r) for p, r in zip(rows.train_inputs,
                                                               rows.train_labels, strict=True)]
@@ -197,15 +194,8 @@ class CausalLM(Task):
             for i, (prompt, response) in enumerate(pairs):
                 kept = fit(prompt, response, max_length)
                 if kept is None:
-                    source = settings.validation if name == "validation" else settings.train
-                    allowed = ("the model reads" if max_length == limit else
-                               f"{settings.where('max_length')} allows")
-                    raise UsageError(
-                        f"{settings.where(name if settings.validation else 'train')}: a "
-                        f"{'response' if prompt else 'text'} of {source} is {len(response)} "
-                        f"tokens, more than the {max_length} {allowed} beside its prompt; "
-                        f"shorten it or split it into several rows"
-                        f"{'' if max_length == limit else ', or raise --max-length'}.")
+                    raise UsageError(self.too_long(settings, name, processor, prompt, response,
+                                                   max_length, limit))
                 if len(kept) < len(prompt):
                     cut.append(i)
                 ids.append(kept + response)
@@ -213,14 +203,29 @@ class CausalLM(Task):
                 counted.append([0, len(response) - (0 if kept else 1)])  # a text's first
                 # token has nothing before it to be predicted from
             splits.append(Split(ids, prompt_lengths, counted))
-        notes.append(f"max_length: {max_length} tokens (the longest row"
-                     f"{', capped by the model' if max_length == limit else ''}"
-                     f"{', as set' if settings.max_length else ''})")
+        why = ("as set" if settings.max_length else
+               "the model's limit" if longest > max_length else "the longest row")
+        notes.append(f"max_length: {max_length} tokens ({why})")
         if cut:
             notes.append(f"truncation: {len(cut)} rows longer than {max_length} tokens lost the "
                          f"start of their prompt; every response is whole")
         return TargetData(train=splits[0], validation=splits[1], label_names=[], metric="loss",
                           max_length=max_length, notes=notes, task=self.name)
+
+    @staticmethod
+    def too_long(settings: DataSettings, split: str, tokenizer, prompt: list[int],
+                 response: list[int], max_length: int, limit: int) -> str:
+        """Why a row cannot be trained on whole: its response (or text) alone does not fit."""
+        source = settings.validation if split == "validation" else settings.train
+        what = "response" if prompt else "text"
+        start = tokenizer.decode(response[:8], skip_special_tokens=True).strip()
+        room = (f"the {max_length} the model reads" if max_length == limit else
+                f"the {max_length} that {settings.where('max_length')} allows")
+        beside = " beside a prompt" if prompt else ""
+        fix = "" if max_length == limit else ", or raise --max-length"
+        return (f"{settings.where(split if settings.validation else 'train')}: the {what} "
+                f"starting \"{start}\" in {source} is {len(response)} tokens, more than {room}"
+                f"{beside}; shorten it or split it into several rows{fix}.")
 
     def collate(self, split: Split, indices: list[int], pad_id: int, device: torch.device) -> dict:
         """Right-padded ids and mask; labels are the ids where they count (the response, or
@@ -299,8 +304,3 @@ def cap(prompts: list, responses: list, limit: int | None, seed: int):
     kept = np.random.default_rng(seed).choice(len(responses), limit, replace=False)
     kept.sort()
     return [prompts[i] for i in kept], [responses[i] for i in kept]
-
-
-def perplexity(loss: float) -> float:
-    """e^loss, the perplexity a loss per token means (infinite past e^700)."""
-    return math.exp(loss) if loss < 700 else math.inf
