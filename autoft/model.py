@@ -194,15 +194,22 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
-    """Sequence classifiers find each text's last token through pad_token_id; GPT-2 has none."""
+def pad_with_eos(tokenizer: PreTrainedTokenizerBase, source: str) -> PreTrainedTokenizerBase:
+    """A tokenizer without a pad token (GPT-2) pads with its end-of-sequence token, so that
+    batches of several texts work; the attention mask hides the padding."""
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise UsageError(
-                f"The tokenizer of {model.name_or_path!r} has neither a pad nor an end-of-sequence "
+                f"The tokenizer of {source!r} has neither a pad nor an end-of-sequence "
                 "token: choose a model whose tokenizer defines one."
             )
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Sequence classifiers find each text's last token through pad_token_id; GPT-2 has none."""
+    pad_with_eos(tokenizer, model.name_or_path)
     if model.config.pad_token_id != tokenizer.pad_token_id:
         model.config.pad_token_id = tokenizer.pad_token_id
 

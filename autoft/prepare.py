@@ -185,19 +185,27 @@ def check_eval_interval(config: StudyConfig, space: SearchSpace, train_rows: int
 
 
 def with_found_pair_columns(config: StudyConfig, echo) -> StudyConfig:
-    """A similarity base task on a table of pairs whose columns no setting names: the columns
-    found in the table (two text columns and one numeric), said on screen."""
+    """A similarity or qa base task on a table whose columns no setting names: the columns found
+    in the table (forgetting.find_pair_columns), said on screen."""
     named = any(f"base.{name}" in config.origins
                 for name in ("text_column", "text_pair_column", "score_column"))
     found = None if config.base is None or named else find_pair_columns(config.base)
     if not found:
         return config
-    echo(
-        f"Base task: pairs from columns '{found['text_column']}' and "
-        f"'{found['text_pair_column']}' of {Path(config.base.data).name}, scores from "
-        f"'{found['score_column']}' (the table's only text and numeric columns; "
-        f"--base-text-column, --base-text-pair-column and --base-score-column choose others)."
-    )
+    name = Path(config.base.data).name
+    if "score_column" in found:
+        echo(
+            f"Base task: pairs from columns '{found['text_column']}' and "
+            f"'{found['text_pair_column']}' of {name}, scores from "
+            f"'{found['score_column']}' (the table's only text and numeric columns; "
+            f"--base-text-column, --base-text-pair-column and --base-score-column choose others)."
+        )
+    else:
+        echo(
+            f"Base task: questions from column '{found['text_column']}' of {name}, answers from "
+            f"'{found['text_pair_column']}' (--base-text-column and --base-text-pair-column "
+            f"choose others)."
+        )
     return dataclasses.replace(config, base=dataclasses.replace(config.base, **found))
 
 

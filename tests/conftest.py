@@ -190,7 +190,8 @@ def texts_fixture():
 
 def base_config(kind: str, folder: Path) -> BaseTaskConfig:
     """A base task of `kind` on texts of the tiny vocabulary (rated pairs, labels 0 and 1 as the
-    tiny BERT's own head's ids, or lines), with a preservation file, written into `folder`."""
+    tiny BERT's own head's ids, questions with answers, or lines), with a preservation file,
+    written into `folder`."""
     base = texts(40, seed=3)
     preserve = write_lines(folder / "preserve.txt", texts(64, seed=5))
     if kind == "similarity":
@@ -202,6 +203,9 @@ def base_config(kind: str, folder: Path) -> BaseTaskConfig:
     if kind == "classification":
         data = write_csv(folder / "labelled.csv",
                          [{"text": t, "label": str(i % 2)} for i, t in enumerate(base)])
+        return BaseTaskConfig(kind, str(data), preserve_data=str(preserve))
+    if kind == "qa":  # questions of the chat tokenizer's words, columns found as prompt/response
+        data = write_jsonl(folder / "questions.jsonl", opposite_rows(40, seed=3))
         return BaseTaskConfig(kind, str(data), preserve_data=str(preserve))
     return BaseTaskConfig(kind, str(write_lines(folder / "base.txt", base)),
                           preserve_data=str(preserve))

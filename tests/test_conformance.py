@@ -247,11 +247,16 @@ def test_an_adapter_trains_the_top_blocks_and_keeps_what_training_changed(name, 
         torch.testing.assert_close(logits(arch, model), expected)
 
 
+# The base kinds that read a decoder's next-token distribution: checked on the tiny Llama.
+DECODER_KINDS = ("causal_lm", "qa")
+
+
 def base_check(kind: str, images: bool, folder, request, base_config, task_name: str):
     """(model folder, config) of a base check of `kind` on tiny data of the model's inputs: the
-    tiny ResNet's digits; texts for the tiny BERT (with its masked-LM head for masked_lm), or
-    for the tiny Llama under causal-lm (a decoder is its own base model)."""
-    if task_name == "causal-lm":
+    tiny ResNet's digits; texts for the tiny BERT (with its masked-LM head for masked_lm), or for
+    the tiny Llama (its own LM head) for the generative kinds and under causal-lm (a decoder is
+    its own base model)."""
+    if kind in DECODER_KINDS or task_name == "causal-lm":
         return request.getfixturevalue("tiny_llama_dir"), base_config(kind, folder)
     if images:
         return (request.getfixturevalue("tiny_resnet_dir"),

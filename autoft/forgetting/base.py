@@ -23,7 +23,7 @@ MASK_FRACTION = 0.15
 MASK_SEED = 0
 EPS = 1e-6
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
-TOP_LOG_PROBS = 32  # masked-LM preservation keeps the untouched model's 32 likeliest tokens
+TOP_LOG_PROBS = 32  # LM preservation keeps the untouched model's 32 likeliest tokens a position
 
 # `replay(module)`: a context in which `module`'s frozen bottom blocks return cached states.
 Replay = Callable[[torch.nn.Module], contextlib.AbstractContextManager]
@@ -152,6 +152,22 @@ def paired_interval(task: BaseTask, base_observed, tuned_observed, part: str, se
         task.higher_is_better))
     low, high = np.nanpercentile(draws, [50 * (1 - level), 50 * (1 + level)])
     return float(low), float(high)
+
+
+def top_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
+    """Only the likeliest tokens of each position's distribution (a whole vocabulary per token
+    would take gigabytes): (positions, 2, k) of log-probabilities and token ids."""
+    top = log_probs.topk(min(TOP_LOG_PROBS, log_probs.shape[-1]), dim=-1)
+    return torch.stack([top.values, top.indices.float()], dim=1)
+
+
+def top_kl(tuned: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """KL(untouched ‖ tuned) on the untouched model's likeliest tokens (`top_log_probs`), mean
+    over positions; 0 without any."""
+    if not len(target):
+        return tuned.new_zeros(())
+    log_p, ids = target[:, 0], target[:, 1].long()
+    return (log_p.exp() * (log_p - tuned.float().gather(-1, ids))).sum(-1).mean()
 
 
 def scored_part(quick: bool) -> str:

@@ -1,5 +1,6 @@
 """Reading base-task data: tables or one text a line, preservation texts, rated pairs (a table
-of pairs or documents with a ratings matrix), checked with one-sentence errors.
+of pairs or documents with a ratings matrix), questions with answers, checked with one-sentence
+errors.
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ def _text_items(config: BaseTaskConfig) -> list[tuple[str, ...]]:
     if not is_table(config.data):
         return [(line,) for line in read_lines(config.data)]
     frame = read_table(config.data)
-    columns = [config.text_column, config.text_pair_column if config.kind == "similarity" else None]
+    pair = config.text_pair_column if config.kind in ("similarity", "qa") else None
+    columns = [config.text_column, pair]
     return list(zip(*(map(str, frame[c]) for c in columns if c in frame.columns), strict=True))
 
 
@@ -196,10 +198,16 @@ def read_pairs(config: BaseTaskConfig) -> tuple[str, int, Callable[[list[int]], 
         return "pairs", len(gold), take
 
 
+# Question and answer columns a `qa` table may hold without naming them, in this order of choice.
+QA_COLUMNS = (("question", "answer"), ("prompt", "response"))
+
+
 def find_pair_columns(config: BaseTaskConfig) -> dict[str, str] | None:
-    """A similarity table whose columns no setting names, holding exactly two text columns and
-    one numeric column: those as the pair (in the table's order) and the score; else None."""
-    if (config.kind != "similarity" or config.ratings or config.text_pair_column
+    """A table of pairs whose columns no setting names: for similarity, exactly two text columns
+    and one numeric column (the pair in the table's order, and the score); for qa, question and
+    answer (or prompt and response) columns, else exactly two text columns in the table's order.
+    None when it holds no such columns."""
+    if (config.kind not in ("similarity", "qa") or config.ratings or config.text_pair_column
             or not is_table(config.data)):
         return None
     frame = read_table(config.data)
@@ -212,10 +220,49 @@ def find_pair_columns(config: BaseTaskConfig) -> dict[str, str] | None:
         column for column in frame.columns
         if column not in numeric and frame[column].map(lambda value: isinstance(value, str)).all()
     ]
+    if config.kind == "qa":
+        named = [pair for pair in QA_COLUMNS if set(pair) <= set(frame.columns)]
+        pair = named[0] if named else texts if len(texts) == 2 else None
+        return pair and {"text_column": str(pair[0]), "text_pair_column": str(pair[1])}
     if len(texts) != 2 or len(numeric) != 1:
         return None
     return {"text_column": str(texts[0]), "text_pair_column": str(texts[1]),
             "score_column": str(numeric[0])}
+
+
+def read_questions(config: BaseTaskConfig) -> tuple[list[str], list[str]]:
+    """The questions and gold answers of a table: base.text_column and base.text_pair_column,
+    or the columns `find_pair_columns` finds; an empty cell is refused."""
+    if not is_table(config.data):
+        raise UsageError(
+            f"Base-task kind 'qa' needs a table of questions and answers, not {config.data}; "
+            f"give a CSV or JSON Lines file with question and answer columns."
+        )
+    if not config.text_pair_column:
+        found = find_pair_columns(config)
+        if not found:
+            raise UsageError(
+                f"{config.data} has no question and answer columns; name them with "
+                f"--base-text-column and --base-text-pair-column (base.* in a study file)."
+            )
+        config = dataclasses.replace(config, **found)
+    frame = read_table(config.data)
+    columns = []
+    for column, setting in ((config.text_column, "text_column"),
+                            (config.text_pair_column, "text_pair_column")):
+        values = table_column(frame, config.data, column, setting)
+        empty = next((row for row, value in enumerate(values, 1) if _blank(value)), None)
+        if empty is not None:
+            raise UsageError(
+                f"{config.data} row {empty} has an empty '{column}'; fill it or drop the row."
+            )
+        columns.append([str(value).strip() for value in values])
+    return columns[0], columns[1]
+
+
+def _blank(value) -> bool:
+    """An empty cell: missing (None, NaN) or only whitespace."""
+    return value is None or (isinstance(value, float) and value != value) or not str(value).strip()
 
 
 def _numbers(values: list, path: str, column: str) -> np.ndarray:

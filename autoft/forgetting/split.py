@@ -11,13 +11,14 @@ import numpy as np
 
 AUDIT_SHARE = 0.5
 # Below these a held-out half would be too small to say anything: documents of a ratings matrix
-# (20 documents still give 45 pairs per half), and pairs or examples otherwise.
-MIN_UNITS = {"documents": 20, "pairs": 100, "examples": 100}
+# (20 documents still give 45 pairs per half), and pairs, examples, texts or questions otherwise.
+MIN_UNITS = {"documents": 20, "pairs": 100, "examples": 100, "texts": 100, "questions": 100}
 
 
 @dataclass(frozen=True)
 class BaseSplit:
-    """Which base-data units (documents, pairs or examples, in file order) the audit holds back.
+    """Which base-data units (documents, pairs, examples, texts or questions, in file order) the
+    audit holds back.
 
     Stored with the prepared study, so every worker and every resume checks the same part.
     """

@@ -14,7 +14,6 @@ from autoft.errors import UsageError
 from autoft.forgetting.base import (
     MASK_FRACTION,
     MASK_SEED,
-    TOP_LOG_PROBS,
     BaseScore,
     BaseTask,
     Replay,
@@ -22,6 +21,8 @@ from autoft.forgetting.base import (
     pick,
     scored_part,
     tokenize_texts,
+    top_kl,
+    top_log_probs,
 )
 from autoft.forgetting.encoders import (
     copy_encoder,
@@ -115,18 +116,13 @@ class MaskedLMTask(BaseTask):
 
     @torch.no_grad()
     def target(self, model, batch: dict) -> torch.Tensor:
-        """Only the untouched head's likeliest tokens per blank (a whole vocabulary per masked
-        token would take gigabytes): (blanks, 2, k) of log-probabilities and token ids."""
-        log_probs = self.reads(model, batch)
-        top = log_probs.topk(min(TOP_LOG_PROBS, log_probs.shape[-1]), dim=-1)
-        return torch.stack([top.values, top.indices.float()], dim=1)
+        """Only the untouched head's likeliest tokens per blank (`top_log_probs`)."""
+        return top_log_probs(self.reads(model, batch))
 
     def distance(self, tuned: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """KL(untouched ‖ tuned) on the untouched head's likeliest tokens, mean over blanks."""
-        if not len(target):
-            return tuned.new_zeros(())
-        log_p, ids = target[:, 0], target[:, 1].long()
-        return (log_p.exp() * (log_p - tuned.float().gather(-1, ids))).sum(-1).mean()
+        return top_kl(tuned, target)
+
     @torch.no_grad()
     def observe(self, model, device: str, part: str = "audit", frozen: int = 0) -> np.ndarray:
         return self._losses(model, device, part, frozen)
