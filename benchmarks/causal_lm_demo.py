@@ -1,6 +1,8 @@
 """The causal-lm demo's numbers, before and after tuning: validation loss per response token (and
 perplexity), perplexity on general English (Lee background news, texts the study never trained
-on), and the greedy answers to five held-out validation prompts.
+on), the general-question score (the qa check: the gold answers' probability per token, on
+general-knowledge questions the demo does not train on), and the greedy answers to five held-out
+validation prompts.
 
     autoft demo --task causal-lm          # the study, then:
     python benchmarks/causal_lm_demo.py --study demo-lm [--studies-dir studies] [--texts 40]
@@ -16,12 +18,14 @@ from pathlib import Path
 
 import torch
 
-from autoft.config import DataSettings, resolve_path
+from autoft.config import BaseTaskConfig, DataSettings, resolve_path
+from autoft.forgetting import build_base_task
 from autoft.prepared import load_prepared_data
 from autoft.tasks import Rows, get_task
 from autoft.train import evaluate
 
 GENERAL_TEXT = "pkg:gensim/test/test_data/lee_background.cor"
+GENERAL_QUESTIONS = "pkg:autoft/base_data/general_qa.jsonl"
 CPU = torch.device("cpu")
 
 
@@ -51,6 +55,7 @@ def main() -> None:
     parser.add_argument("--study", default="demo-lm")
     parser.add_argument("--studies-dir", default="studies")
     parser.add_argument("--texts", type=int, default=40, help="general-text documents")
+    parser.add_argument("--questions", type=int, default=60, help="general questions")
     args = parser.parse_args()
     folder = Path(args.studies_dir) / args.study
     data, _, pad_id, _ = load_prepared_data(folder / "prepared")
@@ -64,12 +69,18 @@ def main() -> None:
         loss = evaluate(model, data, pad_id, CPU)
         general = general_text(tokenizer, model, args.texts)
         general_loss = evaluate(model, general, pad_id, CPU)
-        table.append((name, loss, math.exp(loss), math.exp(general_loss)))
+        questions = build_base_task(
+            BaseTaskConfig("qa", resolve_path(GENERAL_QUESTIONS, None),
+                           max_examples=args.questions, check_examples=10),
+            str(base_dir), tokenizer, data.max_length)
+        asked = questions.score(model, "cpu").value
+        table.append((name, loss, math.exp(loss), math.exp(general_loss), asked))
         said[name] = answers(model, tokenizer, data.validation, held_out)
-    print("| model | validation loss | validation perplexity | general-text perplexity |")
-    print("|---|---|---|---|")
-    for name, loss, perplexity, general in table:
-        print(f"| {name} | {loss:.4f} | {perplexity:.2f} | {general:.2f} |")
+    print("| model | validation loss | validation perplexity | general-text perplexity | "
+          "general-question answer probability |")
+    print("|---|---|---|---|---|")
+    for name, loss, perplexity, general, asked in table:
+        print(f"| {name} | {loss:.4f} | {perplexity:.2f} | {general:.2f} | {asked:.4f} |")
     print()
     split = data.validation
     for k, i in enumerate(held_out):
