@@ -93,7 +93,6 @@ class CausalLM(Task):
     inputs = "text"
     cache_layout = "per_token"
     split_class = Split
-    preserves = False
     auto_class = "AutoModelForCausalLM"
     refused_base_kinds = ("classification", "masked_lm")
     fixed_params = {"head_lr_multiplier": (1.0, "its head is pretrained, not new")}
@@ -281,6 +280,11 @@ class CausalLM(Task):
         counts = (labels != IGNORED).sum(1)
         return [[float(total), int(count)] for total, count in zip(losses.sum(1), counts,
                                                                    strict=True)]
+
+    def input_texts(self, split: Split, processor, indices: list[int]) -> list[str]:
+        """Each example as the model reads it, its chat-template markers included (they read back
+        as the same special tokens), for the preservation loss on the task's own texts."""
+        return [processor.decode(split.input_ids[i]) for i in indices]
 
     def score(self, metric: str, labels: list, predictions: list) -> float:
         """The loss per counted token over all rows (a NaN loss gives NaN)."""
