@@ -56,6 +56,9 @@ def main() -> None:
     parser.add_argument("--studies-dir", default="studies")
     parser.add_argument("--texts", type=int, default=40, help="general-text documents")
     parser.add_argument("--questions", type=int, default=60, help="general questions")
+    parser.add_argument("--models", nargs="+", choices=("before", "after"),
+                        default=["before", "after"],
+                        help="the untouched model, the exported best model, or both")
     args = parser.parse_args()
     folder = Path(args.studies_dir) / args.study
     data, _, pad_id, _ = load_prepared_data(folder / "prepared")
@@ -63,7 +66,8 @@ def main() -> None:
     base_dir = next((folder / "cache").glob("smollm2*"))
     held_out = list(range(5))
     table, said = [], {}
-    for name, source in (("before", base_dir), ("after", folder / "best_model")):
+    sources = {"before": base_dir, "after": folder / "best_model"}
+    for name, source in ((name, sources[name]) for name in args.models):
         model, tokenizer = task.load_model(str(source), [], False)
         model.eval()
         loss = evaluate(model, data, pad_id, CPU)
@@ -90,8 +94,8 @@ def main() -> None:
         expected = tokenizer.decode(split.input_ids[i][start:], skip_special_tokens=True)
         print(f"prompt {k + 1}: {question}")
         print(f"  expected: {expected.strip()}")
-        print(f"  before:   {said['before'][k]}")
-        print(f"  after:    {said['after'][k]}")
+        for name in args.models:
+            print(f"  {name + ':':9} {said[name][k]}")
 
 
 if __name__ == "__main__":
