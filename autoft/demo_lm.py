@@ -55,7 +55,11 @@ def plain_model(cache: Path, echo=print) -> Path:
     with quiet_transformers():
         loaded = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF_FILE)
         tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_FILE)
-        plain = type(loaded)(loaded.config)  # save_pretrained refuses a GGUF-loaded model
+        # save_pretrained refuses a GGUF-loaded model, and one whose config still names the GGUF
+        # quantization: a fresh model of the config without it takes the weights
+        settings = loaded.config.to_dict()
+        settings.pop("quantization_config", None)
+        plain = type(loaded)(type(loaded.config).from_dict(settings))
         plain.load_state_dict(loaded.state_dict())
         plain.generation_config = loaded.generation_config
 

@@ -42,6 +42,8 @@ def test_the_gguf_model_becomes_a_plain_folder_that_answers(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     assert type(model).__name__ == "LlamaForCausalLM" and tokenizer.chat_template
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    model.save_pretrained(tmp_path / "again")  # as export does: refused while it names GGUF
     ids = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}],
         add_generation_prompt=True, return_tensors="pt", return_dict=False)
