@@ -31,6 +31,7 @@ from autoft.errors import NOTHING_TO_SHOW_EXIT, NothingToShow, UsageError
 from autoft.files import full_disk_said
 
 DEMO_FILE = files("autoft") / "demo.yaml"  # package data
+DEMO_LM_FILE = files("autoft") / "demo_lm.yaml"  # `autoft demo --task causal-lm`
 
 
 def add_study_flags(parser: argparse.ArgumentParser) -> None:
@@ -43,8 +44,9 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
         help="training data: .csv, .tsv, .jsonl, .json, .parquet, a saved datasets "
         "folder, or a hub name",
     )
-    add("--task", help="text-classification, text-regression, multi-label or "
-        "image-classification (default: auto, from the data: a folder of class folders of "
+    add("--task", help="text-classification, text-regression, multi-label, causal-lm or "
+        "image-classification (default: auto, from the data: prompt and response columns are "
+        "causal-lm, a folder of class folders of "
         "images or a table with an image column is image-classification, a label column of "
         "lists or of names separated by ';', '|' or ',' multi-label, one of many distinct "
         "numbers a regression)")
@@ -53,11 +55,14 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
     add("--text-column", help="column with the text (default: text)")
     add("--text-pair-column", help="a second text column, for sentence pairs")
     add("--label-column", help="column with the label (default: label)")
+    add("--prompt-column", help="causal-lm: column with the prompt (default: prompt)")
+    add("--response-column", help="causal-lm: column with the response the loss counts "
+        "(default: response)")
     add("--label-columns", help="multi-label: columns of 0 and 1, one per label, named by commas "
         "(a,b,c), in place of one --label-column")
     add("--metric", help="classification: accuracy or macro_f1 (default: auto, macro_f1 for "
         "unbalanced classes); regression: spearman (default), pearson or rmse; "
-        "token-classification: entity_f1 (default, micro) or entity_macro_f1")
+        "token-classification: entity_f1 (default, micro) or entity_macro_f1; causal-lm: loss")
     add("--max-length", type=int, help="tokens per text (default: from the data's lengths)")
     add("--max-train-samples", type=int, help="use at most this many training rows")
     add("--max-val-samples", type=int, help="use at most this many validation rows")
@@ -146,7 +151,8 @@ def config_from_args(args: argparse.Namespace, default_file: Path | None = None)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autoft", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run the demo study (real model, real tweets)")
+    demo = commands.add_parser("demo", help="run the demo study (real model, real tweets; with "
+                               "--task causal-lm: SmolLM2-135M-Instruct on real conversations)")
     add_study_flags(demo)
     search = commands.add_parser("search", help="run or resume a study")
     add_study_flags(search)
@@ -176,18 +182,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def demo_study(args: argparse.Namespace) -> Path:
+    """The demo's study file, said on screen; the causal-lm demo's model and data are first made
+    in its study's cache (autoft.demo_lm) and given as --model and --train unless set."""
+    if args.task != "causal-lm":
+        print("autoft demo: all-MiniLM-L6-v2 on real tweet sentiment, a small study on this "
+              "machine.")
+        return DEMO_FILE
+    print("autoft demo --task causal-lm: SmolLM2-135M-Instruct tuned on the chatterbot "
+          "corpus's English conversations, a small study on this machine.")
+    from autoft.demo_lm import demo_inputs
+
+    name = args.name or load_yaml(DEMO_LM_FILE)["name"]
+    made = demo_inputs(Path(args.studies_dir or "studies") / name)
+    args.model = args.model or made["model"]
+    args.train = args.train or made["train"]
+    return DEMO_LM_FILE
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # `kill -USR1 PID` prints where every thread of an autoft that seems stuck is, and goes on.
     if sys.__stderr__ is not None:
         faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
     try:
+        demo_file = None
         if args.command == "demo":
-            print("autoft demo: all-MiniLM-L6-v2 on real tweet sentiment, a small study on this "
-                  "machine.")
+            demo_file = demo_study(args)
         config = None
         if args.command in ("demo", "search"):
-            config = config_from_args(args, DEMO_FILE if args.command == "demo" else None)
+            config = config_from_args(args, demo_file)
         if args.command == "status":  # the storage alone, no torch (see the module docstring)
             from autoft import status as commands
         else:

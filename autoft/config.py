@@ -60,6 +60,8 @@ class DataSettings:
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
+    prompt_column: str = "prompt"  # causal-lm: the prompt of each prompt/response pair
+    response_column: str = "response"  # causal-lm: the answer the loss counts
     label_columns: str | None = None  # multi-label: 0/1 columns, one per label, comma-separated
     metric: str = "auto"
     max_length: int | None = None

@@ -40,7 +40,8 @@ MARKER = ".autoft-export.json"  # hidden: a study prepared from an export does n
 PIPELINE_TAGS = {"text-classification": "text-classification",
                  "text-regression": "text-classification",
                  "image-classification": "image-classification",
-                 "token-classification": "token-classification"}
+                 "token-classification": "token-classification",
+                 "causal-lm": "text-generation"}
 HUB_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?")
 
 

@@ -280,6 +280,9 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
         data = task.encode(rows, processor, model.config, settings)
         pad_id = getattr(processor, "pad_token_id", None) or 0
     resolved = space.resolve(depth)
+    for name, (value, why) in task.fixed_params.items():
+        resolved = resolved.fix(name, value)
+        echo(f"  {name} held at {value:g} for {task.name}: {why}.")
     check_eval_interval(config, resolved, len(data.train))
     if not saved:
         base = measure_base_skill(config, model, processor, echo) if config.base else None

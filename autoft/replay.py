@@ -231,16 +231,23 @@ def check_replay(model, blocks, frozen, task: Task, split, pad_id: int, device):
         raise CacheUnusable(f"{name} cannot be replayed from a cache: {error}") from None
     except Exception as error:  # an architecture that breaks under the stand-ins: train uncached
         raise CacheUnusable(f"{name} fails when replayed from a cache ({error})") from None
-    gap = (replayed - expected).abs()
-    mask = batch.get("attention_mask")
-    if mask is not None and gap.shape[:2] == mask.shape:
-        gap = gap[mask.bool()]  # logits per token: padding's are never read (labels skip them)
-    gap = gap.max().item()
+    expected, replayed = _real_positions(expected, batch), _real_positions(replayed, batch)
+    gap = (replayed - expected).abs().max().item()
     if not gap <= CHECK_TOLERANCE * max(1.0, expected.abs().max().item()):
         raise CacheUnusable(
             f"{name} gives other logits when replayed from a cache (off by {gap:.2g})"
         )
     return rows.shape[-1], state.dtype
+
+
+def _real_positions(logits: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Logits per token (a causal LM's) at the real tokens only: at a padding position the
+    replay holds zeros where the model had its pad token's state, and no loss or score reads
+    what comes out there. Logits per example are kept whole."""
+    mask = batch.get("attention_mask")
+    if mask is None or logits.dim() < 3 or logits.shape[:2] != mask.shape:
+        return logits
+    return logits[mask.bool()]
 
 
 def _rows(state: torch.Tensor, batch: dict, shape: tuple[int, ...] | None) -> torch.Tensor:

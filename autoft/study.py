@@ -350,8 +350,8 @@ def record_study_facts(study: optuna.Study, prepared: Prepared) -> None:
         "train_examples": len(data.train),
         "data_description": (
             f"{Path(config.train).name} ({len(data.train)} training and "
-            f"{len(data.validation)} validation examples, {data.task}, labels "
-            f"{', '.join(data.label_names)})"
+            f"{len(data.validation)} validation examples, {data.task}"
+            + (f", labels {', '.join(data.label_names)})" if data.label_names else ")")
         ),
         "config": recordable_config(config),  # last: a waiting worker joins once it is there
     }

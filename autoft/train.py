@@ -213,7 +213,8 @@ def predict(
         for indices, batch in task.eval_batches(split, pad_id, device):
             with autocast(device):
                 logits = forward(model, batch, indices, prefix).logits
-            for i, prediction in zip(indices, task.predictions(logits), strict=True):
+            for i, prediction in zip(indices, task.batch_predictions(logits, split, indices),
+                                             strict=True):
                 predictions[i] = prediction
     return predictions
 

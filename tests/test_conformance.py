@@ -41,11 +41,12 @@ TASK_ASSETS = {
     "multi-label": ("tiny_model_dir", "tagged_jsonl"),
     "image-classification": ("tiny_resnet_dir", "digit_folder"),
     "token-classification": ("tiny_model_dir", "ner_jsonl"),
+    "causal-lm": ("tiny_llama_dir", "qa_jsonl"),
 }
 # Where each metric's values lie (a new metric names its range here).
 METRIC_RANGES = {"accuracy": (0, 1), "macro_f1": (0, 1), "micro_f1": (0, 1), "spearman": (-1, 1),
                  "pearson": (-1, 1), "rmse": (0, math.inf), "entity_f1": (0, 1),
-                 "entity_macro_f1": (0, 1)}
+                 "entity_macro_f1": (0, 1), "loss": (0, math.inf)}
 # Every base-check kind under every task kind that supports it: the check reads that task's model.
 BASE_PAIRS = [(task, kind) for task, task_class in TASKS.items() for kind in kinds_for(task_class)]
 
@@ -168,7 +169,9 @@ def test_a_task_reads_encodes_trains_and_scores_its_data(name, task_assets):
     with evaluating(model), torch.no_grad():
         for indices, batch in task.eval_batches(data.validation, pad_id, CPU):
             assert "labels" not in batch
-            for i, prediction in zip(indices, task.predictions(model(**batch).logits), strict=True):
+            logits = model(**batch).logits
+            for i, prediction in zip(indices, task.batch_predictions(logits, data.validation,
+                                                                     indices), strict=True):
                 predictions[i] = prediction
     assert None not in predictions, "every validation example predicted once"
     labels = data.validation.labels
@@ -250,11 +253,12 @@ def test_an_adapter_trains_the_top_blocks_and_keeps_what_training_changed(name, 
 DECODER_KINDS = ("causal_lm", "qa")
 
 
-def base_check(kind: str, images: bool, folder, request, base_config):
+def base_check(kind: str, images: bool, folder, request, base_config, task_name: str):
     """(model folder, config) of a base check of `kind` on tiny data of the model's inputs: the
     tiny ResNet's digits; texts for the tiny BERT (with its masked-LM head for masked_lm), or for
-    the tiny Llama (its own LM head) for the generative kinds."""
-    if kind in DECODER_KINDS:
+    the tiny Llama (its own LM head) for the generative kinds and under causal-lm (a decoder is
+    its own base model)."""
+    if kind in DECODER_KINDS or task_name == "causal-lm":
         return request.getfixturevalue("tiny_llama_dir"), base_config(kind, folder)
     if images:
         return (request.getfixturevalue("tiny_resnet_dir"),
@@ -276,7 +280,7 @@ def test_a_base_check_keeps_the_untouched_model_whole_and_sees_a_changed_one(
     settings = DataSettings(train=str(train))
     label_names = task.label_names(task.read(settings), settings)
     images = takes_images(task.load_processor(str(model_dir), False))
-    model_dir, config = base_check(kind, images, tmp_path, request, base_config)
+    model_dir, config = base_check(kind, images, tmp_path, request, base_config, task_name)
 
     def tuned(seed: int):
         torch.manual_seed(seed)  # another new head each time

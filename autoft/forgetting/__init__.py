@@ -71,8 +71,9 @@ def _kind_class(kind: str) -> type[BaseTask]:
 
 def kinds_for(task) -> tuple[str, ...]:
     """The base-check kinds that can check a model of `task` (a Task or its class): those whose
-    `inputs` hold the task's."""
-    return tuple(kind for kind, check in KINDS.items() if task.inputs in check.inputs)
+    `inputs` hold the task's, but those the task refuses."""
+    return tuple(kind for kind, check in KINDS.items()
+                 if task.inputs in check.inputs and kind not in task.refused_base_kinds)
 
 
 # The registry of base-check kinds by name: a new kind is a new module in kinds/.

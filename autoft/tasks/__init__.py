@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from autoft.errors import UsageError
 from autoft.tasks.base import MAXIMIZE, MINIMIZE, DataSettings, Metric, Rows, Task
+from autoft.tasks.causal_lm import CausalLM
 from autoft.tasks.image_classification import ImageClassification
 from autoft.tasks.multi_label import MultiLabel
 from autoft.tasks.text_classification import TextClassification
@@ -30,7 +31,7 @@ __all__ = [
 # Detection asks the kinds in this order; the last is what data that says nothing plainly is.
 TASKS: dict[str, type[Task]] = {
     kind.name: kind
-    for kind in (ImageClassification, TokenClassification, MultiLabel, TextRegression,
+    for kind in (ImageClassification, CausalLM, TokenClassification, MultiLabel, TextRegression,
                  TextClassification)
 }
 TASK_NAMES = tuple(TASKS)

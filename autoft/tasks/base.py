@@ -56,6 +56,11 @@ class Task(ABC):
     auto_class: ClassVar[str]  # the transformers class that loads the exported model
     tunes_on_validation: ClassVar[bool] = False  # whether export asks tuned_on_validation
     reads_label_columns: ClassVar[bool] = False  # whether it takes --label-columns (0/1 each)
+    # base-check kinds of its inputs that cannot read its model (causal-lm: a decoder has no
+    # mask token for masked_lm and no saved classifier for classification)
+    refused_base_kinds: ClassVar[tuple[str, ...]] = ()
+    # search parameters the kind holds, each with its value and why (said on screen)
+    fixed_params: ClassVar[dict[str, tuple[float, str]]] = {}
 
     # reading and checking the data
 
@@ -141,9 +146,16 @@ class Task(ABC):
 
     # scoring
 
-    @abstractmethod
     def predictions(self, logits: torch.Tensor) -> list:
-        """What the model predicts for each row of `logits` (a class index, a number)."""
+        """What the model predicts for each row of `logits` (a class index, a number); kinds
+        whose predictions need more than the logits override batch_predictions instead."""
+        raise NotImplementedError(f"{self.name} predicts through batch_predictions")
+
+    def batch_predictions(self, logits: torch.Tensor, split, indices: list[int]) -> list:
+        """The prediction for each example `indices` of `split` from the logits of its eval
+        batch: `predictions` of the logits, unless the kind scores against its inputs (a causal
+        LM's loss per token)."""
+        return self.predictions(logits)
 
     @abstractmethod
     def score(self, metric: str, labels: list, predictions: list) -> float:
