@@ -28,6 +28,7 @@ from autoft.forgetting.encoders import (
 )
 from autoft.model import evaluating, loading, pad_with_eos
 from autoft.replay import PrefixMemo
+from autoft.tasks.causal_lm import encode_pair
 
 IGNORED = -100  # a label the loss skips: padding, and what a check does not score
 LOGIT_BUDGET = 2**27  # floats of logits one batch may hold (texts × tokens × vocabulary): 512 MiB
@@ -132,23 +133,6 @@ class NextTokenTask(BaseTask):
         return top_kl(tuned, target)
 
 
-def prompt_and_answer(tokenizer, question: str, answer: str) -> tuple[list[int], list[int]]:
-    """(question tokens, answer tokens) as the model is asked and would answer: the user turn and
-    the assistant's reply in the tokenizer's chat template where it has one, else the question, a
-    newline, then the answer and the end-of-sequence token."""
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    if tokenizer.chat_template:
-        user = [{"role": "user", "content": question}]
-        asked = tokenizer.apply_chat_template(user, add_generation_prompt=True, return_dict=False)
-        whole = tokenizer.apply_chat_template(
-            user + [{"role": "assistant", "content": answer}], return_dict=False)
-        if whole[: len(asked)] == asked and len(whole) > len(asked):
-            return list(asked), list(whole[len(asked):])
-        return list(asked), tokenizer(answer, add_special_tokens=False)["input_ids"] + eos
-    return (tokenizer(question + "\n")["input_ids"],
-            tokenizer(answer, add_special_tokens=False)["input_ids"] + eos)
-
-
 def answer_batches(tokenizer, questions: list[str], answers: list[str], max_length: int,
                    size: int) -> list[tuple]:
     """Batches of question and answer, right-padded, whose labels count the answer's tokens only;
@@ -156,7 +140,7 @@ def answer_batches(tokenizer, questions: list[str], answers: list[str], max_leng
     its beginning."""
     rows = []
     for question, answer in zip(questions, answers, strict=True):
-        asked, said = prompt_and_answer(tokenizer, question, answer)
+        asked, said = encode_pair(tokenizer, question, answer)  # as the causal-lm task asks
         said = said[: max_length - 1]
         asked = asked[-(max_length - len(said)):]
         rows.append((asked + said, [IGNORED] * len(asked) + said))
