@@ -44,9 +44,10 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
         help="training data: .csv, .tsv, .jsonl, .json, .parquet, a saved datasets "
         "folder, or a hub name",
     )
-    add("--task", help="text-classification, text-regression, multi-label, causal-lm or "
-        "image-classification (default: auto, from the data: prompt and response columns are "
-        "causal-lm, a folder of class folders of "
+    add("--task", help="text-classification, text-regression, multi-label, "
+        "token-classification, causal-lm or image-classification (default: auto, from the "
+        "data: prompt and response columns are causal-lm, word and tag list columns or CoNLL "
+        "text token-classification, a folder of class folders of "
         "images or a table with an image column is image-classification, a label column of "
         "lists or of names separated by ';', '|' or ',' multi-label, one of many distinct "
         "numbers a regression)")
