@@ -46,11 +46,11 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
     )
     add("--task", help="text-classification, text-regression, multi-label, "
         "token-classification, causal-lm or image-classification (default: auto, from the "
-        "data: prompt and response columns are causal-lm, word and tag list columns or CoNLL "
-        "text token-classification, a folder of class folders of "
-        "images or a table with an image column is image-classification, a label column of "
-        "lists or of names separated by ';', '|' or ',' multi-label, one of many distinct "
-        "numbers a regression)")
+        "data: prompt and response columns, or texts without labels for a causal LM, are "
+        "causal-lm, word and tag list columns or CoNLL text token-classification, a folder of "
+        "class folders of images or a table with an image column is image-classification, a "
+        "label column of lists or of names separated by ';', '|' or ',' multi-label, one of "
+        "many distinct numbers a regression)")
     add("--validation", help="validation data (default: a stratified split of --train)")
     add("--val-fraction", type=float, help="share of train kept for validation (default 0.2)")
     add("--text-column", help="column with the text (default: text)")

@@ -267,7 +267,7 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
                  "without them, as its earlier trials did; start a new study to use them.")
     else:
         settings = DataSettings.from_config(config)
-        task, task_note = detect_task(config.task, settings)
+        task, task_note = detect_task(config.task, settings, config.model)
         check_task_settings(task, config)
         echo(f"Reading {config.train} ...")
         rows = task.read(settings)

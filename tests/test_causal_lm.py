@@ -23,7 +23,7 @@ from autoft.model import evaluating, freeze, split_parameters
 from autoft.params import TrialParams
 from autoft.precision import autocast
 from autoft.study import save_trial_weights
-from autoft.tasks import DataSettings, get_task
+from autoft.tasks import DataSettings, detect_task, get_task
 from autoft.train import evaluate, set_train_mode
 
 CPU = torch.device("cpu")
@@ -93,6 +93,23 @@ def test_plain_texts_count_every_token(tiny_llama_dir, tmp_path, texts):
     _, _, data = prepared(tiny_llama_dir, train)
     assert set(data.train.prompt_lengths) == {0}
     assert [label[1] for label in data.train.labels] == [len(i) - 1 for i in data.train.input_ids]
+
+
+def test_texts_without_labels_for_a_causal_lm_are_detected_as_continued_pretraining(
+        tiny_llama_dir, tiny_model_dir, tmp_path, texts):
+    """A text column and no label column is causal-lm when the model folder is a causal LM, and
+    stays text classification (whose missing label column is then the error) for a classifier."""
+    train = tmp_path / "texts.csv"
+    train.write_text("text\n" + "\n".join(texts(10, seed=2)) + "\n")
+    settings = DataSettings(train=str(train))
+    task, note = detect_task("auto", settings, str(tiny_llama_dir))
+    assert task.name == "causal-lm"
+    assert "the model is a LlamaForCausalLM" in note and "continued pretraining" in note
+    assert detect_task("auto", settings, str(tiny_model_dir))[0].name == "text-classification"
+    labelled = tmp_path / "labelled.csv"
+    labelled.write_text("text,label\n" + "".join(f"{t},a\n" for t in texts(4, seed=3)))
+    assert detect_task("auto", DataSettings(train=str(labelled)),
+                       str(tiny_llama_dir))[0].name == "text-classification"
 
 
 def test_what_trains_at_each_depth(family_dir):

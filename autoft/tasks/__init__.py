@@ -49,7 +49,7 @@ def recorded_task(study_attrs: dict) -> Task:
     return get_task(study_attrs.get("task", DEFAULT_TASK))
 
 
-def detect_task(requested: str, settings: DataSettings) -> tuple[Task, str | None]:
+def detect_task(requested: str, settings: DataSettings, model: str = "") -> tuple[Task, str | None]:
     """The task to run: `requested` unless it is 'auto'; then the first kind whose detect sees it
     plainly in the data, else text-classification. Returns it with a note for the screen when it
     was detected ("task: text-regression (the label column 'score' holds 812 distinct numbers;
@@ -62,7 +62,7 @@ def detect_task(requested: str, settings: DataSettings) -> tuple[Task, str | Non
             )
         return get_task(requested), None
     for name, kind in TASKS.items():
-        reason = kind.detect(settings)
+        reason = kind.detect(settings, model)
         if reason:
             return get_task(name), f"task: {name} ({reason}; set --task to change)"
     return get_task(DEFAULT_TASK), None

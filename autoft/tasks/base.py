@@ -65,10 +65,12 @@ class Task(ABC):
     # reading and checking the data
 
     @classmethod
-    def detect(cls, settings: DataSettings) -> str | None:
+    def detect(cls, settings: DataSettings, model: str) -> str | None:
         """Why the training data plainly holds this kind of task, in words for the screen ("the
         label column 'score' holds 812 distinct numbers"); None when it does not say so.
-        detect_task asks each kind in turn; it must not fail on data of another kind."""
+        `model` is the model's folder or hub name ('' when unknown), for a kind the model says
+        (a causal LM given texts without labels). detect_task asks each kind in turn; it must
+        not fail on data of another kind."""
         return None
 
     @abstractmethod

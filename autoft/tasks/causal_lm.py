@@ -12,8 +12,10 @@ head is pretrained, not new, so the search holds head_lr_multiplier at 1.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -76,6 +78,17 @@ def encode_pair(tokenizer, prompt: str | None, response: str) -> tuple[list[int]
             tokenizer(response, add_special_tokens=False)["input_ids"] + eos)
 
 
+def saved_causal_lm(model: str) -> str | None:
+    """The causal-LM class a local model folder's config.json names (LlamaForCausalLM), or None
+    (a classifier, an encoder, a hub name: detection reads no network)."""
+    try:
+        config = json.loads((Path(model) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return next((name for name in config.get("architectures") or []
+                 if name.endswith("ForCausalLM")), None)
+
+
 def fit(prompt: list[int], response: list[int], max_length: int) -> list[int] | None:
     """The prompt's last tokens that fit beside the whole response in `max_length` (the start
     of a long prompt goes), or None when the response alone does not fit."""
@@ -98,8 +111,9 @@ class CausalLM(Task):
     fixed_params = {"head_lr_multiplier": (1.0, "its head is pretrained, not new")}
 
     @classmethod
-    def detect(cls, settings: DataSettings) -> str | None:
-        """A prompt column and a response column in the training data."""
+    def detect(cls, settings: DataSettings, model: str) -> str | None:
+        """A prompt column and a response column in the training data; or a text column and no
+        label column, for a model saved as a causal LM (its config.json's architectures)."""
         try:
             table = read_table(settings.train, settings.where("train"))
         except UsageError:
@@ -108,6 +122,10 @@ class CausalLM(Task):
         if {settings.prompt_column, settings.response_column} <= names:
             return (f"the data has a prompt column '{settings.prompt_column}' and a response "
                     f"column '{settings.response_column}'")
+        architecture = saved_causal_lm(model)
+        if settings.text_column in names and settings.label_column not in names and architecture:
+            return (f"the model is a {architecture} and the data has a text column "
+                    f"'{settings.text_column}' and no label column: continued pretraining")
         return None
 
     def _read_file(self, source: str, settings: DataSettings, field_name: str, split: str):

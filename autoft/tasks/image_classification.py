@@ -38,7 +38,7 @@ class ImageClassification(Classification):
     preserves = False  # the preservation loss reads texts
 
     @classmethod
-    def detect(cls, settings: DataSettings) -> str | None:
+    def detect(cls, settings: DataSettings, model: str) -> str | None:
         """A folder of class folders with images, or a table with one column of images."""
         if is_image_folder(settings.train):
             return "the train path is a folder of class folders holding images"

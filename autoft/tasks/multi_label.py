@@ -310,7 +310,7 @@ class MultiLabel(TextTask):
         self.separator_: str | None = None  # found in the training data's label column
 
     @classmethod
-    def detect(cls, settings: DataSettings) -> str | None:
+    def detect(cls, settings: DataSettings, model: str) -> str | None:
         """0/1 columns named by --label-columns; lists in the label column, or strings a
         separator splits in many rows."""
         if settings.label_columns:

@@ -48,7 +48,7 @@ class TextRegression(TextTask):
     stratified = False
 
     @classmethod
-    def detect(cls, settings: DataSettings) -> str | None:
+    def detect(cls, settings: DataSettings, model: str) -> str | None:
         """Numbers in every row of the label column, more than MAX_CLASS_VALUES distinct ones
         or some with a fraction."""
         try:

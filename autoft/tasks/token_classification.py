@@ -107,7 +107,7 @@ class TokenClassification(TextTask):
     # reading and checking the data
 
     @classmethod
-    def detect(cls, settings: DataSettings) -> str | None:
+    def detect(cls, settings: DataSettings, model: str) -> str | None:
         """CoNLL text, or a table whose words and tags columns hold lists."""
         if Path(settings.train).suffix.lower() in CONLL_SUFFIXES:
             return f"{Path(settings.train).name} is CoNLL text, a word and its tag a line"
