@@ -89,7 +89,7 @@ def test_tables_and_saved_datasets_read_as_the_folder_does(digit_folder, tiny_re
     _, expected = prepared(tiny_resnet_dir, digit_folder)
     reference = TASK.collate(expected.train, list(range(6)), 0, CPU)
     for source in (table, lines, saved):
-        assert ImageClassification.detect(DataSettings(train=str(source))), source
+        assert ImageClassification.detect(DataSettings(train=str(source)), ""), source
         _, data = prepared(tiny_resnet_dir, source)
         assert data.train.labels == expected.train.labels, source
         batch = TASK.collate(data.train, list(range(6)), 0, CPU)
