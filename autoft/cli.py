@@ -22,6 +22,7 @@ from pathlib import Path
 from autoft.config import (
     BASE_KINDS,
     PRECISIONS,
+    PRUNERS,
     StudyConfig,
     build_config,
     load_yaml,
@@ -77,6 +78,12 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
     add("--n-trials", type=int, help="total trials of the study, across restarts (default 20)")
     add("--timeout", help="stop starting trials after this long, like 8h or 30m")
     add("--seed", type=int, help="random seed (default 0)")
+    add(
+        "--pruner",
+        choices=PRUNERS,
+        help="median (default: prunes only beyond a trial's own noise; a costly trial must "
+        "lead), or Optuna's successive-halving or hyperband",
+    )
     add("--pruner-startup-trials", type=int, help="complete trials before pruning starts")
     add("--pruner-warmup-steps", type=int, help="evaluations of a trial that are never pruned")
     add("--study", dest="name", help="study name: its folder is <studies-dir>/<name>")

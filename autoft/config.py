@@ -21,6 +21,8 @@ from autoft.errors import UsageError
 from autoft.presets import apply_preset
 
 PRECISIONS = ("auto", "bf16", "fp32")
+# autoft.pruning.PRUNERS: its noise-aware median, or Optuna's successive halving or Hyperband
+PRUNERS = ("median", "successive-halving", "hyperband")
 # The base-check kinds: one module each in autoft/forgetting/kinds/, named as the kind; read from
 # the folder, not imported, so the CLI and the config check them without torch.
 BASE_KINDS = tuple(sorted(
@@ -107,6 +109,7 @@ class StudyConfig(DataSettings):
     cache: bool = True
     precision: str = "auto"  # auto, bf16 or fp32 (autoft.precision)
     preset: str | None = None
+    pruner: str = "median"  # one of PRUNERS
     pruner_startup_trials: int | None = None
     pruner_warmup_steps: int = 0
     base: BaseTaskConfig | None = None
@@ -346,6 +349,11 @@ def validate(config: StudyConfig) -> None:
         raise UsageError(
             f"{config.where('precision')}: unknown precision '{config.precision}'; use "
             f"{', '.join(PRECISIONS)} (auto: bf16 where the CPU or GPU computes it natively)."
+        )
+    if config.pruner not in PRUNERS:
+        raise UsageError(
+            f"{config.where('pruner')}: unknown pruner '{config.pruner}'; use "
+            f"{', '.join(PRUNERS)} (median: autoft's, which prunes only beyond a trial's noise)."
         )
     if config.timeout is not None and config.timeout <= 0:
         raise UsageError(f"{config.where('timeout')}: the timeout must be positive, like 8h.")

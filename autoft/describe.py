@@ -48,12 +48,14 @@ def describe_seconds(seconds: float) -> str:
 
 def describe_settings(settings: dict) -> str:
     """'search space 'quick', a budget of 8 trials, pruning once 2 trials are complete (...)'."""
-    text = (
-        f"search space '{settings['space']}', a budget of {settings['n_trials']} trials, pruning "
-        f"once {settings['pruner_startup_trials']} trials are complete"
-    )
-    if settings.get("pruner_warmup_steps"):
-        text += f" and never at the first {settings['pruner_warmup_steps']} evaluation(s)"
+    text = f"search space '{settings['space']}', a budget of {settings['n_trials']} trials, "
+    pruner = settings.get("pruner", "median")  # studies from before the setting used the median
+    if pruner != "median":
+        text += f"Optuna's {pruner} pruning"
+    else:
+        text += f"pruning once {settings['pruner_startup_trials']} trials are complete"
+        if settings.get("pruner_warmup_steps"):
+            text += f" and never at the first {settings['pruner_warmup_steps']} evaluation(s)"
     if settings.get("preset"):
         text += f" (preset '{settings['preset']}'; the study file and flags win over it)"
     return text

@@ -58,6 +58,7 @@ def search_settings(config) -> dict[str, Any]:
         "preset": config.preset,
         "space": config.space,
         "n_trials": config.n_trials,
+        "pruner": config.pruner,
         "pruner_startup_trials": config.pruner_startup,
         "pruner_warmup_steps": config.pruner_warmup_steps,
     }

@@ -25,8 +25,8 @@ NOISE_ERRORS = 2  # standard errors a trial must fall below the median by: about
 # the top half took 17.6 of 20.7 minutes and scored no better than a 1.9-minute trial of the top 2.
 COSTLY = 2.0
 REASON = "worse than the median of earlier trials"
-# A trial stops once this share of its planned samples brought no gain: the issue's spam study had
-# a trial reach its final score after 4,000 of 6,000 samples and train on.
+# A trial stops once this share of its planned samples brought no gain beyond its noise: the
+# issue's spam study had a trial reach its final score after 4,000 of 6,000 samples and train on.
 PLATEAU_SHARE = 0.25
 
 
@@ -147,22 +147,44 @@ def against_the_best(study: optuna.Study, value: float,
 
 
 def plateau(evaluations: list[dict], planned_samples: int, sign: int) -> str | None:
-    """Why a trial should stop here, its score having risen by nothing over more than the last
-    PLATEAU_SHARE of its planned samples (its best checkpoint is kept, so stopping loses no
-    score); None while it still gains, or at its last evaluation, where it ends anyway."""
+    """Why a trial should stop here, its score having risen by no more than its noise (one
+    standard error of the score to beat, where recorded) over more than the last PLATEAU_SHARE of
+    its planned samples (its best checkpoint is kept, so stopping loses no score); None while it
+    still gains, or at its last evaluation, where it ends anyway."""
     seen = evaluations[-1]["samples_seen"]
-    best = max(evaluations, key=lambda e: (sign * e["value"], -e["samples_seen"]))
-    if seen >= planned_samples or seen - best["samples_seen"] <= PLATEAU_SHARE * planned_samples:
+    level = evaluations[0]  # the evaluation that brought the last real gain
+    for evaluation in evaluations[1:]:
+        if sign * (evaluation["value"] - level["value"]) > (level.get("standard_error") or 0.0):
+            level = evaluation
+    if seen >= planned_samples or seen - level["samples_seen"] <= PLATEAU_SHARE * planned_samples:
         return None
-    return (f"no gain over its last {seen - best['samples_seen']:,} of {planned_samples:,} "
-            f"samples (best {best['value']:.4f} after {best['samples_seen']:,}): stopped there, "
-            f"keeping its best checkpoint")
+    best = max(evaluations, key=lambda e: (sign * e["value"], -e["samples_seen"]))
+    noise = (f" beyond its noise (±{level['standard_error']:.4f})"
+             if level.get("standard_error") else "")
+    return (f"no gain{noise} over its last {seen - level['samples_seen']:,} of "
+            f"{planned_samples:,} samples (best {best['value']:.4f} after "
+            f"{best['samples_seen']:,}): stopped there, keeping its best checkpoint")
+
+
+def make_pruner(name: str, startup_trials: int, warmup_steps: int) -> optuna.pruners.BasePruner:
+    """The pruner a study file names (config.PRUNERS): autoft's noise-aware median after
+    `startup_trials` complete trials and from step `warmup_steps`, or Optuna's successive halving
+    or Hyperband with their own defaults (a rung at evaluations 1, 3, 9, ...; each keeps the best
+    third of the trials that reached it), which ignore those two settings."""
+    if name == "successive-halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    return NoisyMedianPruner(n_startup_trials=startup_trials, n_warmup_steps=warmup_steps)
 
 
 def prune_reason(study: optuna.Study, evaluations: list[dict]) -> str:
     """Why the study's pruner stopped a trial whose `evaluations` these are: with the numbers
     that decided when it is a NoisyMedianPruner."""
     pruner = study.pruner
+    if isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner | optuna.pruners.HyperbandPruner):
+        return (f"not among the best third of the trials that reached its rung (successive "
+                f"halving): {evaluations[-1]['value']:.4f} at evaluation {evaluations[-1]['step']}")
     if not isinstance(pruner, NoisyMedianPruner):
         return REASON
     values = {e["step"]: e["value"] for e in evaluations}

@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 from autoft.config import BaseTaskConfig, StudyConfig
 from autoft.errors import UsageError
 from autoft.files import file_lock, unwritable_folder
-from autoft.pruning import NoisyMedianPruner
+from autoft.pruning import make_pruner
 from autoft.schedule import run_stale_again
 from autoft.signals import Stop
 
@@ -176,16 +176,10 @@ def make_sampler(seed: int, n_trials: int) -> TrialSeededSampler:
         return TrialSeededSampler(seed, n_startup_trials=startup, multivariate=True, group=True)
 
 
-def make_pruner(startup_trials: int, warmup_steps: int) -> NoisyMedianPruner:
-    """Median pruning after a few complete trials, so early trials are not all cut, and only
-    beyond a trial's own noise (autoft.pruning)."""
-    return NoisyMedianPruner(n_startup_trials=startup_trials, n_warmup_steps=warmup_steps)
-
-
-def policies(config: StudyConfig) -> tuple[TrialSeededSampler, NoisyMedianPruner]:
+def policies(config: StudyConfig) -> tuple[TrialSeededSampler, optuna.pruners.BasePruner]:
     """The sampler and the pruner the study's trials are run with."""
     return (make_sampler(config.seed, config.n_trials),
-            make_pruner(config.pruner_startup, config.pruner_warmup_steps))
+            make_pruner(config.pruner, config.pruner_startup, config.pruner_warmup_steps))
 
 
 def open_study(config: StudyConfig, storage: RDBStorage | None = None,

