@@ -43,23 +43,12 @@ __all__ = [
 ]
 
 
-def build_base_task(
-    config: BaseTaskConfig,
-    model_source: str,
-    tokenizer,
-    max_length: int,
-    trust_remote_code: bool = False,
-    split: BaseSplit | None = None,
-    seed: int = 0,
-) -> BaseTask:
-    """Read the base-task data and the original model once; the task then scores any tuned model.
-
-    `split` is the study's stored split of the data; without one the data is split now (seeded).
-    """
+def build_base_task(config: BaseTaskConfig, *args, **options) -> BaseTask:
+    """The check of `config.kind`: its base-task data and the original model read once (the
+    arguments are `BaseTask.__init__`'s); the task then scores any tuned model."""
     if config.kind not in KINDS:
         raise UsageError(f"Unknown base-task kind '{config.kind}'; use one of {', '.join(KINDS)}.")
-    return KINDS[config.kind](config, model_source, tokenizer, max_length, trust_remote_code,
-                              split, seed)
+    return KINDS[config.kind](config, *args, **options)
 
 
 def _kind_class(kind: str) -> type[BaseTask]:
