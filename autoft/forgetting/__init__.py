@@ -60,9 +60,9 @@ def _kind_class(kind: str) -> type[BaseTask]:
 
 def kinds_for(task) -> tuple[str, ...]:
     """The base-check kinds that can check a model of `task` (a Task or its class): those whose
-    `inputs` hold the task's, but those the task refuses."""
+    `inputs` hold the task's and whose `models` hold one the task may tune."""
     return tuple(kind for kind, check in KINDS.items()
-                 if task.inputs in check.inputs and kind not in task.refused_base_kinds)
+                 if task.inputs in check.inputs and set(task.models) & set(check.models))
 
 
 # The registry of base-check kinds by name: a new kind is a new module in kinds/.

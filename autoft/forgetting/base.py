@@ -51,6 +51,8 @@ class BaseTask(ABC):
     measures: str
     higher_is_better: bool
     inputs: tuple[str, ...]  # the target tasks' inputs whose models it checks: text, image
+    # the models it can read, as a Task names those it tunes: encoder, decoder
+    models: tuple[str, ...] = ("encoder", "decoder")
     replays_prefix = True  # whether `reads` can start from the frozen blocks' cached output
     split_: BaseSplit
     units_: dict[str, int]  # how many units each part holds: quick, search, audit

@@ -50,15 +50,15 @@ class Task(ABC):
     name: ClassVar[str]  # 'text-classification': the value of `task:` and --task
     metrics: ClassVar[tuple[Metric, ...]]  # the first is the default unless choose_metric says
     inputs: ClassVar[str]  # what its examples are: text or image (the base checks it supports)
+    # the models it may tune: encoder (BERT, an image model), decoder (GPT-2, Llama); the base
+    # checks it supports read one of them (forgetting.kinds_for)
+    models: ClassVar[tuple[str, ...]] = ("encoder", "decoder")
     cache_layout: ClassVar[str]  # 'per_token' (unpadded rows + offsets) or 'fixed' (one shape)
     split_class: ClassVar[type]  # a dataclass of plain lists: prepared/ keeps it as JSON
     preserves: ClassVar[bool] = True  # whether it has the preservation loss (base-side texts)
     auto_class: ClassVar[str]  # the transformers class that loads the exported model
     tunes_on_validation: ClassVar[bool] = False  # whether export asks tuned_on_validation
     reads_label_columns: ClassVar[bool] = False  # whether it takes --label-columns (0/1 each)
-    # base-check kinds of its inputs that cannot read its model (causal-lm: a decoder has no
-    # mask token for masked_lm and no saved classifier for classification)
-    refused_base_kinds: ClassVar[tuple[str, ...]] = ()
     # search parameters the kind holds, each with its value and why (said on screen)
     fixed_params: ClassVar[dict[str, tuple[float, str]]] = {}
 

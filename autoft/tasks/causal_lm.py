@@ -107,7 +107,7 @@ class CausalLM(Task):
     cache_layout = "per_token"
     split_class = Split
     auto_class = "AutoModelForCausalLM"
-    refused_base_kinds = ("classification", "masked_lm")
+    models = ("decoder",)  # so no masked_lm (no mask token) nor classification (no classifier)
     fixed_params = {"head_lr_multiplier": (1.0, "its head is pretrained, not new")}
 
     @classmethod

@@ -37,6 +37,7 @@ class ClassificationTask(BaseTask):
 
     name = "classification_accuracy"
     inputs = ("text", "image")
+    models = ("encoder",)  # the base model's own saved classifier head
     measures = "How often the base model's own classifier head, fed by the tuned encoder, is right."
     higher_is_better = True
 

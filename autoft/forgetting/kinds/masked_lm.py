@@ -40,6 +40,7 @@ class MaskedLMTask(BaseTask):
 
     name = "masked_lm_loss"
     inputs = ("text",)
+    models = ("encoder",)  # the base model's own masked-LM head and mask token
     measures = "How well the base model's masked-LM head, fed by the tuned encoder, fills blanks."
     higher_is_better = False
 
