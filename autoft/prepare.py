@@ -23,7 +23,7 @@ from autoft.preserve import PreservedTexts, texts_to_preserve
 from autoft.space import SPACES_DIR, SearchSpace, load_space
 from autoft.storage import check_same_inputs, recorded_inputs
 from autoft.study import study_base_task
-from autoft.tasks import DataSettings, Task, detect_task, get_task
+from autoft.tasks import DataSettings, Preserving, Task, detect_task, get_task
 from autoft.tasks.text import model_length_limit
 
 # What shapes the prepared data: the task, the model and every data setting.
@@ -147,7 +147,7 @@ def preserving(config: StudyConfig, task: Task, data, base: dict | None,
     (`preserve_on`) for the report; `processor` is loaded here when the data was prepared
     earlier and the task's own texts may be needed."""
     split = BaseSplit.from_dict(base["split"]) if base else None
-    if processor is None and config.base and task.preserves:
+    if processor is None and config.base and isinstance(task, Preserving):
         processor = task.load_processor(config.model, config.trust_remote_code)
     preserved = texts_to_preserve(config.base, split, data, task, processor, config.seed)
     if base is not None and preserved.texts:
@@ -227,7 +227,7 @@ def check_task_settings(task: Task, config: StudyConfig) -> None:
             f"{config.where('base.kind')}: {task.name} has no '{config.base.kind}' base-task "
             f"check; use one of {', '.join(kinds_for(task))}."
         )
-    if config.base and config.base.preserve_data and not task.preserves:
+    if config.base and config.base.preserve_data and not isinstance(task, Preserving):
         raise UsageError(
             f"{config.where('base.preserve_data')}: {task.name} has no preservation loss; "
             "drop base.preserve_data (--base-preserve-data)."

@@ -28,6 +28,7 @@ from autoft.files import file_lock, write_whole
 from autoft.forgetting import BaseSplit, BaseTask, Replay, no_replay, preservation_texts
 from autoft.model import Blocks, evaluating, find_blocks
 from autoft.replay import CacheUnusable, capture, replaying
+from autoft.tasks.base import Preserving
 
 __all__ = ["Cost", "Preservation", "PreservationLoss", "PreservedTexts", "texts_to_preserve"]
 
@@ -72,10 +73,10 @@ def texts_to_preserve(base: BaseTaskConfig | None, split: BaseSplit | None, data
     else, every base item being scored, a seeded sample of OWN_TEXTS of the task's own training
     texts (`data.train`, the prepared split: never validation), on which the untouched model's
     output is the target, as in Learning without Forgetting (Li & Hoiem). None without a base
-    task or for a task without the preservation loss (`task.preserves`: images)."""
+    task or for a task without the preservation loss (not `Preserving`: images)."""
     if base is None:
         return PreservedTexts([], "", "there is no base task")
-    if not task.preserves:
+    if not isinstance(task, Preserving):
         return PreservedTexts([], "", f"{task.name} has no preservation loss")
     texts = preservation_texts(base, split)
     if base.preserve_data:

@@ -13,7 +13,7 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import optuna
@@ -38,13 +38,15 @@ from transformers import (
 
 from autoft.config import BaseTaskConfig, build_config
 from autoft.data import TargetData
-from autoft.model import freeze, load_model
+from autoft.forgetting import preservation_texts
+from autoft.model import evaluating, freeze, load_model
 from autoft.prepare import prepare_study
+from autoft.preserve import Preservation
 from autoft.schedule import queue_next_config
 from autoft.storage import load_study, open_study
 from autoft.study import Objective, record_study_facts
 from autoft.tasks.text import Split
-from autoft.train import TrialParams
+from autoft.train import TrialParams, train_trial
 
 # Tiny models train faster on one thread than on two (a preservation test: 16.7 s against 25.1 s
 # here), and the autoft processes the tests start inherit the setting.
@@ -229,6 +231,45 @@ def base_config(kind: str, folder: Path) -> BaseTaskConfig:
 def base_config_fixture():
     """base_config(kind, folder): a base task of each kind on texts of the tiny vocabulary."""
     return base_config
+
+
+def preservation_distances(check, config: BaseTaskConfig, folder: str, target, tokenizer,
+                           tmp_path: Path) -> tuple[float, float]:
+    """How far what base check `check` reads moves on held-out texts when the model of `folder`
+    trains hard on the prepared `target` (data, pad id): lr 1e-2, two blocks, two epochs;
+    without the preservation loss, and with weight 3. Distances are `check.distance`'s, averaged
+    over batches."""
+    data, pad_id = target
+    hard = TrialParams(learning_rate=1e-2, head_lr_multiplier=1.0, batch_size=16,
+                       trainable_layers=2, epochs=2, weight_decay=0.0, warmup_ratio=0.0)
+    untouched, _ = load_model(folder, data.label_names)
+    held_out = check.preservation_batches(tokenizer, texts(16, seed=9), 32, 8)
+    with evaluating(untouched):
+        expected = [check.target(untouched, batch) for batch in held_out]
+
+    def distance_after_training(weight: float) -> float:
+        model, _ = load_model(folder, data.label_names)
+        freeze(model, hard.trainable_layers)
+        terms = []
+        if weight:
+            preservation = Preservation(check, preservation_texts(config, check.split_),
+                                        tokenizer, tmp_path / "preserve", folder)
+            terms = [preservation.loss(model, weight, 0, torch.device("cpu"))[0]]
+        train_trial(model, data, replace(hard, preserve_weight=weight), torch.device("cpu"), pad_id,
+                    seed=0, on_evaluation=lambda evaluation: None, loss_terms=terms)
+        with torch.no_grad(), evaluating(model):
+            gaps = [float(check.distance(check.reads(model, batch), goal))
+                    for batch, goal in zip(held_out, expected, strict=True)]
+        return sum(gaps) / len(gaps)
+
+    return distance_after_training(0.0), distance_after_training(3.0)
+
+
+@pytest.fixture(name="preservation_distances", scope="session")
+def preservation_distances_fixture():
+    """preservation_distances(check, config, folder, target, tokenizer, tmp_path): what `check`
+    reads moved after hard training, (without preservation, with weight 3)."""
+    return preservation_distances
 
 
 @pytest.fixture(name="build_chat_tokenizer", scope="session")

@@ -30,7 +30,7 @@ from autoft.forgetting.base import takes_images
 from autoft.model import evaluating, freeze, model_depth
 from autoft.params import TrialParams
 from autoft.study import save_trial_weights
-from autoft.tasks import MAXIMIZE, TASKS, DataSettings, detect_task, get_task
+from autoft.tasks import MAXIMIZE, TASKS, DataSettings, Preserving, detect_task, get_task
 from autoft.train import evaluate, set_train_mode
 
 CPU = torch.device("cpu")
@@ -306,7 +306,7 @@ def test_a_base_check_keeps_the_untouched_model_whole_and_sees_a_changed_one(
     assert module_state(model) == modes, "modes and requires_grad as the caller set them"
 
     batch = None
-    if task.preserves:
+    if isinstance(task, Preserving):
         batch = check.preservation_batches(processor, texts(8, seed=7), 32, 4)[0]
         target = check.target(other, batch)
         with evaluating(model):

@@ -7,7 +7,6 @@ sentence, and a real `autoft search` checks a GPT-2 text classifier with each ki
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 from pathlib import Path
@@ -29,17 +28,14 @@ from autoft.forgetting import (
 from autoft.forgetting.decoders import IGNORED, answer_batches
 from autoft.forgetting.readers import read_questions
 from autoft.forgetting.split import split_base
-from autoft.model import evaluating, find_blocks, freeze, load_model
+from autoft.model import find_blocks, freeze, load_model
 from autoft.prepare import prepare_study
 from autoft.preserve import Preservation
-from autoft.train import TrialParams, train_trial
 
 CPU = torch.device("cpu")
 FAMILIES = ("gpt2", "llama", "qwen2")
 KINDS = ("causal_lm", "qa")
 SHIPPED_QA = Path(__file__).parents[1] / "autoft" / "base_data" / "general_qa.jsonl"
-HARD = TrialParams(learning_rate=1e-2, head_lr_multiplier=1.0, batch_size=16, trainable_layers=2,
-                   epochs=2, weight_decay=0.0, warmup_ratio=0.0)
 
 
 def causal_lm(folder: Path, seed: int = 0):
@@ -179,37 +175,19 @@ def gpt2_target(tmp_path_factory, tiny_decoders, tiny_csv):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_preservation_keeps_the_next_token_distribution_closer_and_replays_the_prefix(
-    kind, tiny_decoders, gpt2_target, build_chat_tokenizer, base_config, texts, tmp_path
+    kind, tiny_decoders, gpt2_target, build_chat_tokenizer, base_config, tmp_path,
+    preservation_distances
 ):
     """A GPT-2 classifier trained hard moves the base LM head's next-token distribution on held-
     out texts; the preservation loss keeps it far closer. Its frozen bottom block is replayed
     (proven against the whole model) and the loss is the one the whole model gives."""
-    data, pad_id = gpt2_target
+    data, _ = gpt2_target
     folder = str(tiny_decoders["gpt2"])
     config = base_config(kind, tmp_path)
     tokenizer = build_chat_tokenizer()
     check = build_base_task(config, folder, tokenizer, 32)
-    untouched, _ = load_model(folder, data.label_names)
-    held_out = check.preservation_batches(tokenizer, texts(16, seed=9), 32, 8)
-    with evaluating(untouched):
-        expected = [check.target(untouched, batch) for batch in held_out]
-
-    def distance_after_training(weight: float) -> float:
-        model, _ = load_model(folder, data.label_names)
-        freeze(model, HARD.trainable_layers)
-        terms = []
-        if weight:
-            preservation = Preservation(check, preservation_texts(config, check.split_),
-                                        tokenizer, tmp_path / "preserve", folder)
-            terms = [preservation.loss(model, weight, 0, CPU)[0]]
-        train_trial(model, data, dataclasses.replace(HARD, preserve_weight=weight), CPU, pad_id,
-                    seed=0, on_evaluation=lambda evaluation: None, loss_terms=terms)
-        with torch.no_grad(), evaluating(model):
-            gaps = [float(check.distance(check.reads(model, batch), goal))
-                    for batch, goal in zip(held_out, expected, strict=True)]
-        return sum(gaps) / len(gaps)
-
-    free, preserved = distance_after_training(0.0), distance_after_training(3.0)
+    free, preserved = preservation_distances(check, config, folder, gpt2_target, tokenizer,
+                                             tmp_path)
     assert free > 1e-3, f"lr 1e-2 on every layer must move what {kind} reads"
     assert preserved < 0.5 * free, (kind, free, preserved)
 

@@ -19,7 +19,7 @@ from autoft.cli import main
 from autoft.config import BaseTaskConfig, build_config
 from autoft.forgetting import BaseSplit, build_base_task, preservation_texts
 from autoft.forgetting.split import split_base
-from autoft.model import evaluating, freeze, load_model
+from autoft.model import freeze, load_model
 from autoft.prepare import prepare_study
 from autoft.preserve import Preservation, texts_to_preserve
 from autoft.tasks import get_task
@@ -41,34 +41,15 @@ def target(tmp_path_factory, tiny_model_dir, tiny_csv):
 
 @pytest.mark.parametrize("kind", ["similarity", "drift", "classification", "masked_lm"])
 def test_preservation_keeps_what_the_base_task_reads_closer(
-    kind, tiny_model_dir, tiny_mlm_dir, target, tmp_path, build_tokenizer, base_config, texts
+    kind, tiny_model_dir, tiny_mlm_dir, target, tmp_path, build_tokenizer, base_config,
+    preservation_distances
 ):
-    data, pad_id = target
     model_dir = tiny_mlm_dir if kind == "masked_lm" else tiny_model_dir
     config = base_config(kind, tmp_path)
     tokenizer = build_tokenizer()
     task = build_base_task(config, str(model_dir), tokenizer, 32)
-    untouched, _ = load_model(str(model_dir), data.label_names)
-    held_out = task.preservation_batches(tokenizer, texts(16, seed=9), 32, 8)
-    with evaluating(untouched):
-        expected = [task.target(untouched, batch) for batch in held_out]
-
-    def distance_after_training(weight: float) -> float:
-        model, _ = load_model(str(model_dir), data.label_names)
-        freeze(model, HARD.trainable_layers)
-        terms = []
-        if weight:
-            preservation = Preservation(task, preservation_texts(config, task.split_), tokenizer,
-                                        tmp_path / "preserve", str(model_dir))
-            terms = [preservation.loss(model, weight, 0, CPU)[0]]
-        train_trial(model, data, dataclasses.replace(HARD, preserve_weight=weight), CPU, pad_id,
-                    seed=0, on_evaluation=lambda evaluation: None, loss_terms=terms)
-        with torch.no_grad(), evaluating(model):
-            gaps = [float(task.distance(task.reads(model, batch), goal))
-                    for batch, goal in zip(held_out, expected, strict=True)]
-        return sum(gaps) / len(gaps)
-
-    free, preserved = distance_after_training(0.0), distance_after_training(3.0)
+    free, preserved = preservation_distances(task, config, str(model_dir), target, tokenizer,
+                                             tmp_path)
     assert free > 1e-3, f"lr 1e-2 on every layer must move what {kind} reads"
     assert preserved < 0.5 * free, (kind, free, preserved)
 

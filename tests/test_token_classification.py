@@ -66,7 +66,7 @@ def test_each_words_tag_goes_on_its_first_sub_token_only():
     names = tag_names(["ACT", "LOC"])
     index = {name: i for i, name in enumerate(names)}
     split = align(tokenizer, [["we", "playing", "in", "new", "york"]],
-                  [["O", "B-ACT", "O", "B-LOC", "I-LOC"]], index, 32)
+                  get_task(TASK).encode_labels([["O", "B-ACT", "O", "B-LOC", "I-LOC"]], names), 32)
     pieces = tokenizer.convert_ids_to_tokens(split.input_ids[0])
     assert pieces == ["[CLS]", "we", "play", "##ing", "in", "new", "york", "[SEP]"]
     assert split.labels[0] == [IGNORED, index["O"], index["B-ACT"], IGNORED, index["O"],
@@ -75,10 +75,9 @@ def test_each_words_tag_goes_on_its_first_sub_token_only():
 
 def test_words_cut_off_by_max_length_are_counted(caplog):
     tokenizer = wordpiece_tokenizer()
-    index = {name: i for i, name in enumerate(tag_names(["LOC"]))}
+    tags = get_task(TASK).encode_labels([["O", "O", "B-LOC", "I-LOC"]], tag_names(["LOC"]))
     with caplog.at_level(logging.WARNING, logger="autoft"):
-        split = align(tokenizer, [["we", "in", "new", "york"]], [["O", "O", "B-LOC", "I-LOC"]],
-                      index, 4)
+        split = align(tokenizer, [["we", "in", "new", "york"]], tags, 4)
     assert len(split.input_ids[0]) == 4 and split.labels[0][-1] == IGNORED
     assert "2 of 4 words have no token within max_length 4" in caplog.text
 

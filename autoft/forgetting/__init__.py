@@ -43,23 +43,12 @@ __all__ = [
 ]
 
 
-def build_base_task(
-    config: BaseTaskConfig,
-    model_source: str,
-    tokenizer,
-    max_length: int,
-    trust_remote_code: bool = False,
-    split: BaseSplit | None = None,
-    seed: int = 0,
-) -> BaseTask:
-    """Read the base-task data and the original model once; the task then scores any tuned model.
-
-    `split` is the study's stored split of the data; without one the data is split now (seeded).
-    """
+def build_base_task(config: BaseTaskConfig, *args, **options) -> BaseTask:
+    """The check of `config.kind`: its base-task data and the original model read once (the
+    arguments are `BaseTask.__init__`'s); the task then scores any tuned model."""
     if config.kind not in KINDS:
         raise UsageError(f"Unknown base-task kind '{config.kind}'; use one of {', '.join(KINDS)}.")
-    return KINDS[config.kind](config, model_source, tokenizer, max_length, trust_remote_code,
-                              split, seed)
+    return KINDS[config.kind](config, *args, **options)
 
 
 def _kind_class(kind: str) -> type[BaseTask]:
@@ -71,9 +60,9 @@ def _kind_class(kind: str) -> type[BaseTask]:
 
 def kinds_for(task) -> tuple[str, ...]:
     """The base-check kinds that can check a model of `task` (a Task or its class): those whose
-    `inputs` hold the task's, but those the task refuses."""
+    `inputs` hold the task's and whose `models` hold one the task may tune."""
     return tuple(kind for kind, check in KINDS.items()
-                 if task.inputs in check.inputs and kind not in task.refused_base_kinds)
+                 if task.inputs in check.inputs and set(task.models) & set(check.models))
 
 
 # The registry of base-check kinds by name: a new kind is a new module in kinds/.

@@ -27,6 +27,9 @@ TOP_LOG_PROBS = 32  # LM preservation keeps the untouched model's 32 likeliest t
 
 # `replay(module)`: a context in which `module`'s frozen bottom blocks return cached states.
 Replay = Callable[[torch.nn.Module], contextlib.AbstractContextManager]
+# `split_into(total, unit)`: the unit indices of each part (quick, search, audit) of base data
+# holding `total` units called `unit` (texts, examples, questions...).
+SplitInto = Callable[[int, str], dict[str, list[int]]]
 
 
 def no_replay(module: torch.nn.Module) -> contextlib.AbstractContextManager:
@@ -48,9 +51,32 @@ class BaseTask(ABC):
     measures: str
     higher_is_better: bool
     inputs: tuple[str, ...]  # the target tasks' inputs whose models it checks: text, image
+    # the models it can read, as a Task names those it tunes: encoder, decoder
+    models: tuple[str, ...] = ("encoder", "decoder")
     replays_prefix = True  # whether `reads` can start from the frozen blocks' cached output
     split_: BaseSplit
     units_: dict[str, int]  # how many units each part holds: quick, search, audit
+
+    def __init__(
+        self,
+        config: BaseTaskConfig,
+        model_source: str,
+        tokenizer,
+        max_length: int,
+        trust_remote_code: bool = False,
+        split: BaseSplit | None = None,
+        seed: int = 0,
+    ):
+        """Read the base data and what the check needs of the original model, once (`_read`);
+        the data's units are split into parts by the study's `split`, or now (seeded)."""
+        self._read(config, model_source, tokenizer, max_length, trust_remote_code,
+                   lambda total, unit: self._parts(config, total, unit, split, seed))
+
+    @abstractmethod
+    def _read(self, config: BaseTaskConfig, model_source: str, tokenizer, max_length: int,
+              trust_remote_code: bool, split_into: SplitInto) -> None:
+        """What each kind reads its own way: the original model where the check compares with
+        it, and `config.data`, split into parts by `split_into`, each part's batches kept."""
 
     @abstractmethod
     def score(self, model, device: str, quick: bool = False, frozen: int = 0) -> BaseScore:
@@ -105,7 +131,7 @@ class BaseTask(ABC):
     def _parts(self, config: BaseTaskConfig, total: int, unit: str, split: BaseSplit | None,
                seed: int) -> dict[str, list[int]]:
         """Unit indices of the full check, the quick slice and the audit, from the study's split
-        (made now, seeded, when there is none yet)."""
+        (made now, seeded, when there is none yet); the split and each part's size are kept."""
         split = split or split_base(total, unit, seed)
         if split.total != total:
             raise UsageError(

@@ -66,6 +66,7 @@ class NextTokenTask(BaseTask):
     Its batches are (inputs, labels), right-padded (positions count from 0 in every row)."""
 
     inputs = ("text",)
+    models = ("decoder",)
     batches_: dict[str, list[tuple]]
 
     def _load(self, model_source: str, kind: str, tokenizer, max_length: int,

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from autoft.errors import UsageError
-from autoft.tasks.base import MAXIMIZE, MINIMIZE, DataSettings, Metric, Rows, Task
+from autoft.tasks.base import MAXIMIZE, MINIMIZE, DataSettings, Metric, Preserving, Rows, Task
 from autoft.tasks.causal_lm import CausalLM
 from autoft.tasks.image_classification import ImageClassification
 from autoft.tasks.multi_label import MultiLabel
@@ -21,6 +21,7 @@ __all__ = [
     "TASK_NAMES",
     "DataSettings",
     "Metric",
+    "Preserving",
     "Rows",
     "Task",
     "detect_task",

@@ -50,15 +50,14 @@ class Task(ABC):
     name: ClassVar[str]  # 'text-classification': the value of `task:` and --task
     metrics: ClassVar[tuple[Metric, ...]]  # the first is the default unless choose_metric says
     inputs: ClassVar[str]  # what its examples are: text or image (the base checks it supports)
+    # the models it may tune: encoder (BERT, an image model), decoder (GPT-2, Llama); the base
+    # checks it supports read one of them (forgetting.kinds_for)
+    models: ClassVar[tuple[str, ...]] = ("encoder", "decoder")
     cache_layout: ClassVar[str]  # 'per_token' (unpadded rows + offsets) or 'fixed' (one shape)
     split_class: ClassVar[type]  # a dataclass of plain lists: prepared/ keeps it as JSON
-    preserves: ClassVar[bool] = True  # whether it has the preservation loss (base-side texts)
     auto_class: ClassVar[str]  # the transformers class that loads the exported model
     tunes_on_validation: ClassVar[bool] = False  # whether export asks tuned_on_validation
     reads_label_columns: ClassVar[bool] = False  # whether it takes --label-columns (0/1 each)
-    # base-check kinds of its inputs that cannot read its model (causal-lm: a decoder has no
-    # mask token for masked_lm and no saved classifier for classification)
-    refused_base_kinds: ClassVar[tuple[str, ...]] = ()
     # search parameters the kind holds, each with its value and why (said on screen)
     fixed_params: ClassVar[dict[str, tuple[float, str]]] = {}
 
@@ -136,11 +135,6 @@ class Task(ABC):
             batch.pop("labels")
             yield indices, batch
 
-    def input_texts(self, split, processor, indices: list[int]) -> list[str]:
-        """The text of each of the examples `indices` of `split` (a pair's first text), for the
-        preservation loss on the task's own inputs; only tasks that preserve have texts."""
-        raise NotImplementedError(f"{self.name} has no texts to preserve on")
-
     def cache_refusal(self, split) -> str | None:
         """Why the prefix cache cannot serve training on `split` (its inputs change between
         epochs: augmentation), in words for the screen; None when it can."""
@@ -148,16 +142,10 @@ class Task(ABC):
 
     # scoring
 
-    def predictions(self, logits: torch.Tensor) -> list:
-        """What the model predicts for each row of `logits` (a class index, a number); kinds
-        whose predictions need more than the logits override batch_predictions instead."""
-        raise NotImplementedError(f"{self.name} predicts through batch_predictions")
-
+    @abstractmethod
     def batch_predictions(self, logits: torch.Tensor, split, indices: list[int]) -> list:
         """The prediction for each example `indices` of `split` from the logits of its eval
-        batch: `predictions` of the logits, unless the kind scores against its inputs (a causal
-        LM's loss per token)."""
-        return self.predictions(logits)
+        batch (a class index, a number; a causal LM's loss against its own inputs)."""
 
     @abstractmethod
     def score(self, metric: str, labels: list, predictions: list) -> float:
@@ -213,3 +201,13 @@ class Task(ABC):
     def card_lines(self, label_names: list[str]) -> list[str]:
         """Lines the exported model's card adds about what the head outputs."""
         return [f"- Labels: {', '.join(label_names)}"]
+
+
+class Preserving(ABC):
+    """A kind with the preservation loss (base-side texts): its inputs are texts, on which the
+    loss falls back when the base data has none to spare (preserve.texts_to_preserve)."""
+
+    @abstractmethod
+    def input_texts(self, split, processor, indices: list[int]) -> list[str]:
+        """The text of each of the examples `indices` of `split` (a pair's first text), for the
+        preservation loss on the task's own inputs."""

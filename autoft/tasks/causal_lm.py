@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM
 from autoft.data import TargetData, column, is_missing, read_table, row_name
 from autoft.errors import UsageError
 from autoft.model import load_tokenizer, loading
-from autoft.tasks.base import MINIMIZE, DataSettings, Metric, Rows, Task
+from autoft.tasks.base import MINIMIZE, DataSettings, Metric, Preserving, Rows, Task
 from autoft.tasks.text import bucketed_batches, model_length_limit
 
 IGNORED = -100  # the label transformers' causal-LM loss skips
@@ -98,7 +98,7 @@ def fit(prompt: list[int], response: list[int], max_length: int) -> list[int] | 
     return prompt[len(prompt) - room:] if len(prompt) > room else prompt
 
 
-class CausalLM(Task):
+class CausalLM(Task, Preserving):
     """Prompt/response pairs or plain texts, for a decoder language model."""
 
     name = "causal-lm"
@@ -107,7 +107,7 @@ class CausalLM(Task):
     cache_layout = "per_token"
     split_class = Split
     auto_class = "AutoModelForCausalLM"
-    refused_base_kinds = ("classification", "masked_lm")
+    models = ("decoder",)  # so no masked_lm (no mask token) nor classification (no classifier)
     fixed_params = {"head_lr_multiplier": (1.0, "its head is pretrained, not new")}
 
     @classmethod

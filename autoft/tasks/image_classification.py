@@ -35,7 +35,6 @@ class ImageClassification(Classification):
     cache_layout = "fixed"
     split_class = ImageSplit
     auto_class = "AutoModelForImageClassification"
-    preserves = False  # the preservation loss reads texts
 
     @classmethod
     def detect(cls, settings: DataSettings, model: str) -> str | None:

@@ -1,6 +1,7 @@
 """What the kinds that read one label per input share, whatever the inputs are (texts, images):
 the read flow (train, then validation read or split off it, each capped), with hooks for what a
-label is, how it is checked and how validation is split off.
+label is, how it is checked and how validation is split off, and predictions read from the
+logits alone.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import ClassVar
 
+import torch
 from sklearn.model_selection import train_test_split
 
 from autoft.tasks.base import DataSettings, Rows, Task
@@ -59,7 +61,16 @@ class LabelledTask(Task):
 
     @abstractmethod
     def encode_labels(self, labels: list, label_names: list[str]) -> list:
-        """Labels as the model's loss reads them (class indices, floats)."""
+        """Labels as the model's loss reads them (class indices, floats; a tag index per word,
+        which token classification's encode puts on each word's first sub-token)."""
+
+    @abstractmethod
+    def predictions(self, logits: torch.Tensor) -> list:
+        """What the model predicts for each row of `logits` (a class index, a number)."""
+
+    def batch_predictions(self, logits: torch.Tensor, split, indices: list[int]) -> list:
+        """`predictions` of the logits: a label's prediction needs nothing else of the batch."""
+        return self.predictions(logits)
 
     def subsample_rows(self, inputs: list, labels: list, limit: int | None, seed: int):
         """At most `limit` rows (subsample, stratified where the kind is)."""

@@ -16,7 +16,7 @@ import transformers
 from autoft.data import TargetData, column, read_table, text_column
 from autoft.errors import UsageError
 from autoft.model import load_model, load_tokenizer
-from autoft.tasks.base import DataSettings, Rows
+from autoft.tasks.base import DataSettings, Preserving, Rows
 from autoft.tasks.labelled import LabelledTask
 
 log = logging.getLogger("autoft")
@@ -164,7 +164,7 @@ def texts_of(table, settings: DataSettings, where: str, source: str) -> list:
     return list(zip(first, second, strict=True))
 
 
-class TextTask(LabelledTask):
+class TextTask(LabelledTask, Preserving):
     """A task on texts or text pairs with AutoModelForSequenceClassification and a tokenizer;
     subclasses say what a label is and how it is split and scored."""
 

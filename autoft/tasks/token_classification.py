@@ -197,8 +197,10 @@ class TokenClassification(TextTask):
         type training lacks: the head has outputs for it, and scoring counts its misses)."""
         return tag_names(sorted(types_of(rows.train_labels + rows.val_labels)))
 
-    def encode_labels(self, labels: list, label_names: list[str]) -> list:
-        raise NotImplementedError("tags are aligned to sub-tokens in encode")
+    def encode_labels(self, labels: list, label_names: list[str]) -> list[list[int]]:
+        """Each word's tag index (`align` puts it on the word's first sub-token)."""
+        index = {name: i for i, name in enumerate(label_names)}
+        return [[index[tag] for tag in tags] for tags in labels]
 
     # the model
 
@@ -231,8 +233,8 @@ class TokenClassification(TextTask):
         metric, metric_note = self.choose_metric(settings, rows.train_labels)
         limit = model_length_limit(processor, model_config)
         max_length = min(settings.max_length or limit, limit)
-        index = {name: i for i, name in enumerate(label_names)}
-        train = align(processor, rows.train_inputs, rows.train_labels, index, max_length)
+        train = align(processor, rows.train_inputs,
+                      self.encode_labels(rows.train_labels, label_names), max_length)
         check_known_tokens(processor, train.input_ids)
         notes = list(rows.notes)
         if metric_note:
@@ -242,7 +244,8 @@ class TokenClassification(TextTask):
                      f"word's tag trains its first sub-token, the others are ignored")
         return TargetData(
             train=train,
-            validation=align(processor, rows.val_inputs, rows.val_labels, index, max_length),
+            validation=align(processor, rows.val_inputs,
+                             self.encode_labels(rows.val_labels, label_names), max_length),
             label_names=label_names,
             metric=metric,
             max_length=max_length,
@@ -384,10 +387,10 @@ def warn_inconsistent(labels: list, source: str | None) -> None:
                     ", ".join(f"{n} I-{kind}" for kind, n in broken.most_common()))
 
 
-def align(tokenizer, sentences: list[list[str]], tags: list[list[str]], index: dict[str, int],
-          max_length: int) -> Split:
-    """Tokenized sentences with each token's label: the tag index of its word on a word's first
-    sub-token, IGNORED on the others and on special tokens. Words the tokenizer drops (no token)
+def align(tokenizer, sentences: list[list[str]], tags: list[list[int]], max_length: int) -> Split:
+    """Tokenized sentences with each token's label: the tag index of its word (`tags`, as
+    encode_labels gives them) on a word's first sub-token, IGNORED on the others and on special
+    tokens. Words the tokenizer drops (no token)
     or cuts off (past max_length) are counted in a warning: neither trained nor scored."""
     encoded = tokenizer(sentences, is_split_into_words=True, truncation=True,
                         max_length=max_length)
@@ -395,7 +398,7 @@ def align(tokenizer, sentences: list[list[str]], tags: list[list[str]], index: d
     for i, sentence_tags in enumerate(tags):
         row, previous = [], None
         for word in encoded.word_ids(i):
-            row.append(IGNORED if word is None or word == previous else index[sentence_tags[word]])
+            row.append(IGNORED if word is None or word == previous else sentence_tags[word])
             previous = word
         labels.append(row)
         lost += len(sentence_tags) - len({w for w in encoded.word_ids(i) if w is not None})

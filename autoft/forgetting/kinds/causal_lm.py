@@ -9,10 +9,9 @@ import numpy as np
 import torch
 
 from autoft.config import BaseTaskConfig
-from autoft.forgetting.base import BaseScore, pick, scored_part
+from autoft.forgetting.base import BaseScore, SplitInto, pick, scored_part
 from autoft.forgetting.decoders import NextTokenTask, every_token
 from autoft.forgetting.readers import read_texts
-from autoft.forgetting.split import BaseSplit
 
 
 class CausalLMTask(NextTokenTask):
@@ -23,19 +22,11 @@ class CausalLMTask(NextTokenTask):
     measures = "How well the model, as a language model, still predicts the next token of text."
     higher_is_better = False
 
-    def __init__(
-        self,
-        config: BaseTaskConfig,
-        model_source: str,
-        tokenizer,
-        max_length: int,
-        trust_remote_code: bool = False,
-        split: BaseSplit | None = None,
-        seed: int = 0,
-    ):
+    def _read(self, config: BaseTaskConfig, model_source: str, tokenizer, max_length: int,
+              trust_remote_code: bool, split_into: SplitInto) -> None:
         self._load(model_source, "causal_lm", tokenizer, max_length, trust_remote_code)
         texts = read_texts(config)
-        parts = self._parts(config, len(texts), "texts", split, seed)
+        parts = split_into(len(texts), "texts")
         self.batches_ = {
             part: every_token(self.preservation_batches(tokenizer, pick(texts, rows), max_length,
                                                         self.size_))

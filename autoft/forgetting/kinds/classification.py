@@ -13,6 +13,7 @@ from autoft.forgetting.base import (
     BaseScore,
     BaseTask,
     Replay,
+    SplitInto,
     base_batches,
     no_replay,
     pick,
@@ -26,7 +27,6 @@ from autoft.forgetting.encoders import (
     load_with_head,
 )
 from autoft.forgetting.readers import is_table, read_table, table_column
-from autoft.forgetting.split import BaseSplit
 from autoft.replay import PrefixMemo
 from autoft.tasks.images import read_images
 
@@ -37,19 +37,12 @@ class ClassificationTask(BaseTask):
 
     name = "classification_accuracy"
     inputs = ("text", "image")
+    models = ("encoder",)  # the base model's own saved classifier head
     measures = "How often the base model's own classifier head, fed by the tuned encoder, is right."
     higher_is_better = True
 
-    def __init__(
-        self,
-        config: BaseTaskConfig,
-        model_source: str,
-        tokenizer,
-        max_length: int,
-        trust_remote_code: bool = False,
-        split: BaseSplit | None = None,
-        seed: int = 0,
-    ):
+    def _read(self, config: BaseTaskConfig, model_source: str, tokenizer, max_length: int,
+              trust_remote_code: bool, split_into: SplitInto) -> None:
         images = takes_images(tokenizer)
         if not images and not is_table(config.data):
             raise UsageError(
@@ -75,7 +68,7 @@ class ClassificationTask(BaseTask):
             ]
             names = table_column(frame, config.data, config.label_column, "label_column")
         labels = _label_ids(names, self.original_.config, config.data, config.label_column)
-        parts = self._parts(config, len(texts), "examples", split, seed)
+        parts = split_into(len(texts), "examples")
         self.labels_ = {part: labels[rows] for part, rows in parts.items()}
         self.batches_ = {
             part: base_batches(tokenizer, pick(texts, rows), max_length,

@@ -15,6 +15,7 @@ from autoft.forgetting.base import (
     BaseScore,
     BaseTask,
     Replay,
+    SplitInto,
     base_batches,
     no_replay,
     pick,
@@ -28,7 +29,6 @@ from autoft.forgetting.encoders import (
     pooled,
 )
 from autoft.forgetting.readers import read_texts
-from autoft.forgetting.split import BaseSplit
 from autoft.model import loading
 from autoft.tasks.images import read_images
 
@@ -42,23 +42,15 @@ class DriftTask(BaseTask):
     higher_is_better = True
     replays_prefix = False
 
-    def __init__(
-        self,
-        config: BaseTaskConfig,
-        model_source: str,
-        tokenizer,
-        max_length: int,
-        trust_remote_code: bool = False,
-        split: BaseSplit | None = None,
-        seed: int = 0,
-    ):
+    def _read(self, config: BaseTaskConfig, model_source: str, tokenizer, max_length: int,
+              trust_remote_code: bool, split_into: SplitInto) -> None:
         self._load_base = partial(_load_encoder, model_source, trust_remote_code)
         self._base = self._load_base()
         if takes_images(tokenizer):  # any images: a folder, or a table with an image column
             texts = read_images(config.data, "base.data", None)[0]
         else:
             texts = read_texts(config)
-        parts = self._parts(config, len(texts), "examples", split, seed)
+        parts = split_into(len(texts), "examples")
         self.batches_ = {
             part: base_batches(tokenizer, pick(texts, rows), max_length, config=self._base.config)
             for part, rows in parts.items()

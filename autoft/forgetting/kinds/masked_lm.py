@@ -17,6 +17,7 @@ from autoft.forgetting.base import (
     BaseScore,
     BaseTask,
     Replay,
+    SplitInto,
     no_replay,
     pick,
     scored_part,
@@ -31,7 +32,6 @@ from autoft.forgetting.encoders import (
     load_with_head,
 )
 from autoft.forgetting.readers import read_texts
-from autoft.forgetting.split import BaseSplit
 from autoft.replay import PrefixMemo
 
 
@@ -40,19 +40,12 @@ class MaskedLMTask(BaseTask):
 
     name = "masked_lm_loss"
     inputs = ("text",)
+    models = ("encoder",)  # the base model's own masked-LM head and mask token
     measures = "How well the base model's masked-LM head, fed by the tuned encoder, fills blanks."
     higher_is_better = False
 
-    def __init__(
-        self,
-        config: BaseTaskConfig,
-        model_source: str,
-        tokenizer,
-        max_length: int,
-        trust_remote_code: bool = False,
-        split: BaseSplit | None = None,
-        seed: int = 0,
-    ):
+    def _read(self, config: BaseTaskConfig, model_source: str, tokenizer, max_length: int,
+              trust_remote_code: bool, split_into: SplitInto) -> None:
         if tokenizer.mask_token_id is None:
             raise UsageError(
                 f"The tokenizer of {model_source} has no mask token; use base-task "
@@ -63,7 +56,7 @@ class MaskedLMTask(BaseTask):
         )
         self.mask_token_id_ = tokenizer.mask_token_id
         texts = read_texts(config)
-        parts = self._parts(config, len(texts), "examples", split, seed)
+        parts = split_into(len(texts), "examples")
         self.batches_ = {
             part: _mask(
                 tokenize_texts(

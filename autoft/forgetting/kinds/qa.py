@@ -9,10 +9,9 @@ import numpy as np
 import torch
 
 from autoft.config import BaseTaskConfig
-from autoft.forgetting.base import BaseScore, pick, scored_part
+from autoft.forgetting.base import BaseScore, SplitInto, pick, scored_part
 from autoft.forgetting.decoders import NextTokenTask, answer_batches
 from autoft.forgetting.readers import read_questions
-from autoft.forgetting.split import BaseSplit
 
 
 class QATask(NextTokenTask):
@@ -25,19 +24,11 @@ class QATask(NextTokenTask):
     measures = "How likely the model still finds the gold answers to general questions."
     higher_is_better = True
 
-    def __init__(
-        self,
-        config: BaseTaskConfig,
-        model_source: str,
-        tokenizer,
-        max_length: int,
-        trust_remote_code: bool = False,
-        split: BaseSplit | None = None,
-        seed: int = 0,
-    ):
+    def _read(self, config: BaseTaskConfig, model_source: str, tokenizer, max_length: int,
+              trust_remote_code: bool, split_into: SplitInto) -> None:
         self._load(model_source, "qa", tokenizer, max_length, trust_remote_code)
         questions, answers = read_questions(config)
-        parts = self._parts(config, len(questions), "questions", split, seed)
+        parts = split_into(len(questions), "questions")
         self.batches_ = {
             part: answer_batches(tokenizer, pick(questions, rows), pick(answers, rows),
                                  max_length, self.size_)

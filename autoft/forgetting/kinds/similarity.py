@@ -12,13 +12,13 @@ from autoft.forgetting.base import (
     BaseScore,
     BaseTask,
     Replay,
+    SplitInto,
     no_replay,
     scored_part,
     tokenize_texts,
 )
 from autoft.forgetting.encoders import hidden_states_read_trained, mean_pool, pooled
 from autoft.forgetting.readers import read_pairs
-from autoft.forgetting.split import BaseSplit
 from autoft.replay import PrefixMemo
 
 
@@ -30,18 +30,10 @@ class SimilarityTask(BaseTask):
     measures = "How well the cosine of the encoder's embeddings ranks text pairs as people do."
     higher_is_better = True
 
-    def __init__(
-        self,
-        config: BaseTaskConfig,
-        model_source: str,
-        tokenizer,
-        max_length: int,
-        trust_remote_code: bool = False,
-        split: BaseSplit | None = None,
-        seed: int = 0,
-    ):
+    def _read(self, config: BaseTaskConfig, model_source: str, tokenizer, max_length: int,
+              trust_remote_code: bool, split_into: SplitInto) -> None:
         unit, total, take = read_pairs(config)
-        parts = self._parts(config, total, unit, split, seed)
+        parts = split_into(total, unit)
         self.pairs_ = {part: take(rows) for part, rows in parts.items()}
         self.batches_ = {
             part: tokenize_texts(tokenizer, pairs.texts, max_length)
