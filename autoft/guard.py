@@ -16,6 +16,7 @@ import torch
 
 from autoft.config import BaseTaskConfig
 from autoft.forgetting import BaseTask, paired_interval, retention, unit_draws
+from autoft.interpolate import TUNED
 from autoft.record import TrialRecord
 from autoft.train import StopTraining
 
@@ -84,11 +85,15 @@ class ForgettingGuard:
         self.seed = seed
         self.untouched = False
         self.frozen = 0
+        # this trial's quick checks by the weights they read: (the checkpoint's evaluation step,
+        # how far it is mixed back, TUNED as trained)
+        self.checks: dict[tuple[int, float], Check] = {}
 
     def on_start(self, trial: optuna.Trial, model, frozen: int) -> None:
         """Decide, once the model is frozen as the trial wants (its bottom `frozen` blocks), whether
         its checks can change at all; those that run replay the frozen blocks' output."""
         self.frozen = frozen
+        self.checks = {}
         self.untouched = not self.task.reads_trained(model)
         if self.untouched:
             TrialRecord.write(
@@ -106,9 +111,12 @@ class ForgettingGuard:
                                     self.seed, CHECK_RESAMPLES)
         return Check(retention(base, tuned, self.base["higher_is_better"]), low, high, tuned)
 
-    def quick_retention(self, model, device: torch.device) -> float:
-        """The share of the base skill the model keeps on the quick check's fixed slice."""
-        return self.measure(model, device, "quick").retention
+    def quick(self, model, device: torch.device, weights: tuple[int, float]) -> Check:
+        """The quick check of the model's weights, which `weights` names (the evaluation step of
+        their checkpoint, how far mixed back), kept so that the final check of the same weights
+        is not computed twice."""
+        self.checks[weights] = self.measure(model, device, "quick")
+        return self.checks[weights]
 
     def passes(self, retention: float) -> bool:
         return retention >= self.base["min_retention"]
@@ -117,9 +125,9 @@ class ForgettingGuard:
         """Cheap check on a fixed slice, before the trial may keep these weights: whether they
         keep at least the bar (its interval is recorded beside it)."""
         began = time.perf_counter()
-        kept, low, high, _ = self.measure(model, device, "quick")
-        self._add_seconds(trial, time.perf_counter() - began)
         record = TrialRecord.of(trial)
+        kept, low, high, _ = self.quick(model, device, (len(record.quick_retention) + 1, TUNED))
+        self._add_seconds(trial, time.perf_counter() - began)
         TrialRecord.write(trial, quick_retention=[*record.quick_retention, round(kept, 4)],
                           quick_interval=[*record.quick_interval, [round(low, 4), round(high, 4)]])
         self._constrain(trial, kept, final=False)
@@ -156,12 +164,18 @@ class ForgettingGuard:
         if final:
             trial.set_constraint("retention", violation)
 
-    def on_finish(self, trial: optuna.Trial, model, best_state: dict, device: torch.device):
+    def on_finish(self, trial: optuna.Trial, model, best_state: dict, device: torch.device,
+                  weights: tuple[int, float]):
         """Full check of the weights the trial keeps (its best evaluation that passed the quick
-        check, or its best one when none did), with its interval."""
+        check, or its best one when none did, or a point of its curve: `weights` as `quick`
+        names them), with its interval; where the quick slice is the whole searched part (the
+        demo's 25 Lee documents), their quick check was this check already."""
         began = time.perf_counter()
-        model.load_state_dict(best_state, strict=False)
-        kept, low, high, tuned = self.measure(model, device, "search")
+        checked = self.checks.get(weights)
+        if checked is None or self.task.units_["quick"] != self.task.units_["search"]:
+            model.load_state_dict(best_state, strict=False)
+            checked = self.measure(model, device, "search")
+        kept, low, high, tuned = checked
         self._add_seconds(trial, time.perf_counter() - began)
         TrialRecord.write(trial, base_score=tuned, retention=kept, retention_interval=[low, high])
         self._constrain(trial, kept, final=True)

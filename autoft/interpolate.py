@@ -64,14 +64,14 @@ def interpolate(
     head: frozenset[str],
     mixes: Iterable[float],
     score: Callable[[], float],
-    check: Callable[[], tuple[float | None, bool]],
+    check: Callable[[float], tuple[float | None, bool]],
     source: str = "kept",
 ) -> list[MixPoint]:
-    """Score the model at each mixing weight (`score`, and `check` for (retention, passes), read
-    the model as it is then); the model is left holding the tuned weights."""
+    """Score the model at each mixing weight (`score`, and `check(mix)` for (retention, passes),
+    read the model as it is then); the model is left holding the tuned weights."""
     points = []
     for mix in mixes:
         model.load_state_dict(mixed_state(untouched, tuned, head, mix), strict=False)
-        points.append(MixPoint(mix, score(), *check(), source))
+        points.append(MixPoint(mix, score(), *check(mix), source))
     model.load_state_dict(tuned, strict=False)
     return points

@@ -208,9 +208,9 @@ class Objective:
             self._fail(trial, "out of memory")
         if result.best is None and pruned is None:
             self._fail(trial, "training ended before its first evaluation")
-        mixed_passes = False
+        mixed_passes, weights = False, (result.best.step if result.best else 0, TUNED)
         if untouched is not None and (pruned is None or isinstance(pruned, ForgettingPruned)):
-            mixed_passes = self._curve(trial, model, adapter, untouched, result)
+            mixed_passes, weights = self._curve(trial, model, adapter, untouched, result)
         if pruned is not None and not mixed_passes:
             self._record(trial, result)
             if guard is not None:
@@ -222,7 +222,7 @@ class Objective:
         best = self._record(trial, result)
         if guard is not None:
             adapter.restore(model, result.best_state)
-            guard.on_finish(trial, model, result.best_state, self.device)
+            guard.on_finish(trial, model, result.best_state, self.device, weights)
         return best
 
     def _preservation_loss(self, trial: optuna.Trial, model, params: TrialParams) -> list:
@@ -242,7 +242,7 @@ class Objective:
         return [term]
 
     def _curve(self, trial: optuna.Trial, model, adapter, untouched: dict,
-               result: TrialResult) -> bool:
+               result: TrialResult) -> tuple[bool, tuple[int, float]]:
         """Weight-space interpolation (autoft.interpolate) of every trial with a base task: its
         kept weights' trained body, and its best-scoring weights' when the guard did not let it
         keep them, mixed back toward the untouched body at the space's mixing weights, each point
@@ -250,35 +250,35 @@ class Objective:
         (`worth_mixing`). The trial keeps the best point that passes the bar (none passing, its
         kept weights as trained). Every point is recorded (`interpolation`:
         autoft.interpolate.MixPoint), the choice as `mix` and `mixed_from`. True when the
-        chosen point passes the bar."""
+        chosen point passes the bar, and the chosen weights as the guard's checks name them
+        (their checkpoint's evaluation step, the mix)."""
         head = frozenset(split_parameters(model).head)
         curves = [("kept", result.best_state, result.best)]
         if result.top_state and result.top is not result.best:
             curves.append(("top", result.top_state, result.top))
         if not set(result.best_state) - head:  # only the head trained: nothing to mix
             TrialRecord.write(trial, interpolation=[])
-            return result.has_keepable
+            return result.has_keepable, (result.best.step, TUNED)
         prepared, guard = self.prepared, self.base_check
 
         def score() -> float:
             return evaluate(model, prepared.data, prepared.pad_id, self.device,
                             result.validation_states)
 
-        def check() -> tuple[float | None, bool]:
-            kept = guard.quick_retention(model, self.device)
+        def check(step: int, mix: float) -> tuple[float | None, bool]:
+            checked = guard.checks.get((step, mix))  # each evaluation's, at mix TUNED
+            kept = (checked or guard.quick(model, self.device, (step, mix))).retention
             return kept, guard.passes(kept)
 
-        checked = TrialRecord.of(trial).quick_retention  # one per evaluation, in order
         began = time.perf_counter()
-        points, states = [], {}
+        points, states, steps = [], {}, {}
         for source, tuned, evaluation in curves:
             adapter.restore(model, tuned)
-            states[source] = tuned
-            kept = checked[evaluation.step - 1] if len(checked) >= evaluation.step else None
-            tuned_check = check() if kept is None else (kept, guard.passes(kept))
+            states[source], steps[source] = tuned, evaluation.step
+            at = functools.partial(check, evaluation.step)
             mixes = prepared.space.mixes if worth_mixing(trial, evaluation, source) else ()
-            points += [MixPoint(TUNED, evaluation.value, *tuned_check, source),
-                       *interpolate(model, untouched, tuned, head, mixes, score, check, source)]
+            points += [MixPoint(TUNED, evaluation.value, *at(TUNED), source),
+                       *interpolate(model, untouched, tuned, head, mixes, score, at, source)]
         chosen = best_mix(points, prepared.direction)
         if not chosen.keepable:  # no point passes: the trial stays as it trained, infeasible
             chosen = points[0]
@@ -296,7 +296,7 @@ class Objective:
             log.info("trial %d keeps its %s weights mixed %.2f of the way from the untouched "
                      "ones: %s %.4f", trial.number, "kept" if chosen.source == "kept" else
                      "best-scoring", chosen.mix, prepared.data.metric, chosen.value)
-        return chosen.keepable
+        return chosen.keepable, (steps[chosen.source], chosen.mix)
 
     def _fail(self, trial: optuna.Trial, reason: str) -> None:
         TrialRecord.write(trial, fail_reason=reason, counts_toward_budget=True)

@@ -52,16 +52,17 @@ def test_a_grid_is_scored_and_the_model_is_left_tuned(pad_id, trained) -> None:
     def score() -> float:
         return evaluate(model, data, pad_id, torch.device("cpu"))
 
-    def check() -> tuple[float, bool]:
+    def check(mix: float) -> tuple[float, bool]:
         name = next(n for n in tuned if n not in head)
         current = dict(model.named_parameters())[name].detach()
         mixes.append(float((current - untouched[name]).norm() / (tuned[name] - untouched[name])
                            .norm()))
-        return 1.0, True
+        return mix, True
 
     points = interpolate(model, untouched, tuned, head, [0.25, 0.5, 0.75], score, check)
     assert [p.mix for p in points] == [0.25, 0.5, 0.75]
     assert [round(m, 4) for m in mixes] == [0.25, 0.5, 0.75], "each check saw its own mix"
+    assert [p.retention for p in points] == [0.25, 0.5, 0.75], "and was told which it was"
     assert all(0.0 <= p.value <= 1.0 for p in points)
     current = dict(model.named_parameters())
     assert all(torch.equal(current[n].detach(), tuned[n]) for n in tuned)
