@@ -23,30 +23,31 @@ from autoft.tasks.base import Task
 FIRST_THREE = (0.991, 0.955, 0.991)
 
 
-def evaluation(value: float, error: float | None, seconds: float = 10.0) -> dict:
-    """An evaluation at step 1 after 1,000 samples, as a real trial records it."""
-    return {"step": 1, "value": value, "standard_error": error, "samples_seen": 1000,
-            "train_seconds": seconds}
+def evaluation(value: float, error: float | None, seconds: float = 10.0, step: int = 1) -> dict:
+    """An evaluation at `step` after 1,000 samples each, as a real trial records it."""
+    return {"step": step, "value": value, "standard_error": error, "samples_seen": 1000 * step,
+            "train_seconds": seconds * step}
 
 
 def study_of(direction: str, values: tuple[float, ...]) -> optuna.Study:
     """An in-memory study with the autoft pruner and one complete trial per value, each
-    reported at step 1 as it scored, after 10 s of training."""
+    reported at steps 1 and 2 as it scored, after 10 s of training a step."""
     study = optuna.create_study(direction=direction, pruner=make_pruner("median", 3, 0))
     for value in values:
-        study.add_trial(create_trial(value=value, intermediate_values={1: value},
-                                     user_attrs={"evaluations": [evaluation(value, 0.01)]}))
+        study.add_trial(create_trial(
+            value=value, intermediate_values={1: value, 2: value},
+            user_attrs={"evaluations": [evaluation(value, 0.01, step=k) for k in (1, 2)]}))
     return study
 
 
 def running(study: optuna.Study, value: float, error: float | None,
-            seconds: float = 10.0) -> optuna.Trial:
-    """A running trial that scored `value` at step 1 after `seconds` of training, with its
+            seconds: float = 10.0, step: int = 1) -> optuna.Trial:
+    """A running trial that scored `value` at `step` after `seconds` of training a step, with its
     standard error recorded as a real trial records it, or none."""
     trial = study.ask()
-    trial.report(value, 1)
+    trial.report(value, step)
     if error is not None:
-        trial.set_user_attr("evaluations", [evaluation(value, error, seconds)])
+        trial.set_user_attr("evaluations", [evaluation(value, error, seconds, step)])
     return trial
 
 
@@ -78,22 +79,24 @@ def test_a_minimized_metric_is_pruned_above_the_median():
 
 def test_a_costly_trial_runs_on_only_while_it_leads():
     """At 2.5 times the complete trials' training time per sample, a trial above the median but
-    clearly behind the best stops; within its noise of the best it runs on."""
+    clearly behind the best stops at its second evaluation; within its noise of the best it runs
+    on; at its first, which reads a slow starter's warm-up, the median judges it."""
     study = study_of("maximize", (0.80, 0.95, 0.85))  # median 0.85, best 0.95
-    assert not running(study, 0.90, 0.01).should_prune(), "as cheap as the others: the median"
-    behind = running(study, 0.90, 0.01, seconds=25.0)
+    assert not running(study, 0.90, 0.01, step=2).should_prune(), "as cheap as the others"
+    assert not running(study, 0.90, 0.01, seconds=25.0).should_prune(), "its first: the median"
+    behind = running(study, 0.90, 0.01, seconds=25.0, step=2)
     assert behind.should_prune()
     assert prune_reason(study, behind.user_attrs["evaluations"]) == (
         "behind the best of earlier trials, at 2.5× their median training time per sample (a "
         "trial that costs 2× or more runs on only while it leads): 0.9000 against 0.9500, "
         "beyond its noise of ±0.0200")
-    assert not running(study, 0.94, 0.01, seconds=25.0).should_prune()
+    assert not running(study, 0.94, 0.01, seconds=25.0, step=2).should_prune()
 
 
 def test_a_costly_trial_of_a_minimized_metric_must_be_as_low_as_the_lowest():
     study = study_of("minimize", (0.50, 0.40, 0.60))  # RMSE: median 0.50, best 0.40
-    assert running(study, 0.45, 0.01, seconds=30.0).should_prune()
-    assert not running(study, 0.45, 0.01).should_prune()
+    assert running(study, 0.45, 0.01, seconds=30.0, step=2).should_prune()
+    assert not running(study, 0.45, 0.01, step=2).should_prune()
 
 
 def scores(*values: float, every: int = 500, error: float | None = None) -> list[dict]:
