@@ -2,7 +2,8 @@
 
 Every forward pass of a trial (training, evaluation, the prefix cache's build and replay proof)
 runs under `autocast(device)`, and the cache key holds `autocast_dtype(device)`, so the three agree.
-The forgetting checks do not autocast: retention compares float32 with the float32 base score.
+The forgetting checks autocast as well (guard.observe), the base score measured at prepare time
+included, so retention compares like with like; the audit reads both models in float32.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from autoft.files import write_text_whole
 from autoft.forgetting import BaseSplit, find_pair_columns, kinds_for, preservation_texts
 from autoft.guard import BASE_MAX_LENGTH, COIN_FLIP, measure_base
 from autoft.model import model_depth
+from autoft.precision import set_precision
 from autoft.prepared import Prepared, load_prepared_data, prepared_folder, save_prepared
 from autoft.preserve import PreservedTexts, texts_to_preserve
 from autoft.space import SPACES_DIR, SearchSpace, load_space
@@ -98,7 +99,9 @@ def _save_hashes(folder: Path, known: dict) -> None:
 
 
 def measure_base_skill(config: StudyConfig, model, tokenizer, echo) -> dict:
-    """The untouched model's base-task score, measured once and kept with the study."""
+    """The untouched model's base-task score, measured once and kept with the study, in the
+    study's precision as the checks will be (guard.observe)."""
+    set_precision(config.precision)
     source = Path(config.base.data).name
     echo(f"Measuring the base model's {config.base.kind} skill on {source} ...")
     limit = min(BASE_MAX_LENGTH, model_length_limit(tokenizer, model.config))

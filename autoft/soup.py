@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from autoft.audit import recorded_base_task
 from autoft.describe import describe_numbers
 from autoft.files import write_whole
-from autoft.guard import ForgettingGuard
+from autoft.guard import ForgettingGuard, observe
 from autoft.precision import set_precision
 from autoft.prepared import load_prepared_data
 from autoft.record import TrialRecord
@@ -123,7 +123,7 @@ class Judge:
         scores better), with the untouched model's observations for its intervals."""
         task = recorded_base_task(self.attrs, self.tokenizer)
         self.model.load_state_dict(self.untouched, strict=False)  # the untouched model again
-        observed = {"search": task.observe(self.model, str(self.device), "search")}
+        observed = {"search": observe(task, self.model, self.device, "search")}
         return ForgettingGuard(task, self.base, observed, self.attrs["config"]["seed"])
 
     def soup(self, members: list[int]) -> dict[str, torch.Tensor]:
