@@ -77,7 +77,7 @@ def test_the_final_check_reuses_the_quick_check_of_the_same_weights_when_it_read
     guard.on_start(trial, model, frozen=0)
     with torch.no_grad():
         model.base_model.encoder.layer[-1].output.dense.weight.mul_(1.5)  # "trained"
-    assert guard.keepable(trial, model, torch.device("cpu")) in (True, False)
+    guard.keepable(trial, model, torch.device("cpu"))  # the quick check of these weights
     quick = trial.user_attrs["quick_retention"][-1]
     parts = []
     observe = task.observe

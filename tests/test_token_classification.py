@@ -271,15 +271,20 @@ def test_a_saved_datasets_folder_with_tag_indices_reads_through_their_names(tmp_
         [("B-PER", "I-PER", "O"), ("O", "O", "B-PER")] * 3)
 
 
+def encoded_ner(model_dir, path):
+    """The token-classification task, the tiny BERT as its token classifier, its tokenizer, and
+    `path`'s tagged sentences encoded for it."""
+    task = get_task(TASK)
+    settings = DataSettings(train=str(path))
+    rows = task.read(settings)
+    model, tokenizer = task.load_model(str(model_dir), task.label_names(rows, settings), False)
+    return task, model, tokenizer, task.encode(rows, tokenizer, model.config, settings)
+
+
 def test_lora_trains_a_token_classifier_from_its_batches(tiny_model_dir, ner_jsonl):
     """LoRA on the top block of the tiny BERT's token classifier: a batch as the task collates
     it trains the LoRA matrices and the head, nothing else."""
-    task = get_task(TASK)
-    settings = DataSettings(train=str(ner_jsonl))
-    rows = task.read(settings)
-    model, tokenizer = task.load_model(str(tiny_model_dir), task.label_names(rows, settings),
-                                       False)
-    data = task.encode(rows, tokenizer, model.config, settings)
+    task, model, tokenizer, data = encoded_ner(tiny_model_dir, ner_jsonl)
     params = dataclasses.replace(
         TrialParams(1e-2, 1.0, 8, 1, 1, 0.0, 0.0,
                     adapter_params={"lora_rank": 4, "lora_alpha": 8.0}), adapter="lora")
@@ -296,12 +301,7 @@ def test_lora_trains_a_token_classifier_from_its_batches(tiny_model_dir, ner_jso
 def test_the_prefix_cache_replays_a_token_classifier(tiny_model_dir, ner_jsonl):
     """Replayed from stored states, the token classifier's logits at every real token are its
     own (the padding's differ, and no label reads them): the cache serves its trials."""
-    task = get_task(TASK)
-    settings = DataSettings(train=str(ner_jsonl))
-    rows = task.read(settings)
-    model, tokenizer = task.load_model(str(tiny_model_dir), task.label_names(rows, settings),
-                                       False)
-    data = task.encode(rows, tokenizer, model.config, settings)
+    task, model, tokenizer, data = encoded_ner(tiny_model_dir, ner_jsonl)
     width, _ = check_replay(model.eval(), find_blocks(model), 1, task, data.validation,
                             tokenizer.pad_token_id, torch.device("cpu"))
     assert width == model.config.hidden_size
