@@ -37,6 +37,12 @@ def observe(task: BaseTask, model, device: torch.device | str, part: str, frozen
         return task.observe(model, str(device), part, frozen)
 
 
+def quick_is_search(task: BaseTask) -> bool:
+    """Whether the quick slice is the whole searched part (the demo's 25 Lee documents): then
+    an observation or a check of one is the other's."""
+    return task.units_["quick"] == task.units_["search"]
+
+
 def measure_base(task: BaseTask, model, config: BaseTaskConfig, device: torch.device) -> dict:
     """The untouched model's base-task skill on the searched part, on its quick slice and on the
     audit part, with the split itself; stored in the study. The audit part is read in float32,
@@ -185,7 +191,7 @@ class ForgettingGuard:
         demo's 25 Lee documents), their quick check was this check already."""
         began = time.perf_counter()
         checked = self.checks.get(weights)
-        if checked is None or self.task.units_["quick"] != self.task.units_["search"]:
+        if checked is None or not quick_is_search(self.task):
             model.load_state_dict(best_state, strict=False)
             checked = self.measure(model, device, "search")
         kept, low, high, tuned = checked

@@ -21,7 +21,7 @@ from autoft.cache import PrefixCache
 from autoft.config import StudyConfig
 from autoft.files import is_disk_full, write_whole
 from autoft.forgetting import BaseSplit, BaseTask, build_base_task
-from autoft.guard import ForgettingGuard, ForgettingPruned, observe
+from autoft.guard import ForgettingGuard, ForgettingPruned, observe, quick_is_search
 from autoft.interpolate import TUNED, MixPoint, best_mix, interpolate, mixed_state
 from autoft.model import split_parameters
 from autoft.params import TrialParams
@@ -80,7 +80,9 @@ def make_guard(prepared: Prepared, device: torch.device):
                                                 config.trust_remote_code)
     task = study_base_task(config, processor, prepared.base["max_length"], split)
     model.to(device)
-    observed = {part: observe(task, model, device, part) for part in ("quick", "search")}
+    quick = observe(task, model, device, "quick")
+    search = quick if quick_is_search(task) else observe(task, model, device, "search")
+    observed = {"quick": quick, "search": search}
     return ForgettingGuard(task, prepared.base, observed, config.seed)
 
 
