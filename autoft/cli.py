@@ -115,7 +115,9 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
         help="what trials compute in: bf16 (autocast), fp32, or auto: bf16 where the CPU or "
         "GPU has bf16 instructions (default auto)",
     )
-    add("--base-kind", help=f"base-task check: {', '.join(BASE_KINDS)}")
+    add("--base-kind", help=f"base-task check: {', '.join(BASE_KINDS)}; none checks no "
+        "forgetting (default auto: ranking of general English for encoders, causal_lm for "
+        "causal LMs)")
     add("--base-data", help="base-task data file")
     add("--base-ratings", help="for the Lee layout: the matrix of similarity ratings")
     add("--base-text-column",

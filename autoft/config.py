@@ -34,12 +34,19 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _SECONDS_PER_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+# A study that names no base task is checked on general English that ships with autoft, by the
+# kind that reads the model's own behaviour on it (`auto`, resolved by the task: see
+# autoft.forgetting.default_kind); `none` turns the check off.
+AUTO, NO_CHECK = "auto", "none"
+GENERAL_TEXT = str(files("autoft") / "base_data" / "general_text.txt")
+
+
 @dataclass(frozen=True)
 class BaseTaskConfig:
     """What the model already knows and how much of it a tuned model must keep."""
 
-    kind: str
-    data: str
+    kind: str = AUTO
+    data: str = GENERAL_TEXT
     ratings: str | None = None
     text_column: str = "text"
     text_pair_column: str | None = None
@@ -200,9 +207,12 @@ def flat_settings(settings: dict[str, Any], where: Callable[[str], str]) -> dict
         if key != "base":
             _check_known(key, _STUDY_FIELDS, where(key))
             flat[key] = value
+        elif value is False or str(value).lower() == NO_CHECK:
+            flat["base_kind"] = NO_CHECK
         elif value is not None:
             if not isinstance(value, dict):
-                raise UsageError(f"{where(key)}: expected a mapping (kind, data, ...).")
+                raise UsageError(f"{where(key)}: expected a mapping (kind, data, ...), or none "
+                                 f"to check no forgetting.")
             for base_key, base_value in value.items():
                 _check_known(base_key, _BASE_FIELDS, where(f"base_{base_key}"))
                 flat[f"base_{base_key}"] = base_value
@@ -266,7 +276,7 @@ def build_config(
             raise UsageError(
                 f"No {key} given; pass {given_as(key)} or set '{key}:' in the study file.")
     values["timeout"] = parse_duration(values.get("timeout"), origins.get("timeout", "timeout"))
-    base = _build_base(base_values, base_origins, given_as) if base_values else None
+    base = _build_base(base_values, base_origins, given_as)
     typed = {
         key: _coerce(value, _STUDY_FIELDS[key], origins.get(key, key))
         for key, value in values.items()
@@ -308,18 +318,33 @@ def _coerce(value: Any, spec: dataclasses.Field, where: str) -> Any:
 
 
 def _build_base(values: dict[str, Any], origins: dict[str, str],
-                given_as: Callable[[str], str]) -> BaseTaskConfig:
-    for required in ("kind", "data"):
-        if not values.get(required):
+                given_as: Callable[[str], str]) -> BaseTaskConfig | None:
+    """The base task as given; the default check (kind auto on GENERAL_TEXT) where none is
+    named, None where `none` turns it off."""
+    kind = str(values.get("kind", AUTO)).lower()
+    if kind == NO_CHECK:
+        others = sorted(set(values) - {"kind"})
+        if others:
             raise UsageError(
-                f"The base task needs '{required}'; pass {given_as('base_' + required)} or set "
-                f"base.{required} in the study file."
+                f"{origins['kind']}: none turns the forgetting check off, yet "
+                f"{given_as('base_' + others[0])} sets it; drop one of the two."
             )
+        return None
+    if values.get("data") and kind == AUTO:
+        raise UsageError(
+            f"{origins['data']}: base data needs its kind ({', '.join(BASE_KINDS)}); pass "
+            f"{given_as('base_kind')} or set base.kind in the study file."
+        )
+    if kind != AUTO and not values.get("data"):
+        raise UsageError(
+            f"The base task needs 'data'; pass {given_as('base_data')} or set base.data in the "
+            f"study file (or leave base.kind out: autoft then checks general English itself)."
+        )
     typed = {
         key: _coerce(value, _BASE_FIELDS[key], origins.get(key, key))
         for key, value in values.items()
     }
-    return BaseTaskConfig(**typed)
+    return BaseTaskConfig(**typed | {"kind": kind})
 
 
 def validate(config: StudyConfig) -> None:
@@ -388,10 +413,10 @@ def _check_file(value: str | None, where: str, what: str, wanted: str) -> None:
 
 def _validate_base(config: StudyConfig) -> None:
     base = config.base
-    if base.kind not in BASE_KINDS:
+    if base.kind not in (*BASE_KINDS, AUTO):
         raise UsageError(
-            f"{config.where('base.kind')}: unknown base-task kind '{base.kind}'; "
-            f"use one of {', '.join(BASE_KINDS)}."
+            f"{config.where('base.kind')}: unknown base-task kind '{base.kind}'; use one of "
+            f"{', '.join(BASE_KINDS)}, auto (the default check) or none (no check)."
         )
     _check_data_exists(base.data, config.where("base.data"))
     _check_file(base.ratings, config.where("base.ratings"), "ratings file",

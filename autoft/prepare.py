@@ -12,10 +12,17 @@ from pathlib import Path
 import torch
 
 from autoft.adapters import get_adapter
-from autoft.config import StudyConfig, data_setting_names
+from autoft.config import AUTO, StudyConfig, data_setting_names
 from autoft.errors import UsageError
 from autoft.files import write_text_whole
-from autoft.forgetting import BaseSplit, find_pair_columns, kinds_for, preservation_texts
+from autoft.forgetting import (
+    KINDS,
+    BaseSplit,
+    default_check,
+    find_pair_columns,
+    kinds_for,
+    preservation_texts,
+)
 from autoft.guard import BASE_MAX_LENGTH, COIN_FLIP, measure_base
 from autoft.model import model_depth
 from autoft.precision import set_precision
@@ -212,6 +219,26 @@ def with_found_pair_columns(config: StudyConfig, echo) -> StudyConfig:
     return dataclasses.replace(config, base=dataclasses.replace(config.base, **found))
 
 
+def with_default_check(config: StudyConfig, task: Task, echo) -> StudyConfig:
+    """A study that named no base task gets the default check (forgetting.default_check), said
+    in one line: what it reads and measures, and how to change it or turn it off."""
+    if config.base is None or config.base.kind != AUTO:
+        return config
+    sized = any(f"base.{name}" in config.origins for name in ("max_examples", "check_examples"))
+    base = default_check(config.base, task, sized)
+    if base is None:
+        echo(f"Forgetting is not checked: autoft has no general data for {task.name} models; "
+             f"name a base task (--base-kind drift --base-data FOLDER_OF_IMAGES) to check it.")
+    else:
+        echo(f"Forgetting check (autoft's default, as no base task is named): {base.kind} on "
+             f"{base.max_examples} passages of general English shipped with autoft "
+             f"({Path(base.data).name}; {base.check_examples} at each evaluation): "
+             f"{KINDS[base.kind].measures[0].lower()}{KINDS[base.kind].measures[1:-1]}. "
+             f"Bar {base.min_retention:.0%} (--min-retention); --base-kind and --base-data "
+             f"check your own data, --base-kind none checks nothing.")
+    return dataclasses.replace(config, base=base)
+
+
 def check_task_settings(task: Task, config: StudyConfig) -> None:
     """The metric and the base-task check must be ones the task has."""
     names = [metric.name for metric in task.metrics]
@@ -264,6 +291,7 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
     if saved:
         data, depth, pad_id, base = saved
         task = get_task(data.task)
+        config = with_default_check(config, task, echo)
         echo(f"Reusing the data prepared earlier in {folder}.")
         if config.text_pair_column and data.train.token_type_ids is None:
             echo("  note: it was prepared before autoft kept segment ids, so its text pairs train "
@@ -271,6 +299,7 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
     else:
         settings = DataSettings.from_config(config)
         task, task_note = detect_task(config.task, settings, config.model)
+        config = with_default_check(config, task, echo)
         check_task_settings(task, config)
         echo(f"Reading {config.train} ...")
         rows = task.read(settings)

@@ -290,8 +290,10 @@ def answer_lines(summary: dict) -> list[str]:
         lines.append("Its base-task retention was not recorded.")
     else:
         lines.append(
-            "Forgetting was not measured: this study has no base task (set --base-kind and "
-            "--base-data to check that tuning keeps what the model already knew)."
+            "Forgetting was NOT checked: this study has no base task (base: none, or a model "
+            "autoft has no general data for), so nothing says what tuning cost the model's "
+            "earlier skills; leave base out (the default check) or set --base-kind and "
+            "--base-data to check it."
         )
     soup = soup_lines(summary)
     return soup + lines if (summary.get("soup") or {}).get("answer") else lines + soup

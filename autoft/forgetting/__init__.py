@@ -8,9 +8,10 @@ examples, texts or questions) split (split.py) into a searched part and the audi
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
-from autoft.config import BASE_KINDS, BaseTaskConfig
+from autoft.config import AUTO, BASE_KINDS, BaseTaskConfig
 from autoft.errors import UsageError
 from autoft.forgetting.base import (
     BaseScore,
@@ -32,6 +33,7 @@ __all__ = [
     "KINDS",
     "Replay",
     "build_base_task",
+    "default_check",
     "kinds_for",
     "find_pair_columns",
     "linear_cka",
@@ -63,6 +65,21 @@ def kinds_for(task) -> tuple[str, ...]:
     `inputs` hold the task's and whose `models` hold one the task may tune."""
     return tuple(kind for kind, check in KINDS.items()
                  if task.inputs in check.inputs and set(task.models) & set(check.models))
+
+
+def default_check(config: BaseTaskConfig, task, sized_by_user: bool) -> BaseTaskConfig | None:
+    """The check of a study that named no base kind (`auto`): the kind that reads the model's own
+    behaviour on general text (`ranking` for an encoder, `causal_lm` for a causal LM), sized as
+    that kind's `default_sizes` unless the user sized it; None where no kind reads general
+    text for the task (images)."""
+    if config.kind != AUTO:
+        return config
+    kind = "causal_lm" if tuple(task.models) == ("decoder",) else "ranking"
+    if kind not in kinds_for(task):
+        return None
+    searched, quick = KINDS[kind].default_sizes
+    sizes = {} if sized_by_user else {"max_examples": searched, "check_examples": quick}
+    return dataclasses.replace(config, kind=kind, **sizes)
 
 
 # The registry of base-check kinds by name: a new kind is a new module in kinds/.

@@ -54,6 +54,9 @@ class BaseTask(ABC):
     # the models it can read, as a Task names those it tunes: encoder, decoder
     models: tuple[str, ...] = ("encoder", "decoder")
     replays_prefix = True  # whether `reads` can start from the frozen blocks' cached output
+    # units of the searched part and of its quick slice when autoft chooses this kind itself
+    # (forgetting.default_check), on its shipped general text
+    default_sizes = (1000, 64)
     split_: BaseSplit
     units_: dict[str, int]  # how many units each part holds: quick, search, audit
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 from torch.func import functional_call
+from transformers import AutoModel
 
 from autoft.adapters import plain_state_dict
 from autoft.errors import UsageError
@@ -29,6 +30,14 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     if norms <= 0:
         return 0.0
     return float(torch.linalg.matrix_norm(y.T @ x) ** 2 / norms)
+
+
+def load_encoder(model_source: str, trust_remote_code: bool):
+    """The untouched base model without a head, loaded as every model autoft loads
+    (autoft.model.loading), for the checks that compare with its representations."""
+    with loading(model_source):
+        return AutoModel.from_pretrained(model_source, dtype=torch.float32,
+                                         trust_remote_code=trust_remote_code)
 
 
 def load_with_head(auto_class, model_source: str, kind: str, trust_remote_code: bool):

@@ -7,7 +7,6 @@ from functools import partial
 
 import numpy as np
 import torch
-from transformers import AutoModel
 
 from autoft.config import BaseTaskConfig
 from autoft.forgetting.base import (
@@ -25,11 +24,11 @@ from autoft.forgetting.base import (
 from autoft.forgetting.encoders import (
     hidden_states_read_trained,
     linear_cka,
+    load_encoder,
     pool,
     pooled,
 )
 from autoft.forgetting.readers import read_texts
-from autoft.model import loading
 from autoft.tasks.images import read_images
 
 
@@ -44,7 +43,7 @@ class DriftTask(BaseTask):
 
     def _read(self, config: BaseTaskConfig, model_source: str, tokenizer, max_length: int,
               trust_remote_code: bool, split_into: SplitInto) -> None:
-        self._load_base = partial(_load_encoder, model_source, trust_remote_code)
+        self._load_base = partial(load_encoder, model_source, trust_remote_code)
         self._base = self._load_base()
         if takes_images(tokenizer):  # any images: a folder, or a table with an image column
             texts = read_images(config.data, "base.data", None)[0]
@@ -108,10 +107,3 @@ class DriftTask(BaseTask):
             }
             self._base = None
         return self.reference_[part]
-
-
-def _load_encoder(model_source: str, trust_remote_code: bool):
-    """The untouched base model, loaded as every model autoft loads (autoft.model.loading)."""
-    with loading(model_source):
-        return AutoModel.from_pretrained(model_source, dtype=torch.float32,
-                                         trust_remote_code=trust_remote_code)

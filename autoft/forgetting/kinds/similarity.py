@@ -73,8 +73,7 @@ class SimilarityTask(BaseTask):
         if pairs.ratings is None:
             left, right, gold = pairs.left[rows], pairs.right[rows], pairs.gold[rows]
         else:
-            left, right = (rows[side] for side in np.triu_indices(len(rows), k=1))
-            left, right = left[left != right], right[left != right]
+            left, right = pairs_among(rows)
             gold = pairs.ratings[left, right]
         return float(spearmanr(observed[left, right], gold).statistic)
 
@@ -88,3 +87,10 @@ class SimilarityTask(BaseTask):
     def distance(self, tuned: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """1 − cosine, the angle the check's cosines would see change, averaged over texts."""
         return (1 - torch.nn.functional.cosine_similarity(tuned.float(), target, dim=-1)).mean()
+
+
+def pairs_among(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every two of the drawn documents (repeats allowed), as indices, a document never with
+    itself."""
+    left, right = (rows[side] for side in np.triu_indices(len(rows), k=1))
+    return left[left != right], right[left != right]

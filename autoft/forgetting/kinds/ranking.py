@@ -1,0 +1,86 @@
+"""The `ranking` check, the default for text encoders: how the tuned encoder ranks pairs of
+general texts by cosine against the untouched encoder's own ranking. No labels: the untouched
+model's cosines are the record of what it knew.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from autoft.config import BaseTaskConfig
+from autoft.forgetting.base import BaseScore, SplitInto, pick, scored_part, tokenize_texts
+from autoft.forgetting.encoders import load_encoder, pooled
+from autoft.forgetting.kinds.similarity import SimilarityTask, pairs_among
+from autoft.forgetting.readers import read_texts
+from autoft.replay import PrefixMemo
+
+# Agreement (Spearman of the tuned cosines with the untouched ones) onto the retention scale of
+# a gold similarity skill: calibrated = 1 - SLOPE * (1 - agreement). Fitted through the origin on
+# the trials of benchmarks/default_check.py (Lee documents' human ratings as the gold retention)
+# and checked leave-one-study-out there; DESIGN.md, "The default forgetting check".
+SLOPE = 2.0
+
+
+def calibrated(agreement: float) -> float:
+    """The agreement on the gold retention's scale: 0.95 means what 95% of the Lee skill means."""
+    return 1.0 - SLOPE * (1.0 - agreement)
+
+
+class RankingTask(SimilarityTask):
+    """Spearman of the tuned encoder's cosines of every two general texts with the untouched
+    encoder's, calibrated (`calibrated`); the untouched model scores 1.0."""
+
+    name = "ranking_agreement"
+    inputs = ("text",)
+    measures = ("How closely the encoder still ranks pairs of general texts by similarity as the "
+                "untouched encoder did (calibrated to the share of a similarity skill kept).")
+    higher_is_better = True
+    default_sizes = (200, 64)  # texts of the searched part, of its quick slice
+
+    def _read(self, config: BaseTaskConfig, model_source: str, tokenizer, max_length: int,
+              trust_remote_code: bool, split_into: SplitInto) -> None:
+        texts = read_texts(config)
+        parts = split_into(len(texts), "texts")
+        self.batches_ = {part: tokenize_texts(tokenizer, pick(texts, rows), max_length)
+                         for part, rows in parts.items()}
+        self.memo_ = PrefixMemo()
+        self._load_base = partial(load_encoder, model_source, trust_remote_code)
+        self.reference_: dict[str, np.ndarray] = {}
+
+    def _reference(self, part: str, device: str) -> np.ndarray:
+        """The untouched encoder's cosine of every two texts of a part, computed on first use in
+        the caller's precision (the searched parts together, the audit alone, as drift does)."""
+        if part not in self.reference_:
+            base = self._load_base().eval().to(device)
+            for name in ("audit",) if part == "audit" else ("search", "quick"):
+                (embeddings,) = pooled(base, self.batches_[name], device, False)
+                unit = torch.nn.functional.normalize(embeddings, dim=-1).double().cpu()
+                self.reference_[name] = (unit @ unit.T).numpy()
+        return self.reference_[part]
+
+    @torch.no_grad()
+    def score(self, model, device: str, quick: bool = False, frozen: int = 0) -> BaseScore:
+        part = scored_part(quick)
+        observed = self.observe(model, device, part, frozen)
+        rows = np.arange(self.units_[part])
+        agreement = self.agreement(observed, rows, part)
+        return BaseScore(calibrated(agreement),
+                         {"agreement": agreement, "texts": float(len(rows))})
+
+    @torch.no_grad()
+    def observe(self, model, device: str, part: str = "audit", frozen: int = 0) -> np.ndarray:
+        self._reference(part, device)
+        return super().observe(model, device, part, frozen)
+
+    def agreement(self, observed: np.ndarray, rows: np.ndarray, part: str) -> float:
+        """Spearman of the tuned cosines with the untouched ones over the pairs among `rows`."""
+        left, right = pairs_among(rows)
+        reference = self.reference_[part]
+        return float(spearmanr(observed[left, right], reference[left, right]).statistic)
+
+    def statistic(self, observed: np.ndarray, rows: np.ndarray, part: str = "audit") -> float:
+        return calibrated(self.agreement(observed, rows, part))
