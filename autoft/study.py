@@ -279,8 +279,9 @@ class Objective:
             states[source], steps[source] = tuned, evaluation.step
             at = functools.partial(check, evaluation.step)
             mixes = prepared.space.mixes if worth_mixing(trial, evaluation, source) else ()
-            points += [MixPoint(TUNED, evaluation.value, *at(TUNED), source),
-                       *interpolate(model, untouched, tuned, head, mixes, score, at, source)]
+            as_tuned = MixPoint(TUNED, evaluation.value, *at(TUNED), source)
+            points += [as_tuned, *interpolate(model, untouched, tuned, head, mixes, score, at,
+                                              source, as_tuned)]
         chosen = best_mix(points, prepared.direction)
         if not chosen.keepable:  # no point passes: the trial stays as it trained, infeasible
             chosen = points[0]

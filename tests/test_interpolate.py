@@ -11,7 +11,7 @@ import optuna
 import pytest
 import torch
 
-from autoft.interpolate import MixPoint, best_mix, interpolate, mixed_state
+from autoft.interpolate import MixPoint, best_mix, crossing, interpolate, mixed_state
 from autoft.model import split_parameters
 from autoft.plots import retention_plot
 from autoft.tasks import get_task
@@ -66,6 +66,26 @@ def test_a_grid_is_scored_and_the_model_is_left_tuned(pad_id, trained) -> None:
     assert all(0.0 <= p.value <= 1.0 for p in points)
     current = dict(model.named_parameters())
     assert all(torch.equal(current[n].detach(), tuned[n]) for n in tuned)
+
+
+def test_the_curve_bisects_where_retention_crosses_the_bar(pad_id, trained) -> None:
+    """Retention falls as the mix rises (here 1 - 0.15 × mix, the bar 0.95: it crosses at 1/3);
+    the tuned weights fail, so two more points halve the gap between 0.25 (passes) and 0.5."""
+    model, data, untouched, tuned, head = trained
+
+    def check(mix: float) -> tuple[float, bool]:
+        kept = 1 - 0.15 * mix
+        return kept, kept >= 0.95
+
+    as_tuned = MixPoint(1.0, 0.9, 0.8, False)
+    points = interpolate(model, untouched, tuned, head, [0.25, 0.5, 0.75],
+                         lambda: evaluate(model, data, pad_id, torch.device("cpu")), check,
+                         tuned_point=as_tuned)
+    assert [p.mix for p in points] == [0.25, 0.5, 0.75, 0.375, 0.3125]
+    assert crossing([*points, as_tuned]) == (0.3125, 0.375)
+    passing = interpolate(model, untouched, tuned, head, [0.5], lambda: 0.5,
+                          lambda mix: (1.0, True), tuned_point=MixPoint(1.0, 0.9, 1.0, True))
+    assert [p.mix for p in passing] == [0.5], "nothing to bisect when the tuned weights pass"
 
 
 def test_the_best_point_is_the_best_that_passes_the_bar() -> None:
