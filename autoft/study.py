@@ -27,7 +27,7 @@ from autoft.model import split_parameters
 from autoft.params import TrialParams
 from autoft.precision import precision_name, set_precision
 from autoft.prepared import Prepared
-from autoft.preserve import Preservation, PreservedTexts, texts_to_preserve
+from autoft.preserve import Cost, Preservation, PreservedTexts, texts_to_preserve
 from autoft.presets import search_settings
 from autoft.pruning import against_the_best, plateau, prune_reason
 from autoft.record import TrialRecord
@@ -94,8 +94,10 @@ def make_preservation(prepared: Prepared, task) -> tuple[Preservation, Preserved
     processor = prepared.task.load_processor(config.model, config.trust_remote_code)
     preserved = texts_to_preserve(config.base, split, prepared.data, prepared.task, processor,
                                   config.seed)
+    # never longer than the model reads: the base facts' max length is within its limit
+    cost = Cost(max_length=min(Cost.max_length, prepared.base["max_length"]))
     return Preservation(task, preserved.texts, processor, config.study_dir / "preserve",
-                        config.model), preserved
+                        config.model, cost), preserved
 def evaluation_interval(prepared: Prepared) -> int | None:
     """Samples between evaluations: the user's setting; with a base task, at least
     MIN_EVALUATIONS_WITH_BASE in the shortest run the space allows, so a trial sees the
