@@ -73,6 +73,22 @@ def score_spread(task: BaseTask, observed, part: str, seed: int = 0) -> float:
     return float((high - low) / 2 / max(abs(whole), 1e-6))
 
 
+def widths_at_bar(task: BaseTask, base_observed, stand_in, sizes: list[int],
+                  seed: int = 0) -> dict[int, float]:
+    """Half the width of the paired 95% interval of retention at the bar, for a check that reads
+    the first n units of the searched part, for each n of `sizes`: `stand_in` (a model that keeps
+    just the bar, `BaseTask.stand_in`) against the untouched model's observations."""
+    rng = np.random.default_rng(seed)
+    widths = {}
+    for units in sizes:
+        draws = [retention(task.statistic(base_observed, rows, "search"),
+                           task.statistic(stand_in, rows, "search"), task.higher_is_better)
+                 for rows in rng.integers(0, units, (CHECK_RESAMPLES, units))]
+        low, high = np.nanpercentile(draws, [2.5, 97.5])
+        widths[units] = float(high - low) / 2
+    return widths
+
+
 class Check(NamedTuple):
     """One check: the share of the base skill kept, its 95% interval, the tuned score."""
 

@@ -23,9 +23,9 @@ from autoft.forgetting import (
     kinds_for,
     preservation_texts,
 )
-from autoft.guard import BASE_MAX_LENGTH, COIN_FLIP, measure_base
+from autoft.guard import BASE_MAX_LENGTH, COIN_FLIP, measure_base, observe, widths_at_bar
 from autoft.model import model_depth
-from autoft.precision import set_precision
+from autoft.precision import autocast, set_precision
 from autoft.prepared import Prepared, load_prepared_data, prepared_folder, save_prepared
 from autoft.preserve import PreservedTexts, texts_to_preserve
 from autoft.space import SPACES_DIR, SearchSpace, load_space
@@ -37,6 +37,9 @@ from autoft.tasks.text import model_length_limit
 # What shapes the prepared data: the task, the model and every data setting.
 DATA_FIELDS = ("task", "model", *data_setting_names())
 HASHES_FILE = "file_hashes.json"
+DECISIVE = 0.03  # the paired 95% interval of retention at the bar a check is sized for: ± this
+CHECK_SIZES = (32, 64, 128, 200, 300)  # the sizes tried, and every unit the audit leaves
+QUICK_CAP = 128  # units at most in the check at every evaluation: its cost is paid each time
 
 
 def _file_digest(path: Path, known: dict) -> str:
@@ -114,7 +117,8 @@ def measure_base_skill(config: StudyConfig, model, tokenizer, echo) -> dict:
     limit = min(BASE_MAX_LENGTH, model_length_limit(tokenizer, model.config))
     task = study_base_task(config, tokenizer, limit)
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    base = measure_base(task, model.to(device), config.base, device) | {"max_length": limit}
+    base = measure_base(task, model.to(device), config.base, device) | {
+        "max_length": limit, "sizes": [config.base.max_examples, config.base.check_examples]}
     echo(f"  base {task.name}: {base['score']:.4f} ({task.measures})")
     split = task.split_
     echo(f"  {split.note}" if split.note else
@@ -219,13 +223,16 @@ def with_found_pair_columns(config: StudyConfig, echo) -> StudyConfig:
     return dataclasses.replace(config, base=dataclasses.replace(config.base, **found))
 
 
-def with_default_check(config: StudyConfig, task: Task, echo) -> StudyConfig:
+def with_default_check(config: StudyConfig, task: Task, echo,
+                       sizes: list[int] | None = None) -> StudyConfig:
     """A study that named no base task gets the default check (forgetting.default_check), said
-    in one line: what it reads and measures, and how to change it or turn it off."""
+    in one line: what it reads and measures, and how to change it or turn it off; resumed, it
+    reads as many texts as `sizes` (searched part, quick slice) says prepare chose."""
     if config.base is None or config.base.kind != AUTO:
         return config
-    sized = any(f"base.{name}" in config.origins for name in ("max_examples", "check_examples"))
-    base = default_check(config.base, task, sized)
+    base = default_check(config.base, task, user_sized(config))
+    if base is not None and sizes:
+        base = dataclasses.replace(base, max_examples=sizes[0], check_examples=sizes[1])
     if base is None:
         echo(f"Forgetting is not checked: autoft has no general data for {task.name} models; "
              f"name a base task (--base-kind drift --base-data FOLDER_OF_IMAGES) to check it.")
@@ -237,6 +244,43 @@ def with_default_check(config: StudyConfig, task: Task, echo) -> StudyConfig:
              f"Bar {base.min_retention:.0%} (--min-retention); --base-kind and --base-data "
              f"check your own data, --base-kind none checks nothing.")
     return dataclasses.replace(config, base=base)
+
+
+def user_sized(config: StudyConfig) -> bool:
+    """Whether the user set how many base units the checks read."""
+    return any(f"base.{name}" in config.origins for name in ("max_examples", "check_examples"))
+
+
+def sized_check(config: StudyConfig, model, tokenizer, echo) -> StudyConfig:
+    """The check sized so that the paired 95% interval of retention at the bar is at most
+    ±DECISIVE, measured on a stand-in for a model that keeps just the bar (BaseTask.stand_in;
+    no tuned model exists yet): the quick check, which runs at every evaluation, the fewest
+    units that reach it, at most QUICK_CAP; the final check at least the kind's default, up to
+    every unit the audit does not hold back. Said on screen; unchanged for a kind without a
+    stand-in."""
+    set_precision(config.precision)
+    limit = min(BASE_MAX_LENGTH, model_length_limit(tokenizer, model.config))
+    every = dataclasses.replace(config.base, max_examples=10**9)
+    task = study_base_task(dataclasses.replace(config, base=every), tokenizer, limit)
+    device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    with autocast(device):
+        stand_in = task.stand_in(model, str(device), config.base.min_retention, config.seed)
+    if stand_in is None:
+        return config
+    available = task.units_["search"]
+    sizes = sorted({n for n in CHECK_SIZES if n < available} | {available})
+    widths = widths_at_bar(task, observe(task, model, device, "search"), stand_in, sizes,
+                           config.seed)
+    decisive = [n for n in sizes if widths[n] <= DECISIVE]
+    search = min([n for n in decisive if n >= config.base.max_examples], default=available)
+    quick = min([n for n in decisive if n <= min(search, QUICK_CAP)],
+                default=max(n for n in sizes if n <= min(search, QUICK_CAP)))
+    echo(f"  sized for ±{DECISIVE:.0%} at the bar (95% intervals of a stand-in model keeping "
+         f"{config.base.min_retention:.0%}): {quick} {task.split_.unit} at each evaluation "
+         f"(±{widths[quick]:.1%}), {search} in each trial's final check (±{widths[search]:.1%})")
+    return dataclasses.replace(config, base=dataclasses.replace(
+        config.base, max_examples=search, check_examples=quick))
 
 
 def check_task_settings(task: Task, config: StudyConfig) -> None:
@@ -291,7 +335,7 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
     if saved:
         data, depth, pad_id, base = saved
         task = get_task(data.task)
-        config = with_default_check(config, task, echo)
+        config = with_default_check(config, task, echo, base and base.get("sizes"))
         echo(f"Reusing the data prepared earlier in {folder}.")
         if config.text_pair_column and data.train.token_type_ids is None:
             echo("  note: it was prepared before autoft kept segment ids, so its text pairs train "
@@ -299,6 +343,7 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
     else:
         settings = DataSettings.from_config(config)
         task, task_note = detect_task(config.task, settings, config.model)
+        sizing = config.base is not None and config.base.kind == AUTO and not user_sized(config)
         config = with_default_check(config, task, echo)
         check_task_settings(task, config)
         echo(f"Reading {config.train} ...")
@@ -316,14 +361,16 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
         resolved = resolved.fix(name, value)
         echo(f"  {name} held at {value:g} for {task.name}: {why}.")
     check_eval_interval(config, resolved, len(data.train))
-    if not saved:
-        base = measure_base_skill(config, model, processor, echo) if config.base else None
     needs_check = [n for n in resolved.values_of("adapter") if n != "freeze"]
     if needs_check:
         if saved:  # resumed: the model is loaded only to check the adapters it may get
             model, _ = task.load_model(config.model, data.label_names, config.trust_remote_code)
         for name in needs_check:
             resolved = checked_adapter(resolved, name, model, echo)
+    if not saved:  # after every check of the user's inputs: measuring the base takes a while
+        if config.base and sizing:
+            config = sized_check(config, model, processor, echo)
+        base = measure_base_skill(config, model, processor, echo) if config.base else None
     preserved = preserving(config, task, data, base, processor if not saved else None)
     resolved = held_without_preservation(resolved, preserved, echo)
     prepared = Prepared(config=config, data=data, space=resolved, depth=depth, pad_id=pad_id,

@@ -186,13 +186,13 @@ def test_a_pair_task_preserves_on_the_first_text_of_each_pair(words):
 def test_without_a_base_task_or_for_images_preserve_weight_is_held_at_zero(
     tiny_model_dir, tiny_csv, tmp_path, capsys
 ):
-    """No base task: nothing to preserve, and prepare says why; images have no preservation
-    loss, base task or not."""
+    """No base task (base: none): nothing to preserve, and prepare says why; images have no
+    preservation loss, base task or not."""
     space = tmp_path / "space.yaml"
     space.write_text(PRESERVING_SPACE + "preserve_weight: {choices: [0, 1], default: 1}\n")
     config = build_config({}, None, {"model": str(tiny_model_dir), "train": str(tiny_csv),
                                      "space": str(space), "name": "nobase",
-                                     "studies_dir": str(tmp_path / "s")})
+                                     "studies_dir": str(tmp_path / "s"), "base_kind": "none"})
     prepared = prepare_study(config)
     assert "preserve_weight held at 0: there is no base task." in capsys.readouterr().out
     assert next(p for p in prepared.space.parameters if p.name == "preserve_weight").value == 0

@@ -109,7 +109,7 @@ def test_small_study_gets_sentences_instead_of_plots_it_cannot_support(tmp_path:
     md = (tmp_path / "report.md").read_text()
     assert "Parameter importances need at least 2 complete trials; this study has 1." in md
     assert "No trial measured base-task retention" in md
-    assert "Forgetting was not measured: this study has no base task" in md
+    assert "Forgetting was NOT checked: this study has no base task" in md
     assert (tmp_path / "report.html").read_text().count("<img") == 3
 
 

@@ -356,7 +356,8 @@ def test_a_worker_trains_on_what_its_parent_prepared_and_a_changed_input_is_refu
 ) -> None:
     """The default space offers LoRA, which prepare_study checks on the loaded model: a worker
     handed the prepared study starts its first trial without hashing an input or loading the
-    model (the trial loads it to train); `autoft worker` on inputs that changed is refused."""
+    model (the trial loads it to train; with no forgetting check, which would load the
+    untouched model to observe it first); `autoft worker` on inputs that changed is refused."""
     import autoft.prepare
     from autoft.config import build_config
     from autoft.prepare import prepare_study
@@ -368,7 +369,7 @@ def test_a_worker_trains_on_what_its_parent_prepared_and_a_changed_input_is_refu
     studies = tmp_path / "studies"
     config = build_config({}, None, {
         "model": str(tiny_model_dir), "train": str(train), "space": "default",
-        "n_trials": 1, "name": "once", "studies_dir": str(studies)})
+        "n_trials": 1, "name": "once", "studies_dir": str(studies), "base_kind": "none"})
     prepared = prepare_study(config, echo=lambda line: None)
     assert "lora" in prepared.space.values_of("adapter")
     record_study_facts(open_study(config), prepared)

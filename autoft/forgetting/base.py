@@ -117,6 +117,12 @@ class BaseTask(ABC):
     def distance(self, tuned: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """How far the tuned model's reading lies from the untouched one: 0 when equal."""
 
+    def stand_in(self, model, device: str, bar: float, seed: int = 0):
+        """The searched part's observations by a stand-in for a tuned model that keeps just the
+        bar (its statistic over every unit at `bar`), on which prepare sizes the checks before any
+        tuned model exists; None for a kind that has none (its sizes stay as configured)."""
+        return None
+
     @torch.no_grad()
     def target(self, model, batch: dict) -> torch.Tensor:
         """The untouched model's reading of a preservation batch, as stored once per study."""

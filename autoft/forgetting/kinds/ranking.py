@@ -23,6 +23,7 @@ from autoft.replay import PrefixMemo
 # the trials of benchmarks/default_check.py (Lee documents' human ratings as the gold retention)
 # and checked leave-one-study-out there; DESIGN.md, "The default forgetting check".
 SLOPE = 2.0
+STAND_IN_STEPS = 16  # halvings of the stand-in's noise scale: within 1e-5 of the bar's
 
 
 def calibrated(agreement: float) -> float:
@@ -84,3 +85,21 @@ class RankingTask(SimilarityTask):
 
     def statistic(self, observed: np.ndarray, rows: np.ndarray, part: str = "audit") -> float:
         return calibrated(self.agreement(observed, rows, part))
+
+    @torch.no_grad()
+    def stand_in(self, model, device: str, bar: float, seed: int = 0) -> np.ndarray:
+        """The searched part as a stand-in for a tuned model that keeps just the bar would
+        observe it: the untouched unit embeddings moved by seeded Gaussian noise, its scale
+        bisected until the calibrated retention over the part meets the bar."""
+        self._reference("search", device)
+        unit = self._unit_embeddings(model, device, "search").double()
+        noise = torch.randn(unit.shape, generator=torch.Generator().manual_seed(seed),
+                            dtype=torch.float64)
+        rows = np.arange(self.units_["search"])
+        low, high = 0.0, 1.0
+        for _ in range(STAND_IN_STEPS):
+            moved = torch.nn.functional.normalize(unit + (low + high) / 2 * noise, dim=-1)
+            observed = (moved @ moved.T).numpy()
+            low, high = ((low + high) / 2, high) if self.statistic(observed, rows, "search") > bar \
+                else (low, (low + high) / 2)
+        return observed
