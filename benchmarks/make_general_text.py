@@ -63,7 +63,8 @@ def main() -> None:
     sources = [passages(path.read_text(encoding="utf-8-sig"))[:PER_SOURCE] for path in args.files]
     mixed = [p for group in zip_longest(*sources) for p in group if p]
     OUT.write_text("".join(p + "\n" for p in mixed), encoding="utf-8")
-    counts = ", ".join(f"{path.name} {len(found)}" for path, found in zip(args.files, sources))
+    counts = ", ".join(f"{path.name} {len(found)}" for path, found in
+                       zip(args.files, sources, strict=True))
     print(f"{OUT}: {len(mixed)} passages ({counts})")
 
 
