@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from autoft.config import BaseTaskConfig
+from autoft.config import GENERAL_TEXT, BaseTaskConfig
 from autoft.files import file_lock, write_whole
 from autoft.forgetting import BaseSplit, BaseTask, Replay, no_replay, preservation_texts
 from autoft.model import Blocks, evaluating, find_blocks
@@ -35,6 +35,7 @@ __all__ = ["Cost", "Preservation", "PreservationLoss", "PreservedTexts", "texts_
 log = logging.getLogger("autoft")
 
 MAX_TEXTS = 512
+ENGLISH_WORDS = frozenset("the a an and of to in is it you i that for on with was are this".split())
 OWN_TEXTS = 256  # the task's own training texts preserved on: a seeded sample, a few hundred
 PRESERVE_DATA, SPARE_ITEMS, OWN = "base.preserve_data", "spare base items", "training texts"
 REPLAY_TOLERANCE = 1e-4
@@ -83,16 +84,27 @@ def texts_to_preserve(base: BaseTaskConfig | None, split: BaseSplit | None, data
         return PreservedTexts(texts, PRESERVE_DATA,
                               f"{len(texts)} texts of {Path(base.preserve_data).name} "
                               f"(base.preserve_data)")
+    rows = len(data.train)
+    chosen = sorted(random.Random(seed).sample(range(rows), min(rows, OWN_TEXTS)))
+    own = [text for text in task.input_texts(data.train, processor, chosen) if text]
+    if texts and base.data == GENERAL_TEXT and not mostly_english(own):
+        return PreservedTexts(
+            own, OWN, f"{len(own)} of the task's own {rows} training texts (autoft's general "
+            f"text is English, and most of them are not)")
     if texts:
         return PreservedTexts(texts, SPARE_ITEMS,
                               f"{len(texts)} texts of {Path(base.data).name} that neither the "
                               f"check nor the audit reads")
-    rows = len(data.train)
-    chosen = sorted(random.Random(seed).sample(range(rows), min(rows, OWN_TEXTS)))
-    texts = [text for text in task.input_texts(data.train, processor, chosen) if text]
     return PreservedTexts(
-        texts, OWN, f"{len(texts)} of the task's own {rows} training texts (the check and the "
+        own, OWN, f"{len(own)} of the task's own {rows} training texts (the check and the "
         f"audit read every text of {Path(base.data).name}, and no base.preserve_data is set)")
+
+
+def mostly_english(texts: list[str]) -> bool:
+    """Whether most texts hold a common English word: where they do not, autoft's general
+    English would pull the model toward a language the task does not use."""
+    hits = sum(bool(ENGLISH_WORDS & set(text.lower().split())) for text in texts)
+    return hits >= len(texts) / 2
 
 
 class Preservation:

@@ -32,7 +32,7 @@ import yaml
 from forgetting import TASKS, package_path, word_similarity, write_splits
 from optuna.trial import TrialState
 from retention_signals import WORDS
-from scipy.stats import spearmanr
+from scipy.stats import pearsonr, spearmanr
 
 from autoft.audit import bootstrap_retention
 from autoft.cli import DEMO_FILE
@@ -158,7 +158,7 @@ def measure(folders: list[Path]) -> None:
         held_out = slopes[row["study"]] if len(studies) > 1 else overall
         row["calibrated"] = 1 - held_out * (1 - row["agreement"])
     print("\n| study | trial | config | agreement | calibrated (slope fitted without the "
-          "study) | ± quick / search (calibrated) | audit agreement | Lee gold retention "
+          "study) | ± quick / search (ranking.SLOPE) | audit agreement | Lee gold retention "
           "(95% interval) | word pairs |")
     print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
@@ -166,8 +166,8 @@ def measure(folders: list[Path]) -> None:
         config = (f"top {params.get('trainable_layers')}, lr {params.get('learning_rate'):.0e}"
                   + (", preserve" if params.get("preserve_weight") else ""))
         print(f"| {row['study']} | {row['trial']} | {config} | {row['agreement']:.4f} | "
-              f"{row['calibrated']:.3f} | {overall * row['quick_width']:.3f} / "
-              f"{overall * row['search_width']:.3f} | {row['audit_agreement']:.4f} | "
+              f"{row['calibrated']:.3f} | {row['quick_width']:.3f} / "
+              f"{row['search_width']:.3f} | {row['audit_agreement']:.4f} | "
               f"{row['gold']:.3f} ({row['gold_low']:.2f}-{row['gold_high']:.2f}) | "
               f"{row['words']:.3f} |")
     gold = [row["gold"] for row in rows]
@@ -175,13 +175,16 @@ def measure(folders: list[Path]) -> None:
           + ", ".join(f"{study} {slope:.2f}" for study, slope in slopes.items()))
     for signal in ("agreement", "audit_agreement", "words"):
         values = [row[signal] for row in rows]
-        print(f"Spearman with the gold over {len(rows)} trials: {signal} "
-              f"{spearmanr(values, gold).statistic:.2f}")
+        print(f"With the gold over {len(rows)} trials: {signal} Spearman "
+              f"{spearmanr(values, gold).statistic:.2f}, Pearson "
+              f"{pearsonr(values, gold).statistic:.2f}")
     sure = [row for row in rows if decided(row)]
     for signal in ("calibrated", "words"):
-        same = sum((row[signal] >= BAR) == (row["gold"] >= BAR) for row in sure)
-        print(f"Verdict at {BAR} where the gold decides ({len(sure)} trials): {signal} agrees on "
-              f"{same} ({same / max(len(sure), 1):.0%})")
+        for name, among in ((f"where the gold decides ({len(sure)} trials)", sure),
+                            (f"on every trial's point ({len(rows)})", rows)):
+            same = sum((row[signal] >= BAR) == (row["gold"] >= BAR) for row in among)
+            print(f"Verdict at {BAR} {name}: {signal} agrees on {same} "
+                  f"({same / max(len(among), 1):.0%})")
 
 
 def main() -> None:

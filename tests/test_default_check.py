@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 import torch
@@ -97,3 +99,23 @@ def test_prepare_says_the_default_check_sizes_it_and_a_resume_keeps_the_sizes(
     assert prepared.base["preserve_on"]["source"] == "spare base items"
     resumed = prepare_study(config, echo=lambda line: None)
     assert resumed.config.base == base
+
+
+def test_a_task_not_in_english_preserves_on_its_own_texts(tmp_path, tiny_model_dir,
+                                                          write_csv) -> None:
+    """autoft's general text is English: a task whose texts hold no common English word (the
+    tiny tokenizer's words, without its 'the', 'a', 'is', 'was', 'it') preserves on its own."""
+    rng = random.Random(0)
+    filler = ["film", "day", "very", "quite", "food", "show", "so"]
+    rows = [{"text": " ".join(rng.sample(filler, 3) + [rng.choice(mood)]), "label": label}
+            for label, mood in (("pos", ["good", "great"]), ("neg", ["bad", "awful"]))
+            for _ in range(100)]
+    train = write_csv(tmp_path / "train.csv", rows)
+    config = build_config({}, None, {"model": str(tiny_model_dir), "train": str(train),
+                                     "space": "quick", "name": "fr",
+                                     "studies_dir": str(tmp_path / "s")})
+    said = []
+    prepared = prepare_study(config, echo=said.append)
+    assert prepared.base["preserve_on"]["source"] == "training texts"
+    assert any("autoft's general text is English, and most of them are not" in line
+               for line in said)
