@@ -27,6 +27,7 @@ from autoft.describe import (
 )
 from autoft.files import write_text_whole
 from autoft.plots import study_plots
+from autoft.pruning import NOISE_ERRORS
 from autoft.record import TrialRecord
 from autoft.summary import write_summary
 from autoft.trials import full_params, trial_seconds
@@ -40,6 +41,25 @@ def default_forgot(summary: dict) -> str:
     if bar is None or kept is None or kept >= bar:
         return ""
     return f" but kept only {kept:.0%} of the base skill, below the {bar:.0%} bar"
+
+
+def gain_words(summary: dict) -> str:
+    """Whether the answer beats the default config beyond the validation noise (NOISE_ERRORS
+    standard errors of the default's score): a user should know when tuning bought nothing the
+    validation set can tell apart. '' when the default is the answer or has no score."""
+    best, default = summary["best"], summary.get("default")
+    if (not default or default["number"] == best["number"] or default.get("value") is None
+            or not default.get("standard_error")):
+        return ""
+    sign = -1 if summary.get("direction") == "minimize" else 1
+    gain = sign * (best["value"] - default["value"])
+    noise = NOISE_ERRORS * default["standard_error"]
+    if gain > noise:
+        return (f"That beats the default config by {gain:.4f}, beyond the validation noise "
+                f"(±{noise:.4f}: {NOISE_ERRORS} standard errors of its score).")
+    return (f"Tuning did not beat the default config beyond the validation noise ({gain:+.4f} "
+            f"against ±{noise:.4f}, {NOISE_ERRORS} standard errors of its score): on this "
+            f"validation set the default config is as good an answer.")
 
 
 def default_score(summary: dict) -> str:
@@ -199,6 +219,8 @@ def summary_text(summary: dict) -> str:
     if default is not None:
         score += f" (the default config scored {default_score(summary)}{default_forgot(summary)})"
     lines.append(score)
+    if gain_words(summary):
+        lines.append(f"  {gain_words(summary)}")
     if describe_details(best.get("score_details")):
         lines.append(f"  {describe_details(best['score_details'])}")
     if best.get("retention") is not None:

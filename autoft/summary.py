@@ -39,6 +39,7 @@ def trial_entry(trial: optuna.trial.FrozenTrial | None, audits: dict | None = No
         "number": trial.number,
         "state": trial.state.name.lower(),
         "value": last_value(trial) if stopped else trial.value,
+        "standard_error": score_error(record),
         "stopped": (record.prune_reason or "pruned") if stopped else None,
         "params": full_params(trial),
         "score_details": shown_details(record.score_details),
@@ -51,6 +52,15 @@ def trial_entry(trial: optuna.trial.FrozenTrial | None, audits: dict | None = No
         "mix": record.mix,
         "mixed_from": record.mixed_from,
     }
+
+
+def score_error(record: TrialRecord) -> float | None:
+    """The bootstrap standard error of the evaluation a trial kept (its last where none was
+    kept): how far its score could move on another validation set of the same size."""
+    errors = {e["step"]: e.get("standard_error") for e in record.evaluations}
+    if not errors:
+        return None
+    return errors.get(record.best_step, errors[max(errors)])
 
 
 def soup_entry(study: optuna.Study, audits: dict | None) -> dict | None:

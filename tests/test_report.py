@@ -14,7 +14,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from autoft.report import summary_text, write_report
+from autoft.report import gain_words, summary_text, write_report
 
 DISTRIBUTIONS = {
     "learning_rate": FloatDistribution(1e-5, 1e-3, log=True),
@@ -222,3 +222,17 @@ def test_trial_table_names_what_the_answer_names(tmp_path: Path) -> None:
     row = next(line for line in md.splitlines() if line.startswith(f"| {number + 1} |"))
     assert "preservation loss ×0.3" in answer and "75%" in answer
     assert "×0.3" in row and "75%" in row
+
+
+def test_the_answer_is_said_to_beat_the_default_only_beyond_the_validation_noise() -> None:
+    summary = {"best": {"number": 4, "value": 0.70}, "direction": "maximize",
+               "default": {"number": 0, "value": 0.66, "standard_error": 0.027}}
+    assert gain_words(summary).startswith(
+        "Tuning did not beat the default config beyond the validation noise (+0.0400 against "
+        "±0.0540")
+    summary["default"]["standard_error"] = 0.01
+    assert gain_words(summary).startswith("That beats the default config by 0.0400, beyond")
+    loss = {"best": {"number": 2, "value": 1.0}, "direction": "minimize",
+            "default": {"number": 0, "value": 1.5, "standard_error": 0.1}}
+    assert "by 0.5000, beyond" in gain_words(loss)
+    assert gain_words(summary | {"best": {"number": 0, "value": 0.66}}) == ""

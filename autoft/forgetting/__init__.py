@@ -1,9 +1,10 @@
 """Base-task checks: how much of what the pretrained model knew a tuned model still knows.
 
 Owns the `BaseTask` interface, the registry of its kinds (one module each in kinds/: similarity,
-classification, masked_lm, drift, causal_lm, qa), `kinds_for` a task, and `retention`, the share
-of the base score a tuned model kept. Each kind reads its data in units (documents, pairs,
-examples, texts or questions) split (split.py) into a searched part and the audit's.
+classification, masked_lm, drift, causal_lm, qa, ranking), `kinds_for` a task, the default check
+(`default_check`), and `retention`, the share of the base score a tuned model kept. Each kind
+reads its data in units (documents, pairs, examples, texts or questions) split (split.py) into a
+searched part and the audit's.
 """
 
 from __future__ import annotations
