@@ -11,7 +11,8 @@ the gold verdict where the gold interval lies wholly on one side of the bar.
     python benchmarks/default_check.py make --tasks tweets,newsgroups,bbc --out DIR
     python benchmarks/default_check.py measure DIR/studies/*
 
-`make` runs one study per task (pip install -e ".[bench]"; 600 training and 200 validation rows)
+`make` runs one study per task (pip install -e ".[bench]"; 600 training rows unless
+--train-rows says, 200 validation rows)
 over a fixed grid of 8 configs chosen to span the forgetting range (the top layers to full depth,
 2e-4 to 1e-3, two with the preservation loss), the default check on with no bar (min_retention 0)
 and no curve, so every trial keeps its trained weights and the check's own reading is recorded.
@@ -66,14 +67,14 @@ SPACE = {
 }
 
 
-def make(tasks: list[str], out: Path, seed: int) -> None:
+def make(tasks: list[str], out: Path, seed: int, rows: int) -> None:
     """One study per task over the grid, each in its own process, timed."""
     out.mkdir(parents=True, exist_ok=True)
     space = out / "space-grid.yaml"
     space.write_text(yaml.safe_dump(SPACE, sort_keys=False))
     for name in tasks:
         task = TASKS[name]
-        data = write_splits(task, {"train": 600, "validation": 200, "test": 200}, seed,
+        data = write_splits(task, {"train": rows, "validation": 200, "test": 200}, seed,
                             out / "data" / name)
         study = {"name": f"grid-{name}", "studies_dir": str(out / "studies"),
                  "model": load_yaml(DEMO_FILE)["model"], "train": str(data["train"]),
@@ -194,13 +195,14 @@ def main() -> None:
     make_parser.add_argument("--tasks", default="tweets,newsgroups,bbc")
     make_parser.add_argument("--out", type=Path, default=Path("studies/bench-default-check"))
     make_parser.add_argument("--seed", type=int, default=0)
+    make_parser.add_argument("--train-rows", type=int, default=600)
     measure_parser = commands.add_parser("measure")
     measure_parser.add_argument("studies", nargs="+", type=Path)
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.command == "make":
-        make(args.tasks.split(","), args.out, args.seed)
+        make(args.tasks.split(","), args.out, args.seed, args.train_rows)
     else:
         measure(args.studies)
 

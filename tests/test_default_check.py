@@ -38,7 +38,7 @@ def test_no_base_task_means_the_default_check_and_none_means_none(tmp_path, tiny
 def test_the_default_kind_follows_the_task() -> None:
     auto = BaseTaskConfig()
     ranking = default_check(auto, get_task("text-classification"), sized_by_user=False)
-    assert (ranking.kind, ranking.max_examples, ranking.check_examples) == ("ranking", 200, 64)
+    assert (ranking.kind, ranking.max_examples, ranking.check_examples) == ("ranking", 64, 64)
     assert default_check(auto, get_task("token-classification"), False).kind == "ranking"
     causal = default_check(auto, get_task("causal-lm"), sized_by_user=False)
     assert (causal.kind, causal.max_examples) == ("causal_lm", 40)
@@ -88,13 +88,14 @@ def test_prepare_says_the_default_check_sizes_it_and_a_resume_keeps_the_sizes(
                                      "studies_dir": str(tmp_path)})
     prepared = prepare_study(config, echo=said.append)
     assert said[0].startswith("Forgetting check (autoft's default, as no base task is named): "
-                              "ranking on 200 passages of general English")
+                              "ranking on 64 passages of general English")
     assert "--base-kind none checks nothing" in said[0]
     sized = next(line for line in said if "sized for ±3% at the bar" in line)
     base = prepared.config.base
     assert base.kind == "ranking" and prepared.base["sizes"] == [base.max_examples,
                                                                  base.check_examples]
     assert f"{base.check_examples} texts at each evaluation" in sized
+    assert base.max_examples >= base.check_examples
     assert prepared.base["score"] == pytest.approx(1.0)
     assert prepared.base["preserve_on"]["source"] == "spare base items"
     resumed = prepare_study(config, echo=lambda line: None)
