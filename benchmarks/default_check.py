@@ -139,9 +139,12 @@ def study_rows(study_dir: Path) -> list[dict]:
 
 
 def fitted_slope(rows: list[dict]) -> float:
-    """Least squares through the origin of the gold's loss (1 - gold) on the agreement's."""
-    x = np.array([1 - row["agreement"] for row in rows])
-    y = np.array([1 - row["gold"] for row in rows])
+    """Least squares through the origin of the gold's loss (1 - gold) on the agreement's, over
+    the trials that lost some of the gold skill: a trial that gained (a news-topic task raising
+    the news similarity) tells how a change can help, not how much a loss is worth."""
+    lost = [row for row in rows if row["gold"] < 1]
+    x = np.array([1 - row["agreement"] for row in lost])
+    y = np.array([1 - row["gold"] for row in lost])
     return float((x * y).sum() / (x * x).sum())
 
 
