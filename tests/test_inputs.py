@@ -139,7 +139,7 @@ def test_a_failure_repeating_stops_the_study(tiny_model_dir, tiny_csv, tmp_path)
     storage = open_storage(storage_url(config))
     study = optuna.load_study(study_name=config.name, storage=storage)
     broken = dataclasses.replace(
-        prepared, config=dataclasses.replace(config, eval_every_samples=10**6))
+        prepared, config=dataclasses.replace(prepared.config, eval_every_samples=10**6))
     objective = Objective(broken, torch.device("cpu"))
     lock = StartLock(storage, config.name)
     runner = TrialRunner(objective, config.study_dir, Slot("cpu", 1), lock, Stop())
