@@ -173,7 +173,8 @@ def test_no_passing_point_leaves_the_trial_as_it_trained(tiny_model_dir, tiny_cs
     code, trial = mixing_search(tiny_model_dir, tiny_csv, tmp_path, "1.5")
     assert code == 3
     assert trial.state == optuna.trial.TrialState.PRUNED
-    assert len(trial.user_attrs["interpolation"]) == 3
+    # as trained, the space's two mixes, and two bisections toward the untouched weights
+    assert len(trial.user_attrs["interpolation"]) == 5
     assert trial.user_attrs["mix"] == 1.0
 
 

@@ -61,8 +61,13 @@ def test_search_writes_summary_and_a_loadable_best_model(tiny_model_dir, tiny_cs
     for key in ("evaluations", "best_value", "train_seconds", "samples_per_second",
                 "trainable_parameters", "device", "checkpoint"):
         assert key in attrs, key
-    assert [e["step"] for e in attrs["evaluations"]] == [1, 2, 3, 4]
-    assert attrs["best_value"] == max(e["value"] for e in attrs["evaluations"])
+    steps = [e["step"] for e in attrs["evaluations"]]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 2, steps
+    # four evaluations with the default forgetting check, fewer only when a rule stopped it
+    assert len(steps) == 4 or attrs.get("stop_reason"), attrs.get("stop_reason")
+    # the best evaluation that kept the forgetting bar (or a mix of it): at most the best one
+    assert attrs["best_value"] == first.value
+    assert first.value <= max(e["value"] for e in attrs["evaluations"])
 
     model = AutoModelForSequenceClassification.from_pretrained(folder / "best_model")
     assert model.config.id2label == {0: "neg", 1: "pos"}
