@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from autoft.adapters import get_adapter
-from autoft.config import AUTO, StudyConfig, data_setting_names
+from autoft.config import AUTO, GENERAL_TEXT, StudyConfig, data_setting_names
 from autoft.errors import UsageError
 from autoft.files import write_text_whole
 from autoft.forgetting import (
@@ -87,7 +87,10 @@ def data_fingerprint(config: StudyConfig, known: dict) -> str:
         del identity["label_columns"]
     for name in ("model", "train", "validation"):
         identity[name] = _content_identity(getattr(config, name), known)
-    if config.base:
+    if config.base and config.base.data == GENERAL_TEXT:  # the default check: chosen by
+        # autoft from the task and model (kind, sizes), as a worker's recorded config holds it
+        identity["base"] = {"kind": AUTO, "data": _content_identity(GENERAL_TEXT, known)}
+    elif config.base:
         base = dataclasses.asdict(config.base)
         base.pop("min_retention")
         for name in ("data", "ratings", "preserve_data"):

@@ -87,7 +87,8 @@ def search(tiny_model_dir, tiny_csv, tmp_path, name: str, n_trials: int, base=Tr
     drift = ["--base-kind", "drift", "--base-data", str(tiny_csv), "--min-retention", str(BAR)]
     return main(["search", "--model", str(tiny_model_dir), "--train", str(tiny_csv),
                  "--space", str(space), "--n-trials", str(n_trials), "--study", name,
-                 "--studies-dir", str(tmp_path / "s"), *(drift if base else [])])
+                 "--studies-dir", str(tmp_path / "s"),
+                 *(drift if base else ["--base-kind", "none"])])
 
 
 def model_and_data(study: optuna.Study, study_dir):

@@ -67,7 +67,7 @@ def test_live_panel_stays_one_panel_under_the_log_lines(
     lines = run_in_terminal(
         [sys.executable, "-m", "autoft", "search", "--model", str(tiny_model_dir), "--train",
          str(tiny_csv), "--space", "quick", "--n-trials", "2", "--devices", devices,
-         "--study", "tty", "--studies-dir", str(tmp_path / "studies")],
+         "--study", "tty", "--studies-dir", str(tmp_path / "studies"), "--base-kind", "none"],
         cwd=tmp_path,
     )
     screen = "\n".join(lines)
