@@ -31,15 +31,12 @@ import optuna
 import transformers
 import yaml
 from forgetting import TASKS, package_path, word_similarity, write_splits
-from optuna.trial import TrialState
-from retention_signals import WORDS
+from retention_signals import WORDS, saved_trial_models
 from scipy.stats import pearsonr, spearmanr
 
 from autoft.audit import bootstrap_retention
 from autoft.cli import DEMO_FILE
 from autoft.config import GENERAL_TEXT, BaseTaskConfig, load_yaml
-from autoft.errors import UsageError
-from autoft.export import load_trial_model
 from autoft.forgetting import BaseSplit, build_base_task, paired_interval, retention
 from autoft.forgetting.kinds.ranking import RankingTask
 from autoft.tasks import recorded_task
@@ -112,11 +109,7 @@ def study_rows(study_dir: Path) -> list[dict]:
     base_gold = gold.observe(model, "cpu")
     base_words = word_similarity(model.base_model, tokenizer, WORDS)
     rows = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        try:
-            tuned, _ = load_trial_model(kind, attrs["model"], attrs["label_names"], trial)
-        except UsageError:
-            continue
+    for trial, tuned in saved_trial_models(study, kind):
         seen = {part: default.observe(tuned, "cpu", part) for part in base}
         agreement = default.agreement(seen["search"], np.arange(default.units_["search"]),
                                       "search")

@@ -68,6 +68,17 @@ def unit_embeddings(model, tokenizer, texts: list[str]) -> torch.Tensor:
     return torch.cat(rows)
 
 
+def saved_trial_models(study: optuna.Study, kind):
+    """(trial, its kept weights as a model) for every complete trial whose weights are here."""
+    attrs = study.user_attrs
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        try:
+            tuned, _ = load_trial_model(kind, attrs["model"], attrs["label_names"], trial)
+        except UsageError:
+            continue
+        yield trial, tuned
+
+
 def study_rows(study_dir: Path, texts: list[str]) -> list[dict]:
     """One dict per complete trial with saved weights: check, drift and audit retention."""
     study = optuna.load_study(study_name=study_dir.name,
@@ -82,11 +93,7 @@ def study_rows(study_dir: Path, texts: list[str]) -> list[dict]:
     base_embedded = unit_embeddings(model, tokenizer, texts)
     base_words = word_similarity(model.base_model, tokenizer, WORDS)
     rows = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        try:
-            tuned, _ = load_trial_model(kind, attrs["model"], attrs["label_names"], trial)
-        except UsageError:
-            continue
+    for trial, tuned in saved_trial_models(study, kind):
         audit = bootstrap_retention(task, base_observed, task.observe(tuned, "cpu"),
                                     seed=config["seed"], resamples=200)
         drift = float((unit_embeddings(tuned, tokenizer, texts) * base_embedded).sum(-1).mean())
