@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -31,6 +32,7 @@ from autoft.preserve import PreservedTexts, texts_to_preserve
 from autoft.space import SPACES_DIR, SearchSpace, load_space
 from autoft.storage import check_same_inputs, recorded_inputs
 from autoft.study import study_base_task
+from autoft.study_folder import check_own_database, claim, read_identity, remember
 from autoft.tasks import DataSettings, Preserving, Task, detect_task, get_task
 from autoft.tasks.text import model_length_limit
 
@@ -320,6 +322,32 @@ def check_task_settings(task: Task, config: StudyConfig) -> None:
         )
 
 
+def reusable_prepared(config: StudyConfig, fingerprint: str, echo) -> tuple | None:
+    """The data an earlier run prepared (prepared.load_prepared_data), or None where there is
+    none, or where it is damaged or was prepared from other inputs than the study's: derived
+    files, prepared again. The study's inputs are judged before this (study_folder.claim, the
+    storage's record); only a folder without either, whose prepared fingerprint reads as one,
+    is refused here."""
+    folder = prepared_folder(config)
+    stored = folder / "fingerprint"
+    recorded = stored.read_text(errors="replace").strip() if stored.is_file() else fingerprint
+    if recorded != fingerprint:
+        known = read_identity(config.study_dir) or recorded_inputs(config)
+        if known is None and re.fullmatch(r"[0-9a-f]{16}", recorded):
+            raise UsageError(
+                f"Study '{config.name}' in {config.study_dir} was prepared from other data or "
+                f"model settings; give the data and model it was run on to go on with it, or "
+                f"choose a new --study name."
+            )
+        echo(f"{stored} does not match the study's inputs (damaged?); preparing the data again.")
+        return None
+    try:
+        return load_prepared_data(folder)
+    except ValueError as error:  # truncated or edited: prepared again from the same inputs
+        echo(f"{folder / 'target.json'} is damaged ({error}); preparing the data again.")
+        return None
+
+
 def prepare_study(config: StudyConfig, echo=print) -> Prepared:
     """Check everything and prepare the data, or reuse what an earlier run of this study prepared.
 
@@ -332,18 +360,10 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
     folder = prepared_folder(config)
     known = _load_hashes(folder)
     fingerprint = data_fingerprint(config, known)
+    claim(config, fingerprint)  # before anything is written in the folder
+    check_own_database(config)
     check_same_inputs(config, recorded_inputs(config), fingerprint)
-    stored = folder / "fingerprint"
-    if stored.is_file() and stored.read_text() != fingerprint:
-        raise UsageError(
-            f"Study '{config.name}' in {config.study_dir} was prepared from other data or model "
-            f"settings; choose a new --study name, or delete that folder to start over."
-        )
-    try:
-        saved = load_prepared_data(folder)
-    except ValueError as error:  # truncated or edited: prepared again from the same inputs
-        echo(f"{folder / 'target.json'} is damaged ({error}); preparing the data again.")
-        saved = None
+    saved = reusable_prepared(config, fingerprint, echo)
     if saved:
         data, depth, pad_id, base = saved
         task = get_task(data.task)
@@ -392,6 +412,7 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
         write_text_whole(folder / "fingerprint", fingerprint)
         save_prepared(prepared, folder)
     _save_hashes(folder, known)
+    remember(config, fingerprint, echo)
     for note in data.notes:
         echo(f"  chose {note}")
     return prepared

@@ -30,6 +30,7 @@ from autoft.files import file_lock, unwritable_folder
 from autoft.pruning import make_pruner
 from autoft.schedule import run_stale_again
 from autoft.signals import Stop
+from autoft.study_folder import storage_elsewhere
 
 log = logging.getLogger("autoft")
 
@@ -273,7 +274,9 @@ def load_study(name: str, studies_dir: str, storage: str | None,
     path = sqlite_path(Path(studies_dir) / name)
     url = storage or f"sqlite:///{path.resolve()}"
     if url.startswith("sqlite") and not path.is_file():
+        elsewhere = storage_elsewhere(path.parent)
         raise UsageError(
+            f"{path.parent} has no study.db: {elsewhere}." if elsewhere else
             f"No study '{name}' in {studies_dir}/ (no {name}/study.db); check "
             f"--study and --studies-dir."
         )

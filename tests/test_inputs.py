@@ -60,7 +60,7 @@ def test_data_written_again_with_the_same_content_resumes(tiny_model_dir, tiny_c
     rewrite(model / "config.json", (model / "config.json").read_bytes())
     assert any(line.startswith("Reusing the data prepared earlier") for line in prepare(config))
     rewrite(Path(train), Path(train).read_bytes().replace(b"good", b"fine", 1))
-    with pytest.raises(UsageError, match="prepared from other data"):
+    with pytest.raises(UsageError, match="other data or model settings"):
         prepare(config)
 
 

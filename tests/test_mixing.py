@@ -15,6 +15,7 @@ import pytest
 from autoft.cli import build_parser, config_from_args, main
 from autoft.errors import UsageError
 from autoft.prepare import prepare_study
+from autoft.study_folder import IDENTITY
 from autoft.trials import trial_config
 
 
@@ -36,7 +37,7 @@ def test_an_edit_that_keeps_size_and_modification_time_is_seen(tiny_model_dir, t
     train.write_bytes(content.replace(b"good", b"fine", 1))  # same length
     os.utime(train, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     assert train.stat().st_size == stamp.st_size
-    with pytest.raises(UsageError, match="prepared from other data"):
+    with pytest.raises(UsageError, match="other data or model settings"):
         prepare_study(config, echo=lambda line: None)
 
 
@@ -52,6 +53,7 @@ def test_other_data_is_refused_by_the_storage_when_prepared_is_gone(
             "--n-trials", "1"]
     assert main(args) == 0
     shutil.rmtree(tmp_path / "studies" / "s" / "prepared")
+    (tmp_path / "studies" / "s" / IDENTITY).unlink()  # the folder's own record, gone too
     write_csv(train, sentiment_rows(80, seed=1))
     capsys.readouterr()
     assert main([*args[:-1], "2"]) == 2
@@ -95,5 +97,5 @@ def test_other_base_data_is_other_inputs(tiny_model_dir, tiny_csv, tmp_path):
          "--base-data", str(base)])
     prepare_study(config_from_args(args), echo=lambda line: None)
     base.write_text(base.read_text().replace("weather", "harbour"))
-    with pytest.raises(UsageError, match="prepared from other data"):
+    with pytest.raises(UsageError, match="other data or model settings"):
         prepare_study(config_from_args(args), echo=lambda line: None)

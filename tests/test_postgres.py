@@ -230,3 +230,32 @@ def test_job_array_tasks_share_a_postgres_study_and_lose_nothing_to_a_kill(
         tasks[0].pid, tasks[2].pid}, "the search and the pod both ran trials"
     assert (shared / "task-0" / name / "best_model").is_dir()
     assert all(PASSWORD not in output for output in outputs)
+
+
+def test_a_postgres_study_folder_run_without_its_storage_is_refused(
+    postgres_url, tiny_model_dir, tiny_csv, tmp_path, capsys
+) -> None:
+    """The same command once without --storage (a natural slip) made a second, SQLite study in
+    the folder, which ran from trial 0 over the first one's trial folders; status there said
+    only 'no study'. The folder's identity names the storage, never its password."""
+    from autoft.cli import main
+
+    url, name, _ = postgres_url
+    studies = tmp_path / "studies"
+    args = ["--study", name, "--studies-dir", str(studies)]
+    search = ["search", "--model", str(tiny_model_dir), "--train", str(tiny_csv),
+              "--base-kind", "none", *args]
+    config = build_config({}, None, {"model": str(tiny_model_dir), "train": str(tiny_csv),
+                                     "name": name, "studies_dir": str(studies),
+                                     "storage": url, "base_kind": "none"})
+    record_study_facts(open_study(config), prepare_study(config, echo=print))
+    capsys.readouterr()
+    assert main(search) == 2
+    err = capsys.readouterr().err
+    redacted = url.replace(PASSWORD, "***")
+    assert f"stored in {redacted}, not its own study.db" in err, err
+    assert f"pass --storage {redacted}" in err and PASSWORD not in err
+    assert not (studies / name / "study.db").exists()
+    assert main(["status", *args]) == 2
+    err = capsys.readouterr().err
+    assert f"is stored in {redacted}; pass --storage" in err, err

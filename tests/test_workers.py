@@ -390,5 +390,5 @@ def test_a_worker_trains_on_what_its_parent_prepared_and_a_changed_input_is_refu
 
     monkeypatch.undo()
     write_csv(train, sentiment_rows(120, seed=1))  # other rows under the same name
-    with pytest.raises(UsageError, match="was run on other data or model settings"):
+    with pytest.raises(UsageError, match="other data or model settings"):
         join_study(load_study("once", str(studies), None), str(studies), None, devices="cpu:1")
