@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -14,8 +15,19 @@ import time
 log = logging.getLogger("autoft")
 
 
+def detach_from_terminal() -> None:
+    """After SIGHUP (the terminal or ssh connection closed) the screen is gone: writing to it
+    would fail and cut the report short, so what a study still says goes nowhere; its report
+    and logs say it."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (1, 2):
+        os.dup2(devnull, stream)
+    os.close(devnull)
+
+
 class Stop:
-    """How a worker stops cleanly on SIGINT, SIGTERM or its hard time limit (SIGALRM).
+    """How a worker stops cleanly on SIGINT, SIGTERM, SIGHUP (a closed terminal: a study
+    started over ssh in the evening must not lose its night) or its hard time limit (SIGALRM).
 
     During a trial the signal raises KeyboardInterrupt there and then: the TrialRunner records
     the trial as failed with the reason `interrupted`, which does not use up the budget, and its
@@ -26,7 +38,7 @@ class Stop:
     holds one while its workers run and its report is written, so a late Ctrl-C loses neither.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM)
 
     REDELIVER_SECONDS = 0.01
 
@@ -53,6 +65,8 @@ class Stop:
             sys.unraisablehook = self._previous_hook
 
     def _on_signal(self, signum: int, frame) -> None:
+        if signum == signal.SIGHUP:
+            detach_from_terminal()
         if signum == signal.SIGALRM and not self.requested:
             log.warning("hard time limit reached: interrupting the running trial")
         else:

@@ -277,8 +277,9 @@ def run_workers(
     call. Spawned workers would each import torch and transformers again (about 11 CPU-seconds
     each here); forking this process could copy CUDA or OpenMP state. joblib's loky backend
     spawns too, and suits map-style tasks: on an interrupt it kills its workers outright, so a
-    running trial could not record `interrupted`. Here the parent forwards SIGINT and SIGTERM to
-    its workers, which stop cleanly, and reads each exit code. Workers share only the storage.
+    running trial could not record `interrupted`. Here the parent forwards SIGINT, SIGTERM and
+    SIGHUP to its workers, which stop cleanly, and reads each exit code. Workers share only the
+    storage.
     """
     log.info(
         "%d worker%s on %s; storage %s",
@@ -309,7 +310,8 @@ def run_workers(
             if process.is_alive():
                 os.kill(process.pid, signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, forward)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         for process in processes:
             process.join()

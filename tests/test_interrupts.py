@@ -223,3 +223,27 @@ def test_a_signal_inside_a_storage_call_interrupts_when_it_returns(tmp_path) -> 
     other = RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 1}})
     other.set_study_user_attr(study._study_id, "written", True)  # "database is locked" before
 
+
+
+@pytest.mark.slow
+def test_a_closed_terminal_ends_the_search_as_sigterm_does(
+    tiny_model_dir, slow_csv, tmp_path, cli_env, open_sqlite_study, search_args,
+    wait_for_trial_in_progress, write_space
+) -> None:
+    """SIGHUP (a closed terminal or ssh connection) killed the search at once: no report, the
+    trial left RUNNING, and the resume ran a new config before the default's. Here the screen
+    is gone too (the pipes closed before the hang-up), as it is after a closed ssh session."""
+    space = write_space(tmp_path / "space.yaml", epochs=3, batch=8, starts=START_1)
+    studies = tmp_path / "studies"
+    args = search_args(tiny_model_dir, slow_csv, space, studies, "hup", 2, "cpu")
+    process = subprocess.Popen(args, env=cli_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert wait_for_trial_in_progress(studies, "hup", process) == 0
+    process.stdout.close()
+    process.stderr.close()
+    process.send_signal(signal.SIGHUP)
+    assert process.wait(timeout=120) == 130
+    summary = json.loads((studies / "hup" / "summary.json").read_text())
+    assert summary["counts"]["interrupted"] == 1 and summary["counts"]["failed"] == 0
+    (trial,) = open_sqlite_study(studies, "hup").trials
+    assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "interrupted"
