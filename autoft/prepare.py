@@ -405,6 +405,10 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
         base = measure_base_skill(config, model, processor, echo) if config.base else None
     preserved = preserving(config, task, data, base, processor if not saved else None)
     resolved = held_without_preservation(resolved, preserved, echo)
+    configs = resolved.configs()
+    if configs is not None and len(configs) < config.n_trials:
+        echo(f"  the search space holds {len(configs)} configs, fewer than the {config.n_trials} "
+             f"trials asked: each runs once, then the study ends.")
     prepared = Prepared(config=config, data=data, space=resolved, depth=depth, pad_id=pad_id,
                         fingerprint=fingerprint, base=base)
     if not saved:

@@ -6,6 +6,7 @@ before any other, then the space's starts), and the stop when trials keep failin
 from __future__ import annotations
 
 import logging
+import random
 import warnings
 from datetime import datetime
 
@@ -90,22 +91,24 @@ def unaffordable(params: dict, trials: list[optuna.trial.FrozenTrial],
             f"{describe_seconds(seconds_left)} are left before the timeout")
 
 
-def queue_next_config(study: optuna.Study, seconds_left: float | None = None) -> None:
-    """Choose the config the next asked trial runs; call it under the start lock.
+def queue_next_config(study: optuna.Study, seconds_left: float | None = None) -> bool:
+    """Choose the config the next asked trial runs; call it under the start lock. False when
+    the space's every config has run (a space of few configs, space.SearchSpace.configs).
 
     Optuna's ask pops waiting trials in the order they were queued, so configs are queued one
     at a time, when none waits: an interrupted trial's config first (the default's before any
-    other), then the space's next start (the default is start 0), then none, and the sampler
-    chooses. A start that cannot finish in the `seconds_left` before the timeout is skipped,
-    said on screen and recorded in the study's `skipped_starts` (start index: why).
+    other), then the space's next start (the default is start 0), then, in a space of few
+    configs, one not tried yet, drawn at random, or else none, and the sampler chooses. A start
+    that cannot finish in the `seconds_left` before the timeout is skipped, said on screen and
+    recorded in the study's `skipped_starts` (start index: why).
     """
     trials = study.get_trials(deepcopy=False)
     if any(t.state == TrialState.WAITING for t in trials):
-        return
+        return True
     again = to_run_again(trials)
     if again:
         queue_again(study, again[0])
-        return
+        return True
     skipped = dict(study.user_attrs.get("skipped_starts", {}))
     taken = {TrialRecord.of(t).start for t in trials} | {int(index) for index in skipped}
     for index, params in enumerate(study.user_attrs.get("starts", [])):
@@ -115,11 +118,31 @@ def queue_next_config(study: optuna.Study, seconds_left: float | None = None) ->
         why = unaffordable(full, trials, study.user_attrs.get("train_examples"), seconds_left)
         if why is None:
             study.enqueue_trial(params, user_attrs=TrialRecord.attrs(start=index))
-            return
+            return True
         log.info("start %d (%s) is skipped: %s", index,
                  describe_params(full, study.user_attrs.get("depth") or 0, short=True), why)
         skipped[str(index)] = why
         study.set_user_attr("skipped_starts", skipped)
+    return queue_untried(study, trials)
+
+
+def queue_untried(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> bool:
+    """In a space of few configs (the study's `configs`), queue one no trial has run, drawn by
+    the study seed and the trial count; False when none is left. Other spaces: True."""
+    configs = study.user_attrs.get("configs")
+    if configs is None:
+        return True
+    tried = {config_key(trial_config(t)) for t in trials}
+    untried = [config for config in configs if config_key(config) not in tried]
+    if not untried:
+        return False
+    seed = (study.user_attrs.get("config") or {}).get("seed", 0)
+    study.enqueue_trial(random.Random(f"{seed}:{len(trials)}").choice(untried))
+    return True
+
+
+def config_key(config: dict) -> tuple:
+    return tuple(sorted(config.items()))
 
 
 def budget_used(study: optuna.Study) -> int:

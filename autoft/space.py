@@ -41,6 +41,8 @@ POSITIVE_PARAMETERS = tuple(spec.name for spec in SEARCH_PARAMETERS if spec.posi
 WORD_PARAMETERS = {spec.name: spec.choices for spec in SEARCH_PARAMETERS if spec.kind is str}
 # The mixing weights every trial's curve scores (top-level `interpolation_mixes`; [] turns it off).
 DEFAULT_MIXES = (0.25, 0.5, 0.75)
+# A space of at most this many configs (all discrete) is searched without repeats.
+MAX_LISTED_CONFIGS = 1000
 # Words trainable_layers may use for a model whose depth is known only once it is loaded:
 # every layer, or the top half (rounded up).
 DEPTH_WORDS = {"max": lambda depth: depth, "half": lambda depth: (depth + 1) // 2}
@@ -91,6 +93,16 @@ class Parameter:
         if self.name in INTEGER_PARAMETERS:
             return trial.suggest_int(self.name, self.low, self.high, log=self.log)
         return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+
+    def discrete_values(self) -> tuple | None:
+        """Every value this parameter can take, or None where a float range makes them endless."""
+        if self.value is not None:
+            return (self.value,)
+        if self.choices is not None:
+            return tuple(self.choices)
+        if self.name in INTEGER_PARAMETERS:
+            return tuple(range(self.low, self.high + 1))
+        return (self.low,) if self.low == self.high else None
 
     def fallback(self) -> Any:
         """The default when the file gives none: the fixed value, the first choice, the middle."""
@@ -160,6 +172,29 @@ class SearchSpace:
                 config = {p.name: full[p.name] for p in searched if p.name in full}
                 if config not in configs:
                     configs.append(config)
+        return configs
+
+    def configs(self) -> list[dict[str, Any]] | None:
+        """Every config of a space of fixed values, lists and integer ranges, searched values only
+        (as start_params gives them), when it holds at most MAX_LISTED_CONFIGS; None for a space
+        with a float range, or more configs. TPE draws from such a space with replacement: a space
+        of six configs ran one of them 4 times in 9 trials (schedule.queue_next_config)."""
+        configs: list[dict[str, Any]] = [{}]
+        for parameter in self.parameters:
+            values = parameter.discrete_values()
+            if values is None:
+                return None
+            grown = []
+            for config in configs:
+                if not parameter.applies(self.complete(config)):
+                    grown.append(config)
+                elif parameter.value is not None:
+                    grown.append(config)
+                else:
+                    grown.extend({**config, parameter.name: value} for value in values)
+            if len(grown) > MAX_LISTED_CONFIGS:
+                return None
+            configs = grown
         return configs
 
     def fix(self, name: str, value: Any) -> SearchSpace:

@@ -350,6 +350,7 @@ def record_study_facts(study: optuna.Study, prepared: Prepared) -> None:
         "trust_remote_code": config.trust_remote_code,
         "default_params": prepared.space.default_params(),
         "starts": prepared.space.start_params(),
+        "configs": prepared.space.configs(),  # None unless the space holds few
         "settings": search_settings(config),
         "base": prepared.base,
         "train_examples": len(data.train),

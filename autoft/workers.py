@@ -174,7 +174,10 @@ def run_trials(
             if repeated_failure(study, since):
                 return  # whoever started the workers says why (study.check_not_stopped)
             if budget_left(study, n_trials) > 0:
-                queue_next_config(study, None if deadline is None else deadline - time.time())
+                if not queue_next_config(study,
+                                         None if deadline is None else deadline - time.time()):
+                    log.info("every config of the search space has run: no new trial starts")
+                    return
                 study.optimize(runner, n_trials=1, catch=(Exception,), gc_after_trial=True)
                 continue
         finally:

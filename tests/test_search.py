@@ -142,3 +142,27 @@ def test_a_bar_no_trial_can_reach_exits_3_and_keeps_the_trials(
     study = load(tmp_path)
     assert len(study.trials) == 2 and all(t.state.is_finished() for t in study.trials)
     assert (tmp_path / "studies" / "tiny" / "report.html").is_file()
+
+
+def test_a_space_of_six_configs_runs_each_once_then_says_so(
+    tiny_model_dir, sentiment_rows, write_csv, open_sqlite_study, tmp_path, capsys
+):
+    """A space of six configs with nine trials: TPE ran one config 4 times out of 9, each time
+    with the same result. Each runs once; the study says so up front and ends."""
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(60))
+    space = tmp_path / "six.yaml"
+    space.write_text(
+        "learning_rate: {value: 1.0e-3}\nhead_lr_multiplier: {value: 10}\n"
+        "batch_size: {choices: [8, 16]}\ntrainable_layers: {low: 0, high: max, default: 0}\n"
+        "epochs: {value: 1}\nweight_decay: {value: 0.0}\nwarmup_ratio: {value: 0.0}\n"
+        "adapter: {value: freeze}\n")
+    studies = tmp_path / "studies"
+    args = ["search", "--model", str(tiny_model_dir), "--train", str(train), "--space",
+            str(space), "--studies-dir", str(studies), "--study", "six", "--base-kind", "none",
+            "--devices", "cpu", "--n-trials", "9"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "the search space holds 6 configs, fewer than the 9 trials asked" in out
+    trials = open_sqlite_study(studies, "six").trials
+    configs = {(t.params["batch_size"], t.params["trainable_layers"]) for t in trials}
+    assert len(trials) == 6 and len(configs) == 6

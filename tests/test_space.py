@@ -163,3 +163,19 @@ def test_interpolate_is_no_longer_a_parameter_and_an_empty_grid_turns_the_curve_
     off.write_text(text.replace("interpolation_mixes: [0.25, 0.5, 0.75]",
                                 "interpolation_mixes: []"))
     assert load_space(str(off)).mixes == ()
+
+
+def test_a_space_of_few_configs_lists_each_once_and_a_float_range_lists_none(tmp_path: Path):
+    path = tmp_path / "few.yaml"
+    path.write_text(
+        "learning_rate: {value: 1.0e-3}\nhead_lr_multiplier: {value: 10}\n"
+        "batch_size: {choices: [8, 16]}\ntrainable_layers: {low: 0, high: max, default: 0}\n"
+        "epochs: {value: 1}\nweight_decay: {value: 0.0}\nwarmup_ratio: {value: 0.0}\n"
+        "adapter: {choices: [freeze, lora], default: freeze}\n"
+        "lora_rank: {choices: [4, 8], when: {adapter: lora}}\n")
+    configs = load_space(str(path)).resolve(2).configs()
+    assert len(configs) == 2 * 3 * (1 + 2)  # batch × depth × (freeze, or lora at two ranks)
+    assert len({tuple(sorted(c.items())) for c in configs}) == len(configs)
+    assert {"batch_size": 16, "trainable_layers": 2, "adapter": "lora", "lora_rank": 8} in configs
+    assert all("lora_rank" not in c for c in configs if c["adapter"] == "freeze")
+    assert load_space("default").resolve(6).configs() is None

@@ -116,3 +116,4 @@ def test_two_searches_racing_on_a_new_name_one_owns_the_folder(
     folder = tmp_path / "studies" / "s"
     owner = json.loads((folder / IDENTITY).read_text())["inputs"]
     assert (folder / "prepared" / "fingerprint").read_text() == owner
+
