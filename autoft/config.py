@@ -175,6 +175,14 @@ def looks_like_path(value: str) -> bool:
     )
 
 
+def meant_as_folder(model: str) -> bool:
+    """A model named by a local path: one that looks like a path, or 'models/bertt' whose first
+    folder exists here (a hub name's owner is no local folder): it was tried on the hub, twenty
+    retries over 56 s, then blamed on the network."""
+    parts = Path(model).parts
+    return looks_like_path(model) or (len(parts) > 1 and Path(parts[0]).is_dir())
+
+
 _PATH_FIELDS = ("model", "train", "validation", "space")
 _FLAG_FOR = {"name": "--study", "base_min_retention": "--min-retention"}
 _STUDY_FIELDS = {f.name: f for f in fields(StudyConfig) if f.name not in ("origins", "base")}
@@ -389,7 +397,7 @@ def validate(config: StudyConfig) -> None:
         )
     for name in ("train", "validation"):
         _check_data_exists(getattr(config, name), config.where(name))
-    if looks_like_path(config.model) and not Path(config.model).exists():
+    if meant_as_folder(config.model) and not Path(config.model).exists():
         raise UsageError(
             f"{config.where('model')}: model folder {config.model} does not exist; "
             f"give a folder saved with save_pretrained or a hub name."
@@ -423,10 +431,12 @@ def _validate_base(config: StudyConfig) -> None:
                 "the Lee layout's matrix of similarity ratings")
     _check_file(base.preserve_data, config.where("base.preserve_data"), "preservation file",
                 "any unlabelled text file, one text a line, or a table with a text column")
-    if not 0.0 <= base.min_retention <= 1.5:
+    if not 0.0 <= base.min_retention <= 1.0:
         raise UsageError(
-            f"{config.where('base.min_retention')}: {base.min_retention} is not a sensible "
-            f"retention bar; use a value like 0.95 (keep 95% of the base skill)."
+            f"{config.where('base.min_retention')}: {base.min_retention:g} is not a retention bar "
+            f"a study can meet: it is the share of the base skill a trial keeps, from 0 to 1 "
+            f"(above 1 every trial would have to improve the base skill); use a value like "
+            f"0.95 (keep 95%)."
         )
     for name in ("max_examples", "check_examples"):
         if getattr(base, name) < 1:

@@ -99,3 +99,12 @@ def per_class_rows(details: dict | None) -> list[list[str]]:
     return [[name, f"{scores['precision']:.4f}", f"{scores['recall']:.4f}",
              f"{scores['f1']:.4f}", str(scores["support"])]
             for name, scores in per_label.items()]
+
+
+def percent(share: float) -> str:
+    """A setting given as a share (a bar), in as few decimals as it needs: a bar of 0.999 is
+    99.9%, not the 100% that `:.0%` rounds it to."""
+    for decimals in range(3):
+        if round(share * 100, decimals) == round(share * 100, 6):
+            break
+    return f"{share:.{decimals}%}"

@@ -14,6 +14,7 @@ import torch
 
 from autoft.adapters import get_adapter
 from autoft.config import AUTO, GENERAL_TEXT, StudyConfig, data_setting_names
+from autoft.describe import percent
 from autoft.errors import UsageError
 from autoft.files import write_text_whole
 from autoft.forgetting import (
@@ -140,7 +141,8 @@ def coin_flip_warning(config: StudyConfig, base: dict, units: int, unit: str) ->
     return (
         f"  warning: the quick check reads {units} {unit} of {Path(config.base.data).name}, and "
         f"the base score on them moves ±{base['quick_spread']:.0%} between resamples of them, "
-        f"more than the {COIN_FLIP:.0%} between the bar ({bar:.0%}) and {bar - COIN_FLIP:.0%}: "
+        f"more than the {COIN_FLIP:.0%} between the bar ({percent(bar)}) and "
+        f"{percent(bar - COIN_FLIP)}: "
         f"decisions at the bar are closer to a coin flip than a measurement, so trials are "
         f"stopped for forgetting only when clearly below it; give more base items, or raise "
         f"base.check_examples and base.max_examples."
@@ -247,7 +249,7 @@ def with_default_check(config: StudyConfig, task: Task, echo,
              f"{base.max_examples} passages of general English shipped with autoft "
              f"({Path(base.data).name}; {base.check_examples} at each evaluation): "
              f"{KINDS[base.kind].measures[0].lower()}{KINDS[base.kind].measures[1:-1]}. "
-             f"Bar {base.min_retention:.0%} (--min-retention); --base-kind and --base-data "
+             f"Bar {percent(base.min_retention)} (--min-retention); --base-kind and --base-data "
              f"check your own data, --base-kind none checks nothing.")
     return dataclasses.replace(config, base=base)
 
@@ -291,7 +293,7 @@ def sized_check(config: StudyConfig, model, tokenizer, echo) -> StudyConfig:
                 f"final check")
     width = widths.get(search)
     echo(f"  sized for ±{DECISIVE:.0%} at the bar (95% intervals of a stand-in model keeping "
-         f"{config.base.min_retention:.0%}): {said}"
+         f"{percent(config.base.min_retention)}): {said}"
          + (f" (±{width:.1%})" if width is not None else " (wider than that below it)"))
     return dataclasses.replace(config, base=dataclasses.replace(
         config.base, max_examples=search, check_examples=quick))

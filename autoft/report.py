@@ -24,6 +24,7 @@ from autoft.describe import (
     describe_settings,
     metric_words,
     per_class_rows,
+    percent,
 )
 from autoft.files import write_text_whole
 from autoft.plots import study_plots
@@ -40,7 +41,7 @@ def default_forgot(summary: dict) -> str:
     kept = (summary.get("default") or {}).get("retention")
     if bar is None or kept is None or kept >= bar:
         return ""
-    return f" but kept only {kept:.0%} of the base skill, below the {bar:.0%} bar"
+    return f" but kept only {kept:.1%} of the base skill, below the {percent(bar)} bar"
 
 
 def gain_words(summary: dict) -> str:
@@ -92,7 +93,7 @@ def straddle_words(entry: dict, base: dict) -> str:
     if not interval or bar is None or interval[0] >= bar:
         return ""
     return (f"Its check's 95% interval, {interval[0]:.1%}–{interval[1]:.1%}, reaches below the "
-            f"{bar:.0%} bar: the base data cannot tell whether it keeps that much; more base "
+            f"{percent(bar)} bar: the base data cannot tell whether it keeps that much; more base "
             f"items would.")
 
 
@@ -151,18 +152,29 @@ def nothing_to_show(summary: dict) -> str | None:
     c, study = summary["counts"], summary["study"]
     if summary.get("base") and c["complete"] + c["pruned"]:
         bar = summary["base"]["min_retention"]
-        return (f"Study '{study}': no trial kept {bar:.0%} of the base-task skill; lower "
+        return (f"Study '{study}': no trial kept {percent(bar)} of the base-task skill; lower "
                 f"--min-retention (the report's price of the bar shows what each bar allows) "
-                f"or run more trials.")
+                f"or {more_trials(summary)}.")
     if c["failed"] and not c["complete"] + c["pruned"]:
         reason, times = next(iter(summary["failures"].items()))
         return (f"Study '{study}': no trial completed; {c['failed']} failed, {times} of them "
                 f"with \"{reason}\"; fix that cause (each trial's log is in the study's logs/ "
-                f"folder) and run the same command again.")
+                f"folder) and {more_trials(summary)}.")
     if c["pruned"] and not c["complete"]:
         return (f"Study '{study}': every trial was stopped early (pruned), so none has a final "
-                f"score; run more trials, or raise --pruner-startup-trials.")
+                f"score; {more_trials(summary)}, or raise --pruner-startup-trials.")
     return f"Study '{study}': no trial completed yet, so there is no best config."
+
+
+def more_trials(summary: dict) -> str:
+    """How to run new trials: the same command while the budget has room; once the trials
+    (failed ones too) used it, the same command runs none, so the flag and the number."""
+    c, n_trials = summary["counts"], summary.get("n_trials")
+    used = c["complete"] + c["pruned"] + c["failed"]
+    if n_trials is None or used < n_trials:
+        return "run the same command again"
+    return (f"run the same command with --n-trials {used + n_trials} (its {used} trials used the "
+            f"budget of {n_trials}, so the same command would run none)")
 
 
 def soup_lines(summary: dict) -> list[str]:
@@ -289,7 +301,7 @@ def answer_lines(summary: dict) -> list[str]:
         audited = audit_words(best, base)
         checked = (f"{base.get('name', 'score')} {best['base_score']:.4f} against "
                    f"{base.get('score', float('nan')):.4f} before tuning; the bar was "
-                   f"{base.get('min_retention', 0):.0%}")
+                   f"{percent(base.get('min_retention', 0))}")
         if audited:
             lines.append(f"It keeps {audited}. The search's own check, which chose it, said "
                          f"{best['retention']:.1%} ({checked}).")

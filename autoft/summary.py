@@ -115,6 +115,7 @@ def build_summary(study: optuna.Study) -> dict:
         "best": trial_entry(best, audits),
         "default": trial_entry(default_trial(study), audits),
         "counts": counts(study),
+        "n_trials": (attrs.get("settings") or {}).get("n_trials"),
         "failures": failure_reasons(study),
         "seconds": (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0,
         "notes": attrs.get("notes", []),

@@ -170,7 +170,7 @@ def test_a_trial_pruned_for_forgetting_mixed_back_keeps_the_bar_and_completes(
 @pytest.mark.slow
 def test_no_passing_point_leaves_the_trial_as_it_trained(tiny_model_dir, tiny_csv, tmp_path):
     """At a bar no mix reaches the pruned trial stays pruned, holding its trained weights."""
-    code, trial = mixing_search(tiny_model_dir, tiny_csv, tmp_path, "1.5")
+    code, trial = mixing_search(tiny_model_dir, tiny_csv, tmp_path, "1")
     assert code == 3
     assert trial.state == optuna.trial.TrialState.PRUNED
     # as trained, the space's two mixes, and two bisections toward the untouched weights
