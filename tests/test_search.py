@@ -135,8 +135,7 @@ def test_a_bar_no_trial_can_reach_exits_3_and_keeps_the_trials(
 ):
     """Every trial trains a layer at a rate that forgets and no mix back toward the untouched
     weights is tried, so none keeps all of drift's similarity (at most 1): a bar of 1 holds out
-    every trial. (A bar above
-    1 is refused before any trial: test_advice.)"""
+    every trial. (A bar above 1 is refused before any trial: test_advice.)"""
     space = tmp_path / "layers.yaml"
     space.write_text(LEARNABLE_SPACE.replace("low: 0, high: max", "low: 1, high: max")
                      .replace("{low: 1.0e-3, high: 5.0e-3, log: true, default: 2.0e-3}",
