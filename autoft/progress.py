@@ -180,6 +180,8 @@ def finished_line(trial: FrozenTrial, metric: str, depth: int) -> str:
         outcome = f"pruned after {steps} evaluation{'s' if steps != 1 else ''}"
         if record.prune_reason:
             outcome += f" ({record.prune_reason})"
+    elif record.fail_reason == "interrupted":  # one word everywhere (trials.counts)
+        outcome = "interrupted (its config runs again on resume)"
     else:
         outcome = f"failed ({record.fail_reason or 'see the log'})"
     return f"trial {trial.number} {outcome}{seconds}: {params}"

@@ -68,6 +68,9 @@ def test_sigint_during_the_default_trial_runs_its_config_again_first(
     assert process.returncode == 130, out + err
     assert "Traceback" not in out + err
     assert "interrupted; run the same command again to resume" in err
+    # one word for it everywhere: the screen said "failed (interrupted)" beside "0 failed"
+    assert "trial 0 interrupted (its config runs again on resume)" in out + err
+    assert "failed (interrupted)" not in out + err
     summary = json.loads((studies / "again" / "summary.json").read_text())
     assert summary["counts"]["interrupted"] == 1 and summary["counts"]["failed"] == 0
     assert summary["default"] is None
