@@ -7,6 +7,8 @@ seen by that choice, so its retention is one the selection could not flatter.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import optuna
 import torch
@@ -14,7 +16,7 @@ from optuna.trial import TrialState
 
 from autoft.config import BaseTaskConfig
 from autoft.errors import UsageError
-from autoft.export import load_soup_model, load_trial_model
+from autoft.export import check_base_model, load_soup_model, load_trial_model
 from autoft.forgetting import BaseSplit, build_base_task, paired_interval, retention
 from autoft.tasks import recorded_task
 from autoft.trials import best_feasible, default_trial, winning_soup
@@ -39,10 +41,12 @@ def bootstrap_retention(task, base_observed, tuned_observed, seed: int,
             "resamples": resamples}
 
 
-def audit_reported(study: optuna.Study, echo=print) -> dict:
+def audit_reported(study: optuna.Study, echo=print, study_dir: Path | None = None,
+                   trust_remote_code: bool = False) -> dict:
     """Audit what a report names (the best feasible trial, the default config and the winning
     soup), once each; results go to the study's user attribute `audits`, keyed by trial number
-    (the soup's by 'soup', redone when its members change)."""
+    (the soup's by 'soup', redone when its members change). The model is loaded only where
+    there is something to audit, and checked first (export.check_base_model)."""
     base = study.user_attrs.get("base")
     audits = dict(study.user_attrs.get("audits") or {})
     if not base:
@@ -56,6 +60,7 @@ def audit_reported(study: optuna.Study, echo=print) -> dict:
         todo.append(("soup", soup))
     if not todo:
         return audits
+    check_base_model(study.user_attrs, study_dir, trust_remote_code)
     for key, result in _audit(study, base, todo, echo):
         audits[key] = result
     study.set_user_attr("audits", audits)

@@ -176,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--study", required=True, help="study name")
         sub.add_argument("--studies-dir", default="studies", help="where study folders live")
         sub.add_argument("--storage", help="the study's storage URL (default: its SQLite file)")
+        if name in ("report", "export"):
+            sub.add_argument("--trust-remote-code", action="store_true",
+                             help="allow the model's own Python code to run, for a study made "
+                             "with --trust-remote-code (off by default)")
         if name == "export":
             sub.add_argument("--trial", type=int, help="trial number (default: the answer: the "
                              "soup of the best trials where it won, else the best trial)")

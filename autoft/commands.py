@@ -18,7 +18,7 @@ from autoft.config import StudyConfig, parse_duration
 from autoft.describe import describe_numbers, describe_settings
 from autoft.devices import device_slots
 from autoft.errors import NothingToShow, UsageError
-from autoft.export import export_trial
+from autoft.export import BEST_MODEL, export_trial, holds_answer, save_best_model
 from autoft.files import is_disk_full, unwritable_folder
 from autoft.prepare import prepare_study
 from autoft.progress import LiveDisplay
@@ -64,12 +64,12 @@ def search(config: StudyConfig) -> optuna.Study:
         if not interrupted:
             check_not_stopped(study, since, config.n_trials)
         cook_soup(study, config.study_dir)  # the best trials averaged, where that wins
-        audit_reported(study)
+        audit_reported(study, study_dir=config.study_dir,
+                       trust_remote_code=config.trust_remote_code)
         summary = write_report(study, config.study_dir)
         if summary["best"] is not None:
             study.set_user_attr("best_trial", summary["best"]["number"])
-            export_trial(study, None, config.study_dir / "best_model",  # the soup, if it won
-                         config.study_dir, overwrite=True)  # its own folder, always replaced
+            save_best_model(study, config.study_dir, config.trust_remote_code)
     finally:
         deferred.uninstall()
     print()
@@ -99,7 +99,7 @@ def check_writable(study_dir: Path) -> None:
 def export(args: argparse.Namespace) -> int:
     study = load_study(args.study, args.studies_dir, args.storage)
     out = export_trial(study, args.trial, Path(args.out), Path(args.studies_dir) / args.study,
-                       overwrite=args.overwrite)
+                       overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
     soup = winning_soup(study) if args.trial is None else None
     what = (f"the soup of trials {describe_numbers(soup['members'])}" if soup else
             f"trial {args.trial if args.trial is not None else 'best'}")
@@ -108,14 +108,19 @@ def export(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    """Write the report; a study that cannot be written gets its summary on screen and one
-    sentence saying why the files are missing."""
+    """Write the report, and the best model where it is missing or no longer the study's answer
+    (a search stopped by a full disk before it); a study that cannot be written gets its summary
+    on screen and one sentence saying why the files are missing."""
     study = load_study(args.study, args.studies_dir, args.storage)
     study_dir = Path(args.studies_dir) / args.study
     if not study_read_only(args.study, args.studies_dir, args.storage):
-        audit_reported(study)  # stores its results in the study
+        audit_reported(study, study_dir=study_dir,  # stores its results in the study
+                       trust_remote_code=args.trust_remote_code)
     try:
         summary = write_report(study, study_dir)
+        best_model = (summary["best"] is not None
+                      and not holds_answer(study, study_dir / BEST_MODEL)
+                      and save_best_model(study, study_dir, args.trust_remote_code))
     except OSError as error:
         if is_disk_full(error):
             raise
@@ -127,6 +132,8 @@ def report(args: argparse.Namespace) -> int:
         ) from None
     print(summary_text(summary))
     print(f"Report: {study_dir / 'report.html'} (and report.md, summary.json)")
+    if best_model:
+        print(f"Best model: {best_model} (written again: it was missing or out of date)")
     return 0
 
 

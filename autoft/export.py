@@ -1,8 +1,8 @@
 """Exporting a trial's model (or the study's winning soup) in the Hugging Face format, with its
 tokenizer, label names and a model card, rebuilt from the base model plus the parameters that
-trial trained (or the soup averaged). An export replaces only an earlier export of its study
-(its marker file says so) unless asked to, never the study's own inputs or folder, and appears
-whole or not at all.
+trial trained (or the soup averaged), on the model folder the study trained on. An export
+replaces only an earlier export of its study (its marker file says so) unless asked to, never a
+study's folder or the study's inputs, and appears whole or not at all.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from autoft.errors import UsageError
 from autoft.files import replace_folder, unwritable_folder
 from autoft.model import quiet_transformers
 from autoft.precision import set_precision
+from autoft.prepare import load_hashes, model_identity
 from autoft.prepared import load_prepared_data
 from autoft.record import TrialRecord
 from autoft.tasks import Task, recorded_task
@@ -43,6 +44,10 @@ PIPELINE_TAGS = {"text-classification": "text-classification",
                  "token-classification": "token-classification",
                  "causal-lm": "text-generation"}
 HUB_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?")
+BEST_MODEL = "best_model"  # the study's answer, in its own folder: the one export written there
+# What marks a folder as a study's: its SQLite storage, its prepared data, its trials' weights.
+STUDY_MARKS = ("study.db", "prepared/fingerprint", "trials")
+EXPORTABLE = (TrialState.COMPLETE, TrialState.PRUNED)  # a trial that ended and kept weights
 
 
 def load_checkpoint_model(task: Task, model_source: str, label_names: list[str],
@@ -94,6 +99,27 @@ def load_soup_model(task: Task, attrs: dict, soup: dict):
                                  attrs.get("trust_remote_code", False))
 
 
+def check_base_model(attrs: dict, study_dir: Path | None, trust_remote_code: bool) -> None:
+    """Before a command builds on the study's model: its folder must hold what the trials
+    trained on (other weights under a trial's top layers are another model, other code is code
+    nobody agreed to run), and a model with its own Python code runs only where the user allowed
+    it to this command too, not only to the search that made the study."""
+    model, recorded = attrs.get("model"), attrs.get("model_identity")
+    known = load_hashes(Path(study_dir) / "prepared") if study_dir is not None else {}
+    if recorded is not None and model_identity(model, known) != recorded:
+        raise UsageError(
+            f"The model folder {model} is not the one study '{attrs['config']['name']}' trained "
+            f"on (its files changed since, or it is gone), so the trials' weights would go into "
+            f"another model; put back the folder the study was made with."
+        )
+    if attrs.get("trust_remote_code") and not trust_remote_code:
+        raise UsageError(
+            f"Study '{attrs['config']['name']}' was made with --trust-remote-code: its model "
+            f"{model} runs its own Python code, which autoft runs only when this command is "
+            f"given --trust-remote-code too."
+        )
+
+
 def score_line(trial: optuna.trial.FrozenTrial, metric: str) -> str:
     """How good the saved weights are, and whether the trial ran to its end."""
     record = TrialRecord.of(trial)
@@ -112,9 +138,23 @@ def score_line(trial: optuna.trial.FrozenTrial, metric: str) -> str:
     )
 
 
+def quick_retention(record: TrialRecord) -> float | None:
+    """The quick check of the kept weights as trained (one check per evaluation, in order), the
+    one retention a trial pruned before its full check measured."""
+    if record.mix not in (None, 1.0) or record.mixed_from not in (None, "kept"):
+        return None
+    step, checks = record.best_step, record.quick_retention
+    return checks[step - 1] if step and step <= len(checks) else None
+
+
 def retention_line(trial: optuna.trial.FrozenTrial, base: dict | None) -> str:
     record = TrialRecord.of(trial)
     retention = record.retention
+    quick = quick_retention(record)
+    if retention is None and quick is not None:
+        bar = f"; the study's bar was {base.get('min_retention', 0):.0%}" if base else ""
+        return (f"Retention of base-task skill: {quick:.1%} on the quick check of these "
+                f"weights (the trial stopped before its full check{bar})")
     if retention is None:
         return "Retention: not measured (the study had no base task, or the check did not run)"
     if not base:
@@ -270,7 +310,34 @@ def answer(study: optuna.Study, trial_number: int | None = None
             f"Study '{study.study_name}' has no trial {trial_number}; "
             f"`autoft status` lists its trials."
         )
-    return None, trials[trial_number]
+    trial = trials[trial_number]
+    if trial.state not in EXPORTABLE or TrialRecord.of(trial).checkpoint is None:
+        raise UsageError(f"Trial {trial_number} {no_weights(trial)}; "
+                         f"{exportable_words(trials.values())}")
+    return None, trial
+
+
+def no_weights(trial: optuna.trial.FrozenTrial) -> str:
+    """Why a trial has no weights to export, in words."""
+    record = TrialRecord.of(trial)
+    if trial.state in (TrialState.RUNNING, TrialState.WAITING):
+        return "is still running, so it has no final weights yet"
+    if trial.state == TrialState.FAIL and record.fail_reason == "interrupted":
+        return ("was interrupted (its config runs again when the study resumes), so it has no "
+                "weights to export")
+    if trial.state == TrialState.FAIL:
+        return (f"failed: {record.fail_reason or 'no reason recorded'}, so it has no weights "
+                f"to export")
+    return "stopped before its first evaluation, so it has no weights to export"
+
+
+def exportable_words(trials) -> str:
+    """Which trials an export can save, as the end of a sentence."""
+    numbers = sorted(t.number for t in trials
+                     if t.state in EXPORTABLE and TrialRecord.of(t).checkpoint is not None)
+    if not numbers:
+        return "no trial of the study has finished with weights yet."
+    return f"trial{'s' if len(numbers) > 1 else ''} {describe_numbers(numbers)} can be exported."
 
 
 def load_answer_model(attrs: dict, soup: dict | None, trial: optuna.trial.FrozenTrial | None):
@@ -299,17 +366,41 @@ def read_marker(folder: Path) -> dict | None:
     return marker if isinstance(marker, dict) else None
 
 
+def holds_answer(study: optuna.Study, folder: Path) -> bool:
+    """Whether `folder` holds a whole export of the study's answer (its marker says which)."""
+    soup, trial = answer(study)
+    return read_marker(folder) == export_marker(study.study_name, soup, trial)
+
+
 def export_trial(study: optuna.Study, trial_number: int | None, out_dir: Path,
-                 study_dir: Path | None = None, overwrite: bool = False) -> Path:
+                 study_dir: Path | None = None, overwrite: bool = False,
+                 trust_remote_code: bool = False) -> Path:
     """Save a trial's model to out_dir, ready for from_pretrained; without a trial number the
     study's answer (see `answer`).
 
     out_dir may be new, empty or an earlier export of this study; any other folder only with
-    `overwrite`, and never one that holds the study's model, data or folder (study_dir).
+    `overwrite`, and never a study's folder or one inside it, nor one that holds the study's
+    model, data or space.
     """
-    attrs = study.user_attrs
     soup, trial = answer(study, trial_number)
     check_out_dir(study, Path(out_dir), study_dir, overwrite)
+    return save_model(study, soup, trial, Path(out_dir), study_dir, trust_remote_code)
+
+
+def save_best_model(study: optuna.Study, study_dir: Path, trust_remote_code: bool) -> Path:
+    """The study's answer in its own folder's best_model/, replaced whole: the one export that
+    writes inside a study folder (the search's, and the report's when it is missing)."""
+    soup, trial = answer(study)
+    return save_model(study, soup, trial, Path(study_dir) / BEST_MODEL, study_dir,
+                      trust_remote_code)
+
+
+def save_model(study: optuna.Study, soup: dict | None, trial: optuna.trial.FrozenTrial | None,
+               out_dir: Path, study_dir: Path | None, trust_remote_code: bool) -> Path:
+    """Build `answer`'s soup or trial on the study's unchanged model and write it, with its card
+    and marker, into out_dir whole."""
+    attrs = study.user_attrs
+    check_base_model(attrs, study_dir, trust_remote_code)
     task = recorded_task(attrs)
     model, processor = load_answer_model(attrs, soup, trial)
     tuned = tuned_settings(task, attrs, model, study_dir)
@@ -325,18 +416,18 @@ def export_trial(study: optuna.Study, trial_number: int | None, out_dir: Path,
         card.save(folder / "README.md")
         (folder / MARKER).write_text(json.dumps(marker))  # last: the export is whole
 
-    replace_folder(Path(out_dir), write)
-    return Path(out_dir)
+    replace_folder(out_dir, write)
+    return out_dir
 
 
 def study_inputs(study: optuna.Study, study_dir: Path | None) -> list[tuple[Path, str, bool]]:
     """The folders an export must never write over or contain, each with what it is and whether
-    the folder is itself an input (a model folder, a folder of images: nothing may go inside
-    it) or holds them (a data file's folder, the study folder: an export may go below it, as
-    the search's best_model/ does)."""
+    the folder is itself one (a model folder, a folder of images, the study folder: nothing may
+    go inside it) or holds a file (a data or space file's folder: an export may go below it)."""
     config = study.user_attrs.get("config") or {}
     base = config.get("base") or {}
     named = [(study.user_attrs.get("model"), "model"), (config.get("train"), "training data"),
+             (config.get("space"), "search space"),
              (config.get("validation"), "validation data"), (base.get("data"), "base-task data"),
              (base.get("ratings"), "base-task ratings"),
              (base.get("preserve_data"), "preservation data")]
@@ -346,9 +437,28 @@ def study_inputs(study: optuna.Study, study_dir: Path | None) -> list[tuple[Path
             path = Path(value).resolve()
             whole = path.is_dir()
             inputs.append((path if whole else path.parent, f"the study's {what}", whole))
-    if study_dir is not None:
-        inputs.append((Path(study_dir).resolve(), "the study's own folder", False))
     return inputs
+
+
+def is_study_folder(folder: Path) -> bool:
+    """Whether `folder` is a study's (any study's, of any storage), by what a study writes."""
+    return any((folder / mark).exists() for mark in STUDY_MARKS)
+
+
+def study_folder_near(out: Path, study_dir: Path | None) -> Path | None:
+    """A study folder (this study's, or any other by `is_study_folder`) that `out` (resolved)
+    is, lies in or holds; None where there is none."""
+    own = Path(study_dir).resolve() if study_dir is not None else None
+    for folder in (out, *out.parents):
+        if folder == own or is_study_folder(folder):
+            return folder
+    if own is not None and own.is_relative_to(out):
+        return own
+    for mark in STUDY_MARKS if out.is_dir() else ():
+        found = next(out.rglob(mark), None)
+        if found is not None:
+            return found.parents[mark.count("/")]
+    return None
 
 
 def check_out_dir(study: optuna.Study, out_dir: Path, study_dir: Path | None,
@@ -362,6 +472,16 @@ def check_out_dir(study: optuna.Study, out_dir: Path, study_dir: Path | None,
                 f"Cannot export into {out_dir}: it {'holds' if holds else 'lies in'} {what} "
                 f"({folder}); choose another folder to export into."
             )
+    folder = study_folder_near(out, study_dir)
+    if folder is not None:
+        where = "is" if folder == out else "lies in" if out.is_relative_to(folder) else "holds"
+        whose = ("the study's own folder" if study_dir is not None
+                 and folder == Path(study_dir).resolve() else "study folder")
+        raise UsageError(
+            f"Cannot export into {out_dir}: it {where} {whose} {folder}, whose storage, trials' "
+            f"weights and logs an export would mix into or delete, even with --overwrite; "
+            f"choose a folder outside every study folder."
+        )
     if out.exists() and not out.is_dir():
         raise UsageError(f"Cannot export into {out_dir}: it is a file; choose a folder.")
     folder = unwritable_folder(out.parent)  # the export is written beside out, then swapped in

@@ -102,7 +102,13 @@ def data_fingerprint(config: StudyConfig, known: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _load_hashes(folder: Path) -> dict:
+def model_identity(model: str, known: dict) -> str:
+    """The model alone by its content (data_fingerprint covers it among the rest): what export
+    and report check the model folder against before they build on it or run its code."""
+    return hashlib.sha256(json.dumps(_content_identity(model, known)).encode()).hexdigest()[:16]
+
+
+def load_hashes(folder: Path) -> dict:
     """The content hashes recorded by an earlier run (none if the record is missing or damaged)."""
     try:
         known = json.loads((folder / HASHES_FILE).read_text())
@@ -360,7 +366,7 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
     if config.base and config.base.preserve_data:
         preservation_texts(config.base, None)  # a bad file stops here, before anything loads
     folder = prepared_folder(config)
-    known = _load_hashes(folder)
+    known = load_hashes(folder)
     fingerprint = data_fingerprint(config, known)
     claim(config, fingerprint)  # before anything is written in the folder
     check_own_database(config)
@@ -412,7 +418,8 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
         echo(f"  the search space holds {len(configs)} configs, fewer than the {config.n_trials} "
              f"trials asked: each runs once, then the study ends.")
     prepared = Prepared(config=config, data=data, space=resolved, depth=depth, pad_id=pad_id,
-                        fingerprint=fingerprint, base=base)
+                        fingerprint=fingerprint, base=base,
+                        model_identity=model_identity(config.model, known))
     if not saved:
         folder.mkdir(parents=True, exist_ok=True)
         write_text_whole(folder / "fingerprint", fingerprint)

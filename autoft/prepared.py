@@ -28,6 +28,7 @@ class Prepared:
     pad_id: int
     fingerprint: str  # the inputs' identity (prepare.data_fingerprint), recorded in the storage
     base: dict | None = None
+    model_identity: str | None = None  # the model's content alone (prepare.model_identity)
 
     @property
     def task(self) -> Task:

@@ -342,6 +342,7 @@ def record_study_facts(study: optuna.Study, prepared: Prepared) -> None:
     facts = {
         INPUTS: prepared.fingerprint,
         "model": config.model,
+        "model_identity": prepared.model_identity,
         "task": data.task,
         "label_names": data.label_names,
         "depth": prepared.depth,

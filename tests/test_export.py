@@ -58,6 +58,9 @@ def test_export_of_a_pruned_trial_says_where_it_stopped(tiny_study, tmp_path: Pa
     torch.testing.assert_close(logits(exported, tokenizer), logits(base, tokenizer))
     card = (out / "README.md").read_text()
     assert "pruned after 1 evaluation" in card
+    quick = TrialRecord.of(pruned).quick_retention[0]  # its kept weights' check, the one it had
+    assert (f"Retention of base-task skill: {quick:.1%} on the quick check of these weights "
+            f"(the trial stopped before its full check; the study's bar was 95%)") in card
     assert f"{pruned.user_attrs['best_value']:.4f}" in card
 
 
