@@ -24,6 +24,7 @@ from autoft.describe import (
     describe_params,
     metric_words,
     per_class_rows,
+    percent,
 )
 from autoft.errors import UsageError
 from autoft.files import replace_folder, unwritable_folder
@@ -32,6 +33,7 @@ from autoft.precision import set_precision
 from autoft.prepare import load_hashes, model_identity
 from autoft.prepared import load_prepared_data
 from autoft.record import TrialRecord
+from autoft.study_folder import IDENTITY
 from autoft.tasks import Task, recorded_task
 from autoft.train import predict
 from autoft.trials import best_feasible, full_params, winning_soup
@@ -46,7 +48,9 @@ PIPELINE_TAGS = {"text-classification": "text-classification",
 HUB_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?")
 BEST_MODEL = "best_model"  # the study's answer, in its own folder: the one export written there
 # What marks a folder as a study's: its SQLite storage, its prepared data, its trials' weights.
-STUDY_MARKS = ("study.db", "prepared/fingerprint", "trials")
+# What makes a folder a study's: its identity (autoft.study_folder), or, made before that, its
+# SQLite storage or prepared data.
+STUDY_MARKS = (IDENTITY, "study.db", "prepared/fingerprint")
 EXPORTABLE = (TrialState.COMPLETE, TrialState.PRUNED)  # a trial that ended and kept weights
 
 
@@ -152,7 +156,7 @@ def retention_line(trial: optuna.trial.FrozenTrial, base: dict | None) -> str:
     retention = record.retention
     quick = quick_retention(record)
     if retention is None and quick is not None:
-        bar = f"; the study's bar was {base.get('min_retention', 0):.0%}" if base else ""
+        bar = f"; the study's bar was {percent(base.get('min_retention', 0))}" if base else ""
         return (f"Retention of base-task skill: {quick:.1%} on the quick check of these "
                 f"weights (the trial stopped before its full check{bar})")
     if retention is None:
@@ -164,7 +168,7 @@ def retention_line(trial: optuna.trial.FrozenTrial, base: dict | None) -> str:
         f"({base.get('name')} "
         f"{record.base_score if record.base_score is not None else float('nan'):.4f} against "
         f"{base.get('score', float('nan')):.4f} before tuning; the study's bar was "
-        f"{base.get('min_retention', 0):.0%})"
+        f"{percent(base.get('min_retention', 0))})"
     )
 
 
@@ -262,7 +266,7 @@ def soup_card(study: optuna.Study, soup: dict, tuned: dict) -> str:
         f"- Validation {metric}: {soup['value']:.4f} (the best single trial, "
         f"{soup['best_trial']}, scored {soup['best_value']:.4f})",
         f"- Retention of base-task skill: {kept:.1%} (the study's bar was "
-        f"{attrs['base']['min_retention']:.0%})" if kept is not None else
+        f"{percent(attrs['base']['min_retention'])})" if kept is not None else
         "- Retention: not measured (the study had no base task)",
         "",
         f"Load it with `{recorded_task(attrs).auto_class}.from_pretrained(this_folder)`.",
