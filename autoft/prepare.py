@@ -286,14 +286,18 @@ def sized_check(config: StudyConfig, model, tokenizer, echo) -> StudyConfig:
         return config
     units = task.units_["search"]
     sizes = sorted({n for n in CHECK_SIZES if n < units} | {units})
-    widths = widths_at_bar(task, untouched, stand_in, sizes, config.seed)
-    decisive = [n for n in sizes if widths[n] <= DECISIVE]
+    widths: dict[int, float] = {}
+    for size in sizes:  # the smallest first, up to the first decisive: the rest is not needed
+        widths |= widths_at_bar(task, untouched, stand_in, [size], config.seed)
+        if widths[size] <= DECISIVE:
+            break
+    decisive = [n for n in widths if widths[n] <= DECISIVE]
     quick = min((n for n in decisive if n <= QUICK_CAP), default=None)
     unit = task.split_.unit
     if quick is not None:
         search, said = quick, f"{quick} {unit} at each evaluation and in the final check"
     else:
-        quick = max(n for n in sizes if n <= QUICK_CAP)
+        quick = max(n for n in widths if n <= QUICK_CAP)
         search = min(decisive, default=len(task.split_.search()))
         said = (f"{quick} {unit} at each evaluation (±{widths[quick]:.1%}), {search} in the "
                 f"final check")
