@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import charset_normalizer
 import datasets
 import pandas as pd
 
@@ -77,16 +78,17 @@ def _load_table(source: str, where: str, split: str) -> datasets.Dataset:
 
 
 def read_frame(path: Path) -> pd.DataFrame:
-    """A CSV, TSV, JSON (Lines) or Parquet file as written: 'NA' stays a text, not a gap; bytes
-    that are not UTF-8 are read as U+FFFD with a warning; a name used twice is refused."""
+    """A CSV, TSV, JSON (Lines) or Parquet file as written: in its own encoding (`file_text`),
+    a CSV with the delimiter it uses (a tab-separated file named .csv), 'NA' a text, not a gap;
+    a name used twice is refused."""
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        sep = "\t" if suffix == ".tsv" else ","
-        text = utf8_text(path)
+        text = file_text(path)
+        sep = "\t" if suffix == ".tsv" else delimiter(text)
         _check_unique(next(csv.reader(io.StringIO(text), delimiter=sep), []), path, "header")
         return pd.read_csv(io.StringIO(text), sep=sep, keep_default_na=False)
     if suffix in (".jsonl", ".json"):
-        text = utf8_text(path)
+        text = file_text(path)
         if suffix == ".jsonl":
             _check_unique_keys(text, path)
         return pd.read_json(io.StringIO(text), lines=suffix == ".jsonl", dtype=False,
@@ -98,17 +100,46 @@ def read_frame(path: Path) -> pd.DataFrame:
     )
 
 
-def utf8_text(path: Path) -> str:
-    """The file's text; lines that are not UTF-8 are counted in a warning (their bad bytes read
-    as U+FFFD, which would otherwise pass unseen into training)."""
+def delimiter(text: str) -> str:
+    """The delimiter the csv module's Sniffer reads in a CSV's first lines: a comma, a tab, a
+    semicolon (a European Excel's) or a bar; a comma where it cannot tell (one column)."""
+    try:
+        return csv.Sniffer().sniff(text[:65536], delimiters=",\t;|").delimiter
+    except csv.Error:
+        return ","
+
+
+def file_text(path: Path) -> str:
+    """The file's text: UTF-8 as it should be; else in the encoding charset-normalizer finds
+    for it (a UTF-16 export), where some lines are UTF-8 and some are not (the demo's tweets)
+    for the lines that are not, so no byte becomes U+FFFD."""
     raw = path.read_bytes()
-    lines = raw.splitlines()
-    bad = [number for number, line in enumerate(lines, 1) if not _is_utf8(line)]
-    if bad:
-        warn_once(path, "%s: %d of %d lines are not UTF-8 (the first is line %d); their "
-                  "undecodable bytes were read as '\ufffd', so check those rows or save the "
-                  "file as UTF-8.", path, len(bad), len(lines), bad[0])
-    return raw.decode("utf-8-sig", errors="replace")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    encoding = legacy_encoding(raw, path)
+    if encoding.startswith(("utf_16", "utf_32")):
+        return raw.decode(encoding)
+    lines = raw.splitlines(keepends=True)
+    other = [line for line in lines if not _is_utf8(line)]
+    encoding = legacy_encoding(b"".join(other), path)
+    log.debug("%s: %d of %d lines read as %s", path, len(other), len(lines), encoding)
+    return "".join(line.decode("utf-8-sig") if _is_utf8(line) else line.decode(encoding)
+                   for line in lines)
+
+
+def legacy_encoding(data: bytes, path: Path) -> str:
+    """charset-normalizer's encoding for bytes that are not UTF-8; among its equally good
+    guesses Windows-1252, the commonest, where a few accented letters cannot tell them apart
+    (it ranks those alphabetically, which read 'naïve' as Urdu)."""
+    matches = list(charset_normalizer.from_bytes(data))
+    if not matches:
+        raise UsageError(f"{path}: is not text in any encoding autoft knows (charset-normalizer "
+                         f"finds none); save it as UTF-8 text.")
+    best = [m.encoding for m in matches
+            if (m.chaos, m.coherence) == (matches[0].chaos, matches[0].coherence)]
+    return "cp1252" if "cp1252" in best else best[0]
 
 
 def _is_utf8(line: bytes) -> bool:
@@ -117,27 +148,6 @@ def _is_utf8(line: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
-
-
-_warned: set[tuple[str, str]] = set()
-_file_warning_level = logging.WARNING
-
-
-def warn_once(path, message: str, *args) -> None:
-    """A warning about a file, said once per process however often the file is read (base
-    data is read by several checks)."""
-    key = (str(path), message % args)
-    if key not in _warned:
-        _warned.add(key)
-        log.log(_file_warning_level, message, *args)
-
-
-def leave_file_warnings_to_the_parent() -> None:
-    """In a worker the study's own process spawned: that process read the same files first and
-    said each warning once; every worker repeating it would bury it (four packed on one GPU said
-    the demo's one Latin-1 line four more times)."""
-    global _file_warning_level
-    _file_warning_level = logging.DEBUG
 
 
 def _check_unique(names: list[str], path: Path, where: str) -> None:
