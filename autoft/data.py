@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,8 +90,7 @@ def read_frame(path: Path) -> pd.DataFrame:
         return pd.read_csv(io.StringIO(text), sep=sep, keep_default_na=False)
     if suffix in (".jsonl", ".json"):
         text = file_text(path)
-        if suffix == ".jsonl":
-            _check_unique_keys(text, path)
+        _check_unique_keys(text, path)
         return pd.read_json(io.StringIO(text), lines=suffix == ".jsonl", dtype=False,
                             convert_dates=False)
     if suffix == ".parquet":
@@ -161,14 +161,19 @@ def _check_unique(names: list[str], path: Path, where: str) -> None:
 
 
 def _check_unique_keys(text: str, path: Path) -> None:
-    """A JSON Lines row that names a key twice keeps only the last value, silently."""
-    for number, line in enumerate(text.splitlines(), 1):
+    """A JSON object that names a key twice keeps only the last value, silently: a row of JSON
+    Lines or of a JSON array is refused, naming the line it starts on."""
+    decoder = json.JSONDecoder(object_pairs_hook=_unique_pairs)
+    between = re.compile(r"\s*" if path.suffix.lower() == ".jsonl" else r"[\s,\[\]]*")
+    position = between.match(text).end()  # an array's rows are read one by one, as a file's
+    while position < len(text):
         try:
-            json.loads(line.strip() or "{}", object_pairs_hook=_unique_pairs)
+            position = between.match(text, decoder.raw_decode(text, position)[1]).end()
         except _KeyTwice as twice:
             raise UsageError(
-                f"{path}: the row on line {number} names '{twice}' twice, so autoft cannot tell "
-                f"which value to read; rename or drop one of them."
+                f"{path}: the row on line {text.count(chr(10), 0, position) + 1} names "
+                f"'{twice}' twice, so autoft cannot tell which value to read; rename or drop one "
+                f"of them."
             ) from None
         except ValueError:
             return  # not valid JSON: pandas says so in the read's own sentence

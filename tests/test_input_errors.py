@@ -445,6 +445,16 @@ def test_json_lines_row_naming_a_key_twice(tiny_model_dir, tmp_path, capsys, sen
     assert_refused(code, err, "twice.jsonl", "line 4", "'text' twice", tmp_path=tmp_path)
 
 
+def test_json_array_row_naming_a_key_twice(tiny_model_dir, tmp_path, capsys, sentiment_rows):
+    """pandas kept the last value silently, where JSON Lines was refused."""
+    rows = [json.dumps(row) for row in sentiment_rows(20)]
+    rows[3] = '{"text": "good film",\n "label": "pos", "text": "bad film"}'
+    train = tmp_path / "twice.json"
+    train.write_text("[\n" + ",\n".join(rows) + "\n]\n")
+    code, err = run_cli(search_args(tiny_model_dir, train, tmp_path), capsys)
+    assert_refused(code, err, "twice.json", "line 5", "'text' twice", tmp_path=tmp_path)
+
+
 @pytest.mark.slow
 def test_a_model_load_is_quiet_before_the_sentence(tiny_csv, tmp_path, save_tiny_bert):
     """Loading for the classification check once printed a 'Loading weights' bar and a table
