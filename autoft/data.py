@@ -91,8 +91,10 @@ def read_frame(path: Path) -> pd.DataFrame:
     if suffix in (".jsonl", ".json"):
         text = file_text(path)
         _check_unique_keys(text, path)
-        return pd.read_json(io.StringIO(text), lines=suffix == ".jsonl", dtype=False,
-                            convert_dates=False)
+        frame = pd.read_json(io.StringIO(text), lines=suffix == ".jsonl", dtype=False,
+                             convert_dates=False)
+        _check_lists_or_not(frame, path)
+        return frame
     if suffix == ".parquet":
         return pd.read_parquet(path)
     raise UsageError(
@@ -158,6 +160,22 @@ def _check_unique(names: list[str], path: Path, where: str) -> None:
             f"{path}: the {where} names the column '{twice[0]}' twice, so autoft cannot tell "
             f"which one to read; rename or drop one of them."
         )
+
+
+def _check_lists_or_not(frame: pd.DataFrame, path: Path) -> None:
+    """A column of lists with a single value in some row (a multi-label row written "pos", not
+    ["pos"]): pyarrow refuses it in its own words, naming no row."""
+    for name in frame.columns:
+        values = frame[name].tolist()
+        lists = [isinstance(value, list) for value in values]
+        single = next((i for i, value in enumerate(values)
+                       if not lists[i] and not is_missing(value)), None)
+        if any(lists) and single is not None:
+            raise UsageError(
+                f"{path}: {row_name(str(path), single)} holds {values[single]!r} in column "
+                f"'{name}', where {row_name(str(path), lists.index(True))} holds a list; write "
+                f"it as a list too, as [{json.dumps(values[single])}]."
+            )
 
 
 def _check_unique_keys(text: str, path: Path) -> None:
@@ -242,15 +260,20 @@ def is_missing(value) -> bool:
 
 def row_name(source: str, index: int) -> str:
     """Where the user finds row `index` (0-based) of a table: its line in a CSV or JSON Lines
-    file (JSON Lines skips blank lines, so they are counted here), else its row number."""
+    file (JSON Lines skips blank lines, and a CSV's quoted text may span lines, so they are
+    counted here), else its row number."""
     path = Path(source)
     suffix = path.suffix.lower()
     if suffix == ".jsonl" and path.is_file():
         with path.open(encoding="utf-8", errors="replace") as handle:
             lines = (number for number, line in enumerate(handle, 1) if line.strip())
             return f"line {next(itertools.islice(lines, index, None))}"
-    if suffix in (".csv", ".tsv") and path.is_file():
-        return f"line {index + 2}"
+    if suffix in (".csv", ".tsv") and path.is_file():  # a quoted text may span lines
+        text = file_text(path)
+        reader = csv.reader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else
+                            delimiter(text))
+        ends = (reader.line_num for row in reader if row)  # the line each row ends on
+        return f"line {next(itertools.islice(ends, index, None)) + 1}"
     return f"row {index + 1}"
 
 

@@ -89,6 +89,15 @@ def test_some_empty_texts_are_counted_in_a_warning(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("20 of 60 texts in 'text' of" in w and "first on line 2" in w for w in warnings), \
         warnings
+    rows = sentiment_rows(8)
+    rows[1]["text"] += "\nand a second line"  # quoted: the rows after it start a line later
+    rows[5]["text"] = ""
+    train = write_csv(tmp_path / "spans.csv", rows)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="autoft"):
+        prepare(flags_config(tiny_model_dir, train, tmp_path, "--study", "spans",
+                             "--val-fraction", "0.5"))
+    assert any("first on line 8" in w for w in warnings_of(caplog)), warnings_of(caplog)
 
 
 @pytest.fixture
