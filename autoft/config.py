@@ -21,6 +21,9 @@ from autoft.errors import UsageError
 from autoft.presets import apply_preset
 
 PRECISIONS = ("auto", "bf16", "fp32")
+# A study name is a folder name: file systems stop at 255 bytes, and a name ten lines long is no
+# name to type.
+MAX_NAME = 100
 # autoft.pruning.PRUNERS: its noise-aware median, or Optuna's successive halving or Hyperband
 PRUNERS = ("median", "successive-halving", "hyperband")
 # The base-check kinds: one module each in autoft/forgetting/kinds/, named as the kind; read from
@@ -338,6 +341,11 @@ def _build_base(values: dict[str, Any], origins: dict[str, str],
                 f"{given_as('base_' + others[0])} sets it; drop one of the two."
             )
         return None
+    if kind not in (*BASE_KINDS, AUTO):  # before what a kind needs: a typo is the first fix
+        raise UsageError(
+            f"{origins['kind']}: unknown base-task kind '{kind}'; use one of "
+            f"{', '.join(BASE_KINDS)}, auto (the default check) or none (no check)."
+        )
     if values.get("data") and kind == AUTO:
         raise UsageError(
             f"{origins['data']}: base data needs its kind ({', '.join(BASE_KINDS)}); pass "
@@ -395,6 +403,11 @@ def validate(config: StudyConfig) -> None:
             f"{config.where('name')}: study name '{config.name}' must be letters, digits, "
             f"'.', '_' or '-' (it becomes a folder name)."
         )
+    if len(config.name) > MAX_NAME:
+        raise UsageError(
+            f"{config.where('name')}: the study name is {len(config.name)} characters long, more "
+            f"than the {MAX_NAME} a folder name may safely be; choose a shorter one."
+        )
     for name in ("train", "validation"):
         _check_data_exists(getattr(config, name), config.where(name))
     if meant_as_folder(config.model) and not Path(config.model).exists():
@@ -421,11 +434,6 @@ def _check_file(value: str | None, where: str, what: str, wanted: str) -> None:
 
 def _validate_base(config: StudyConfig) -> None:
     base = config.base
-    if base.kind not in (*BASE_KINDS, AUTO):
-        raise UsageError(
-            f"{config.where('base.kind')}: unknown base-task kind '{base.kind}'; use one of "
-            f"{', '.join(BASE_KINDS)}, auto (the default check) or none (no check)."
-        )
     _check_data_exists(base.data, config.where("base.data"))
     _check_file(base.ratings, config.where("base.ratings"), "ratings file",
                 "the Lee layout's matrix of similarity ratings")

@@ -11,10 +11,12 @@ import itertools
 import json
 import logging
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import charset_normalizer
 import datasets
 import pandas as pd
 
@@ -77,20 +79,22 @@ def _load_table(source: str, where: str, split: str) -> datasets.Dataset:
 
 
 def read_frame(path: Path) -> pd.DataFrame:
-    """A CSV, TSV, JSON (Lines) or Parquet file as written: 'NA' stays a text, not a gap; bytes
-    that are not UTF-8 are read as U+FFFD with a warning; a name used twice is refused."""
+    """A CSV, TSV, JSON (Lines) or Parquet file as written: in its own encoding (`file_text`),
+    a CSV with the delimiter it uses (a tab-separated file named .csv), 'NA' a text, not a gap;
+    a name used twice is refused."""
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        sep = "\t" if suffix == ".tsv" else ","
-        text = utf8_text(path)
+        text = file_text(path)
+        sep = "\t" if suffix == ".tsv" else delimiter(text)
         _check_unique(next(csv.reader(io.StringIO(text), delimiter=sep), []), path, "header")
         return pd.read_csv(io.StringIO(text), sep=sep, keep_default_na=False)
     if suffix in (".jsonl", ".json"):
-        text = utf8_text(path)
-        if suffix == ".jsonl":
-            _check_unique_keys(text, path)
-        return pd.read_json(io.StringIO(text), lines=suffix == ".jsonl", dtype=False,
-                            convert_dates=False)
+        text = file_text(path)
+        _check_unique_keys(text, path)
+        frame = pd.read_json(io.StringIO(text), lines=suffix == ".jsonl", dtype=False,
+                             convert_dates=False)
+        _check_lists_or_not(frame, path)
+        return frame
     if suffix == ".parquet":
         return pd.read_parquet(path)
     raise UsageError(
@@ -98,17 +102,46 @@ def read_frame(path: Path) -> pd.DataFrame:
     )
 
 
-def utf8_text(path: Path) -> str:
-    """The file's text; lines that are not UTF-8 are counted in a warning (their bad bytes read
-    as U+FFFD, which would otherwise pass unseen into training)."""
+def delimiter(text: str) -> str:
+    """The delimiter the csv module's Sniffer reads in a CSV's first lines: a comma, a tab, a
+    semicolon (a European Excel's) or a bar; a comma where it cannot tell (one column)."""
+    try:
+        return csv.Sniffer().sniff(text[:65536], delimiters=",\t;|").delimiter
+    except csv.Error:
+        return ","
+
+
+def file_text(path: Path) -> str:
+    """The file's text: UTF-8 as it should be; else in the encoding charset-normalizer finds
+    for it (a UTF-16 export), where some lines are UTF-8 and some are not (the demo's tweets)
+    for the lines that are not, so no byte becomes U+FFFD."""
     raw = path.read_bytes()
-    lines = raw.splitlines()
-    bad = [number for number, line in enumerate(lines, 1) if not _is_utf8(line)]
-    if bad:
-        warn_once(path, "%s: %d of %d lines are not UTF-8 (the first is line %d); their "
-                  "undecodable bytes were read as '\ufffd', so check those rows or save the "
-                  "file as UTF-8.", path, len(bad), len(lines), bad[0])
-    return raw.decode("utf-8-sig", errors="replace")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    encoding = legacy_encoding(raw, path)
+    if encoding.startswith(("utf_16", "utf_32")):
+        return raw.decode(encoding)
+    lines = raw.splitlines(keepends=True)
+    other = [line for line in lines if not _is_utf8(line)]
+    encoding = legacy_encoding(b"".join(other), path)
+    log.debug("%s: %d of %d lines read as %s", path, len(other), len(lines), encoding)
+    return "".join(line.decode("utf-8-sig") if _is_utf8(line) else line.decode(encoding)
+                   for line in lines)
+
+
+def legacy_encoding(data: bytes, path: Path) -> str:
+    """charset-normalizer's encoding for bytes that are not UTF-8; among its equally good
+    guesses Windows-1252, the commonest, where a few accented letters cannot tell them apart
+    (it ranks those alphabetically, which read 'naïve' as Urdu)."""
+    matches = list(charset_normalizer.from_bytes(data))
+    if not matches:
+        raise UsageError(f"{path}: is not text in any encoding autoft knows (charset-normalizer "
+                         f"finds none); save it as UTF-8 text.")
+    best = [m.encoding for m in matches
+            if (m.chaos, m.coherence) == (matches[0].chaos, matches[0].coherence)]
+    return "cp1252" if "cp1252" in best else best[0]
 
 
 def _is_utf8(line: bytes) -> bool:
@@ -117,27 +150,6 @@ def _is_utf8(line: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
-
-
-_warned: set[tuple[str, str]] = set()
-_file_warning_level = logging.WARNING
-
-
-def warn_once(path, message: str, *args) -> None:
-    """A warning about a file, said once per process however often the file is read (base
-    data is read by several checks)."""
-    key = (str(path), message % args)
-    if key not in _warned:
-        _warned.add(key)
-        log.log(_file_warning_level, message, *args)
-
-
-def leave_file_warnings_to_the_parent() -> None:
-    """In a worker the study's own process spawned: that process read the same files first and
-    said each warning once; every worker repeating it would bury it (four packed on one GPU said
-    the demo's one Latin-1 line four more times)."""
-    global _file_warning_level
-    _file_warning_level = logging.DEBUG
 
 
 def _check_unique(names: list[str], path: Path, where: str) -> None:
@@ -150,15 +162,36 @@ def _check_unique(names: list[str], path: Path, where: str) -> None:
         )
 
 
+def _check_lists_or_not(frame: pd.DataFrame, path: Path) -> None:
+    """A column of lists with a single value in some row (a multi-label row written "pos", not
+    ["pos"]): pyarrow refuses it in its own words, naming no row."""
+    for name in frame.columns:
+        values = frame[name].tolist()
+        lists = [isinstance(value, list) for value in values]
+        single = next((i for i, value in enumerate(values)
+                       if not lists[i] and not is_missing(value)), None)
+        if any(lists) and single is not None:
+            raise UsageError(
+                f"{path}: {row_name(str(path), single)} holds {values[single]!r} in column "
+                f"'{name}', where {row_name(str(path), lists.index(True))} holds a list; write "
+                f"it as a list too, as [{json.dumps(values[single])}]."
+            )
+
+
 def _check_unique_keys(text: str, path: Path) -> None:
-    """A JSON Lines row that names a key twice keeps only the last value, silently."""
-    for number, line in enumerate(text.splitlines(), 1):
+    """A JSON object that names a key twice keeps only the last value, silently: a row of JSON
+    Lines or of a JSON array is refused, naming the line it starts on."""
+    decoder = json.JSONDecoder(object_pairs_hook=_unique_pairs)
+    between = re.compile(r"\s*" if path.suffix.lower() == ".jsonl" else r"[\s,\[\]]*")
+    position = between.match(text).end()  # an array's rows are read one by one, as a file's
+    while position < len(text):
         try:
-            json.loads(line.strip() or "{}", object_pairs_hook=_unique_pairs)
+            position = between.match(text, decoder.raw_decode(text, position)[1]).end()
         except _KeyTwice as twice:
             raise UsageError(
-                f"{path}: the row on line {number} names '{twice}' twice, so autoft cannot tell "
-                f"which value to read; rename or drop one of them."
+                f"{path}: the row on line {text.count(chr(10), 0, position) + 1} names "
+                f"'{twice}' twice, so autoft cannot tell which value to read; rename or drop one "
+                f"of them."
             ) from None
         except ValueError:
             return  # not valid JSON: pandas says so in the read's own sentence
@@ -227,15 +260,20 @@ def is_missing(value) -> bool:
 
 def row_name(source: str, index: int) -> str:
     """Where the user finds row `index` (0-based) of a table: its line in a CSV or JSON Lines
-    file (JSON Lines skips blank lines, so they are counted here), else its row number."""
+    file (JSON Lines skips blank lines, and a CSV's quoted text may span lines, so they are
+    counted here), else its row number."""
     path = Path(source)
     suffix = path.suffix.lower()
     if suffix == ".jsonl" and path.is_file():
         with path.open(encoding="utf-8", errors="replace") as handle:
             lines = (number for number, line in enumerate(handle, 1) if line.strip())
             return f"line {next(itertools.islice(lines, index, None))}"
-    if suffix in (".csv", ".tsv") and path.is_file():
-        return f"line {index + 2}"
+    if suffix in (".csv", ".tsv") and path.is_file():  # a quoted text may span lines
+        text = file_text(path)
+        reader = csv.reader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else
+                            delimiter(text))
+        ends = (reader.line_num for row in reader if row)  # the line each row ends on
+        return f"line {next(itertools.islice(ends, index, None)) + 1}"
     return f"row {index + 1}"
 
 

@@ -135,6 +135,13 @@ def open_storage(url: str, stop: Stop | None = None, read_only: bool = False) ->
                 skip_table_creation=read_only,
                 skip_compatibility_check=read_only,
             )
+    except ImportError as error:  # Optuna's "Please install appropriate one" names none
+        missing = getattr(error.__cause__, "name", None) or "its driver"
+        raise UsageError(
+            f"Cannot open storage {redact(url)}: the database driver {missing} is not "
+            f"installed; for PostgreSQL, pip install 'autoft[postgres]' (psycopg2) and give a "
+            f"postgresql:// URL."
+        ) from None
     except Exception as error:  # SQLAlchemy raises many kinds; the user needs one sentence
         reason = str(error).splitlines()[0]
         raise UsageError(

@@ -21,7 +21,6 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from autoft.data import leave_file_warnings_to_the_parent
 from autoft.devices import Slot, device_slots
 from autoft.files import is_disk_full
 from autoft.prepare import prepare_study
@@ -256,7 +255,6 @@ def _child_main(prepared, url, slot, index, deadline, hard_deadline) -> None:
     code says how it ended."""
     logging.basicConfig(level=logging.INFO, format=f"[worker {index} {slot.device}] %(message)s")
     quiet_optuna()
-    leave_file_warnings_to_the_parent()
     interrupted = work(prepared, url, slot, deadline, hard_deadline)
     raise SystemExit(INTERRUPTED_EXIT if interrupted else 0)
 

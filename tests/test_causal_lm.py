@@ -112,6 +112,31 @@ def test_texts_without_labels_for_a_causal_lm_are_detected_as_continued_pretrain
                        str(tiny_llama_dir))[0].name == "text-classification"
 
 
+def test_a_text_corpus_for_a_gpt2_folder_is_continued_pretraining(tiny_decoders, tmp_path,
+                                                                   texts):
+    """A GPT-2 folder (GPT2LMHeadModel, not ...ForCausalLM) and a plain .txt corpus were read as
+    CoNLL: "the sentence at line 1 has the tag 'was'"."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(texts(10, seed=2)) + "\n\n")
+    settings = DataSettings(train=str(corpus))
+    task, note = detect_task("auto", settings, str(tiny_decoders["gpt2"]))
+    assert task.name == "causal-lm" and "GPT2LMHeadModel" in note, note
+    rows = task.read(settings)
+    assert sorted(rows.train_labels + rows.val_labels) == sorted(texts(10, seed=2))
+
+
+def test_a_named_response_column_without_the_prompt_column_is_said(
+        tiny_decoders, tmp_path, capsys, write_csv):
+    """--response-column answer over question/answer columns was "has no column label"."""
+    rows = [{"question": f"what is {i} ?", "answer": f"it is {i}"} for i in range(20)]
+    train = write_csv(tmp_path / "qa.csv", rows)
+    code = main(["search", "--model", str(tiny_decoders["gpt2"]), "--train", str(train),
+                 "--response-column", "answer", "--studies-dir", str(tmp_path / "studies")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--prompt-column: " in err and "no column 'prompt' (it has question, answer)" in err
+
+
 def test_what_trains_at_each_depth(family_dir):
     """The top blocks and the final norm; a tied lm_head (the embeddings) only at full depth,
     an untied one (Qwen2) at every depth."""

@@ -445,6 +445,44 @@ def test_json_lines_row_naming_a_key_twice(tiny_model_dir, tmp_path, capsys, sen
     assert_refused(code, err, "twice.jsonl", "line 4", "'text' twice", tmp_path=tmp_path)
 
 
+def test_json_array_row_naming_a_key_twice(tiny_model_dir, tmp_path, capsys, sentiment_rows):
+    """pandas kept the last value silently, where JSON Lines was refused."""
+    rows = [json.dumps(row) for row in sentiment_rows(20)]
+    rows[3] = '{"text": "good film",\n "label": "pos", "text": "bad film"}'
+    train = tmp_path / "twice.json"
+    train.write_text("[\n" + ",\n".join(rows) + "\n]\n")
+    code, err = run_cli(search_args(tiny_model_dir, train, tmp_path), capsys)
+    assert_refused(code, err, "twice.json", "line 5", "'text' twice", tmp_path=tmp_path)
+
+
+def test_unknown_base_kind_is_said_before_its_missing_data(tiny_model_dir, tiny_csv, tmp_path,
+                                                           capsys):
+    """A typo once got "needs data" first, and the unknown kind only on the second try."""
+    args = search_args(tiny_model_dir, tiny_csv, tmp_path, "--base-kind", "sim")
+    code, err = run_cli(args, capsys)
+    assert_refused(code, err, "--base-kind: unknown base-task kind 'sim'", "similarity",
+                   tmp_path=tmp_path)
+
+
+def test_storage_whose_driver_is_not_installed(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    """Optuna said "Please install appropriate one" and named no package."""
+    args = search_args(tiny_model_dir, tiny_csv, tmp_path, "--storage",
+                       "postgresql+pg8000://user:secret@localhost/autoft")
+    code, err = run_cli(args, capsys)
+    assert_refused(code, err, "driver pg8000 is not installed", "pip install 'autoft[postgres]'",
+                   tmp_path=tmp_path)
+    assert "secret" not in err
+
+
+def test_study_name_too_long_for_a_folder(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    """300 characters were a traceback: File name too long."""
+    args = search_args(tiny_model_dir, tiny_csv, tmp_path)
+    args[args.index("bad")] = "x" * 300
+    code, err = run_cli(args, capsys)
+    assert_refused(code, err, "--study: the study name is 300 characters long", tmp_path=tmp_path)
+    assert not (tmp_path / "studies").exists()
+
+
 @pytest.mark.slow
 def test_a_model_load_is_quiet_before_the_sentence(tiny_csv, tmp_path, save_tiny_bert):
     """Loading for the classification check once printed a 'Loading weights' bar and a table

@@ -1,6 +1,6 @@
 """Inputs that used to go wrong quietly or loop: a study resumed after its data file was written
-again or its prepared data damaged, some texts empty, a base task of pairs given by flags, and a
-failure that repeats in every trial.
+again or its prepared data damaged, some texts empty, a base task of pairs given by flags, a
+failure that repeats in every trial, a file in another encoding or with another delimiter.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from autoft.cli import build_parser, config_from_args
+from autoft.data import read_table
 from autoft.devices import Slot
 from autoft.errors import UsageError
 from autoft.forgetting.readers import read_lines
@@ -27,6 +28,7 @@ from autoft.schedule import check_not_stopped
 from autoft.signals import Stop
 from autoft.storage import StartLock, open_storage, open_study, storage_url
 from autoft.study import Objective, record_study_facts
+from autoft.tasks import get_task
 from autoft.workers import TrialRunner, run_trials
 
 
@@ -87,6 +89,15 @@ def test_some_empty_texts_are_counted_in_a_warning(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("20 of 60 texts in 'text' of" in w and "first on line 2" in w for w in warnings), \
         warnings
+    rows = sentiment_rows(8)
+    rows[1]["text"] += "\nand a second line"  # quoted: the rows after it start a line later
+    rows[5]["text"] = ""
+    train = write_csv(tmp_path / "spans.csv", rows)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="autoft"):
+        prepare(flags_config(tiny_model_dir, train, tmp_path, "--study", "spans",
+                             "--val-fraction", "0.5"))
+    assert any("first on line 8" in w for w in warnings_of(caplog)), warnings_of(caplog)
 
 
 @pytest.fixture
@@ -171,27 +182,40 @@ def test_some_unknown_word_pieces_are_counted_in_a_warning(
     assert unknown > 0 and abs(unknown / pieces - 1 / 21) < 0.01
 
 
-def test_bytes_not_utf8_in_a_table_are_counted_in_a_warning(
-    tiny_model_dir, tmp_path, caplog, sentiment_rows, write_csv
-):
-    """They read as U+FFFD, as before, but no longer unseen: the count and the first line."""
+def test_a_table_in_another_encoding_is_read_in_it(tiny_model_dir, tmp_path, caplog,
+                                                  sentiment_rows, write_csv):
+    """Windows-1252 lines in a UTF-8 file (as the demo's tweets have) and a UTF-16 file (as Excel
+    saves 'Unicode text') once read as U+FFFD with a warning, or as "Couldn't cast"."""
     rows = sentiment_rows(40)
-    train = write_csv(tmp_path / "latin.csv", rows)
-    lines = train.read_bytes().splitlines(keepends=True)
-    lines[4] = b"caf\xe9 " + lines[4]
-    lines[9] = b"\xff" + lines[9]
-    train.write_bytes(b"".join(lines))
+    rows[3]["text"] += " café"
+    rows[9]["text"] += " naïve “quoted”"
+    text = write_csv(tmp_path / "utf8.csv", rows).read_text(encoding="utf-8")
+    mixed = tmp_path / "mixed.csv"
+    lines = text.splitlines(keepends=True)
+    mixed.write_bytes(b"".join(line.encode("cp1252" if i == 10 else "utf-8")
+                               for i, line in enumerate(lines)))
+    wide = tmp_path / "wide.csv"
+    wide.write_bytes(text.encode("utf-16"))
     with caplog.at_level(logging.WARNING, logger="autoft"):
-        prepare(flags_config(tiny_model_dir, train, tmp_path))
-    assert any("latin.csv: 2 of 41 lines are not UTF-8 (the first is line 5)" in w
-               for w in warnings_of(caplog)), warnings_of(caplog)
+        for train in (mixed, wide):
+            config = flags_config(tiny_model_dir, train, tmp_path, "--study", train.stem)
+            read = get_task("text-classification").read(config)
+            assert sorted(read.train_inputs + read.val_inputs) == sorted(r["text"] for r in rows)
+    assert warnings_of(caplog) == []
 
 
-def test_base_text_lines_not_utf8_are_read_as_latin1_with_a_warning(tmp_path, caplog):
+def test_a_csv_separated_by_tabs_is_read_by_its_delimiter(tmp_path, sentiment_rows):
+    """A tab-separated file named .csv was "has no column label (it has text<TAB>label)"."""
+    rows = sentiment_rows(20)
+    train = tmp_path / "tabs.csv"
+    train.write_text("text\tlabel\n" + "".join(f"{r['text']}\t{r['label']}\n" for r in rows))
+    table = read_table(str(train), "--train")
+    assert table.column_names == ["text", "label"] and table["label"] == [r["label"] for r in rows]
+
+
+def test_base_text_lines_not_utf8_are_read_in_their_encoding(tmp_path, caplog):
     texts = tmp_path / "base.txt"
     texts.write_bytes("a café in town\nplain text\n".encode() + b"na\xefve caf\xe9\n")
     with caplog.at_level(logging.WARNING, logger="autoft"):
         assert read_lines(str(texts)) == ["a café in town", "plain text", "naïve café"]
-    assert warnings_of(caplog) == [
-        f"{texts}: 1 of 3 lines are not UTF-8 (the first is line 3); they were read as Latin-1, "
-        "so check those texts or save the file as UTF-8."]
+    assert warnings_of(caplog) == []

@@ -134,6 +134,20 @@ def test_search_with_text_classification_on_label_lists_is_one_sentence_naming_t
     assert not (studies / "lists" / "study.db").exists()
 
 
+def test_a_single_label_among_label_lists_is_one_sentence_naming_its_line(
+        tiny_model_dir, tmp_path, tagged_rows, write_jsonl, capsys):
+    """pyarrow said "cannot mix list and non-list, non-null values" and named no row."""
+    rows = [{"text": row["text"], "label": row["tags"]} for row in tagged_rows(40)]
+    rows[5]["label"] = "pos"
+    train = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    code = main(["search", "--model", str(tiny_model_dir), "--train", str(train),
+                 "--studies-dir", str(tmp_path / "studies")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "line 6 holds 'pos' in column 'label', where line 1 holds a list" in err, err
+    assert '["pos"]' in err
+
+
 def test_the_split_keeps_every_label_on_both_sides(tagged_rows):
     labels = [row["tags"] for row in tagged_rows(200)]
     labels[3] = labels[3] + ["rare"]

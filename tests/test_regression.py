@@ -131,6 +131,28 @@ def test_a_label_that_is_not_a_number_is_refused_naming_its_row(
     assert not (tmp_path / "studies" / "ws" / "study.db").exists()
 
 
+@pytest.mark.parametrize(("label", "said"), [
+    ("nan", "'nan' in column 'score', which is not a finite number"),
+    ("-inf", "'-inf' in column 'score', which is not a finite number"),
+    ("1e308", "'1e+308' in column 'score', which is beyond the 9e+18"),
+])
+def test_a_label_that_is_not_finite_or_too_large_is_refused_naming_its_line(
+    tiny_model_dir, tmp_path, capsys, write_csv, label, said
+) -> None:
+    """One 'nan' once made the column 40 classes ("class '5.034' has a single example"), and
+    1e308 a "training loss became inf" after a night's trials, with no word of the labels."""
+    rows = [{"text": "a good film", "score": f"{i / 7:.3f}"} for i in range(40)]
+    rows[7]["score"] = label
+    train = write_csv(tmp_path / "ratings.csv", rows)
+    code = main(["search", "--model", str(tiny_model_dir), "--train", str(train),
+                 "--label-column", "score", "--study", "ws", "--studies-dir",
+                 str(tmp_path / "studies")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"line 9 of {train} has the label {said}" in err, err
+    assert not (tmp_path / "studies" / "ws" / "study.db").exists()
+
+
 @pytest.mark.parametrize(("labels", "detected"), [
     (["1", "2", "3", "4", "5"] * 8, None),  # star ratings: classes
     ([str(i) for i in range(40)], "text-regression"),  # many whole numbers

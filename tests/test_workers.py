@@ -136,8 +136,8 @@ def test_three_workers_end_with_exactly_the_budget(
     space = write_space(tmp_path / "space.yaml", epochs=6)  # long enough for every worker to join
     studies = tmp_path / "studies"
     lines = tiny_csv.read_bytes().splitlines(keepends=True)
-    lines[4] = lines[4].replace(b"e", b"\xe9", 1)  # one Latin-1 line: a warning said once,
-    train = tmp_path / "train.csv"  # though every worker reads it again as base data
+    lines[4] = lines[4].replace(b"e", b"\xe9", 1)  # one Latin-1 line: read as such, no
+    train = tmp_path / "train.csv"  # worker's reading it again as base data says a word
     train.write_bytes(b"".join(lines))
     drift = ["--base-kind", "drift", "--base-data", str(train), "--min-retention", "0"]
     result = subprocess.run(
@@ -147,7 +147,7 @@ def test_three_workers_end_with_exactly_the_budget(
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "database is locked" not in output
-    assert output.count("lines are not UTF-8") == 1, output
+    assert "UTF-8" not in output, output
     assert "3 workers on cpu, cpu, cpu" in output
     study = open_sqlite_study(studies, "three")
     trials = study.get_trials()

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from autoft.config import BaseTaskConfig
-from autoft.data import read_frame, warn_once
+from autoft.data import file_text, read_frame
 from autoft.errors import UsageError
 from autoft.forgetting.base import TABLE_SUFFIXES, pick
 from autoft.forgetting.split import BaseSplit
@@ -40,23 +40,10 @@ def read_table(path: str) -> pd.DataFrame:
 
 
 def read_lines(path: str) -> list[str]:
-    """Non-empty lines of a text file, each UTF-8 or else Latin-1 (older corpora such as lee.cor;
-    every byte is a Latin-1 character, so nothing is lost); the lines that are not UTF-8 are
-    counted in a warning."""
+    """Non-empty lines of a text file, in its own encoding (autoft.data.file_text: older corpora
+    such as lee.cor are Latin-1)."""
     _require_file(path)
-    decoded, latin = [], []
-    raw_lines = Path(path).read_bytes().splitlines()
-    for number, raw in enumerate(raw_lines, 1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            line = raw.decode("latin-1")
-            latin.append(number)
-        decoded += line.splitlines()  # as str.splitlines of the whole text: \x85, \u2028 too
-    if latin:
-        warn_once(path, "%s: %d of %d lines are not UTF-8 (the first is line %d); they were read "
-                  "as Latin-1, so check those texts or save the file as UTF-8.",
-                  path, len(latin), len(raw_lines), latin[0])
+    decoded = file_text(Path(path)).splitlines()  # \x85 and \u2028 end lines too
     lines = [line.strip() for line in decoded if line.strip()]
     if not lines:
         raise UsageError(f"{path} is empty; give a file with one base-task text per line.")

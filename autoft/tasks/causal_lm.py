@@ -22,14 +22,17 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch.nn import functional
 from transformers import AutoModelForCausalLM
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from autoft.data import TargetData, column, is_missing, read_table, row_name
+from autoft.data import TargetData, column, file_text, is_missing, read_table, row_name
 from autoft.errors import UsageError
 from autoft.model import load_tokenizer, loading
 from autoft.tasks.base import MINIMIZE, DataSettings, Metric, Preserving, Rows, Task
 from autoft.tasks.text import bucketed_batches, model_length_limit
 
 IGNORED = -100  # the label transformers' causal-LM loss skips
+# The classes AutoModelForCausalLM builds; a remote-code one ends in ForCausalLM, as most do.
+CAUSAL_LM_CLASSES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 # Tokens per evaluation batch: the logits of a 49k-word vocabulary take 2048 × 49152 floats.
 EVAL_TOKENS = 2048
 
@@ -79,14 +82,21 @@ def encode_pair(tokenizer, prompt: str | None, response: str) -> tuple[list[int]
 
 
 def saved_causal_lm(model: str) -> str | None:
-    """The causal-LM class a local model folder's config.json names (LlamaForCausalLM), or None
-    (a classifier, an encoder, a hub name: detection reads no network)."""
+    """The causal-LM class a local model folder's config.json names (LlamaForCausalLM, or one
+    transformers names otherwise: GPT2LMHeadModel), or None (a classifier, an encoder, a hub
+    name: detection reads no network)."""
     try:
         config = json.loads((Path(model) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return next((name for name in config.get("architectures") or []
-                 if name.endswith("ForCausalLM")), None)
+                 if name in CAUSAL_LM_CLASSES or name.endswith("ForCausalLM")), None)
+
+
+def _named_response(settings: DataSettings, names: set[str]) -> bool:
+    """The user named the response column and the data has it: prompt/response pairs, whatever
+    the prompt column is called (its absence is then said, not a missing label column)."""
+    return "response_column" in settings.origins and settings.response_column in names
 
 
 def fit(prompt: list[int], response: list[int], max_length: int) -> list[int] | None:
@@ -112,8 +122,13 @@ class CausalLM(Task, Preserving):
 
     @classmethod
     def detect(cls, settings: DataSettings, model: str) -> str | None:
-        """A prompt column and a response column in the training data; or a text column and no
-        label column, for a model saved as a causal LM (its config.json's architectures)."""
+        """A prompt column and a response column in the training data, or the response column
+        the user named; or, for a model saved as a causal LM (its config.json's architectures),
+        a text column and no label column, or a plain .txt corpus."""
+        architecture = saved_causal_lm(model)
+        if architecture and Path(settings.train).suffix.lower() == ".txt":
+            return (f"the model is a {architecture} and {Path(settings.train).name} is plain "
+                    f"text: continued pretraining, a text a line")
         try:
             table = read_table(settings.train, settings.where("train"))
         except UsageError:
@@ -122,7 +137,8 @@ class CausalLM(Task, Preserving):
         if {settings.prompt_column, settings.response_column} <= names:
             return (f"the data has a prompt column '{settings.prompt_column}' and a response "
                     f"column '{settings.response_column}'")
-        architecture = saved_causal_lm(model)
+        if _named_response(settings, names):
+            return f"the response column '{settings.response_column}' was named"
         if settings.text_column in names and settings.label_column not in names and architecture:
             return (f"the model is a {architecture} and the data has a text column "
                     f"'{settings.text_column}' and no label column: continued pretraining")
@@ -132,9 +148,17 @@ class CausalLM(Task, Preserving):
         """(prompts or Nones, responses or texts) of one file: prompt/response columns where the
         table has the prompt column, else the text column (continued pretraining)."""
         where = settings.where(field_name)
+        if Path(source).suffix.lower() == ".txt":
+            texts = [line.strip() for line in file_text(Path(source)).splitlines()
+                     if line.strip()]
+            if not texts:
+                raise UsageError(f"{where}: {source} holds no text; give a file with data in it.")
+            return [None] * len(texts), texts
         table = read_table(source, where, split)
-        if settings.prompt_column in table.column_names:
-            prompts = column_texts(column(table, settings.prompt_column, where, source),
+        if (settings.prompt_column in table.column_names
+                or _named_response(settings, set(table.column_names))):
+            prompts = column_texts(column(table, settings.prompt_column,
+                                          f"{where} / --prompt-column", source),
                             settings.prompt_column, source, where, "fill or drop that row.")
             responses = column(table, settings.response_column,
                                f"{where} / --response-column", source)

@@ -23,17 +23,20 @@ from autoft.tasks.text import TextTask
 
 # Integer labels with at most this many distinct values are classes, not amounts.
 MAX_CLASS_VALUES = 20
+# The largest label whose squared error float32 holds (about 9e18): a larger one makes the MSE
+# loss infinite in the first step.
+MAX_LABEL = math.sqrt(np.finfo(np.float32).max) / 2
 
 
 def as_number(value) -> float | None:
-    """`value` as a finite number, or None when it is not one (a bool is not a number here)."""
+    """`value` as a number, 'nan' and 'inf' included, or None when it is not one (a gap is
+    not, nor is a bool here)."""
     if isinstance(value, bool) or is_missing(value):
         return None
     try:
-        number = float(value)
+        return float(value)
     except (TypeError, ValueError):
         return None
-    return number if math.isfinite(number) else None
 
 
 class TextRegression(TextTask):
@@ -59,6 +62,8 @@ class TextRegression(TextTask):
         numbers = [as_number(value) for value in values]
         if any(number is None for number in numbers):
             return None
+        numbers = [number for number in numbers if math.isfinite(number)]  # parse_labels
+        # refuses a 'nan' or 'inf' naming its line; one is no reason to read classes
         distinct = len(set(numbers))
         fractions = any(not number.is_integer() for number in numbers)
         if distinct <= MAX_CLASS_VALUES and not fractions:
@@ -81,6 +86,17 @@ class TextRegression(TextTask):
                 f"{str(values[bad])!r} in column '{settings.label_column}', which is not a "
                 f"number; text-regression needs a number in every row: fix or drop that row, "
                 f"or set --task text-classification."
+            )
+        bad = next((i for i, number in enumerate(numbers)
+                    if not abs(number) <= MAX_LABEL), None)  # nan, inf or too large
+        if bad is not None:
+            raise UsageError(
+                f"{where}: {row_name(source, bad)} of {source} has the label "
+                f"{str(values[bad])!r} in column '{settings.label_column}', "
+                + (f"which is beyond the {MAX_LABEL:.0e} whose squared error training can "
+                   f"hold; scale that column (say, to other units or its logarithm)."
+                   if math.isfinite(numbers[bad]) else
+                   "which is not a finite number; give that row its number or drop it.")
             )
         return numbers
 

@@ -17,7 +17,7 @@ from seqeval.metrics import classification_report, f1_score
 from seqeval.metrics.sequence_labeling import get_entities
 from sklearn.model_selection import train_test_split
 
-from autoft.data import TargetData, column, is_missing, read_table, row_name, utf8_text
+from autoft.data import TargetData, column, file_text, is_missing, read_table, row_name
 from autoft.errors import UsageError
 from autoft.model import load_tokenizer, loading
 from autoft.tasks.base import MAXIMIZE, DataSettings, Metric, Rows
@@ -325,7 +325,7 @@ def read_conll(source: str, where: str) -> tuple[list, list]:
     by whitespace; CoNLL-2003's middle columns are skipped), a blank line after each sentence;
     -DOCSTART- lines are skipped."""
     sentences, words, tags, start = [], [], [], 1
-    lines = utf8_text(Path(source)).splitlines()
+    lines = file_text(Path(source)).splitlines()
     for number, line in enumerate([*lines, ""], 1):
         fields = line.split()
         if not fields or fields[0] == "-DOCSTART-":
