@@ -26,7 +26,7 @@ from autoft.forgetting import (
     preservation_texts,
 )
 from autoft.guard import BASE_MAX_LENGTH, COIN_FLIP, measure_base, observe, widths_at_bar
-from autoft.model import model_depth
+from autoft.model import model_depth, quiet_transformers
 from autoft.precision import autocast, set_precision
 from autoft.prepared import Prepared, load_prepared_data, prepared_folder, save_prepared
 from autoft.preserve import PreservedTexts, texts_to_preserve
@@ -398,7 +398,8 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
         model, processor = task.load_model(config.model, task.label_names(rows, settings),
                                            config.trust_remote_code)
         depth = model_depth(model)
-        data = task.encode(rows, processor, model.config, settings)
+        with quiet_transformers():  # its warning of texts over the model's length came
+            data = task.encode(rows, processor, model.config, settings)  # before autoft's words
         pad_id = getattr(processor, "pad_token_id", None) or 0
     resolved = space.resolve(depth)
     for name, (value, why) in task.fixed_params.items():

@@ -132,6 +132,23 @@ def test_cli_process_exits_2_without_traceback(tiny_model_dir, tmp_path):
     assert "Traceback" not in done.stderr
 
 
+def test_a_text_longer_than_the_model_gets_no_transformers_warning_before_the_sentence(
+    tiny_model_dir, tmp_path, sentiment_rows, write_csv
+):
+    """transformers warned "Token indices sequence length is longer ..." while autoft encoded the
+    data (it truncates them itself), before autoft's own refusal of a later setting."""
+    rows = sentiment_rows(80)
+    rows[3]["text"] = " ".join(["good"] * 3000)
+    train = write_csv(tmp_path / "long.csv", rows)
+    args = search_args(tiny_model_dir, train, tmp_path, "--base-kind", "none",
+                       "--eval-every-samples", "1000000")
+    done = subprocess.run([sys.executable, "-m", "autoft", *args], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith("autoft: --eval-every-samples:"), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
 def test_validation_label_unseen_in_train(
     tiny_model_dir, tiny_csv, tmp_path, capsys, sentiment_rows, write_csv
 ):
