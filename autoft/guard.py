@@ -57,7 +57,8 @@ def measure_base(task: BaseTask, model, config: BaseTaskConfig, device: torch.de
             "quick_score": task.statistic(quick, np.arange(task.units_["quick"]), "quick"),
             "audit_score": audit, "split": task.split_.to_dict(),
             "min_retention": config.min_retention,
-            "quick_spread": score_spread(task, quick, "quick")}
+            "quick_spread": score_spread(task, quick, "quick"),
+            "spread": score_spread(task, observe(task, model, device, "search"), "search")}
 
 
 def score_spread(task: BaseTask, observed, part: str, seed: int = 0) -> float:

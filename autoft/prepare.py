@@ -43,6 +43,7 @@ HASHES_FILE = "file_hashes.json"
 DECISIVE = 0.03  # the paired 95% interval of retention at the bar a check is sized for: ± this
 CHECK_SIZES = (32, 64, 128)  # the sizes tried, and SIZING_UNITS
 SIZING_UNITS = 200  # units the stand-in is measured on: 3 passes over them, 17 s for MiniLM
+NO_SKILL_SPREAD = 1.0  # a base score whose 95% interval's half-width is this share of it: noise
 QUICK_CAP = 128  # units at most in the check at every evaluation: its cost is paid each time
 
 
@@ -133,6 +134,12 @@ def measure_base_skill(config: StudyConfig, model, tokenizer, echo) -> dict:
     base = measure_base(task, model.to(device), config.base, device) | {
         "max_length": limit, "sizes": [config.base.max_examples, config.base.check_examples]}
     echo(f"  base {task.name}: {base['score']:.4f} ({task.measures})")
+    if task.higher_is_better and base["spread"] >= NO_SKILL_SPREAD:
+        base["noise"] = (f"the base model's {task.name} on {source}, {base['score']:.3f}, is "
+                         f"within its noise of no skill at all (its 95% interval reaches 0), so "
+                         f"a share of it kept means nothing")
+        echo(f"  warning: {base['noise']}; retention is not stated. Give base data the model "
+             f"has a skill on, or --base-kind none.")
     split = task.split_
     echo(f"  {split.note}" if split.note else
          f"  held back {len(split.audit)} of {split.total} {split.unit} for the final audit")

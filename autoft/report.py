@@ -196,7 +196,9 @@ def soup_lines(summary: dict) -> list[str]:
             f"{metric} {soup['value']:.4f}, against {soup['best_value']:.4f} for the best single "
             f"trial ({soup['best_trial']})")
     audited = audit_words(soup, base)
-    if audited:
+    if base.get("noise"):
+        line += f"; retention not stated: {base['noise']}"
+    elif audited:
         line += f"; it keeps {audited}"
     elif soup.get("retention") is not None:
         line += f"; it keeps {soup['retention']:.1%} of the base model's {base.get('kind')} skill"
@@ -239,7 +241,9 @@ def summary_text(summary: dict) -> str:
         base = summary["base"]
         audited = audit_words(best, base)
         checked = f"{base['name']} {best['base_score']:.4f} vs {base['score']:.4f}"
-        if audited:
+        if base.get("noise"):
+            lines.append(f"  retention not stated: {base['noise']}")
+        elif audited:
             lines.append(f"  keeps {audited};")
             lines.append(f"  the search's own check said {best['retention']:.1%} ({checked})")
         else:
@@ -302,7 +306,9 @@ def answer_lines(summary: dict) -> list[str]:
         checked = (f"{base.get('name', 'score')} {best['base_score']:.4f} against "
                    f"{base.get('score', float('nan')):.4f} before tuning; the bar was "
                    f"{percent(base.get('min_retention', 0))}")
-        if audited:
+        if base.get("noise"):
+            lines.append(f"Its retention is not stated: {base['noise']}.")
+        elif audited:
             lines.append(f"It keeps {audited}. The search's own check, which chose it, said "
                          f"{best['retention']:.1%} ({checked}).")
         else:

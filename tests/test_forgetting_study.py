@@ -101,3 +101,28 @@ def test_no_feasible_trial_names_the_least_forgetful(tmp_path):
     text = summary_text(summary)
     assert "no trial kept 95% of the base-task skill; lower --min-retention" in text
     assert "trial 1" in text
+
+
+def test_a_base_skill_that_is_noise_is_said_and_no_share_of_it_is_stated(
+    tiny_model_dir, tiny_csv, texts, write_csv, tmp_path
+):
+    """Pairs rated at random: the untouched model's Spearman on them is noise, so prepare says
+    so, and the study records it for the report (test_report) instead of a retention."""
+    import random
+
+    from autoft.config import build_config
+    from autoft.prepare import prepare_study
+
+    rng = random.Random(0)
+    sentences = texts(121, seed=3)
+    pairs = write_csv(tmp_path / "pairs.csv", [
+        {"text": a, "pair": b, "score": f"{rng.random():.3f}"}
+        for a, b in zip(sentences, sentences[1:], strict=False)])
+    config = build_config({}, None, {
+        "model": str(tiny_model_dir), "train": str(tiny_csv), "studies_dir": str(tmp_path),
+        "base_kind": "similarity", "base_data": str(pairs), "base_text_pair_column": "pair"})
+    lines: list[str] = []
+    base = prepare_study(config, echo=lines.append).base
+    assert "within its noise of no skill at all" in base["noise"]
+    assert any("retention is not stated. Give base data the model has a skill on" in line
+               for line in lines), lines

@@ -236,3 +236,18 @@ def test_the_answer_is_said_to_beat_the_default_only_beyond_the_validation_noise
             "default": {"number": 0, "value": 1.5, "standard_error": 0.1}}
     assert "by 0.5000, beyond" in gain_words(loss)
     assert gain_words(summary | {"best": {"number": 0, "value": 0.66}}) == ""
+
+
+def test_a_base_skill_that_is_noise_gets_no_retention_stated(tmp_path: Path) -> None:
+    """Spearman 0.10 on the searched half, -0.09 on the audit half: the screen, the report and
+    the summary said 'keeps 100.0% (95% interval 100.0%-117.4%)'. Prepare marks such a base
+    (test_default_check), and nothing states a share of it."""
+    study = make_study(tmp_path / "s")
+    noise = "the base model's spearman on pairs.csv, 0.100, is within its noise of no skill"
+    study.set_user_attr("base", BASE | {"noise": noise})
+    summary = write_report(study, tmp_path / "s")
+    md = (tmp_path / "s" / "report.md").read_text()
+    assert f"Its retention is not stated: {noise}." in md
+    assert "It keeps" not in md
+    screen = summary_text(summary)
+    assert f"retention not stated: {noise}" in screen and "keeps 92.0%" not in screen
