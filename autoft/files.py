@@ -23,10 +23,23 @@ FULL = (errno.ENOSPC, errno.EDQUOT)
 SQLITE_FULL = "database or disk is full"
 
 
-def is_disk_full(error: BaseException) -> bool:
-    """An error of a write to a full disk (or quota): an OSError, safetensors' error, which
-    carries Rust's "(os error 28)" in its message, or SQLite's SQLITE_FULL (raised by sqlite3,
-    or wrapped by SQLAlchemy), which is no OSError either."""
+def is_disk_full(error: BaseException | None) -> bool:
+    """An error of a write to a full disk (or quota), or one raised while handling it: Optuna,
+    whose tell of a trial failed on a full study.db, raises its own "Should not reach" from the
+    cleanup that followed (a 60-line traceback, the trial left running)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if _full(error):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _full(error: BaseException) -> bool:
+    """An OSError(ENOSPC), safetensors' error, which carries Rust's "(os error 28)" in its
+    message, or SQLite's SQLITE_FULL (raised by sqlite3, or wrapped by SQLAlchemy), which is no
+    OSError either."""
     if isinstance(error, OSError):
         return error.errno in FULL
     return (any(f"(os error {code})" in str(error) for code in FULL)

@@ -22,7 +22,7 @@ import torch
 from optuna.trial import TrialState
 
 from autoft.devices import Slot, device_slots
-from autoft.files import is_disk_full
+from autoft.files import disk_full_sentence, is_disk_full
 from autoft.prepare import prepare_study
 from autoft.prepared import Prepared
 from autoft.record import TrialRecord
@@ -255,7 +255,13 @@ def _child_main(prepared, url, slot, index, deadline, hard_deadline) -> None:
     code says how it ended."""
     logging.basicConfig(level=logging.INFO, format=f"[worker {index} {slot.device}] %(message)s")
     quiet_optuna()
-    interrupted = work(prepared, url, slot, deadline, hard_deadline)
+    try:
+        interrupted = work(prepared, url, slot, deadline, hard_deadline)
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        log.error("autoft: %s", disk_full_sentence(error, prepared.config.name))
+        raise SystemExit(1) from None  # the parent says how its workers ended
     raise SystemExit(INTERRUPTED_EXIT if interrupted else 0)
 
 

@@ -127,3 +127,25 @@ def test_sqlite_s_own_full_disk_error_is_a_full_disk(small_disk, fill_disk):
     sentence = disk_full_sentence(full, "s")
     assert sentence.startswith("could not write the study's storage: the disk is full "
                                "(database or disk is full); every completed trial is kept")
+
+
+def test_a_full_study_db_at_a_trial_s_end_is_one_sentence(small_disk, fill_disk) -> None:
+    """The disk fills while a trial runs, so Optuna's tell of it fails on SQLite's full file;
+    its cleanup then raises "AssertionError: Should not reach." from the failure, which autoft
+    printed as a 60-line traceback. It is a full disk, said in one sentence."""
+    from autoft.errors import NothingToShow
+    from autoft.files import full_disk_said
+
+    folder = small_disk("4m")
+    study = optuna.create_study(storage=f"sqlite:///{folder / 'study.db'}", study_name="s")
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("started", True)
+        fill_disk(folder)
+        trial.set_user_attr("notes", "x" * 100_000)  # the trial's own records fill the last pages
+        return 1.0
+
+    with pytest.raises(NothingToShow, match=r"could not write the study's storage: the disk is "
+                                            r"full \(database or disk is full\)"):
+        with full_disk_said("s"):
+            study.optimize(objective, n_trials=1)
