@@ -28,12 +28,24 @@ from autoft.forgetting import (
 from autoft.guard import BASE_MAX_LENGTH, COIN_FLIP, measure_base, observe, widths_at_bar
 from autoft.model import model_depth, quiet_transformers
 from autoft.precision import autocast, set_precision
-from autoft.prepared import Prepared, load_prepared_data, prepared_folder, save_prepared
+from autoft.prepared import (
+    Prepared,
+    PreparedData,
+    load_prepared_data,
+    prepared_folder,
+    save_prepared,
+)
 from autoft.preserve import PreservedTexts, texts_to_preserve
 from autoft.space import SPACES_DIR, SearchSpace, load_space
 from autoft.storage import check_same_inputs, recorded_inputs
 from autoft.study import study_base_task
-from autoft.study_folder import check_own_database, claim, read_identity, remember
+from autoft.study_folder import (
+    check_identity,
+    check_own_database,
+    claim,
+    read_identity,
+    remember,
+)
 from autoft.tasks import DataSettings, Preserving, Task, detect_task, get_task
 from autoft.tasks.text import model_length_limit
 
@@ -341,7 +353,7 @@ def check_task_settings(task: Task, config: StudyConfig) -> None:
         )
 
 
-def reusable_prepared(config: StudyConfig, fingerprint: str, echo) -> tuple | None:
+def reusable_prepared(config: StudyConfig, fingerprint: str, echo) -> PreparedData | None:
     """The data an earlier run prepared (prepared.load_prepared_data), or None where there is
     none, or where it is damaged or was prepared from other inputs than the study's: derived
     files, prepared again. The study's inputs are judged before this (study_folder.claim, the
@@ -379,65 +391,93 @@ def prepare_study(config: StudyConfig, echo=print) -> Prepared:
     folder = prepared_folder(config)
     known = load_hashes(folder)
     fingerprint = data_fingerprint(config, known)
-    claim(config, fingerprint)  # before anything is written in the folder
+    check_identity(config, fingerprint)
     check_own_database(config)
     check_same_inputs(config, recorded_inputs(config), fingerprint)
+    identity = {"fingerprint": fingerprint, "model_identity": model_identity(config.model, known)}
     saved = reusable_prepared(config, fingerprint, echo)
-    if saved:
-        data, depth, pad_id, base = saved
-        task = get_task(data.task)
-        config = with_default_check(config, task, echo, base and base.get("sizes"))
-        echo(f"Reusing the data prepared earlier in {folder}.")
-        if config.text_pair_column and data.train.token_type_ids is None:
-            echo("  note: it was prepared before autoft kept segment ids, so its text pairs train "
-                 "without them, as its earlier trials did; start a new study to use them.")
-    else:
-        settings = DataSettings.from_config(config)
-        task, task_note = detect_task(config.task, settings, config.model)
-        sizing = config.base is not None and config.base.kind == AUTO and not user_sized(config)
-        config = with_default_check(config, task, echo)
-        check_task_settings(task, config)
-        echo(f"Reading {config.train} ...")
-        rows = task.read(settings)
-        if task_note:
-            rows = dataclasses.replace(rows, notes=[task_note, *rows.notes])
-        echo(f"Loading model {config.model} ...")
-        model, processor = task.load_model(config.model, task.label_names(rows, settings),
-                                           config.trust_remote_code)
-        depth = model_depth(model)
-        with quiet_transformers():  # its warning of texts over the model's length came
-            data = task.encode(rows, processor, model.config, settings)  # before autoft's words
-        pad_id = getattr(processor, "pad_token_id", None) or 0
+    prepared = (prepare_again(config, space, saved, identity, echo) if saved else
+                prepare_fresh(config, space, identity, echo))
+    configs = prepared.space.configs()
+    if configs is not None and len(configs) < config.n_trials:
+        echo(f"  the search space holds {len(configs)} configs, fewer than the {config.n_trials} "
+             f"trials asked: each runs once, then the study ends.")
+    _save_hashes(folder, known)
+    remember(prepared.config, fingerprint, echo)
+    for note in prepared.data.notes:
+        echo(f"  chose {note}")
+    return prepared
+
+
+def prepare_fresh(config: StudyConfig, space: SearchSpace, identity: dict, echo) -> Prepared:
+    """Read and encode the data, load the model, check the space, measure the base skill and
+    keep it all in prepared/ for workers and resumes."""
+    settings = DataSettings.from_config(config)
+    task, task_note = detect_task(config.task, settings, config.model)
+    sizing = config.base is not None and config.base.kind == AUTO and not user_sized(config)
+    config = with_default_check(config, task, echo)
+    check_task_settings(task, config)
+    echo(f"Reading {config.train} ...")
+    rows = task.read(settings)
+    if task_note:
+        rows = dataclasses.replace(rows, notes=[task_note, *rows.notes])
+    echo(f"Loading model {config.model} ...")
+    model, processor = task.load_model(config.model, task.label_names(rows, settings),
+                                       config.trust_remote_code)
+    depth = model_depth(model)
+    with quiet_transformers():  # its warning of texts over the model's length came
+        data = task.encode(rows, processor, model.config, settings)  # before autoft's words
+    resolved = checked_space(space, config, task, depth, len(data.train), lambda: model, echo)
+    # after every check of the user's inputs: measuring the base takes a while
+    if config.base and sizing:
+        config = sized_check(config, model, processor, echo)
+    base = measure_base_skill(config, model, processor, echo) if config.base else None
+    preserved = preserving(config, task, data, base, processor)
+    prepared = Prepared(config=config, data=data,
+                        space=held_without_preservation(resolved, preserved, echo), depth=depth,
+                        pad_id=getattr(processor, "pad_token_id", None) or 0, base=base,
+                        **identity)
+    claim(config, identity["fingerprint"])  # the first write into the folder is the claim
+    folder = prepared_folder(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_whole(folder / "fingerprint", identity["fingerprint"])
+    save_prepared(prepared, folder)
+    return prepared
+
+
+def prepare_again(config: StudyConfig, space: SearchSpace, saved: PreparedData, identity: dict,
+                  echo) -> Prepared:
+    """What an earlier run prepared, with the space checked again (it may have been edited)
+    and the default check read as that run sized it; the model is loaded only where the
+    space's adapters must be checked against it."""
+    task = get_task(saved.data.task)
+    config = with_default_check(config, task, echo, saved.base and saved.base.get("sizes"))
+    echo(f"Reusing the data prepared earlier in {prepared_folder(config)}.")
+    if config.text_pair_column and saved.data.train.token_type_ids is None:
+        echo("  note: it was prepared before autoft kept segment ids, so its text pairs train "
+             "without them, as its earlier trials did; start a new study to use them.")
+    def model():
+        return task.load_model(config.model, saved.data.label_names, config.trust_remote_code)[0]
+
+    resolved = checked_space(space, config, task, saved.depth, len(saved.data.train), model, echo)
+    preserved = preserving(config, task, saved.data, saved.base, None)
+    return Prepared(config=config, data=saved.data,
+                    space=held_without_preservation(resolved, preserved, echo), depth=saved.depth,
+                    pad_id=saved.pad_id, base=saved.base, **identity)
+
+
+def checked_space(space: SearchSpace, config: StudyConfig, task: Task, depth: int,
+                  train_rows: int, model, echo) -> SearchSpace:
+    """The space resolved for the model's depth, holding the task's fixed params, its evaluation
+    interval and its adapters checked (`model()` gives the model, loaded only when an adapter
+    other than freeze must be checked against it)."""
     resolved = space.resolve(depth)
     for name, (value, why) in task.fixed_params.items():
         resolved = resolved.fix(name, value)
         echo(f"  {name} held at {value:g} for {task.name}: {why}.")
-    check_eval_interval(config, resolved, len(data.train))
+    check_eval_interval(config, resolved, train_rows)
     needs_check = [n for n in resolved.values_of("adapter") if n != "freeze"]
-    if needs_check:
-        if saved:  # resumed: the model is loaded only to check the adapters it may get
-            model, _ = task.load_model(config.model, data.label_names, config.trust_remote_code)
-        for name in needs_check:
-            resolved = checked_adapter(resolved, name, model, echo)
-    if not saved:  # after every check of the user's inputs: measuring the base takes a while
-        if config.base and sizing:
-            config = sized_check(config, model, processor, echo)
-        base = measure_base_skill(config, model, processor, echo) if config.base else None
-    preserved = preserving(config, task, data, base, processor if not saved else None)
-    resolved = held_without_preservation(resolved, preserved, echo)
-    configs = resolved.configs()
-    if configs is not None and len(configs) < config.n_trials:
-        echo(f"  the search space holds {len(configs)} configs, fewer than the {config.n_trials} "
-             f"trials asked: each runs once, then the study ends.")
-    prepared = Prepared(config=config, data=data, space=resolved, depth=depth, pad_id=pad_id,
-                        fingerprint=fingerprint, base=base,
-                        model_identity=model_identity(config.model, known))
-    if not saved:
-        folder.mkdir(parents=True, exist_ok=True)
-        write_text_whole(folder / "fingerprint", fingerprint)
-        save_prepared(prepared, folder)
-    _save_hashes(folder, known)
-    remember(config, fingerprint, echo)
-    for note in data.notes:
-        echo(f"  chose {note}")
-    return prepared
+    loaded = model() if needs_check else None
+    for name in needs_check:
+        resolved = checked_adapter(resolved, name, loaded, echo)
+    return resolved

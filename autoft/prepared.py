@@ -8,6 +8,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from autoft.config import StudyConfig
 from autoft.data import TargetData
@@ -64,7 +65,16 @@ def save_prepared(prepared: Prepared, folder: Path) -> None:
     write_text_whole(folder / "target.json", json.dumps(content))  # two processes may prepare it
 
 
-def load_prepared_data(folder: Path) -> tuple[TargetData, int, int, dict | None] | None:
+class PreparedData(NamedTuple):
+    """What `save_prepared` keeps of a Prepared: the data and what loading the model told."""
+
+    data: TargetData
+    depth: int
+    pad_id: int
+    base: dict | None
+
+
+def load_prepared_data(folder: Path) -> PreparedData | None:
     """The tokenized data saved by `save_prepared`, or None when there is none yet; a ValueError
     when the file is damaged (truncated, edited)."""
     path = folder / "target.json"
@@ -83,6 +93,6 @@ def load_prepared_data(folder: Path) -> tuple[TargetData, int, int, dict | None]
             notes=content["notes"],
             task=task,
         )
-        return data, content["depth"], content["pad_id"], content.get("base")
+        return PreparedData(data, content["depth"], content["pad_id"], content.get("base"))
     except (KeyError, TypeError) as error:
         raise ValueError(f"{type(error).__name__}: {error}") from None

@@ -1,11 +1,12 @@
 """A study folder knows whose it is: `autoft-study.json`, written first by the search that claims
 the folder, names its study, where the study's storage is and the inputs its trials train on.
 
-Every search and worker checks it before writing anything there, so a second study, another
-storage (a search that forgot `--storage`) or other data cannot write over the trials and best
-model of the first; two searches that start at once on a new name are decided by the claim
-itself (a hard link, which only one process can make), not by whoever writes last. Status,
-report and export read it to say where a study that is not in this folder's study.db lives.
+Every search and worker checks it before reading the data, so a second study, another storage
+(a search that forgot `--storage`) or other data cannot write over the trials and best model of
+the first; two searches that start at once on a new name are decided by the claim itself (a
+hard link, which only one process can make) before either writes, not by whoever writes last.
+Status, report and export read it to say where a study that is not in this folder's study.db
+lives.
 """
 
 from __future__ import annotations
@@ -47,16 +48,24 @@ def storage_named(config: StudyConfig) -> str:
     return redact(config.storage) if config.storage else OWN_DATABASE
 
 
+def check_identity(config: StudyConfig, fingerprint: str) -> None:
+    """Refuse, before anything is read or written, a folder whose identity names another
+    study, another storage or other inputs."""
+    theirs = read_identity(config.study_dir)
+    if theirs is not None:
+        refuse_other(config, theirs, identity_of(config, fingerprint))
+
+
 def claim(config: StudyConfig, fingerprint: str) -> None:
-    """Make a new folder the study's, or check that it is: a UsageError in one sentence, before
-    anything is written, when it holds another study, another storage's or other inputs'. A
-    folder from before autoft wrote identities, or whose identity is damaged, is left to the
-    storage's and the prepared data's own checks, and `remember`ed once they passed."""
-    folder = config.study_dir
+    """Make a new folder the study's just before the first write into it (prepared data that
+    proved good: a first try refused for a wrong flag claims nothing), or refuse it when
+    another search claimed it first for other inputs. A folder from before autoft wrote
+    identities, or whose identity is damaged, is left to the storage's and the prepared
+    data's own checks, and `remember`ed once they passed."""
     mine = identity_of(config, fingerprint)
-    theirs = read_identity(folder)
-    if theirs is None and not _has_study(folder):
-        theirs = _claim_new(folder, mine)
+    theirs = read_identity(config.study_dir)
+    if theirs is None and not _has_study(config.study_dir):
+        theirs = _claim_new(config.study_dir, mine)
     if theirs is not None:
         refuse_other(config, theirs, mine)
 
