@@ -27,7 +27,7 @@ from autoft.schedule import budget_left, check_not_stopped
 from autoft.signals import Stop
 from autoft.soup import cook_soup
 from autoft.storage import load_study, open_storage, open_study, storage_url, study_read_only
-from autoft.study import record_study_facts
+from autoft.study_facts import record_study_facts
 from autoft.summary import build_summary
 from autoft.trials import winning_soup
 from autoft.workers import WAIT_SECONDS, join_study, run_workers, time_limits

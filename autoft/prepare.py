@@ -24,6 +24,7 @@ from autoft.forgetting import (
     find_pair_columns,
     kinds_for,
     preservation_texts,
+    study_base_task,
 )
 from autoft.guard import BASE_MAX_LENGTH, COIN_FLIP, measure_base, observe, widths_at_bar
 from autoft.model import model_depth, quiet_transformers
@@ -38,7 +39,6 @@ from autoft.prepared import (
 from autoft.preserve import PreservedTexts, texts_to_preserve
 from autoft.space import SPACES_DIR, SearchSpace, load_space
 from autoft.storage import check_same_inputs, recorded_inputs
-from autoft.study import study_base_task
 from autoft.study_folder import (
     check_identity,
     check_own_database,

@@ -66,7 +66,7 @@ class Comparison(NamedTuple):
 
 
 def standard_errors(evaluations: list[dict] | None) -> dict[int, float]:
-    """Each step's standard error, from a trial's `evaluations` attribute (autoft.study)."""
+    """Each step's standard error, from a trial's `evaluations` attribute (autoft.objective)."""
     return {e["step"]: e["standard_error"] for e in evaluations or []
             if e.get("standard_error") is not None}
 

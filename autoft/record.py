@@ -28,7 +28,7 @@ class TrialRecord:
     start: int | None = None  # which of the space's starts it runs (0 is the default config)
     retry_of: int | None = None  # the trial whose config it runs again (it did not finish)
 
-    # where and how it runs (autoft.workers, autoft.study)
+    # where and how it runs (autoft.workers, autoft.objective)
     worker: dict | None = None  # the worker running it: {"host", "pid", "device"}
     params: dict = field(default_factory=dict)  # every param it trains with, searched and fixed
     device: str | None = None  # the torch device it trains on
@@ -61,7 +61,7 @@ class TrialRecord:
     kept_not_mixed: str | None = None  # why its kept weights were not mixed back
     top_not_mixed: str | None = None  # why its best-scoring weights were not mixed back
 
-    # what it keeps (autoft.study), once its weights are saved
+    # what it keeps (autoft.objective), once its weights are saved
     checkpoint: str | None = None  # the saved trainable weights' path, on its worker's machine
     best_value: float | None = None  # the score of the weights it keeps
     best_step: int | None = None  # the evaluation they come from

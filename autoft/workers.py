@@ -23,9 +23,11 @@ from optuna.trial import TrialState
 
 from autoft.devices import Slot, device_slots
 from autoft.files import disk_full_sentence, is_disk_full
+from autoft.objective import Objective
 from autoft.prepare import prepare_study
 from autoft.prepared import Prepared
 from autoft.record import TrialRecord
+from autoft.sampler import policies
 from autoft.schedule import (
     budget_left,
     check_not_stopped,
@@ -38,13 +40,11 @@ from autoft.storage import (
     HEARTBEAT_SECONDS,
     StartLock,
     open_storage,
-    policies,
     quiet_optuna,
     recorded_config,
     redact,
     storage_url,
 )
-from autoft.study import Objective
 from autoft.train import TrialFailed
 
 log = logging.getLogger("autoft")

@@ -39,13 +39,12 @@ import torch
 from autoft.cache import PrefixCache
 from autoft.config import build_config
 from autoft.dropout import cpu_dropout
-from autoft.forgetting import BaseSplit, retention
+from autoft.forgetting import BaseSplit, retention, study_base_task
 from autoft.model import evaluating, freeze, load_model
 from autoft.precision import autocast, precision_name
 from autoft.prepare import prepare_study
 from autoft.preserve import Cost, Preservation, texts_to_preserve
 from autoft.replay import capture
-from autoft.study import study_base_task
 from autoft.tasks import get_task
 from autoft.train import (
     TrialParams,

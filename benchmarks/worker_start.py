@@ -26,7 +26,7 @@ from autoft.config import build_config
 from autoft.devices import Slot
 from autoft.prepare import prepare_study
 from autoft.storage import open_study, quiet_optuna, storage_url
-from autoft.study import record_study_facts
+from autoft.study_facts import record_study_facts
 
 BASE = {"base": {
     "kind": "similarity",

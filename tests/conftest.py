@@ -40,11 +40,12 @@ from autoft.config import BaseTaskConfig, build_config
 from autoft.data import TargetData
 from autoft.forgetting import preservation_texts
 from autoft.model import evaluating, freeze, load_model
+from autoft.objective import Objective
 from autoft.prepare import prepare_study
 from autoft.preserve import Preservation
 from autoft.schedule import queue_next_config
 from autoft.storage import load_study, open_study
-from autoft.study import Objective, record_study_facts
+from autoft.study_facts import record_study_facts
 from autoft.tasks.text import Split
 from autoft.train import TrialParams, train_trial
 

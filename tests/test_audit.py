@@ -20,9 +20,9 @@ import autoft.commands
 import autoft.plots
 from autoft.cli import main
 from autoft.forgetting.split import BaseSplit, split_base
+from autoft.objective import Objective
 from autoft.plots import retention_plot
 from autoft.report import summary_text, write_report
-from autoft.study import Objective
 from autoft.summary import build_summary
 
 DISTRIBUTIONS = {"learning_rate": FloatDistribution(1e-5, 1e-2, log=True),

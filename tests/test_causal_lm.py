@@ -20,9 +20,9 @@ from autoft.cache import PrefixCache
 from autoft.cli import main
 from autoft.export import load_checkpoint_model
 from autoft.model import evaluating, freeze, split_parameters
+from autoft.objective import save_trial_weights
 from autoft.params import TrialParams
 from autoft.precision import autocast
-from autoft.study import save_trial_weights
 from autoft.tasks import DataSettings, detect_task, get_task
 from autoft.train import evaluate, set_train_mode
 

@@ -28,8 +28,8 @@ from autoft.errors import UsageError
 from autoft.forgetting import KINDS, build_base_task, kinds_for, paired_interval, retention
 from autoft.forgetting.base import takes_images
 from autoft.model import evaluating, freeze, model_depth
+from autoft.objective import save_trial_weights
 from autoft.params import TrialParams
-from autoft.study import save_trial_weights
 from autoft.tasks import MAXIMIZE, TASKS, DataSettings, Preserving, detect_task, get_task
 from autoft.train import evaluate, set_train_mode
 

@@ -16,10 +16,11 @@ from optuna.trial import TrialState
 from autoft.cache import PrefixCache
 from autoft.cli import main
 from autoft.config import build_config
+from autoft.objective import Objective
 from autoft.prepare import prepare_study
 from autoft.schedule import queue_next_config
 from autoft.storage import open_study
-from autoft.study import Objective, record_study_facts
+from autoft.study_facts import record_study_facts
 from autoft.workers import trial_log
 
 

@@ -23,11 +23,12 @@ from autoft.data import read_table
 from autoft.devices import Slot
 from autoft.errors import UsageError
 from autoft.forgetting.readers import read_lines
+from autoft.objective import Objective
 from autoft.prepare import prepare_study
 from autoft.schedule import check_not_stopped
 from autoft.signals import Stop
 from autoft.storage import StartLock, open_storage, open_study, storage_url
-from autoft.study import Objective, record_study_facts
+from autoft.study_facts import record_study_facts
 from autoft.tasks import get_task
 from autoft.workers import TrialRunner, run_trials
 

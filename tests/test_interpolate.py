@@ -214,7 +214,7 @@ def test_weights_clearly_behind_the_best_feasible_trial_are_not_mixed_back() -> 
     the best feasible trial, or no such trial yet) and is skipped, with the reason, where not."""
     from optuna.trial import create_trial
 
-    from autoft.study import worth_mixing
+    from autoft.objective import worth_mixing
     from autoft.train import Evaluation
 
     def scored(value: float) -> Evaluation:

@@ -22,7 +22,7 @@ from autoft.config import build_config
 from autoft.prepare import prepare_study
 from autoft.schedule import budget_used
 from autoft.storage import open_storage, open_study, with_installed_driver
-from autoft.study import record_study_facts
+from autoft.study_facts import record_study_facts
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SERVER = "127.0.0.1:5432/test"

@@ -17,10 +17,11 @@ from optuna.trial import TrialState
 from safetensors.torch import load_file
 
 from autoft.config import build_config
+from autoft.objective import Objective
 from autoft.prepare import prepare_study
 from autoft.schedule import queue_next_config
 from autoft.storage import open_study
-from autoft.study import Objective, record_study_facts
+from autoft.study_facts import record_study_facts
 
 SPACE = """\
 learning_rate: {low: 1.0e-3, high: 5.0e-3, log: true, default: 2.0e-3}

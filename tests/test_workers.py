@@ -103,7 +103,7 @@ def test_a_nan_trial_fails_alone_with_its_reason(
     from autoft.config import build_config
     from autoft.prepare import prepare_study
     from autoft.storage import open_study
-    from autoft.study import record_study_facts
+    from autoft.study_facts import record_study_facts
     from autoft.workers import work
 
     space = write_space(
@@ -252,7 +252,7 @@ def test_the_hard_time_limit_interrupts_a_running_trial(
     from autoft.config import build_config
     from autoft.prepare import prepare_study
     from autoft.storage import open_study
-    from autoft.study import record_study_facts
+    from autoft.study_facts import record_study_facts
     from autoft.workers import work
 
     space = write_space(tmp_path / "space.yaml", epochs=500, batch=8)  # far past the limit
@@ -362,7 +362,7 @@ def test_a_worker_trains_on_what_its_parent_prepared_and_a_changed_input_is_refu
     from autoft.config import build_config
     from autoft.prepare import prepare_study
     from autoft.storage import load_study, open_study
-    from autoft.study import record_study_facts
+    from autoft.study_facts import record_study_facts
     from autoft.workers import TrialRunner, join_study, work
 
     train = write_csv(tmp_path / "train.csv", sentiment_rows(120))

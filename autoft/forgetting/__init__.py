@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
-from autoft.config import AUTO, BASE_KINDS, BaseTaskConfig
+from autoft.config import AUTO, BASE_KINDS, BaseTaskConfig, StudyConfig
 from autoft.errors import UsageError
 from autoft.forgetting.base import (
     BaseScore,
@@ -42,6 +42,7 @@ __all__ = [
     "paired_interval",
     "preservation_texts",
     "retention",
+    "study_base_task",
     "unit_draws",
 ]
 
@@ -85,3 +86,11 @@ def default_check(config: BaseTaskConfig, task, sized_by_user: bool) -> BaseTask
 
 # The registry of base-check kinds by name: a new kind is a new module in kinds/.
 KINDS = {kind: _kind_class(kind) for kind in BASE_KINDS}
+
+
+def study_base_task(config: StudyConfig, processor, max_length: int,
+                    split: BaseSplit | None = None) -> BaseTask:
+    """The study's base task (its base settings, model, trust and seed); it keeps its own max
+    length, and the study's split of its data (made now, from the seed, when there is none)."""
+    return build_base_task(config.base, config.model, processor, max_length,
+                           config.trust_remote_code, split, config.seed)

@@ -20,7 +20,7 @@ from autoft.adapters import get_adapter
 from autoft.cache import PrefixCache
 from autoft.config import StudyConfig
 from autoft.files import is_disk_full, write_whole
-from autoft.forgetting import BaseSplit, BaseTask, build_base_task
+from autoft.forgetting import BaseSplit, study_base_task
 from autoft.guard import ForgettingGuard, ForgettingPruned, observe, quick_is_search
 from autoft.interpolate import TUNED, MixPoint, best_mix, interpolate, mixed_state
 from autoft.model import split_parameters
@@ -28,10 +28,8 @@ from autoft.params import TrialParams
 from autoft.precision import precision_name, set_precision
 from autoft.prepared import Prepared
 from autoft.preserve import Cost, Preservation, PreservedTexts, texts_to_preserve
-from autoft.presets import search_settings
 from autoft.pruning import against_the_best, plateau, prune_reason
 from autoft.record import TrialRecord
-from autoft.storage import INPUTS, check_same_inputs, recordable_config
 from autoft.train import (
     Evaluation,
     StopTraining,
@@ -60,14 +58,6 @@ def save_trial_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: tensor.contiguous() for name, tensor in state.items()}
     write_whole(path, lambda tmp: save_file(tensors, str(tmp)))
-
-
-def study_base_task(config: StudyConfig, processor, max_length: int,
-                    split: BaseSplit | None = None) -> BaseTask:
-    """The study's base task (its base settings, model, trust and seed); it keeps its own max
-    length, and the study's split of its data (made now, from the seed, when there is none)."""
-    return build_base_task(config.base, config.model, processor, max_length,
-                           config.trust_remote_code, split, config.seed)
 
 
 def make_guard(prepared: Prepared, device: torch.device):
@@ -328,40 +318,3 @@ class Objective:
         TrialRecord.write(trial, cache_used=result.cache_used, cache_note=result.cache_note,
                           cache_seconds=round(result.cache_seconds, 3))
         return value
-
-
-def record_study_facts(study: optuna.Study, prepared: Prepared) -> None:
-    """What the report, the export and remote workers need, kept in the storage itself; a
-    UsageError if the study's trials trained on other inputs (a second search that prepared
-    other data at the same moment: prepare_study refuses the ordinary case earlier)."""
-    config, data = prepared.config, prepared.data
-    if INPUTS in study.user_attrs:
-        check_same_inputs(config, {"fingerprint": study.user_attrs[INPUTS],
-                                   "description": study.user_attrs.get("data_description")},
-                          prepared.fingerprint)
-    facts = {
-        INPUTS: prepared.fingerprint,
-        "model": config.model,
-        "model_identity": prepared.model_identity,
-        "task": data.task,
-        "label_names": data.label_names,
-        "depth": prepared.depth,
-        "metric": data.metric,
-        "notes": data.notes,
-        "trust_remote_code": config.trust_remote_code,
-        "default_params": prepared.space.default_params(),
-        "starts": prepared.space.start_params(),
-        "configs": prepared.space.configs(),  # None unless the space holds few
-        "settings": search_settings(config),
-        "base": prepared.base,
-        "train_examples": len(data.train),
-        "data_description": (
-            f"{Path(config.train).name} ({len(data.train)} training and "
-            f"{len(data.validation)} validation examples, {data.task}"
-            + (f", labels {', '.join(data.label_names)})" if data.label_names else ")")
-        ),
-        "config": recordable_config(config),  # last: a waiting worker joins once it is there
-    }
-    for key, value in facts.items():
-        if study.user_attrs.get(key) != value:
-            study.set_user_attr(key, value)
