@@ -82,7 +82,9 @@ def search(tmp_path: Path, model: Path, train: Path, space: str, study: str, n: 
 def test_targets_are_computed_once_per_study_and_reused(tiny_model_dir, tiny_csv, tmp_path, texts,
                                                        write_lines):
     preserve = write_lines(tmp_path / "preserve.txt", texts(40, seed=5))
-    space = PRESERVING_SPACE + "preserve_weight: {value: 1}\n"
+    # four configs for its four trials: a space of one config runs it once (test_search)
+    rates = "{choices: [1.0e-2, 5.0e-3, 2.0e-3, 1.0e-3]}"
+    space = PRESERVING_SPACE.replace("{value: 1.0e-2}", rates) + "preserve_weight: {value: 1}\n"
     flags = ("--base-preserve-data", str(preserve))
     study = search(tmp_path, tiny_model_dir, tiny_csv, space, "keep", 2, *flags)
     notes = [trial.user_attrs["preserve_targets"] for trial in study.trials]
