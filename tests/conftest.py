@@ -628,10 +628,14 @@ def cli_env() -> dict[str, str]:
 
 
 def search_args(model: Path, train: Path, space: Path, studies: Path, name: str, n_trials: int,
-                devices: str) -> list[str]:
+                devices: str, checked: bool = False) -> list[str]:
+    """An `autoft search` command line; without `checked`, with `--base-kind none`: these tests
+    run processes, signals and storages, and the default check (tests/test_default_check.py)
+    would only add its cost to each; `checked` leaves the base flags to the caller."""
     return [sys.executable, "-m", "autoft", "search", "--model", str(model), "--train", str(train),
             "--space", str(space), "--studies-dir", str(studies), "--study", name,
-            "--n-trials", str(n_trials), "--devices", devices]
+            "--n-trials", str(n_trials), "--devices", devices,
+            *(() if checked else ("--base-kind", "none"))]
 
 
 def open_sqlite_study(studies: Path, name: str) -> optuna.Study:
@@ -677,8 +681,8 @@ def cli_env_fixture():
 
 @pytest.fixture(name="search_args", scope="session")
 def search_args_fixture():
-    """search_args(model, train, space, studies, name, n_trials, devices): an `autoft search`
-    command line."""
+    """search_args(model, train, space, studies, name, n_trials, devices, checked=False): an
+    `autoft search` command line, with --base-kind none unless `checked`."""
     return search_args
 
 

@@ -219,7 +219,8 @@ def test_a_search_checks_a_gpt2_classifier_with_a_generative_base_kind(
         data = write_lines(tmp_path / "general.txt", texts(240, seed=3))
     space = write_space(tmp_path / "space.yaml", epochs=1)
     done = subprocess.run(
-        search_args(tiny_decoders["gpt2"], tiny_csv, space, tmp_path / "studies", "g", 2, "cpu")
+        search_args(tiny_decoders["gpt2"], tiny_csv, space, tmp_path / "studies", "g", 2, "cpu",
+                    checked=True)
         + ["--base-kind", kind, "--base-data", str(data), "--max-train-samples", "120"],
         capture_output=True, text=True, env=cli_env(), timeout=600)
     assert done.returncode == 0, done.stderr

@@ -183,8 +183,8 @@ def test_every_evaluation_of_a_real_trial_records_its_noise(
 ):
     space = write_space(tmp_path / "space.yaml", epochs=2)
     studies = tmp_path / "studies"
-    args = [*search_args(tiny_model_dir, tiny_csv, space, studies, "noise", 1, "cpu"),
-            "--base-kind", "none"]  # one evaluation an epoch
+    args = search_args(tiny_model_dir, tiny_csv, space, studies, "noise", 1, "cpu")  # no base
+    # task: one evaluation an epoch
     run = subprocess.run(args, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     (trial,) = open_sqlite_study(studies, "noise").trials

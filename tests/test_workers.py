@@ -141,7 +141,8 @@ def test_three_workers_end_with_exactly_the_budget(
     train.write_bytes(b"".join(lines))
     drift = ["--base-kind", "drift", "--base-data", str(train), "--min-retention", "0"]
     result = subprocess.run(
-        search_args(tiny_model_dir, train, space, studies, "three", 7, "cpu:3") + drift,
+        search_args(tiny_model_dir, train, space, studies, "three", 7, "cpu:3",
+                    checked=True) + drift,
         env=cli_env(), capture_output=True, text=True, timeout=300,
     )
     output = result.stdout + result.stderr
@@ -172,7 +173,8 @@ def test_a_killed_lone_worker_s_trial_is_seen_stale_at_once_and_retried_clean(
     forgetting check's per-evaluation history would otherwise add up)."""
     space = write_space(tmp_path / "space.yaml", epochs=3, batch=8)
     studies = tmp_path / "studies"
-    args = search_args(tiny_model_dir, slow_csv, space, studies, "killed", 3, "cpu") + [
+    args = search_args(tiny_model_dir, slow_csv, space, studies, "killed", 3, "cpu",
+                       checked=True) + [
         "--base-kind", "drift", "--base-data", str(slow_csv)]
     process = subprocess.Popen(args, env=cli_env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
