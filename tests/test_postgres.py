@@ -79,7 +79,8 @@ def test_search_and_a_second_machine_s_workers_share_a_postgres_study(
     args = search_args(tiny_model_dir, train, space, here, name, 8, "cpu:2") + ["--storage", url]
     config = build_config({}, None, {
         "model": str(tiny_model_dir), "train": str(train), "space": str(space), "n_trials": 8,
-        "name": name, "studies_dir": str(here), "storage": url, "devices": "cpu"})
+        "name": name, "studies_dir": str(here), "storage": url, "devices": "cpu",
+        "base_kind": "none"})  # as search_args gives it
     record_study_facts(open_study(config), prepare_study(config, echo=lambda line: None))
 
     search = subprocess.Popen(args, env=cli_env(), stdout=subprocess.PIPE,
@@ -137,7 +138,8 @@ def test_an_interrupted_default_runs_again_first_on_postgres_with_two_workers(
     assert search.returncode == 130, output
     assert "Traceback" not in output
 
-    resume = subprocess.run(args[:-3] + ["cpu:2", "--storage", url], env=cli_env(),
+    resume = subprocess.run(search_args(tiny_model_dir, train, space, tmp_path, name, 3, "cpu:2")
+                            + ["--storage", url], env=cli_env(),
                             capture_output=True, text=True, timeout=300)
     assert resume.returncode == 0, resume.stdout + resume.stderr
     study = optuna.load_study(study_name=name, storage=storage)
