@@ -52,17 +52,27 @@ def communicate_or_dump(process: subprocess.Popen, timeout: float) -> tuple[str,
         pytest.fail(f"still running {timeout} s after the signal; its threads:\n{err[-6000:]}")
 
 
+def search_in_its_default_trial(name, tiny_model_dir, slow_csv, tmp_path, cli_env, search_args,
+                                wait_for_trial_in_progress, write_space):
+    """A two-trial `autoft search` process, its command and studies folder, once its default
+    trial is training."""
+    space = write_space(tmp_path / "space.yaml", epochs=3, batch=8, starts=START_1)
+    studies = tmp_path / "studies"
+    args = search_args(tiny_model_dir, slow_csv, space, studies, name, 2, "cpu")
+    process = subprocess.Popen(args, env=cli_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert wait_for_trial_in_progress(studies, name, process) == 0
+    return args, studies, process
+
+
 @pytest.mark.slow
 def test_sigint_during_the_default_trial_runs_its_config_again_first(
     tiny_model_dir, slow_csv, tmp_path, cli_env, open_sqlite_study, search_args,
     wait_for_trial_in_progress, write_space
 ) -> None:
-    space = write_space(tmp_path / "space.yaml", epochs=3, batch=8, starts=START_1)
-    studies = tmp_path / "studies"
-    args = search_args(tiny_model_dir, slow_csv, space, studies, "again", 2, "cpu")
-    process = subprocess.Popen(args, env=cli_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    assert wait_for_trial_in_progress(studies, "again", process) == 0
+    args, studies, process = search_in_its_default_trial(
+        "again", tiny_model_dir, slow_csv, tmp_path, cli_env, search_args,
+        wait_for_trial_in_progress, write_space)
     process.send_signal(signal.SIGINT)
     out, err = communicate_or_dump(process, timeout=120)
     assert process.returncode == 130, out + err
@@ -236,12 +246,9 @@ def test_a_closed_terminal_ends_the_search_as_sigterm_does(
     """SIGHUP (a closed terminal or ssh connection) killed the search at once: no report, the
     trial left RUNNING, and the resume ran a new config before the default's. Here the screen
     is gone too (the pipes closed before the hang-up), as it is after a closed ssh session."""
-    space = write_space(tmp_path / "space.yaml", epochs=3, batch=8, starts=START_1)
-    studies = tmp_path / "studies"
-    args = search_args(tiny_model_dir, slow_csv, space, studies, "hup", 2, "cpu")
-    process = subprocess.Popen(args, env=cli_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    assert wait_for_trial_in_progress(studies, "hup", process) == 0
+    _, studies, process = search_in_its_default_trial(
+        "hup", tiny_model_dir, slow_csv, tmp_path, cli_env, search_args,
+        wait_for_trial_in_progress, write_space)
     process.stdout.close()
     process.stderr.close()
     process.send_signal(signal.SIGHUP)
